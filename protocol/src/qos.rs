@@ -1,0 +1,713 @@
+//! The sender side of Tern's application-level QoS.
+//!
+//! QUIC already retransmits lost packets, so why another layer? Because the promise
+//! Tern makes is end to end: "the server stored it" and "the recipient's device stored
+//! it". Those facts only come back as application ACKs ([`SendResult`], [`DeliveryAck`]),
+//! and the layer that waits for them must survive a connection that silently died, a
+//! datagram path that drops, and a reconnect. This module decides *when* to send a
+//! message again and *when* to give up and tell the app; the caller does the sending.
+//!
+//! ## The adaptive schedule (default)
+//! Taken from the delivery-retry design in the reference articles, with RFC 6298 timers:
+//!
+//! 1. **Fast phase.** The first `fast_retries` retransmissions are spaced by the
+//!    retransmission timeout (RTO = SRTT + 4·RTTVAR, clamped to `[rto_min, rto_max]`,
+//!    `rto_initial` before any sample). RTT samples come from ACKs of messages sent
+//!    once (Karn's rule) and from heartbeats ([`Sender::on_rtt_sample`]).
+//! 2. **Slow phase.** Then each interval is the previous one plus a fixed `step`, up to
+//!    `max_interval`: a phone in a tunnel is not hammered every RTO.
+//! 3. **Remembered recovery.** Each slow-phase retransmission records its interval as
+//!    the peer's *recovery hint*; the next message that reaches its slow phase starts
+//!    from the hint instead of from the RTO. Any ACK clears the hint (the path works
+//!    again). So a long outage is learned once, not re-learned per message.
+//! 4. **Give up.** A message not acknowledged within `give_up` of its first
+//!    transmission is reported as [`SenderEvent::Failed`]; it is never dropped silently.
+//!
+//! ## The MobileIMSDK baseline
+//! [`Schedule::Fixed`] reproduces MobileIMSDK's `QoS4SendDaemon`: a scan every 5 s,
+//! messages younger than 3 s are skipped, each older one is resent, and once it was
+//! resent twice the next scan reports it lost. It exists so benchmarks can run both
+//! schedules on the same seeds.
+//!
+//! ## Bounds
+//! At most `window` messages are pending; [`Sender::try_send`] refuses more with
+//! [`SendError::WindowFull`] (backpressure: the caller keeps them queued, e.g. in the
+//! persisted outbox). Memory is O(window).
+//!
+//! [`SendResult`]: crate::pb::SendResult
+//! [`DeliveryAck`]: crate::pb::DeliveryAck
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Smoothed round-trip time estimator (RFC 6298).
+#[derive(Debug, Clone, Default)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    latest: Option<Duration>,
+}
+
+impl RttEstimator {
+    /// Feeds one measured round trip.
+    pub fn on_sample(&mut self, rtt: Duration) {
+        self.latest = Some(rtt);
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let err = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + err) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
+
+    /// Smoothed RTT, if any sample was seen.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// The most recent sample.
+    pub fn latest(&self) -> Option<Duration> {
+        self.latest
+    }
+
+    /// RTO = SRTT + 4·RTTVAR clamped to `[min, max]`, or `initial` before any sample.
+    pub fn rto(&self, initial: Duration, min: Duration, max: Duration) -> Duration {
+        match self.srtt {
+            None => initial.clamp(min, max),
+            Some(srtt) => (srtt + self.rttvar * 4).clamp(min, max),
+        }
+    }
+}
+
+/// Parameters of the adaptive schedule. See the module docs for the reasoning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveConfig {
+    /// RTO before the first RTT sample (RFC 6298 says 1 s).
+    pub rto_initial: Duration,
+    /// Floor for the RTO: below ~200 ms, delayed ACKs and scheduling noise on phones
+    /// cause spurious retransmissions.
+    pub rto_min: Duration,
+    /// Ceiling for the RTO used in the fast phase.
+    pub rto_max: Duration,
+    /// Retransmissions spaced by the RTO before the slow phase (the reference design
+    /// found the 5th and later fixed retries rarely succeed).
+    pub fast_retries: u32,
+    /// Growth of the interval per slow-phase retransmission.
+    pub step: Duration,
+    /// Cap of the slow-phase interval.
+    pub max_interval: Duration,
+    /// Time after the first transmission at which the message is reported failed.
+    pub give_up: Duration,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        AdaptiveConfig {
+            rto_initial: Duration::from_secs(1),
+            rto_min: Duration::from_millis(200),
+            rto_max: Duration::from_secs(3),
+            fast_retries: 4,
+            step: Duration::from_secs(1),
+            max_interval: Duration::from_secs(8),
+            give_up: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Parameters of MobileIMSDK's fixed schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixedConfig {
+    /// Period of the resend scan (MobileIMSDK: 5 s).
+    pub scan_interval: Duration,
+    /// Messages younger than this are skipped by a scan (MobileIMSDK: 3 s).
+    pub min_age: Duration,
+    /// Resends before the message is reported lost (MobileIMSDK: 2).
+    pub max_retries: u32,
+}
+
+impl Default for FixedConfig {
+    fn default() -> Self {
+        FixedConfig {
+            scan_interval: Duration::from_secs(5),
+            min_age: Duration::from_secs(3),
+            max_retries: 2,
+        }
+    }
+}
+
+/// Which retransmission schedule a [`Sender`] follows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// Tern's RTT-driven schedule.
+    Adaptive(AdaptiveConfig),
+    /// MobileIMSDK's fixed scan, for comparison.
+    Fixed(FixedConfig),
+}
+
+/// Configuration of a [`Sender`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QosConfig {
+    /// The retransmission schedule.
+    pub schedule: Schedule,
+    /// Maximum number of unacknowledged messages.
+    pub window: usize,
+}
+
+impl Default for QosConfig {
+    fn default() -> Self {
+        QosConfig {
+            schedule: Schedule::Adaptive(AdaptiveConfig::default()),
+            window: 256,
+        }
+    }
+}
+
+impl QosConfig {
+    /// MobileIMSDK's schedule with the same window, for side-by-side comparisons.
+    pub fn mobileimsdk() -> Self {
+        QosConfig {
+            schedule: Schedule::Fixed(FixedConfig::default()),
+            ..QosConfig::default()
+        }
+    }
+}
+
+/// What the caller must do after [`Sender::handle_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderEvent<K> {
+    /// Transmit this message again (set the retransmit flag).
+    Retransmit(K),
+    /// The message could not be delivered; tell the app. It is no longer tracked.
+    Failed {
+        /// The message.
+        key: K,
+        /// How many times it was transmitted.
+        transmissions: u32,
+        /// Time since its first transmission.
+        elapsed: Duration,
+    },
+}
+
+/// A message's acknowledgement, as returned by [`Sender::on_ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    /// How many times it was transmitted.
+    pub transmissions: u32,
+    /// Time from first transmission to the ACK.
+    pub elapsed: Duration,
+    /// The RTT sample taken (only for messages transmitted once: Karn's rule).
+    pub rtt_sample: Option<Duration>,
+}
+
+/// Why [`Sender::try_send`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// `window` messages are already pending: keep this one queued and retry after an ACK.
+    #[error("send window full ({0} messages pending)")]
+    WindowFull(usize),
+    /// A message with this key is already pending.
+    #[error("message already pending")]
+    AlreadyPending,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    serial: u64,
+    first_sent: Instant,
+    transmissions: u32,
+    /// Current slow-phase interval, once the message reached the slow phase.
+    slow_interval: Option<Duration>,
+    /// When this entry's timer fires (adaptive schedule only).
+    deadline: Option<Instant>,
+}
+
+/// Tracks unacknowledged messages to one peer and schedules their retransmission.
+///
+/// `K` is the message key: the client message id for client sends, the inbox seq
+/// for server pushes, a counter in the simulator.
+#[derive(Debug)]
+pub struct Sender<K> {
+    config: QosConfig,
+    rtt: RttEstimator,
+    recovery_hint: Option<Duration>,
+    entries: HashMap<K, Entry>,
+    /// Insertion order (serial -> key): scans and reconnect resends keep send order.
+    order: BTreeMap<u64, K>,
+    /// Adaptive timers, earliest first.
+    timers: BTreeSet<(Instant, u64)>,
+    next_serial: u64,
+    /// Fixed schedule: scans happen at `epoch + k * scan_interval`.
+    epoch: Instant,
+    next_scan: Instant,
+    events: VecDeque<SenderEvent<K>>,
+    stats: SenderStats,
+}
+
+/// Counters, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Messages accepted by `try_send`.
+    pub sent: u64,
+    /// Retransmissions requested.
+    pub retransmissions: u64,
+    /// Messages acknowledged.
+    pub acked: u64,
+    /// Messages reported failed.
+    pub failed: u64,
+}
+
+impl<K: Copy + Eq + Hash + Debug> Sender<K> {
+    /// A sender with no RTT knowledge yet. `now` anchors the fixed schedule's scans.
+    pub fn new(config: QosConfig, now: Instant) -> Self {
+        let next_scan = match &config.schedule {
+            Schedule::Fixed(f) => now + f.scan_interval,
+            Schedule::Adaptive(_) => now,
+        };
+        Sender {
+            config,
+            rtt: RttEstimator::default(),
+            recovery_hint: None,
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            next_serial: 0,
+            epoch: now,
+            next_scan,
+            events: VecDeque::new(),
+            stats: SenderStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QosConfig {
+        &self.config
+    }
+
+    /// Number of unacknowledged messages.
+    pub fn in_flight(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether `try_send` would accept another message.
+    pub fn has_room(&self) -> bool {
+        self.entries.len() < self.config.window
+    }
+
+    /// Whether `key` is pending.
+    pub fn is_pending(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// The RTT estimator.
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> SenderStats {
+        self.stats
+    }
+
+    /// The remembered slow-phase interval for this peer, if an outage is in progress.
+    pub fn recovery_hint(&self) -> Option<Duration> {
+        self.recovery_hint
+    }
+
+    /// The current retransmission timeout (adaptive schedule; the scan interval otherwise).
+    pub fn rto(&self) -> Duration {
+        match &self.config.schedule {
+            Schedule::Adaptive(a) => self.rtt.rto(a.rto_initial, a.rto_min, a.rto_max),
+            Schedule::Fixed(f) => f.scan_interval,
+        }
+    }
+
+    /// Feeds an RTT measured elsewhere (e.g. a heartbeat round trip).
+    pub fn on_rtt_sample(&mut self, rtt: Duration) {
+        self.rtt.on_sample(rtt);
+    }
+
+    /// Registers a message the caller is transmitting now for the first time.
+    pub fn try_send(&mut self, key: K, now: Instant) -> Result<(), SendError> {
+        if self.entries.contains_key(&key) {
+            return Err(SendError::AlreadyPending);
+        }
+        if !self.has_room() {
+            return Err(SendError::WindowFull(self.entries.len()));
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let mut entry = Entry {
+            serial,
+            first_sent: now,
+            transmissions: 1,
+            slow_interval: None,
+            deadline: None,
+        };
+        self.arm(&mut entry, now);
+        self.entries.insert(key, entry);
+        self.order.insert(serial, key);
+        self.stats.sent += 1;
+        Ok(())
+    }
+
+    /// The peer acknowledged `key`. Returns `None` for unknown (already acked, failed
+    /// or never sent) keys, which the caller may ignore: duplicate ACKs are normal.
+    pub fn on_ack(&mut self, key: K, now: Instant) -> Option<Acked> {
+        let entry = self.entries.remove(&key)?;
+        self.forget(&entry);
+        let elapsed = now.saturating_duration_since(entry.first_sent);
+        let rtt_sample = (entry.transmissions == 1).then_some(elapsed);
+        if let Some(s) = rtt_sample {
+            self.rtt.on_sample(s);
+        }
+        // The path delivered something: the outage, if any, is over.
+        self.recovery_hint = None;
+        self.stats.acked += 1;
+        Some(Acked {
+            transmissions: entry.transmissions,
+            elapsed,
+            rtt_sample,
+        })
+    }
+
+    /// Stops tracking `key` without reporting it (the app cancelled it).
+    pub fn cancel(&mut self, key: &K) -> bool {
+        match self.entries.remove(key) {
+            Some(entry) => {
+                self.forget(&entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A new connection replaced the old one: every pending message must be sent again
+    /// now, in original order. Their timers restart; the give-up clock does not.
+    pub fn on_reconnect(&mut self, now: Instant) -> Vec<K> {
+        let keys: Vec<K> = self.order.values().copied().collect();
+        for key in &keys {
+            let mut entry = self.entries.remove(key).expect("order and entries agree");
+            if let Some(d) = entry.deadline.take() {
+                self.timers.remove(&(d, entry.serial));
+            }
+            entry.transmissions += 1;
+            self.arm(&mut entry, now);
+            self.entries.insert(*key, entry);
+        }
+        self.stats.retransmissions += keys.len() as u64;
+        keys
+    }
+
+    /// When the caller should call [`handle_timeout`](Self::handle_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.config.schedule {
+            Schedule::Adaptive(_) => self.timers.first().map(|(t, _)| *t),
+            Schedule::Fixed(_) => (!self.entries.is_empty()).then_some(self.next_scan),
+        }
+    }
+
+    /// Processes timers due at `now`; then drain [`poll_event`](Self::poll_event).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.config.schedule.clone() {
+            Schedule::Adaptive(a) => self.adaptive_timeout(&a, now),
+            Schedule::Fixed(f) => self.fixed_scan(&f, now),
+        }
+    }
+
+    /// The next action for the caller.
+    pub fn poll_event(&mut self) -> Option<SenderEvent<K>> {
+        self.events.pop_front()
+    }
+
+    fn forget(&mut self, entry: &Entry) {
+        self.order.remove(&entry.serial);
+        if let Some(d) = entry.deadline {
+            self.timers.remove(&(d, entry.serial));
+        }
+    }
+
+    /// Sets the entry's next deadline after a transmission at `now`.
+    fn arm(&mut self, entry: &mut Entry, now: Instant) {
+        let Schedule::Adaptive(a) = &self.config.schedule else {
+            return;
+        };
+        let rto = self.rtt.rto(a.rto_initial, a.rto_min, a.rto_max);
+        let retransmissions = entry.transmissions - 1;
+        let interval = if retransmissions < a.fast_retries {
+            rto
+        } else {
+            let next = match entry.slow_interval {
+                Some(prev) => prev + a.step,
+                None => self.recovery_hint.unwrap_or(rto).max(rto) + a.step,
+            };
+            let next = next.min(a.max_interval);
+            entry.slow_interval = Some(next);
+            next
+        };
+        let deadline = (now + interval).min(entry.first_sent + a.give_up);
+        entry.deadline = Some(deadline);
+        self.timers.insert((deadline, entry.serial));
+    }
+
+    fn adaptive_timeout(&mut self, a: &AdaptiveConfig, now: Instant) {
+        while let Some(&(deadline, serial)) = self.timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop_first();
+            let key = self.order[&serial];
+            let mut entry = self.entries.remove(&key).expect("timer for a live entry");
+            entry.deadline = None;
+            if now.saturating_duration_since(entry.first_sent) >= a.give_up {
+                self.order.remove(&serial);
+                self.stats.failed += 1;
+                self.events.push_back(SenderEvent::Failed {
+                    key,
+                    transmissions: entry.transmissions,
+                    elapsed: now - entry.first_sent,
+                });
+                continue;
+            }
+            entry.transmissions += 1;
+            self.arm(&mut entry, now);
+            if let Some(interval) = entry.slow_interval {
+                self.recovery_hint = Some(interval);
+            }
+            self.entries.insert(key, entry);
+            self.stats.retransmissions += 1;
+            self.events.push_back(SenderEvent::Retransmit(key));
+        }
+    }
+
+    fn fixed_scan(&mut self, f: &FixedConfig, now: Instant) {
+        if now < self.next_scan {
+            return;
+        }
+        // Next tick strictly after `now`, on the grid anchored at the epoch.
+        let period = f.scan_interval.as_nanos().max(1);
+        let ticks = now.saturating_duration_since(self.epoch).as_nanos() / period + 1;
+        self.next_scan = self.epoch + Duration::from_nanos((ticks * period) as u64);
+
+        let keys: Vec<(u64, K)> = self.order.iter().map(|(s, k)| (*s, *k)).collect();
+        for (serial, key) in keys {
+            let entry = self.entries.get_mut(&key).expect("order and entries agree");
+            if entry.transmissions > f.max_retries {
+                let (transmissions, elapsed) = (entry.transmissions, now - entry.first_sent);
+                self.entries.remove(&key);
+                self.order.remove(&serial);
+                self.stats.failed += 1;
+                self.events.push_back(SenderEvent::Failed {
+                    key,
+                    transmissions,
+                    elapsed,
+                });
+            } else if now.saturating_duration_since(entry.first_sent) > f.min_age {
+                entry.transmissions += 1;
+                self.stats.retransmissions += 1;
+                self.events.push_back(SenderEvent::Retransmit(key));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn drain<K: Copy + Eq + Hash + Debug>(s: &mut Sender<K>) -> Vec<SenderEvent<K>> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// Runs the timer loop until `until`, returning (time, event) pairs.
+    fn run_until(s: &mut Sender<u32>, until: Instant) -> Vec<(Instant, SenderEvent<u32>)> {
+        let mut out = vec![];
+        while let Some(t) = s.poll_timeout() {
+            if t > until {
+                break;
+            }
+            s.handle_timeout(t);
+            out.extend(drain(s).into_iter().map(|e| (t, e)));
+        }
+        out
+    }
+
+    #[test]
+    fn rtt_estimator_follows_rfc6298() {
+        let mut r = RttEstimator::default();
+        assert_eq!(r.rto(ms(1000), ms(200), ms(3000)), ms(1000));
+        r.on_sample(ms(100));
+        assert_eq!(r.srtt(), Some(ms(100)));
+        assert_eq!(r.rto(ms(1000), ms(200), ms(3000)), ms(300)); // 100 + 4 * 50
+        for _ in 0..50 {
+            r.on_sample(ms(100));
+        }
+        assert_eq!(
+            r.rto(ms(1000), ms(200), ms(3000)),
+            ms(200),
+            "variance decays to the floor"
+        );
+    }
+
+    #[test]
+    fn adaptive_schedule_fast_then_stepped_then_failed() {
+        let t0 = Instant::now();
+        let cfg = AdaptiveConfig {
+            give_up: Duration::from_secs(30),
+            ..AdaptiveConfig::default()
+        };
+        let mut s = Sender::new(
+            QosConfig {
+                schedule: Schedule::Adaptive(cfg),
+                window: 8,
+            },
+            t0,
+        );
+        s.on_rtt_sample(ms(100)); // rto = 300 ms
+        s.try_send(1u32, t0).unwrap();
+        let events = run_until(&mut s, t0 + Duration::from_secs(60));
+        let times: Vec<u64> = events
+            .iter()
+            .map(|(t, _)| (*t - t0).as_millis() as u64)
+            .collect();
+        // 4 fast retries at the RTO, then +1 s steps from rto+1s, capped at 8 s, failed at 30 s.
+        assert_eq!(
+            times,
+            vec![
+                300, 600, 900, 1200, 2500, 4800, 8100, 12400, 17700, 24000, 30000
+            ],
+            "{events:?}"
+        );
+        assert!(matches!(
+            events.last().unwrap().1,
+            SenderEvent::Failed {
+                key: 1,
+                transmissions: 11,
+                ..
+            }
+        ));
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.stats().failed, 1);
+    }
+
+    #[test]
+    fn recovery_hint_carries_to_next_message_and_clears_on_ack() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(QosConfig::default(), t0);
+        s.on_rtt_sample(ms(100));
+        s.try_send(1u32, t0).unwrap();
+        run_until(&mut s, t0 + Duration::from_secs(15));
+        let hint = s.recovery_hint().expect("slow phase sets a hint");
+        assert!(hint >= Duration::from_secs(4), "{hint:?}");
+        // A second message during the outage skips straight to the learned interval.
+        let t1 = t0 + Duration::from_secs(15);
+        s.try_send(2u32, t1).unwrap();
+        let events = run_until(&mut s, t1 + Duration::from_millis(1300));
+        let for_two = events
+            .iter()
+            .filter(|(_, e)| *e == SenderEvent::Retransmit(2))
+            .count();
+        assert_eq!(for_two, 4, "fast phase still probes at the RTO");
+        s.handle_timeout(t1 + Duration::from_millis(1300));
+        let next = s.entries[&2].deadline.unwrap() - (t1 + Duration::from_millis(1200));
+        assert!(
+            next >= hint,
+            "slow phase resumes from the hint: {next:?} < {hint:?}"
+        );
+        // The path comes back: the hint is gone.
+        s.on_ack(1, t1 + Duration::from_secs(2)).unwrap();
+        assert_eq!(s.recovery_hint(), None);
+    }
+
+    #[test]
+    fn karn_rule_and_window() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(
+            QosConfig {
+                window: 2,
+                ..QosConfig::default()
+            },
+            t0,
+        );
+        s.try_send(1u32, t0).unwrap();
+        s.try_send(2u32, t0).unwrap();
+        assert_eq!(s.try_send(3, t0), Err(SendError::WindowFull(2)));
+        assert_eq!(s.try_send(2, t0), Err(SendError::AlreadyPending));
+        let a = s.on_ack(1, t0 + ms(80)).unwrap();
+        assert_eq!(a.rtt_sample, Some(ms(80)));
+        s.handle_timeout(t0 + Duration::from_secs(1));
+        assert_eq!(drain(&mut s), vec![SenderEvent::Retransmit(2)]);
+        let a = s.on_ack(2, t0 + Duration::from_millis(1100)).unwrap();
+        assert_eq!(
+            (a.transmissions, a.rtt_sample),
+            (2, None),
+            "no sample from a retransmitted message"
+        );
+        assert_eq!(
+            s.on_ack(2, t0 + Duration::from_millis(1200)),
+            None,
+            "duplicate ACK is ignored"
+        );
+        assert!(s.has_room());
+    }
+
+    #[test]
+    fn reconnect_resends_everything_in_order() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(QosConfig::default(), t0);
+        for k in [5u32, 3, 9] {
+            s.try_send(k, t0).unwrap();
+        }
+        s.on_ack(3, t0 + ms(10));
+        assert_eq!(s.on_reconnect(t0 + ms(20)), vec![5, 9]);
+        assert_eq!(s.in_flight(), 2);
+        assert!(s.cancel(&5));
+        assert_eq!(s.on_reconnect(t0 + ms(30)), vec![9]);
+    }
+
+    #[test]
+    fn fixed_schedule_matches_mobileimsdk() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(QosConfig::mobileimsdk(), t0);
+        s.try_send(1u32, t0 + ms(1000)).unwrap(); // age 4 s at the first scan
+        s.try_send(2u32, t0 + ms(3000)).unwrap(); // age 2 s at the first scan: skipped
+        let events = run_until(&mut s, t0 + Duration::from_secs(30));
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(
+            events,
+            vec![
+                (at(5), SenderEvent::Retransmit(1)),
+                (at(10), SenderEvent::Retransmit(1)),
+                (at(10), SenderEvent::Retransmit(2)),
+                (
+                    at(15),
+                    SenderEvent::Failed {
+                        key: 1,
+                        transmissions: 3,
+                        elapsed: Duration::from_secs(14)
+                    }
+                ),
+                (at(15), SenderEvent::Retransmit(2)),
+                (
+                    at(20),
+                    SenderEvent::Failed {
+                        key: 2,
+                        transmissions: 3,
+                        elapsed: Duration::from_secs(17)
+                    }
+                ),
+            ]
+        );
+        assert_eq!(s.poll_timeout(), None, "an empty fixed sender sleeps");
+    }
+}
