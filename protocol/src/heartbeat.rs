@@ -16,8 +16,8 @@
 //! * **Refine, then lock.** The failed interval becomes a ceiling. Growth continues by
 //!   halving the distance to the ceiling until it is within `resolution`, then the
 //!   interval locks at the last known-good value. With the defaults a 45 s NAT locks at
-//!   37.5 s after 9 probes and a 120 s NAT at 112.5 s after 14 probes (see
-//!   `tests/sim_heartbeat.rs`).
+//!   37.5 s after 10 probes and a 120 s NAT at 112.5 s after 13 probes (see
+//!   `tests/sim_heartbeat.rs` and docs/bench/qos-sim.md).
 //! * **Per network.** Learned state is kept per network label (e.g. the Wi-Fi SSID hash
 //!   or "cellular"), so returning to a known network starts from its learned value.
 //! * **Foreground/background.** The learned value is a property of the network; each

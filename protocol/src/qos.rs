@@ -18,9 +18,13 @@
 //!    `max_interval`: a phone in a tunnel is not hammered every RTO.
 //! 3. **Remembered recovery.** Each slow-phase retransmission records its interval as
 //!    the peer's *recovery hint*; the next message that reaches its slow phase starts
-//!    from the hint instead of from the RTO. Any ACK clears the hint (the path works
-//!    again). So a long outage is learned once, not re-learned per message.
-//! 4. **Give up.** A message not acknowledged within `give_up` of its first
+//!    from the hint instead of from the RTO. So a long outage is learned once, not
+//!    re-learned per message.
+//! 4. **Recovery.** An ACK that arrives while a hint is set proves the path works
+//!    again: the hint is cleared and every message waiting in its slow phase is
+//!    retransmitted at once and restarts its fast phase, instead of sleeping out an
+//!    interval of up to `max_interval` on a path that is already back.
+//! 5. **Give up.** A message not acknowledged within `give_up` of its first
 //!    transmission is reported as [`SenderEvent::Failed`]; it is never dropped silently.
 //!
 //! ## The MobileIMSDK baseline
@@ -222,6 +226,8 @@ struct Entry {
     serial: u64,
     first_sent: Instant,
     transmissions: u32,
+    /// Retransmissions since the current fast phase began.
+    phase_retransmissions: u32,
     /// Current slow-phase interval, once the message reached the slow phase.
     slow_interval: Option<Duration>,
     /// When this entry's timer fires (adaptive schedule only).
@@ -347,6 +353,7 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
             serial,
             first_sent: now,
             transmissions: 1,
+            phase_retransmissions: 0,
             slow_interval: None,
             deadline: None,
         };
@@ -368,7 +375,9 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
             self.rtt.on_sample(s);
         }
         // The path delivered something: the outage, if any, is over.
-        self.recovery_hint = None;
+        if self.recovery_hint.take().is_some() {
+            self.recover(now);
+        }
         self.stats.acked += 1;
         Some(Acked {
             transmissions: entry.transmissions,
@@ -389,7 +398,8 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
     }
 
     /// A new connection replaced the old one: every pending message must be sent again
-    /// now, in original order. Their timers restart; the give-up clock does not.
+    /// now, in original order. Their schedules restart from the fast phase; the give-up
+    /// clock does not.
     pub fn on_reconnect(&mut self, now: Instant) -> Vec<K> {
         let keys: Vec<K> = self.order.values().copied().collect();
         for key in &keys {
@@ -398,9 +408,13 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
                 self.timers.remove(&(d, entry.serial));
             }
             entry.transmissions += 1;
+            // A new connection is a new path: probe it from the fast phase again.
+            entry.phase_retransmissions = 0;
+            entry.slow_interval = None;
             self.arm(&mut entry, now);
             self.entries.insert(*key, entry);
         }
+        self.recovery_hint = None;
         self.stats.retransmissions += keys.len() as u64;
         keys
     }
@@ -426,6 +440,19 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
         self.events.pop_front()
     }
 
+    /// Pulls every slow-phase message back to an immediate retransmission.
+    fn recover(&mut self, now: Instant) {
+        for entry in self.entries.values_mut() {
+            if entry.slow_interval.take().is_some() {
+                entry.phase_retransmissions = 0;
+                if let Some(d) = entry.deadline.replace(now) {
+                    self.timers.remove(&(d, entry.serial));
+                }
+                self.timers.insert((now, entry.serial));
+            }
+        }
+    }
+
     fn forget(&mut self, entry: &Entry) {
         self.order.remove(&entry.serial);
         if let Some(d) = entry.deadline {
@@ -439,8 +466,7 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
             return;
         };
         let rto = self.rtt.rto(a.rto_initial, a.rto_min, a.rto_max);
-        let retransmissions = entry.transmissions - 1;
-        let interval = if retransmissions < a.fast_retries {
+        let interval = if entry.phase_retransmissions < a.fast_retries {
             rto
         } else {
             let next = match entry.slow_interval {
@@ -476,6 +502,9 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
                 continue;
             }
             entry.transmissions += 1;
+            if entry.slow_interval.is_none() {
+                entry.phase_retransmissions += 1;
+            }
             self.arm(&mut entry, now);
             if let Some(interval) = entry.slow_interval {
                 self.recovery_hint = Some(interval);
@@ -627,6 +656,24 @@ mod tests {
         // The path comes back: the hint is gone.
         s.on_ack(1, t1 + Duration::from_secs(2)).unwrap();
         assert_eq!(s.recovery_hint(), None);
+    }
+
+    #[test]
+    fn an_ack_after_an_outage_resends_slow_phase_messages_at_once() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(QosConfig::default(), t0);
+        s.on_rtt_sample(ms(100));
+        s.try_send(1u32, t0).unwrap();
+        run_until(&mut s, t0 + Duration::from_secs(10)); // deep in the slow phase
+        assert!(s.recovery_hint().is_some());
+        let t1 = t0 + Duration::from_secs(10);
+        s.try_send(2u32, t1).unwrap();
+        s.on_ack(2, t1 + ms(100)).unwrap(); // the path is back
+        assert_eq!(s.poll_timeout(), Some(t1 + ms(100)), "message 1 is due immediately");
+        s.handle_timeout(t1 + ms(100));
+        assert_eq!(drain(&mut s), vec![SenderEvent::Retransmit(1)]);
+        // ... and probes at the RTO again rather than at the slow interval.
+        assert_eq!(s.poll_timeout(), Some(t1 + ms(100) + s.rto()));
     }
 
     #[test]
