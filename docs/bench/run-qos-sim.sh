@@ -6,6 +6,10 @@ cd "$(dirname "$0")/../.."
 out=docs/bench/qos-sim.md
 tmp=$(mktemp)
 cargo test -p tern-protocol --test sim_qos --test sim_heartbeat -- --nocapture --test-threads 1 >"$tmp" 2>&1
+# Prints the markdown table that follows the first line containing $1.
+table() {
+  awk -v pat="$1" 'index($0, pat) { p = 1 } p && /^\|/ { print; seen = 1; next } p && seen { exit }' "$tmp"
+}
 {
   echo "# QoS engine in the deterministic simulator"
   echo
@@ -26,7 +30,7 @@ cargo test -p tern-protocol --test sim_qos --test sim_heartbeat -- --nocapture -
   echo "sending app's offer to the first arrival at the receiving app. \"Reported failed\" is what"
   echo "the sender tells its app; \"delivered\" counts distinct messages at the receiving app."
   echo
-  awk '/30% loss each way, 100ms RTT, 100000 messages per run/{p=1} p&&/^\|/{print} p&&/^(test |$)/{p=0}' "$tmp"
+  table "30% loss each way, 100ms RTT, 100000 messages per run"
   echo
   echo "What the test asserts on each seed: the adaptive schedule delivers all 100,000 exactly"
   echo "once with zero failures and a lower p99; the fixed schedule's loss reports match what its"
@@ -35,14 +39,14 @@ cargo test -p tern-protocol --test sim_qos --test sim_heartbeat -- --nocapture -
   echo
   echo "### 100,000 messages, 30 % loss each way, 100 ms RTT"
   echo
-  awk '/30% loss each way, 100ms RTT, adaptive QoS/{p=1} p&&/^\|/{print} p&&/^(test |$)/{p=0}' "$tmp"
+  table "30% loss each way, 100ms RTT, adaptive QoS"
   echo
   echo "### Jitter, reordering, duplication and blackouts"
   echo
   echo "30 % loss each way, 50 ms + 0–50 ms one way, 5 % of packets held back 80 ms, 2 %"
   echo "duplicated, and two 10 s blackouts in both directions; 20,000 messages:"
   echo
-  awk '/30% loss, 50-100 ms one way/{p=1} p&&/^\|/{print} p&&/^(test |$)/{p=0}' "$tmp"
+  table "30% loss, 50-100 ms one way"
   echo
   echo "The maximum is a message offered as a blackout began: it waits out the blackout, and"
   echo "the first ACK after it pulls every waiting message back to an immediate resend."
@@ -53,7 +57,7 @@ cargo test -p tern-protocol --test sim_qos --test sim_heartbeat -- --nocapture -
   echo "timeout, simulated for 24 hours. \"Unreachable\" is the time the mapping was expired"
   echo "(the server could not have pushed); packets count heartbeats and replies."
   echo
-  awk '/^\| policy \|/{p=1} p&&/^\|/{print} p&&!/^\|/{p=0}' "$tmp"
+  table "| policy |"
   echo
   echo "Interval traces (seconds since start, interval in seconds):"
   echo

@@ -669,7 +669,11 @@ mod tests {
         let t1 = t0 + Duration::from_secs(10);
         s.try_send(2u32, t1).unwrap();
         s.on_ack(2, t1 + ms(100)).unwrap(); // the path is back
-        assert_eq!(s.poll_timeout(), Some(t1 + ms(100)), "message 1 is due immediately");
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t1 + ms(100)),
+            "message 1 is due immediately"
+        );
         s.handle_timeout(t1 + ms(100));
         assert_eq!(drain(&mut s), vec![SenderEvent::Retransmit(1)]);
         // ... and probes at the RTO again rather than at the slow interval.

@@ -18,9 +18,19 @@ fn blob() -> impl Strategy<Value = bytes::Bytes> {
 }
 
 fn stored() -> impl Strategy<Value = pb::StoredMessage> {
-    (any::<u64>(), blob(), text(), text(), 0..3i32, any::<u32>(), blob(), any::<u64>(), any::<u64>()).prop_map(
-        |(server_msg_id, client_msg_id, sender, recipient, kind, content_type, body, client_ts_ms, server_ts_ms)| {
-            pb::StoredMessage {
+    (
+        any::<u64>(),
+        blob(),
+        text(),
+        text(),
+        0..3i32,
+        any::<u32>(),
+        blob(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(
                 server_msg_id,
                 client_msg_id,
                 sender,
@@ -30,15 +40,32 @@ fn stored() -> impl Strategy<Value = pb::StoredMessage> {
                 body,
                 client_ts_ms,
                 server_ts_ms,
-            }
-        },
-    )
+            )| {
+                pb::StoredMessage {
+                    server_msg_id,
+                    client_msg_id,
+                    sender,
+                    recipient,
+                    kind,
+                    content_type,
+                    body,
+                    client_ts_ms,
+                    server_ts_ms,
+                }
+            },
+        )
 }
 
 fn entry() -> impl Strategy<Value = pb::TimelineEntry> {
-    let receipt = (0..2i32, 0..3i32, text(), text(), any::<u64>()).prop_map(|(status, kind, conversation, by_user, up_to)| {
-        pb::Receipt { status, kind, conversation, by_user, up_to_server_msg_id: up_to }
-    });
+    let receipt = (0..2i32, 0..3i32, text(), text(), any::<u64>()).prop_map(
+        |(status, kind, conversation, by_user, up_to)| pb::Receipt {
+            status,
+            kind,
+            conversation,
+            by_user,
+            up_to_server_msg_id: up_to,
+        },
+    );
     (
         any::<u64>(),
         prop_oneof![
@@ -52,86 +79,151 @@ fn entry() -> impl Strategy<Value = pb::TimelineEntry> {
 
 fn any_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (text(), text(), text(), 0..5i32, text(), any::<u64>()).prop_map(|(u, t, d, p, v, c)| Frame::Login(pb::Login {
-            user_id: u,
-            token: t,
-            device_id: d,
-            platform: p,
-            client_version: v,
-            inbox_cursor: c
-        })),
-        (0..60i32, text(), any::<u64>(), text(), any::<u32>(), any::<u64>(), any::<u32>()).prop_map(
-            |(code, message, server_time_ms, session_id, hb, head, max)| Frame::LoginResult(pb::LoginResult {
-                code,
-                message,
-                server_time_ms,
-                session_id,
-                heartbeat_timeout_ms: hb,
-                inbox_head_seq: head,
-                max_body_bytes: max
+        (text(), text(), text(), 0..5i32, text(), any::<u64>()).prop_map(|(u, t, d, p, v, c)| {
+            Frame::Login(pb::Login {
+                user_id: u,
+                token: t,
+                device_id: d,
+                platform: p,
+                client_version: v,
+                inbox_cursor: c,
             })
-        ),
+        }),
+        (
+            0..60i32,
+            text(),
+            any::<u64>(),
+            text(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(code, message, server_time_ms, session_id, hb, head, max)| Frame::LoginResult(
+                    pb::LoginResult {
+                        code,
+                        message,
+                        server_time_ms,
+                        session_id,
+                        heartbeat_timeout_ms: hb,
+                        inbox_head_seq: head,
+                        max_body_bytes: max
+                    }
+                )
+            ),
         Just(Frame::Logout(pb::Logout {})),
         (0..6i32, text()).prop_map(|(reason, text)| Frame::Kickout(pb::Kickout { reason, text })),
         any::<u32>().prop_map(|i| Frame::Heartbeat(pb::Heartbeat { interval_ms: i })),
-        (text(), any::<u64>())
-            .prop_map(|(a, t)| Frame::HeartbeatReply(pb::HeartbeatReply { observed_addr: a, server_time_ms: t })),
-        (blob(), text(), text(), 0..3i32, any::<u32>(), blob(), any::<u64>()).prop_map(|(id, s, r, k, c, b, ts)| {
-            Frame::Chat(pb::ChatMessage {
-                client_msg_id: id,
-                sender: s,
-                recipient: r,
-                kind: k,
-                content_type: c,
-                body: b,
-                client_ts_ms: ts,
-            })
-        }),
-        (blob(), 0..60i32, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(id, code, sid, seq, ts)| {
-            Frame::SendResult(pb::SendResult { client_msg_id: id, code, server_msg_id: sid, seq, server_ts_ms: ts })
-        }),
-        entry().prop_map(|e| Frame::Push(pb::Push { entry: Some(e) })),
-        (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..8))
-            .prop_map(|(c, seqs)| Frame::DeliveryAck(pb::DeliveryAck { cumulative_seq: c, seqs })),
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(r, a, u, l)| Frame::SyncRequest(
-            pb::SyncRequest { request_id: r, after_seq: a, until_seq: u, limit: l }
-        )),
-        (any::<u64>(), proptest::collection::vec(entry(), 0..4), any::<bool>(), any::<u64>()).prop_map(
-            |(request_id, entries, more, head_seq)| Frame::SyncResponse(pb::SyncResponse {
-                request_id,
-                entries,
-                more,
-                head_seq
-            })
+        (text(), any::<u64>()).prop_map(|(a, t)| Frame::HeartbeatReply(pb::HeartbeatReply {
+            observed_addr: a,
+            server_time_ms: t
+        })),
+        (
+            blob(),
+            text(),
+            text(),
+            0..3i32,
+            any::<u32>(),
+            blob(),
+            any::<u64>()
+        )
+            .prop_map(|(id, s, r, k, c, b, ts)| {
+                Frame::Chat(pb::ChatMessage {
+                    client_msg_id: id,
+                    sender: s,
+                    recipient: r,
+                    kind: k,
+                    content_type: c,
+                    body: b,
+                    client_ts_ms: ts,
+                })
+            }),
+        (blob(), 0..60i32, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(id, code, sid, seq, ts)| {
+                Frame::SendResult(pb::SendResult {
+                    client_msg_id: id,
+                    code,
+                    server_msg_id: sid,
+                    seq,
+                    server_ts_ms: ts,
+                })
+            }
         ),
+        entry().prop_map(|e| Frame::Push(pb::Push { entry: Some(e) })),
+        (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..8)).prop_map(|(c, seqs)| {
+            Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: c,
+                seqs,
+            })
+        }),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(r, a, u, l)| {
+            Frame::SyncRequest(pb::SyncRequest {
+                request_id: r,
+                after_seq: a,
+                until_seq: u,
+                limit: l,
+            })
+        }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(entry(), 0..4),
+            any::<bool>(),
+            any::<u64>()
+        )
+            .prop_map(|(request_id, entries, more, head_seq)| Frame::SyncResponse(
+                pb::SyncResponse {
+                    request_id,
+                    entries,
+                    more,
+                    head_seq
+                }
+            )),
         (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(r, n, l)| Frame::SummariesRequest(
-            pb::SummariesRequest { request_id: r, last_messages: n, limit: l }
+            pb::SummariesRequest {
+                request_id: r,
+                last_messages: n,
+                limit: l
+            }
         )),
         (
             any::<u64>(),
             proptest::collection::vec(
-                (0..3i32, text(), any::<u64>(), any::<u64>(), proptest::collection::vec(entry(), 0..3)).prop_map(
-                    |(kind, conversation, unread, latest_seq, last)| pb::ConversationSummary {
-                        kind,
-                        conversation,
-                        unread,
-                        latest_seq,
-                        last
-                    }
-                ),
+                (
+                    0..3i32,
+                    text(),
+                    any::<u64>(),
+                    any::<u64>(),
+                    proptest::collection::vec(entry(), 0..3)
+                )
+                    .prop_map(|(kind, conversation, unread, latest_seq, last)| {
+                        pb::ConversationSummary {
+                            kind,
+                            conversation,
+                            unread,
+                            latest_seq,
+                            last,
+                        }
+                    }),
                 0..3
             ),
             any::<u64>(),
             any::<bool>()
         )
-            .prop_map(|(request_id, conversations, head_seq, more)| Frame::Summaries(pb::Summaries {
-                request_id,
-                conversations,
-                head_seq,
-                more
-            })),
-        (0..60i32, text(), any::<u64>())
-            .prop_map(|(code, message, request_id)| Frame::Error(pb::Error { code, message, request_id })),
+            .prop_map(
+                |(request_id, conversations, head_seq, more)| Frame::Summaries(pb::Summaries {
+                    request_id,
+                    conversations,
+                    head_seq,
+                    more
+                })
+            ),
+        (0..60i32, text(), any::<u64>()).prop_map(|(code, message, request_id)| Frame::Error(
+            pb::Error {
+                code,
+                message,
+                request_id
+            }
+        )),
     ]
 }
 

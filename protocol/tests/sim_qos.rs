@@ -31,11 +31,21 @@ const HEADER: &str = "| schedule | seed | offered | delivered | delivered twice 
 fn hundred_thousand_messages_at_30pct_loss_arrive_exactly_once() {
     let s = QosScenario::symmetric(100_000, 0.30, RTT, QosConfig::default(), 1);
     let r = run(&s);
-    println!("30% loss each way, {RTT:?} RTT, adaptive QoS\n{HEADER}\n{}", row("adaptive", 1, &r));
-    assert_eq!(r.delivered, 100_000, "every message reached the receiving app");
+    println!(
+        "30% loss each way, {RTT:?} RTT, adaptive QoS\n{HEADER}\n{}",
+        row("adaptive", 1, &r)
+    );
+    assert_eq!(
+        r.delivered, 100_000,
+        "every message reached the receiving app"
+    );
     assert_eq!(r.delivered_twice, 0, "no message reached the app twice");
     assert_eq!(r.failed, 0, "none reported failed");
-    assert!(r.duplicates_dropped > 10_000, "the filter really had duplicates to drop: {}", r.duplicates_dropped);
+    assert!(
+        r.duplicates_dropped > 10_000,
+        "the filter really had duplicates to drop: {}",
+        r.duplicates_dropped
+    );
 }
 
 #[test]
@@ -43,8 +53,20 @@ fn adaptive_beats_the_mobileimsdk_schedule_on_the_same_seeds() {
     let n = 100_000u64;
     let mut lines = vec![];
     for seed in [7u64, 8, 9] {
-        let adaptive = run(&QosScenario::symmetric(n, 0.30, RTT, QosConfig::default(), seed));
-        let baseline = run(&QosScenario::symmetric(n, 0.30, RTT, QosConfig::mobileimsdk(), seed));
+        let adaptive = run(&QosScenario::symmetric(
+            n,
+            0.30,
+            RTT,
+            QosConfig::default(),
+            seed,
+        ));
+        let baseline = run(&QosScenario::symmetric(
+            n,
+            0.30,
+            RTT,
+            QosConfig::mobileimsdk(),
+            seed,
+        ));
         lines.push(row("adaptive", seed, &adaptive));
         lines.push(row("mobileimsdk", seed, &baseline));
 
@@ -74,9 +96,15 @@ fn adaptive_beats_the_mobileimsdk_schedule_on_the_same_seeds() {
         let never = n as f64 * 0.3f64.powi(3);
         let never_sigma = (never * (1.0 - 0.027)).sqrt();
         let got_never = (n - baseline.delivered) as f64;
-        assert!((got_never - never).abs() < 5.0 * never_sigma, "{got_never} vs {never:.0}");
+        assert!(
+            (got_never - never).abs() < 5.0 * never_sigma,
+            "{got_never} vs {never:.0}"
+        );
     }
-    println!("30% loss each way, {RTT:?} RTT, {n} messages per run\n{HEADER}\n{}", lines.join("\n"));
+    println!(
+        "30% loss each way, {RTT:?} RTT, {n} messages per run\n{HEADER}\n{}",
+        lines.join("\n")
+    );
 }
 
 #[test]
@@ -111,12 +139,24 @@ fn exactly_once_through_jitter_reordering_duplication_and_blackouts() {
     assert_eq!(r.delivered, 20_000);
     assert_eq!(r.delivered_twice, 0);
     assert_eq!(r.failed, 0);
-    assert!(r.up.blacked_out > 100 && r.up.duplicated > 100 && r.up.reordered > 100, "{:?}", r.up);
-    assert!(r.max() >= Duration::from_secs(5), "blackouts delayed some messages: {:?}", r.max());
+    assert!(
+        r.up.blacked_out > 100 && r.up.duplicated > 100 && r.up.reordered > 100,
+        "{:?}",
+        r.up
+    );
+    assert!(
+        r.max() >= Duration::from_secs(5),
+        "blackouts delayed some messages: {:?}",
+        r.max()
+    );
     // A message offered at the start of a 10 s blackout waits it out; the first ACK
     // after it pulls every waiting message back, so recovery takes a few RTTs, not
     // a slow-phase interval.
-    assert!(r.max() < Duration::from_secs(12), "recovered soon after the path returned: {:?}", r.max());
+    assert!(
+        r.max() < Duration::from_secs(12),
+        "recovered soon after the path returned: {:?}",
+        r.max()
+    );
 }
 
 #[test]
@@ -131,8 +171,20 @@ fn a_dead_path_reports_failure_after_give_up_never_silence() {
 
 #[test]
 fn same_seed_same_run() {
-    let a = run(&QosScenario::symmetric(2_000, 0.2, RTT, QosConfig::default(), 11));
-    let b = run(&QosScenario::symmetric(2_000, 0.2, RTT, QosConfig::default(), 11));
+    let a = run(&QosScenario::symmetric(
+        2_000,
+        0.2,
+        RTT,
+        QosConfig::default(),
+        11,
+    ));
+    let b = run(&QosScenario::symmetric(
+        2_000,
+        0.2,
+        RTT,
+        QosConfig::default(),
+        11,
+    ));
     assert_eq!(a.delivery_times, b.delivery_times);
     assert_eq!(a.data_transmissions, b.data_transmissions);
 }
