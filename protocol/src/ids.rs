@@ -77,9 +77,32 @@ impl fmt::Display for ClientMsgId {
     }
 }
 
+/// Longest user (and group) id, in bytes.
+pub const MAX_USER_ID_LEN: usize = 64;
+
+/// Whether `id` is a valid user or group id: 1 to 64 characters of ASCII letters,
+/// digits, `.`, `_`, `-` and `@`. Both ends check it, so it lives here.
+pub fn is_valid_user_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_USER_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids() {
+        assert!(is_valid_user_id("alice"));
+        assert!(is_valid_user_id("bob.smith@example-1_x"));
+        assert!(!is_valid_user_id(""));
+        assert!(!is_valid_user_id("a b"));
+        assert!(!is_valid_user_id("ünïcode"));
+        assert!(!is_valid_user_id(&"x".repeat(65)));
+    }
     use rand::SeedableRng;
 
     #[test]

@@ -27,6 +27,8 @@ pub mod dedup;
 pub mod frame;
 pub mod heartbeat;
 pub mod ids;
+#[cfg(feature = "tokio")]
+pub mod io;
 pub mod qos;
 pub mod sim;
 
@@ -37,5 +39,5 @@ pub mod pb {
 }
 
 pub use frame::{Decoded, Frame, FrameError, FrameKind, Header, WIRE_VERSION};
-pub use ids::ClientMsgId;
+pub use ids::{ClientMsgId, is_valid_user_id};
 pub use pb::ErrorCode;

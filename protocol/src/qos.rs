@@ -311,6 +311,11 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
         self.entries.contains_key(key)
     }
 
+    /// The pending keys, in send order (for cumulative ACKs such as `DeliveryAck`).
+    pub fn pending(&self) -> impl Iterator<Item = &K> {
+        self.order.values()
+    }
+
     /// The RTT estimator.
     pub fn rtt(&self) -> &RttEstimator {
         &self.rtt

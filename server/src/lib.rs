@@ -1,10 +1,24 @@
 //! # tern-server
 //!
-//! The store-and-forward QUIC server (sessions, auth, kickout, routing, durable
-//! storage, sync, HTTP API, metrics). It drives the sans-IO state machines of
-//! [`tern_protocol`] with tokio and quinn.
+//! The store-and-forward QUIC server. One binary, embedded storage by default.
 //!
-//! Status: the server is being built under the "Server" issue; this crate currently
-//! only fixes its place in the workspace.
+//! * [`config`]: settings from a TOML file, env vars and flags;
+//! * [`auth`]: HMAC-signed login tokens and the pluggable [`auth::TokenVerifier`];
+//! * [`store`]: the [`store::Store`] trait and its SQLite implementation (durable before ACK);
+//! * [`registry`]: who is online, kickout policy, routing of pushes to sessions;
+//! * [`session`]: one QUIC connection: login, frames, heartbeats, push QoS, rate limit;
+//! * [`http`]: the HTTP API for business backends and operators, `/metrics`;
+//! * [`server`]: wiring it together, TLS, start-up and graceful shutdown.
+//!
+//! The protocol logic (frames, retransmission, duplicate filtering) comes from
+//! [`tern_protocol`]; this crate is the tokio/quinn driver around it.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod store;
 
 pub use tern_protocol as protocol;

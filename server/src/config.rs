@@ -1,0 +1,264 @@
+//! Server settings.
+//!
+//! Every setting can come from a TOML file (`--config tern.toml`), an environment
+//! variable (`TERN_<NAME>`) or a flag (`--<name>`); a flag or env var wins over the
+//! file, and anything unset takes the default documented on [`Settings`] and in
+//! docs/operations.md. [`Settings`] is the raw, all-optional layer that clap and serde
+//! fill; [`Config`] is the resolved, validated result the server runs with.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::registry::KickPolicy;
+use crate::store::sqlite::Durability;
+
+/// Secret used to sign tokens in `--dev` mode. Public on purpose: never use `--dev`
+/// in production.
+pub const DEV_TOKEN_SECRET: &str = "tern-dev-secret-do-not-use-in-production";
+/// HTTP API key in `--dev` mode when none is configured.
+pub const DEV_API_KEY: &str = "tern-dev-api-key";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Raw settings: every field optional, filled by file, env and flags.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// QUIC listen address [default: 0.0.0.0:7443]
+    #[arg(long, env = "TERN_QUIC")]
+    pub quic: Option<SocketAddr>,
+    /// HTTP API listen address [default: 127.0.0.1:7480]
+    #[arg(long, env = "TERN_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Data directory (database, dev certificate) [default: ./tern-data]
+    #[arg(long, env = "TERN_DATA")]
+    pub data: Option<PathBuf>,
+    /// Development mode: self-signed certificate, public dev token secret and API key
+    #[arg(long, env = "TERN_DEV", num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// TLS certificate chain (PEM); required unless --dev
+    #[arg(long, env = "TERN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); required unless --dev
+    #[arg(long, env = "TERN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// HMAC-SHA256 secret for login tokens (at least 16 bytes); required unless --dev
+    #[arg(long, env = "TERN_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Bearer key for the HTTP API; required unless --dev
+    #[arg(long, env = "TERN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Which older sessions a new login kicks out [default: per-platform]
+    #[arg(long, env = "TERN_KICK_POLICY", value_enum)]
+    pub kick_policy: Option<KickPolicy>,
+    /// Largest message body in bytes [default: 65536]
+    #[arg(long, env = "TERN_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u32>,
+    /// Seconds of silence after which a session is dropped [default: 700]
+    #[arg(long, env = "TERN_HEARTBEAT_TIMEOUT_SECS")]
+    pub heartbeat_timeout_secs: Option<u64>,
+    /// Frames per second a session may send, sustained [default: 50]
+    #[arg(long, env = "TERN_RATE_PER_SEC")]
+    pub rate_per_sec: Option<u32>,
+    /// Burst of frames above the sustained rate [default: 200]
+    #[arg(long, env = "TERN_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    /// Most concurrent sessions [default: 100000]
+    #[arg(long, env = "TERN_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Most logins being processed at once; more get SERVER_BUSY [default: 512]
+    #[arg(long, env = "TERN_MAX_CONCURRENT_LOGINS")]
+    pub max_concurrent_logins: Option<usize>,
+    /// Lowest client_version allowed to log in, e.g. "1.2.0" [default: none]
+    #[arg(long, env = "TERN_MIN_CLIENT_VERSION")]
+    pub min_client_version: Option<String>,
+    /// Only accept messages to users who logged in before [default: false]
+    #[arg(long, env = "TERN_REQUIRE_KNOWN_RECIPIENT", num_args = 0..=1, default_missing_value = "true")]
+    pub require_known_recipient: Option<bool>,
+    /// Store durability: full (fsync per commit) or normal [default: full]
+    #[arg(long, env = "TERN_DURABILITY")]
+    pub durability: Option<Durability>,
+    /// Users refused at login (comma-separated)
+    #[arg(long, env = "TERN_BANNED_USERS", value_delimiter = ',')]
+    pub banned_users: Option<Vec<String>>,
+    /// Log format [default: human]
+    #[arg(long, env = "TERN_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+macro_rules! overlay {
+    ($top:expr, $base:expr; $($field:ident),+ $(,)?) => {
+        Settings { $($field: $top.$field.or($base.$field)),+ }
+    };
+}
+
+impl Settings {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+    }
+
+    /// `self` where set, else `base`.
+    pub fn over(self, base: Settings) -> Settings {
+        overlay!(self, base; quic, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
+            max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
+            max_concurrent_logins, min_client_version, require_known_recipient, durability,
+            banned_users, log_format)
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// QUIC listen address.
+    pub quic: SocketAddr,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Development mode.
+    pub dev: bool,
+    /// Certificate and key files (None in dev mode: generated).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Token signing secret.
+    pub token_secret: Vec<u8>,
+    /// HTTP API bearer key.
+    pub api_key: String,
+    /// Kickout policy.
+    pub kick_policy: KickPolicy,
+    /// Largest message body.
+    pub max_body_bytes: u32,
+    /// Silence after which a session is dropped.
+    pub heartbeat_timeout: Duration,
+    /// Sustained frames per second per session.
+    pub rate_per_sec: u32,
+    /// Burst size.
+    pub rate_burst: u32,
+    /// Session limit.
+    pub max_sessions: usize,
+    /// Concurrent login limit.
+    pub max_concurrent_logins: usize,
+    /// Minimum client version.
+    pub min_client_version: Option<String>,
+    /// Refuse unknown recipients.
+    pub require_known_recipient: bool,
+    /// Store durability.
+    pub durability: Durability,
+    /// Banned users.
+    pub banned_users: Vec<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Applies defaults and checks the combination.
+    pub fn resolve(s: Settings) -> anyhow::Result<Config> {
+        let dev = s.dev.unwrap_or(false);
+        let tls = match (s.tls_cert, s.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) if dev => None,
+            (None, None) => anyhow::bail!("tls_cert and tls_key are required (or run with --dev)"),
+            _ => anyhow::bail!("tls_cert and tls_key must be set together"),
+        };
+        let token_secret = match s.token_secret {
+            Some(t) if t.len() >= 16 => t.into_bytes(),
+            Some(_) => anyhow::bail!("token_secret must be at least 16 bytes"),
+            None if dev => DEV_TOKEN_SECRET.as_bytes().to_vec(),
+            None => anyhow::bail!("token_secret is required (or run with --dev)"),
+        };
+        let api_key = match s.api_key {
+            Some(k) if !k.is_empty() => k,
+            _ if dev => DEV_API_KEY.to_owned(),
+            _ => anyhow::bail!("api_key is required (or run with --dev)"),
+        };
+        let heartbeat_timeout = Duration::from_secs(s.heartbeat_timeout_secs.unwrap_or(700));
+        anyhow::ensure!(
+            heartbeat_timeout >= Duration::from_secs(1),
+            "heartbeat_timeout_secs must be at least 1"
+        );
+        let max_body_bytes = s.max_body_bytes.unwrap_or(64 * 1024);
+        anyhow::ensure!(
+            (max_body_bytes as usize) < tern_protocol::frame::DEFAULT_MAX_FRAME_BODY,
+            "max_body_bytes must be below {}",
+            tern_protocol::frame::DEFAULT_MAX_FRAME_BODY
+        );
+        Ok(Config {
+            quic: s
+                .quic
+                .unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid")),
+            http: s
+                .http
+                .unwrap_or_else(|| "127.0.0.1:7480".parse().expect("valid")),
+            data: s.data.unwrap_or_else(|| PathBuf::from("tern-data")),
+            dev,
+            tls,
+            token_secret,
+            api_key,
+            kick_policy: s.kick_policy.unwrap_or_default(),
+            max_body_bytes,
+            heartbeat_timeout,
+            rate_per_sec: s.rate_per_sec.unwrap_or(50).max(1),
+            rate_burst: s.rate_burst.unwrap_or(200).max(1),
+            max_sessions: s.max_sessions.unwrap_or(100_000),
+            max_concurrent_logins: s.max_concurrent_logins.unwrap_or(512).max(1),
+            min_client_version: s.min_client_version,
+            require_known_recipient: s.require_known_recipient.unwrap_or(false),
+            durability: s.durability.unwrap_or_default(),
+            banned_users: s.banned_users.unwrap_or_default(),
+            log_format: s.log_format.unwrap_or_default(),
+        })
+    }
+
+    /// A dev-mode configuration on loopback with ephemeral ports, for tests.
+    pub fn dev_loopback(data: &Path) -> Config {
+        Config::resolve(Settings {
+            quic: Some("127.0.0.1:0".parse().expect("valid")),
+            http: Some("127.0.0.1:0".parse().expect("valid")),
+            data: Some(data.to_owned()),
+            dev: Some(true),
+            ..Settings::default()
+        })
+        .expect("dev settings are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_production_needs_secrets() {
+        let file: Settings =
+            toml::from_str("quic = \"0.0.0.0:9000\"\nrate_per_sec = 5\ndev = true").unwrap();
+        let flags = Settings {
+            rate_per_sec: Some(7),
+            ..Settings::default()
+        };
+        let c = Config::resolve(flags.over(file)).unwrap();
+        assert_eq!(c.quic.port(), 9000);
+        assert_eq!(c.rate_per_sec, 7);
+        assert_eq!(c.token_secret, DEV_TOKEN_SECRET.as_bytes());
+        let err = Config::resolve(Settings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_cert"), "{err}");
+        assert!(
+            toml::from_str::<Settings>("no_such_key = 1").is_err(),
+            "unknown keys are refused"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The `tern-server` command line.
+//!
+//! * `tern-server [--config tern.toml] [--quic ADDR] [--http ADDR] [--data DIR] [--dev] ...`
+//!   runs the server until SIGTERM or Ctrl-C, then shuts down gracefully.
+//! * `tern-server token --user U [--device D] [--ttl-secs N]` prints a login token signed
+//!   with the configured secret (`--dev` uses the public dev secret), and nothing else.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tern_server::config::{Config, DEV_TOKEN_SECRET, LogFormat, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tern-server",
+    version,
+    about = "Tern: reliable IM server for weak networks (QUIC)"
+)]
+struct Cli {
+    /// TOML configuration file
+    #[arg(long, env = "TERN_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a login token for a user, signed with the configured secret
+    Token {
+        /// User id
+        #[arg(long)]
+        user: String,
+        /// Bind the token to this device id
+        #[arg(long)]
+        device: Option<String>,
+        /// Validity in seconds
+        #[arg(long, default_value_t = 30 * 24 * 3600)]
+        ttl_secs: u64,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+fn settings(flags: Settings, file: &Option<PathBuf>) -> anyhow::Result<Settings> {
+    Ok(match file {
+        Some(path) => flags.over(Settings::from_file(path)?),
+        None => flags,
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Token {
+        user,
+        device,
+        ttl_secs,
+        settings: flags,
+    }) = cli.command
+    {
+        let s = settings(flags.over(cli.settings), &cli.config)?;
+        let secret = match (s.token_secret, s.dev.unwrap_or(false)) {
+            (Some(t), _) => t.into_bytes(),
+            (None, true) => DEV_TOKEN_SECRET.as_bytes().to_vec(),
+            (None, false) => anyhow::bail!(
+                "no token_secret configured (set --token-secret, TERN_TOKEN_SECRET, the config file, or use --dev)"
+            ),
+        };
+        anyhow::ensure!(
+            tern_protocol::is_valid_user_id(&user),
+            "invalid user id {user:?}"
+        );
+        println!(
+            "{}",
+            tern_server::auth::mint(&secret, &user, device.as_deref(), ttl_secs)
+        );
+        return Ok(());
+    }
+    let config = Config::resolve(settings(cli.settings, &cli.config)?)?;
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio")?;
+    runtime.block_on(async move {
+        let dev = config.dev;
+        let server = tern_server::server::start(config).await?;
+        println!("quic listening on {}", server.quic_addr);
+        println!("http listening on {}", server.http_addr);
+        if dev {
+            println!("dev certificate: {}", server.cert_path.display());
+            println!("dev mode: tokens use the public dev secret; never use --dev in production");
+        }
+        wait_for_signal().await;
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,247 @@
+//! Who is online, and where their pushes go.
+//!
+//! The registry maps a user to their live sessions. Registering a new session applies
+//! the kickout policy and hands back the sessions it displaces; routing a timeline entry
+//! to a user offers it to each of their sessions without ever blocking: a session whose
+//! queue is full simply misses the live push and catches up by sync, because the
+//! timeline (not the push) is the source of truth.
+//!
+//! It sits behind plain methods so that a multi-node deployment can replace it with
+//! one that also forwards to other nodes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tern_protocol::pb;
+use tokio::sync::mpsc;
+
+/// Which existing sessions a new login ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KickPolicy {
+    /// One session per platform (a phone and a desktop may both be online).
+    #[default]
+    PerPlatform,
+    /// One session per user, whatever the platform.
+    PerUser,
+    /// Only a re-login of the same device replaces its old session (multi-device).
+    PerDevice,
+}
+
+/// Commands a session task receives.
+#[derive(Debug, Clone)]
+pub enum SessionCmd {
+    /// Push this timeline entry.
+    Push(Arc<pb::TimelineEntry>),
+    /// End the session with a kickout frame.
+    Kick {
+        /// Reason code.
+        reason: pb::KickReason,
+        /// Text for the app.
+        text: String,
+    },
+    /// The same device logged in again: close quietly (the client already moved on).
+    Replaced,
+}
+
+/// A live session as the registry sees it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Unique per server run.
+    pub id: u64,
+    /// The user.
+    pub user: String,
+    /// The device.
+    pub device: String,
+    /// The device's platform.
+    pub platform: pb::Platform,
+    /// Client address at login.
+    pub remote: SocketAddr,
+    /// Login time.
+    pub since: SystemTime,
+    /// The session task's queue.
+    pub tx: mpsc::Sender<SessionCmd>,
+}
+
+/// Online sessions by user.
+#[derive(Default)]
+pub struct Registry {
+    users: DashMap<String, Vec<SessionInfo>>,
+    count: AtomicUsize,
+    policy: KickPolicy,
+}
+
+impl Registry {
+    /// An empty registry with `policy`.
+    pub fn new(policy: KickPolicy) -> Self {
+        Registry {
+            users: DashMap::new(),
+            count: AtomicUsize::new(0),
+            policy,
+        }
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `info`; returns the sessions it displaces (already removed), each with the
+    /// command to send it.
+    pub fn register(&self, info: SessionInfo) -> Vec<(SessionInfo, SessionCmd)> {
+        let mut entry = self.users.entry(info.user.clone()).or_default();
+        let mut displaced = vec![];
+        let policy = self.policy;
+        entry.retain(|old| {
+            let same_device = old.device == info.device;
+            let conflict = same_device
+                || match policy {
+                    KickPolicy::PerUser => true,
+                    KickPolicy::PerPlatform => old.platform == info.platform,
+                    KickPolicy::PerDevice => false,
+                };
+            if conflict {
+                let cmd = if same_device {
+                    SessionCmd::Replaced
+                } else {
+                    SessionCmd::Kick {
+                        reason: pb::KickReason::LoginElsewhere,
+                        text: format!("logged in on another device ({})", info.device),
+                    }
+                };
+                displaced.push((old.clone(), cmd));
+            }
+            !conflict
+        });
+        entry.push(info);
+        drop(entry);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_sub(displaced.len(), Ordering::Relaxed);
+        displaced
+    }
+
+    /// Removes session `id` of `user` if it is still registered.
+    pub fn unregister(&self, user: &str, id: u64) {
+        let mut removed = false;
+        if let Some(mut list) = self.users.get_mut(user) {
+            let before = list.len();
+            list.retain(|s| s.id != id);
+            removed = list.len() < before;
+        }
+        self.users.remove_if(user, |_, list| list.is_empty());
+        if removed {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Offers `entry` to `user`'s sessions except `except`. Returns how many took it.
+    pub fn route(&self, user: &str, entry: Arc<pb::TimelineEntry>, except: Option<u64>) -> usize {
+        let Some(list) = self.users.get(user) else {
+            return 0;
+        };
+        let mut n = 0;
+        for s in list.iter().filter(|s| Some(s.id) != except) {
+            match s.tx.try_send(SessionCmd::Push(entry.clone())) {
+                Ok(()) => n += 1,
+                Err(_) => metrics::counter!("tern_push_queue_full_total").increment(1),
+            }
+        }
+        n
+    }
+
+    /// The live sessions of `user`.
+    pub fn sessions_of(&self, user: &str) -> Vec<SessionInfo> {
+        self.users.get(user).map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Sends `cmd` to every session of `user`; returns how many.
+    pub fn command_user(&self, user: &str, cmd: SessionCmd) -> usize {
+        self.sessions_of(user)
+            .iter()
+            .filter(|s| s.tx.try_send(cmd.clone()).is_ok())
+            .count()
+    }
+
+    /// Sends `cmd` to every session.
+    pub fn command_all(&self, cmd: SessionCmd) -> usize {
+        let all: Vec<SessionInfo> = self.users.iter().flat_map(|e| e.value().clone()).collect();
+        all.iter()
+            .filter(|s| s.tx.try_send(cmd.clone()).is_ok())
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(
+        id: u64,
+        device: &str,
+        platform: pb::Platform,
+    ) -> (SessionInfo, mpsc::Receiver<SessionCmd>) {
+        let (tx, rx) = mpsc::channel(4);
+        let s = SessionInfo {
+            id,
+            user: "alice".into(),
+            device: device.into(),
+            platform,
+            remote: "127.0.0.1:1".parse().unwrap(),
+            since: SystemTime::now(),
+            tx,
+        };
+        (s, rx)
+    }
+
+    #[test]
+    fn per_platform_policy_kicks_same_platform_and_replaces_same_device() {
+        let r = Registry::new(KickPolicy::PerPlatform);
+        let (a, _ra) = info(1, "phone-1", pb::Platform::Android);
+        let (b, _rb) = info(2, "desktop", pb::Platform::Desktop);
+        assert!(r.register(a).is_empty());
+        assert!(r.register(b).is_empty());
+        let (c, _rc) = info(3, "phone-2", pb::Platform::Android);
+        let out = r.register(c);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0.id, 1);
+        assert!(matches!(
+            out[0].1,
+            SessionCmd::Kick {
+                reason: pb::KickReason::LoginElsewhere,
+                ..
+            }
+        ));
+        let (d, _rd) = info(4, "phone-2", pb::Platform::Android);
+        assert!(matches!(r.register(d)[0].1, SessionCmd::Replaced));
+        assert_eq!(r.len(), 2);
+        r.unregister("alice", 4);
+        r.unregister("alice", 4);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn per_user_and_per_device_policies() {
+        let r = Registry::new(KickPolicy::PerUser);
+        let (a, _ra) = info(1, "phone", pb::Platform::Android);
+        let (b, _rb) = info(2, "desktop", pb::Platform::Desktop);
+        r.register(a);
+        assert_eq!(r.register(b).len(), 1);
+        let r = Registry::new(KickPolicy::PerDevice);
+        let (a, _ra) = info(1, "phone", pb::Platform::Android);
+        let (b, mut rb) = info(2, "phone-b", pb::Platform::Android);
+        r.register(a);
+        assert!(r.register(b).is_empty());
+        let entry = Arc::new(pb::TimelineEntry { seq: 1, body: None });
+        assert_eq!(r.route("alice", entry, Some(1)), 1);
+        assert!(matches!(rb.try_recv(), Ok(SessionCmd::Push(_))));
+    }
+}

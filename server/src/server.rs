@@ -1,0 +1,247 @@
+//! Wiring: TLS, the QUIC endpoint, the HTTP listener, start-up and graceful shutdown.
+//!
+//! [`start`] returns a [`ServerHandle`] with the bound addresses, so tests and embedders
+//! can run a server on ephemeral ports in-process; the binary is a thin CLI around it.
+//!
+//! Shutdown ([`ServerHandle::shutdown`]): stop accepting, tell every session
+//! `Kickout { SERVER_SHUTDOWN }` (clients reconnect with backoff, to another node if
+//! there is one), wait briefly for them to leave, flush the store, close the endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tern_protocol::pb;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::HmacVerifier;
+use crate::config::Config;
+use crate::registry::SessionCmd;
+use crate::session::{Shared, handle_incoming};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// ALPN protocol id of Tern over QUIC.
+pub const ALPN: &[u8] = b"tern/1";
+
+/// The process-wide Prometheus recorder (installed once; `None` if another recorder
+/// was installed first by an embedding application).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            let sizes = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 512.0];
+            PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full("tern_store_batch_size".into()), &sizes)
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}
+
+/// Certificate chain and key, plus where the certificate is (for clients to trust).
+pub struct TlsMaterial {
+    /// Certificate chain.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The certificate file.
+    pub cert_path: PathBuf,
+}
+
+fn load_pem(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsMaterial> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert_path).with_context(|| format!("open {}", cert_path.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("parse {}", cert_path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "no certificate in {}",
+        cert_path.display()
+    );
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key_path).with_context(|| format!("open {}", key_path.display()))?,
+    ))
+    .with_context(|| format!("parse {}", key_path.display()))?
+    .with_context(|| format!("no private key in {}", key_path.display()))?;
+    Ok(TlsMaterial {
+        certs,
+        key,
+        cert_path: cert_path.to_owned(),
+    })
+}
+
+/// Loads the configured certificate, or in dev mode the one in the data directory,
+/// generating a self-signed one for localhost on first start.
+pub fn tls_material(config: &Config) -> anyhow::Result<TlsMaterial> {
+    if let Some((cert, key)) = &config.tls {
+        return load_pem(cert, key);
+    }
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("create {}", config.data.display()))?;
+    let cert_path = config.data.join("dev-cert.pem");
+    let key_path = config.data.join("dev-key.pem");
+    if !cert_path.exists() || !key_path.exists() {
+        let names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        let ck = rcgen::generate_simple_self_signed(names).context("generate dev certificate")?;
+        std::fs::write(&key_path, ck.signing_key.serialize_pem())?;
+        std::fs::write(&cert_path, ck.cert.pem())?;
+        tracing::info!(path = %cert_path.display(), "generated self-signed dev certificate");
+    }
+    load_pem(&cert_path, &key_path)
+}
+
+fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(tls.certs.clone(), tls.key.clone_key())
+        .context("certificate and key do not match")?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let mut server =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
+    let mut transport = quinn::TransportConfig::default();
+    // The session stream is the only stream a client opens; few streams keep the
+    // per-connection memory of idle sessions small.
+    transport.max_concurrent_bidi_streams(2u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    // Heartbeats are the application's business (smart intervals); QUIC must not time
+    // out before the session's own heartbeat timeout does.
+    let idle = config.heartbeat_timeout + Duration::from_secs(30);
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle)?));
+    server.transport_config(Arc::new(transport));
+    server.migration(true);
+    Ok(server)
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// Bound QUIC address.
+    pub quic_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The certificate clients should trust (dev mode: the generated one).
+    pub cert_path: PathBuf,
+    /// The certificate, DER.
+    pub cert_der: CertificateDer<'static>,
+    /// Shared state (registry, store, config).
+    pub shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Opens the store, binds both listeners and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
+    let metrics = metrics_handle();
+    let tls = tls_material(&config)?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.data, config.durability)
+            .with_context(|| format!("open store in {}", config.data.display()))?,
+    );
+    let verifier = Arc::new(HmacVerifier::new(
+        config.token_secret.clone(),
+        config.banned_users.clone(),
+    ));
+    let endpoint = quinn::Endpoint::server(quic_config(&config, &tls)?, config.quic)
+        .with_context(|| format!("bind QUIC on {}", config.quic))?;
+    let quic_addr = endpoint.local_addr()?;
+    let http = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("bind HTTP on {}", config.http))?;
+    let http_addr = http.local_addr()?;
+    let shared = Arc::new(Shared::new(config, store, verifier));
+    let (stop, stop_rx) = watch::channel(false);
+
+    let accept = {
+        let (endpoint, shared, mut stop_rx) = (endpoint.clone(), shared.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    incoming = endpoint.accept() => match incoming {
+                        Some(incoming) => { tokio::spawn(handle_incoming(shared.clone(), incoming)); }
+                        None => break,
+                    },
+                    _ = stop_rx.changed() => break,
+                }
+            }
+        })
+    };
+    let http_task = {
+        let router = crate::http::router(shared.clone(), metrics);
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop_rx.changed().await;
+            };
+            if let Err(e) = axum::serve(http, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+    tracing::info!(%quic_addr, %http_addr, "tern-server started");
+    Ok(ServerHandle {
+        quic_addr,
+        http_addr,
+        cert_der: tls.certs[0].clone(),
+        cert_path: tls.cert_path,
+        shared,
+        endpoint,
+        stop,
+        tasks: vec![accept, http_task],
+    })
+}
+
+impl ServerHandle {
+    /// Graceful shutdown; returns when the store is flushed and the endpoint closed.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        let kicked = self.shared.registry.command_all(SessionCmd::Kick {
+            reason: pb::KickReason::ServerShutdown,
+            text: "server going away".into(),
+        });
+        tracing::info!(sessions = kicked, "asked sessions to leave");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !self.shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = self.shared.store.flush().await {
+            tracing::error!(error = %e, "store flush at shutdown failed");
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(pb::ErrorCode::ShuttingDown as u32),
+            b"server shutdown",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("shutdown complete");
+    }
+}

@@ -1,0 +1,862 @@
+//! The default store: one SQLite file in WAL mode, embedded in the server process.
+//!
+//! **Writes** go through one dedicated writer thread. Each call queues a job and waits
+//! for its reply; the writer takes every job that is waiting (up to [`MAX_BATCH`]), runs
+//! them in *one* transaction (each inside its own savepoint, so one bad job does not
+//! sink the others), commits, and only then replies. This is group commit: under load
+//! one fsync covers hundreds of messages, and when idle a message still commits alone
+//! at once. A failed commit replies an error to every job in the batch: nothing in it
+//! was acknowledged.
+//!
+//! **Durability level**: `synchronous=FULL` by default — each commit is fsynced before
+//! the ACK, so an acknowledged message survives `kill -9` *and* power loss. `NORMAL`
+//! (configurable) survives `kill -9` of the server (the WAL is in the OS page cache) but
+//! may lose the last commits on power loss; it is for deployments on battery-backed or
+//! replicated disks. See docs/operations.md.
+//!
+//! **Reads** use a small pool of read-only connections (WAL readers do not block the
+//! writer) on tokio's blocking threads.
+//!
+//! Schema changes are numbered migrations applied in order and recorded in
+//! `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tern_protocol::pb;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Fanout, NewMessage, Store, StoreError, StoreFuture, StoredMessage, SummaryPage, TimelinePage,
+};
+
+/// Most jobs committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// How hard a commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync on every commit: survives process kill and power loss.
+    #[default]
+    Full,
+    /// fsync at WAL checkpoints: survives process kill, not power loss.
+    Normal,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!(
+                "durability must be 'full' or 'normal', not '{other}'"
+            )),
+        }
+    }
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: messages, timelines, per-user heads, conversations, device cursors.
+    "CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        sender TEXT NOT NULL,
+        client_msg_id BLOB NOT NULL,
+        recipient TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        content_type INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        client_ts INTEGER NOT NULL,
+        server_ts INTEGER NOT NULL,
+        sender_seq INTEGER NOT NULL,
+        UNIQUE (sender, client_msg_id)
+    );
+    CREATE TABLE timeline (
+        user TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        conv_kind INTEGER NOT NULL,
+        conversation TEXT NOT NULL,
+        message_id INTEGER,
+        receipt BLOB,
+        PRIMARY KEY (user, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX timeline_by_conversation ON timeline (user, conv_kind, conversation, seq);
+    CREATE TABLE users (
+        user TEXT PRIMARY KEY,
+        head_seq INTEGER NOT NULL DEFAULT 0,
+        delivered_seq INTEGER NOT NULL DEFAULT 0,
+        last_login_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE conversations (
+        user TEXT NOT NULL,
+        conv_kind INTEGER NOT NULL,
+        conversation TEXT NOT NULL,
+        latest_seq INTEGER NOT NULL,
+        unread INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user, conv_kind, conversation)
+    ) WITHOUT ROWID;
+    CREATE INDEX conversations_by_activity ON conversations (user, latest_seq);
+    CREATE TABLE devices (
+        user TEXT NOT NULL,
+        device TEXT NOT NULL,
+        delivered_seq INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user, device)
+    ) WITHOUT ROWID;",
+];
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(migration = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+fn open(path: &Path, durability: Durability, read_only: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    if read_only {
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    Ok(conn)
+}
+
+enum WriteOp {
+    Store(NewMessage),
+    Ack {
+        user: String,
+        device: String,
+        seq: u64,
+    },
+    Login {
+        user: String,
+        device: String,
+    },
+    Flush,
+}
+
+enum WriteReply {
+    Stored(StoredMessage),
+    Fanout(Vec<Fanout>),
+    Done,
+}
+
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteReply, StoreError>>,
+}
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) `dir/tern.db`.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Corrupt(format!("create {}: {e}", dir.display())))?;
+        let path = dir.join("tern.db");
+        let mut writer = open(&path, durability, false)?;
+        migrate(&mut writer)?;
+        let readers = (0..4)
+            .map(|_| open(&path, durability, true).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (jobs, rx) = mpsc::channel(8192);
+        std::thread::Builder::new()
+            .name("tern-store-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Corrupt(format!("spawn writer: {e}")))?;
+        Ok(SqliteStore {
+            jobs,
+            readers: Arc::new(readers),
+            next_reader: AtomicUsize::new(0),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues `op` now; the returned future waits for its commit.
+    fn enqueue(&self, op: WriteOp) -> StoreFuture<WriteReply> {
+        let (reply, rx) = oneshot::channel();
+        let queued = self.jobs.try_send(Job { op, reply });
+        Box::pin(async move {
+            match queued {
+                Ok(()) => rx.await.map_err(|_| StoreError::Closed)?,
+                Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
+            }
+        })
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteReply, StoreError> {
+        self.enqueue(op).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[i].lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut last_ts = 0u64;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let outcome = (|| -> Result<Vec<Result<WriteReply, StoreError>>, rusqlite::Error> {
+            let tx = conn.transaction()?;
+            let mut results = Vec::with_capacity(batch.len());
+            for job in &batch {
+                tx.execute_batch("SAVEPOINT job")?;
+                let r = apply(&tx, &job.op, &mut last_ts);
+                if r.is_err() {
+                    tx.execute_batch("ROLLBACK TO job")?;
+                }
+                tx.execute_batch("RELEASE job")?;
+                results.push(r);
+            }
+            tx.commit()?;
+            Ok(results)
+        })();
+        metrics::histogram!("tern_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tern_store_batch_size").record(batch.len() as f64);
+        match outcome {
+            Ok(results) => {
+                for (job, r) in batch.into_iter().zip(results) {
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "store job failed");
+                    }
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "store commit failed; nothing in the batch was acknowledged");
+                metrics::counter!("tern_store_commit_failures_total").increment(1);
+                let msg = e.to_string();
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Corrupt(format!("commit failed: {msg}"))));
+                }
+            }
+        }
+    }
+    tracing::info!("store writer stopped");
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn next_seq(tx: &Transaction<'_>, user: &str) -> Result<u64, StoreError> {
+    let seq: i64 = tx.query_row(
+        "INSERT INTO users (user, head_seq) VALUES (?1, 1)
+         ON CONFLICT (user) DO UPDATE SET head_seq = head_seq + 1
+         RETURNING head_seq",
+        params![user],
+        |r| r.get(0),
+    )?;
+    Ok(seq as u64)
+}
+
+fn head_seq(conn: &Connection, user: &str) -> Result<u64, StoreError> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT head_seq FROM users WHERE user = ?1",
+            params![user],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append_entry(
+    tx: &Transaction<'_>,
+    user: &str,
+    seq: u64,
+    kind: i32,
+    conversation: &str,
+    message_id: Option<u64>,
+    receipt: Option<&[u8]>,
+    unread: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO timeline (user, seq, conv_kind, conversation, message_id, receipt) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![user, seq as i64, kind, conversation, message_id.map(|i| i as i64), receipt],
+    )?;
+    if message_id.is_some() {
+        tx.execute(
+            "INSERT INTO conversations (user, conv_kind, conversation, latest_seq, unread) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (user, conv_kind, conversation)
+             DO UPDATE SET latest_seq = excluded.latest_seq, unread = unread + excluded.unread",
+            params![user, kind, conversation, seq as i64, unread as i64],
+        )?;
+    }
+    Ok(())
+}
+
+fn apply(tx: &Transaction<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteReply, StoreError> {
+    match op {
+        WriteOp::Store(m) => store_message(tx, m, last_ts).map(WriteReply::Stored),
+        WriteOp::Ack { user, device, seq } => {
+            ack_delivered(tx, user, device, *seq).map(WriteReply::Fanout)
+        }
+        WriteOp::Login { user, device } => {
+            tx.execute(
+                "INSERT INTO users (user, last_login_ms) VALUES (?1, ?2)
+                 ON CONFLICT (user) DO UPDATE SET last_login_ms = excluded.last_login_ms",
+                params![user, now_ms() as i64],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO devices (user, device) VALUES (?1, ?2)",
+                params![user, device],
+            )?;
+            Ok(WriteReply::Done)
+        }
+        WriteOp::Flush => Ok(WriteReply::Done),
+    }
+}
+
+fn store_message(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    last_ts: &mut u64,
+) -> Result<StoredMessage, StoreError> {
+    let existing: Option<(i64, i64, i64)> = tx
+        .query_row(
+            "SELECT id, sender_seq, server_ts FROM messages WHERE sender = ?1 AND client_msg_id = ?2",
+            params![m.sender, &m.client_msg_id.0[..]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if let Some((id, seq, ts)) = existing {
+        return Ok(StoredMessage {
+            server_msg_id: id as u64,
+            sender_seq: seq as u64,
+            server_ts_ms: ts as u64,
+            duplicate: true,
+            fanout: vec![],
+        });
+    }
+    if m.require_known_recipient {
+        let known = tx
+            .query_row(
+                "SELECT 1 FROM users WHERE user = ?1",
+                params![m.recipient],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if known.is_none() {
+            return Err(StoreError::UnknownRecipient);
+        }
+    }
+    let ts = now_ms().max(*last_ts);
+    *last_ts = ts;
+    let kind = m.kind as i32;
+    let sender_seq = next_seq(tx, &m.sender)?;
+    tx.execute(
+        "INSERT INTO messages (sender, client_msg_id, recipient, kind, content_type, body, client_ts, server_ts, sender_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            m.sender,
+            &m.client_msg_id.0[..],
+            m.recipient,
+            kind,
+            m.content_type,
+            &m.body[..],
+            m.client_ts_ms as i64,
+            ts as i64,
+            sender_seq as i64
+        ],
+    )?;
+    let id = tx.last_insert_rowid() as u64;
+    let stored = pb::StoredMessage {
+        server_msg_id: id,
+        client_msg_id: bytes::Bytes::copy_from_slice(&m.client_msg_id.0),
+        sender: m.sender.clone(),
+        recipient: m.recipient.clone(),
+        kind,
+        content_type: m.content_type,
+        body: m.body.clone(),
+        client_ts_ms: m.client_ts_ms,
+        server_ts_ms: ts,
+    };
+    let entry = |seq| pb::TimelineEntry {
+        seq,
+        body: Some(pb::timeline_entry::Body::Message(stored.clone())),
+    };
+    append_entry(
+        tx,
+        &m.sender,
+        sender_seq,
+        kind,
+        &m.recipient,
+        Some(id),
+        None,
+        0,
+    )?;
+    let mut fanout = vec![Fanout {
+        user: m.sender.clone(),
+        entry: entry(sender_seq),
+    }];
+    if m.recipient != m.sender {
+        let seq = next_seq(tx, &m.recipient)?;
+        append_entry(tx, &m.recipient, seq, kind, &m.sender, Some(id), None, 1)?;
+        fanout.push(Fanout {
+            user: m.recipient.clone(),
+            entry: entry(seq),
+        });
+    }
+    Ok(StoredMessage {
+        server_msg_id: id,
+        sender_seq,
+        server_ts_ms: ts,
+        duplicate: false,
+        fanout,
+    })
+}
+
+fn ack_delivered(
+    tx: &Transaction<'_>,
+    user: &str,
+    device: &str,
+    seq: u64,
+) -> Result<Vec<Fanout>, StoreError> {
+    let seq = seq.min(head_seq(tx, user)?);
+    let device_seq: i64 = tx
+        .query_row(
+            "SELECT delivered_seq FROM devices WHERE user = ?1 AND device = ?2",
+            params![user, device],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if seq <= device_seq as u64 {
+        return Ok(vec![]);
+    }
+    tx.execute(
+        "INSERT INTO devices (user, device, delivered_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user, device) DO UPDATE SET delivered_seq = excluded.delivered_seq",
+        params![user, device, seq as i64],
+    )?;
+    // Receipts only for what no device of this user had acknowledged before.
+    let user_seq: i64 = tx.query_row(
+        "SELECT delivered_seq FROM users WHERE user = ?1",
+        params![user],
+        |r| r.get(0),
+    )?;
+    if seq <= user_seq as u64 {
+        return Ok(vec![]);
+    }
+    tx.execute(
+        "UPDATE users SET delivered_seq = ?2 WHERE user = ?1",
+        params![user, seq as i64],
+    )?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT m.sender, MAX(m.id) FROM timeline t JOIN messages m ON m.id = t.message_id
+         WHERE t.user = ?1 AND t.seq > ?2 AND t.seq <= ?3 AND t.conv_kind = ?4 AND m.sender != ?1
+         GROUP BY m.sender",
+    )?;
+    let senders: Vec<(String, i64)> = stmt
+        .query_map(
+            params![
+                user,
+                user_seq,
+                seq as i64,
+                pb::ConversationKind::Direct as i32
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut fanout = vec![];
+    for (sender, up_to) in senders {
+        let receipt = pb::Receipt {
+            status: pb::receipt::Status::Delivered as i32,
+            kind: pb::ConversationKind::Direct as i32,
+            conversation: user.to_owned(),
+            by_user: user.to_owned(),
+            up_to_server_msg_id: up_to as u64,
+        };
+        let s = next_seq(tx, &sender)?;
+        append_entry(
+            tx,
+            &sender,
+            s,
+            receipt.kind,
+            user,
+            None,
+            Some(&receipt.encode_to_vec()),
+            0,
+        )?;
+        fanout.push(Fanout {
+            user: sender,
+            entry: pb::TimelineEntry {
+                seq: s,
+                body: Some(pb::timeline_entry::Body::Receipt(receipt)),
+            },
+        });
+    }
+    Ok(fanout)
+}
+
+const ENTRY_COLUMNS: &str =
+    "t.seq, t.receipt, m.id, m.client_msg_id, m.sender, m.recipient, m.kind, m.content_type,
+     m.body, m.client_ts, m.server_ts";
+
+fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<pb::TimelineEntry, StoreError>> {
+    let seq: i64 = r.get(0)?;
+    let receipt: Option<Vec<u8>> = r.get(1)?;
+    let body = match receipt {
+        Some(bytes) => match pb::Receipt::decode(&bytes[..]) {
+            Ok(rc) => pb::timeline_entry::Body::Receipt(rc),
+            Err(e) => {
+                return Ok(Err(StoreError::Corrupt(format!(
+                    "receipt at seq {seq}: {e}"
+                ))));
+            }
+        },
+        None => pb::timeline_entry::Body::Message(pb::StoredMessage {
+            server_msg_id: r.get::<_, i64>(2)? as u64,
+            client_msg_id: r.get::<_, Vec<u8>>(3)?.into(),
+            sender: r.get(4)?,
+            recipient: r.get(5)?,
+            kind: r.get(6)?,
+            content_type: r.get(7)?,
+            body: r.get::<_, Vec<u8>>(8)?.into(),
+            client_ts_ms: r.get::<_, i64>(9)? as u64,
+            server_ts_ms: r.get::<_, i64>(10)? as u64,
+        }),
+    };
+    Ok(Ok(pb::TimelineEntry {
+        seq: seq as u64,
+        body: Some(body),
+    }))
+}
+
+fn read_timeline(
+    conn: &Connection,
+    user: &str,
+    after: u64,
+    until: u64,
+    limit: u32,
+) -> Result<TimelinePage, StoreError> {
+    let head = head_seq(conn, user)?;
+    let upper = if until == 0 { head } else { until.min(head) };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM timeline t LEFT JOIN messages m ON m.id = t.message_id
+         WHERE t.user = ?1 AND t.seq > ?2 AND t.seq <= ?3 ORDER BY t.seq LIMIT ?4"
+    ))?;
+    let entries = stmt
+        .query_map(
+            params![user, after as i64, upper as i64, limit as i64],
+            row_to_entry,
+        )?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let last = entries.last().map_or(after, |e| e.seq);
+    Ok(TimelinePage {
+        more: last < upper,
+        entries,
+        head_seq: head,
+    })
+}
+
+fn read_summaries(
+    conn: &Connection,
+    user: &str,
+    last_messages: u32,
+    limit: u32,
+) -> Result<SummaryPage, StoreError> {
+    let head = head_seq(conn, user)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT conv_kind, conversation, latest_seq, unread FROM conversations
+         WHERE user = ?1 ORDER BY latest_seq DESC LIMIT ?2",
+    )?;
+    let rows: Vec<(i32, String, i64, i64)> = stmt
+        .query_map(params![user, limit as i64 + 1], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let more = rows.len() > limit as usize;
+    let mut last_stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM timeline t JOIN messages m ON m.id = t.message_id
+         WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 ORDER BY t.seq DESC LIMIT ?4"
+    ))?;
+    let mut conversations = Vec::with_capacity(rows.len().min(limit as usize));
+    for (kind, conversation, latest_seq, unread) in rows.into_iter().take(limit as usize) {
+        let mut last = last_stmt
+            .query_map(
+                params![user, kind, conversation, last_messages as i64],
+                row_to_entry,
+            )?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        last.reverse();
+        conversations.push(pb::ConversationSummary {
+            kind,
+            conversation,
+            unread: unread as u64,
+            latest_seq: latest_seq as u64,
+            last,
+        });
+    }
+    Ok(SummaryPage {
+        conversations,
+        more,
+        head_seq: head,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn store_message(&self, msg: NewMessage) -> StoreFuture<StoredMessage> {
+        let queued = self.enqueue(WriteOp::Store(msg));
+        Box::pin(async move {
+            match queued.await? {
+                WriteReply::Stored(s) => Ok(s),
+                _ => unreachable!("store job replies Stored"),
+            }
+        })
+    }
+
+    async fn timeline(
+        &self,
+        user: &str,
+        after: u64,
+        until: u64,
+        limit: u32,
+    ) -> Result<TimelinePage, StoreError> {
+        let user = user.to_owned();
+        self.read(move |c| read_timeline(c, &user, after, until, limit))
+            .await
+    }
+
+    async fn summaries(
+        &self,
+        user: &str,
+        last_messages: u32,
+        limit: u32,
+    ) -> Result<SummaryPage, StoreError> {
+        let user = user.to_owned();
+        self.read(move |c| read_summaries(c, &user, last_messages, limit))
+            .await
+    }
+
+    async fn ack_delivered(
+        &self,
+        user: &str,
+        device: &str,
+        seq: u64,
+    ) -> Result<Vec<Fanout>, StoreError> {
+        match self
+            .write(WriteOp::Ack {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                seq,
+            })
+            .await?
+        {
+            WriteReply::Fanout(f) => Ok(f),
+            _ => unreachable!("ack job replies Fanout"),
+        }
+    }
+
+    async fn head_seq(&self, user: &str) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.read(move |c| head_seq(c, &user)).await
+    }
+
+    async fn record_login(&self, user: &str, device: &str) -> Result<(), StoreError> {
+        self.write(WriteOp::Login {
+            user: user.to_owned(),
+            device: device.to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn user_exists(&self, user: &str) -> Result<bool, StoreError> {
+        let user = user.to_owned();
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT 1 FROM users WHERE user = ?1", params![user], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some(),
+            )
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.write(WriteOp::Flush).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_protocol::ClientMsgId;
+
+    fn msg(from: &str, to: &str, n: u8) -> NewMessage {
+        NewMessage {
+            sender: from.into(),
+            client_msg_id: ClientMsgId([n; 16]),
+            recipient: to.into(),
+            kind: pb::ConversationKind::Direct,
+            content_type: 0,
+            body: bytes::Bytes::from(format!("hello {n}")),
+            client_ts_ms: 1,
+            require_known_recipient: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn store_is_idempotent_and_assigns_contiguous_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Full).unwrap();
+        let a = store.store_message(msg("alice", "bob", 1)).await.unwrap();
+        assert!(!a.duplicate);
+        assert_eq!(a.sender_seq, 1);
+        assert_eq!(
+            a.fanout
+                .iter()
+                .map(|f| (f.user.as_str(), f.entry.seq))
+                .collect::<Vec<_>>(),
+            vec![("alice", 1), ("bob", 1)]
+        );
+        let again = store.store_message(msg("alice", "bob", 1)).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(
+            (again.server_msg_id, again.sender_seq),
+            (a.server_msg_id, a.sender_seq)
+        );
+        assert!(again.fanout.is_empty());
+        // Same client id from another sender is a different message.
+        let c = store.store_message(msg("carol", "bob", 1)).await.unwrap();
+        assert!(!c.duplicate);
+        assert_eq!(store.head_seq("bob").await.unwrap(), 2);
+
+        let page = store.timeline("bob", 0, 0, 1).await.unwrap();
+        assert_eq!((page.entries.len(), page.more, page.head_seq), (1, true, 2));
+        let page = store.timeline("bob", 1, 0, 10).await.unwrap();
+        assert_eq!((page.entries[0].seq, page.more), (2, false));
+
+        let sums = store.summaries("bob", 5, 10).await.unwrap();
+        assert_eq!(sums.conversations.len(), 2);
+        assert_eq!(
+            sums.conversations[0].conversation, "carol",
+            "most recent first"
+        );
+        assert_eq!(sums.conversations[0].unread, 1);
+        let alice_view = store.summaries("alice", 5, 10).await.unwrap();
+        assert_eq!(
+            alice_view.conversations[0].unread, 0,
+            "own messages are not unread"
+        );
+    }
+
+    #[tokio::test]
+    async fn delivery_ack_produces_one_receipt_per_sender_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        for n in 1..=3 {
+            store.store_message(msg("alice", "bob", n)).await.unwrap();
+        }
+        let last = store.store_message(msg("carol", "bob", 9)).await.unwrap();
+        let fan = store.ack_delivered("bob", "phone", 4).await.unwrap();
+        let users: Vec<&str> = fan.iter().map(|f| f.user.as_str()).collect();
+        assert_eq!(users, vec!["alice", "carol"]);
+        match &fan[1].entry.body {
+            Some(pb::timeline_entry::Body::Receipt(r)) => {
+                assert_eq!(r.up_to_server_msg_id, last.server_msg_id);
+                assert_eq!(r.by_user, "bob");
+            }
+            other => panic!("expected a receipt, got {other:?}"),
+        }
+        assert!(
+            store
+                .ack_delivered("bob", "phone", 4)
+                .await
+                .unwrap()
+                .is_empty(),
+            "repeat ack is a no-op"
+        );
+        assert!(
+            store
+                .ack_delivered("bob", "tablet", 4)
+                .await
+                .unwrap()
+                .is_empty(),
+            "second device: no new receipts"
+        );
+        // Receipts are in alice's timeline, readable by sync.
+        let page = store.timeline("alice", 0, 0, 10).await.unwrap();
+        assert_eq!(page.entries.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything_and_migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path(), Durability::Full).unwrap();
+            store.store_message(msg("alice", "bob", 1)).await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), Durability::Full).unwrap();
+        assert_eq!(store.head_seq("bob").await.unwrap(), 1);
+        assert!(
+            store
+                .store_message(msg("alice", "bob", 1))
+                .await
+                .unwrap()
+                .duplicate
+        );
+    }
+}
