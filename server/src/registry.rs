@@ -95,9 +95,29 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Adds `info`; returns the sessions it displaces (already removed), each with the
+    /// Adds `info` unless `max` sessions are already live. The slot is reserved before
+    /// the insert and held through it, so a login storm cannot overshoot the limit. On
+    /// success returns the sessions it displaces (already removed), each with the
     /// command to send it.
+    pub fn try_register(
+        &self,
+        info: SessionInfo,
+        max: usize,
+    ) -> Option<Vec<(SessionInfo, SessionCmd)>> {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(self.insert_reserved(info))
+    }
+
+    /// Adds `info` whatever the count; returns the sessions it displaces.
     pub fn register(&self, info: SessionInfo) -> Vec<(SessionInfo, SessionCmd)> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.insert_reserved(info)
+    }
+
+    fn insert_reserved(&self, info: SessionInfo) -> Vec<(SessionInfo, SessionCmd)> {
         let mut entry = self.users.entry(info.user.clone()).or_default();
         let mut displaced = vec![];
         let policy = self.policy;
@@ -124,8 +144,7 @@ impl Registry {
         });
         entry.push(info);
         drop(entry);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_sub(displaced.len(), Ordering::Relaxed);
+        self.count.fetch_sub(displaced.len(), Ordering::AcqRel);
         displaced
     }
 

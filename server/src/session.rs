@@ -260,9 +260,6 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
         if shared.shutting_down.load(Ordering::Relaxed) {
             return Err((ErrorCode::ShuttingDown, "server is shutting down".into()));
         }
-        if shared.registry.len() >= cfg.max_sessions {
-            return Err((ErrorCode::ServerBusy, "session limit reached".into()));
-        }
         if !is_valid_user_id(&login.user_id)
             || login.device_id.is_empty()
             || login.device_id.len() > 128
@@ -330,7 +327,21 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
         since: SystemTime::now(),
         tx: cmd_tx,
     };
-    for (old, cmd) in shared.registry.register(info) {
+    let Some(displaced) = shared
+        .registry
+        .try_register(info, shared.config.max_sessions)
+    else {
+        let code = ErrorCode::ServerBusy;
+        reject(
+            &conn,
+            &mut send,
+            refuse(code, "session limit reached".into()),
+            code,
+        )
+        .await;
+        return None;
+    };
+    for (old, cmd) in displaced {
         tracing::info!(user = %old.user, old_device = %old.device, new_device = %login.device_id, "session displaced");
         tokio::spawn(async move {
             let _ = old.tx.send(cmd).await;
@@ -455,6 +466,18 @@ impl Session {
             }
             End::Close(code, why) => {
                 tracing::info!(user = %self.user, session = self.id, code = code_name(code), why, "session closed");
+                // Replies already under way (e.g. results of messages the store has
+                // committed) still go out before the close.
+                let drain = async {
+                    while let Some(reply) = self.tasks.next().await {
+                        if let Some(frame) = reply {
+                            if write(&mut self.send, &frame, 0).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                };
+                let _ = timeout(Duration::from_secs(2), drain).await;
                 let _ = self.send.finish();
                 let _ = timeout(Duration::from_millis(500), self.conn.closed()).await;
                 self.conn
