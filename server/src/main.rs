@@ -4,6 +4,8 @@
 //!   runs the server until SIGTERM or Ctrl-C, then shuts down gracefully.
 //! * `tern-server token --user U [--device D] [--ttl-secs N]` prints a login token signed
 //!   with the configured secret (`--dev` uses the public dev secret), and nothing else.
+//! * `tern-server backup --data DIR --out FILE` writes a consistent copy of the database
+//!   while the server keeps running.
 
 use std::path::PathBuf;
 
@@ -40,6 +42,14 @@ enum Command {
         /// Validity in seconds
         #[arg(long, default_value_t = 30 * 24 * 3600)]
         ttl_secs: u64,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Write a consistent copy of the database while the server runs
+    Backup {
+        /// Output file (must not exist); restore by placing it as <data>/tern.db
+        #[arg(long)]
+        out: PathBuf,
         #[command(flatten)]
         settings: Settings,
     },
@@ -102,6 +112,23 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{}",
             tern_server::auth::mint(&secret, &user, device.as_deref(), ttl_secs)
+        );
+        return Ok(());
+    }
+    if let Some(Command::Backup {
+        out,
+        settings: flags,
+    }) = cli.command
+    {
+        let s = settings(flags.over(cli.settings), &cli.config)?;
+        let data = s.data.unwrap_or_else(|| PathBuf::from("tern-data"));
+        anyhow::ensure!(!out.exists(), "{} exists; choose a new file", out.display());
+        tern_server::store::sqlite::SqliteStore::backup(&data, &out)
+            .with_context(|| format!("back up {}", data.display()))?;
+        eprintln!(
+            "backed up {} to {}",
+            data.join("tern.db").display(),
+            out.display()
         );
         return Ok(());
     }

@@ -1,0 +1,245 @@
+//! Durability: `kill -9` of the server process in the middle of a stream of sends
+//! loses no acknowledged message, and resending after the restart creates no duplicate.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use rustls::pki_types::CertificateDer;
+use tern_protocol::frame::Frame;
+use tern_protocol::pb::timeline_entry::Body;
+use tern_protocol::{ClientMsgId, pb};
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    cert: CertificateDer<'static>,
+}
+
+fn spawn_server(data: &Path) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern-server"))
+        .args([
+            "--dev",
+            "--quic",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--rate-per-sec",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ])
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tern-server");
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = None;
+    let mut cert_path = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("quic listening on ") {
+            addr = Some(a.parse().unwrap());
+        }
+        if let Some(p) = line.strip_prefix("dev certificate: ") {
+            cert_path = Some(p.to_owned());
+            break;
+        }
+    }
+    let pem = std::fs::read(cert_path.expect("server printed its certificate path")).unwrap();
+    let cert = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .unwrap()
+        .unwrap();
+    Proc {
+        child,
+        addr: addr.expect("server printed its address"),
+        cert,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_no_acknowledged_message() {
+    const TOTAL: usize = 3000;
+    const KILL_AFTER: usize = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn_server(dir.path());
+
+    let (alice, r) = TestClient::login(
+        server.addr,
+        server.cert.clone(),
+        "alice",
+        "phone",
+        pb::Platform::Android,
+    )
+    .await;
+    assert_eq!(r.code, 0);
+    let TestClient {
+        mut send,
+        mut recv,
+        conn,
+        endpoint: _endpoint,
+        ..
+    } = alice;
+    let ids: Vec<ClientMsgId> = (0..TOTAL)
+        .map(|i| ClientMsgId::generate(1_700_000_000_000 + i as u64, &mut rand::rng()))
+        .collect();
+    let frames: Vec<u8> = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(i, id)| {
+            chat_frame(*id, "bob", &format!("m{i}"))
+                .to_bytes(0)
+                .to_vec()
+        })
+        .collect();
+    // Write the whole stream without waiting for results.
+    let writer = tokio::spawn(async move {
+        let _ = send.write_all(&frames).await;
+        send
+    });
+    let mut acked: HashMap<ClientMsgId, (u64, u64)> = HashMap::new();
+    let mut buf = bytes::BytesMut::new();
+    let mut killed = false;
+    loop {
+        let next = tokio::time::timeout(
+            WAIT,
+            tern_protocol::io::read_frame(&mut recv, &mut buf, 1 << 20),
+        )
+        .await;
+        match next {
+            Ok(Ok(Some((_, Frame::SendResult(r))))) => {
+                assert_eq!(r.code, 0, "{r:?}");
+                acked.insert(
+                    ClientMsgId::from_slice(&r.client_msg_id).unwrap(),
+                    (r.server_msg_id, r.seq),
+                );
+                if acked.len() == KILL_AFTER && !killed {
+                    server.child.kill().expect("SIGKILL"); // std's kill is SIGKILL on unix
+                    killed = true;
+                }
+            }
+            Ok(Ok(Some(_))) => {}
+            _ => break, // the connection died with the process
+        }
+    }
+    assert!(killed);
+    assert!(
+        acked.len() >= KILL_AFTER && acked.len() < TOTAL,
+        "killed mid-stream: {} acknowledged",
+        acked.len()
+    );
+    server.child.wait().unwrap();
+    drop(writer);
+    drop(conn);
+
+    // Restart on the same data directory.
+    let mut server = spawn_server(dir.path());
+    let (mut bob, r) = TestClient::login(
+        server.addr,
+        server.cert.clone(),
+        "bob",
+        "phone",
+        pb::Platform::Ios,
+    )
+    .await;
+    assert_eq!(r.code, 0);
+    let stored_before = r.inbox_head_seq as usize;
+    let bob_ids = sync_all(&mut bob).await;
+    assert_eq!(bob_ids.len(), stored_before);
+    let distinct: HashSet<_> = bob_ids.iter().collect();
+    assert_eq!(distinct.len(), bob_ids.len(), "no duplicate in bob's inbox");
+    for id in acked.keys() {
+        assert!(distinct.contains(id), "acknowledged message {id} was lost");
+    }
+
+    // Alice resends everything with the same ids (as a client's outbox would).
+    let (mut alice, _) = TestClient::login(
+        server.addr,
+        server.cert.clone(),
+        "alice",
+        "phone",
+        pb::Platform::Android,
+    )
+    .await;
+    let all: Vec<u8> = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(i, id)| {
+            chat_frame(*id, "bob", &format!("m{i}"))
+                .to_bytes(0)
+                .to_vec()
+        })
+        .collect();
+    alice.send_raw(&all).await;
+    for _ in 0..TOTAL {
+        let r = alice.send_result().await;
+        assert_eq!(r.code, 0);
+        let id = ClientMsgId::from_slice(&r.client_msg_id).unwrap();
+        if let Some(first) = acked.get(&id) {
+            assert_eq!(
+                *first,
+                (r.server_msg_id, r.seq),
+                "a resend returns the original result"
+            );
+        }
+    }
+    let (mut bob, r) = TestClient::login(
+        server.addr,
+        server.cert.clone(),
+        "bob",
+        "tablet",
+        pb::Platform::Desktop,
+    )
+    .await;
+    assert_eq!(
+        r.inbox_head_seq as usize, TOTAL,
+        "exactly {TOTAL} entries, none twice"
+    );
+    let bob_ids = sync_all(&mut bob).await;
+    let distinct: HashSet<_> = bob_ids.iter().collect();
+    assert_eq!((bob_ids.len(), distinct.len()), (TOTAL, TOTAL));
+    println!(
+        "killed after {} acknowledgements; {} were stored before the kill; all {TOTAL} present once after resend",
+        acked.len(),
+        stored_before
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+async fn sync_all(c: &mut TestClient) -> Vec<ClientMsgId> {
+    let mut cursor = 0;
+    let mut ids = vec![];
+    loop {
+        c.send(Frame::SyncRequest(pb::SyncRequest {
+            request_id: cursor,
+            after_seq: cursor,
+            until_seq: 0,
+            limit: 500,
+        }))
+        .await;
+        let page = match c.recv_until(|f| matches!(f, Frame::SyncResponse(_))).await {
+            Frame::SyncResponse(p) => p,
+            _ => unreachable!(),
+        };
+        for e in page.entries {
+            assert_eq!(e.seq, cursor + 1, "contiguous");
+            cursor = e.seq;
+            if let Some(Body::Message(m)) = e.body {
+                ids.push(ClientMsgId::from_slice(&m.client_msg_id).unwrap());
+            }
+        }
+        if !page.more {
+            return ids;
+        }
+    }
+}
