@@ -1,10 +1,506 @@
 //! # tern-client
 //!
-//! The client core every app embeds: connection manager, smart heartbeat, reconnect,
-//! local SQLite store with a persisted outbox, and sync by sequence gap. It drives the
-//! sans-IO state machines of [`tern_protocol`] on a runtime it owns.
+//! The client core every app embeds (directly from Rust, or through the `ffi` bindings
+//! from Kotlin, Swift and Python). The app never sees a socket: it calls
+//! [`Client::login`], [`Client::send_text`], [`Client::conversations`],
+//! [`Client::messages`], and receives [`ClientEvent`]s.
 //!
-//! Status: built under the "Client core" issue; this crate currently only fixes its
-//! place in the workspace.
+//! Shape (after matrix-rust-sdk): the client **owns its tokio runtime** and its
+//! **SQLite store**, so foreign runtimes (Android main thread, Swift, Python) only ever
+//! call plain methods; [`Client::shutdown`] stops every task and the event thread before
+//! it returns, so no callback can reach a foreign runtime that is exiting.
+//!
+//! * [`store`]: the local database (messages, persisted outbox, conversations, cursor);
+//! * `connection`: the connection manager: connect, log in, smart heartbeat, reconnect
+//!   with backoff, resend the outbox, sync by seq gap;
+//! * [`types`]: messages, statuses, conversations, connection states, events.
+//!
+//! Methods are synchronous and quick (a local SQLite write at most): a send is durable
+//! in the outbox when [`Client::send`] returns, and the network work happens on the
+//! client's own runtime.
 
-pub use tern_protocol as protocol;
+mod connection;
+pub mod store;
+pub mod types;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tern_protocol::backoff::BackoffConfig;
+use tern_protocol::heartbeat::HeartbeatConfig;
+use tern_protocol::qos::QosConfig;
+use tern_protocol::{ClientMsgId, is_valid_user_id};
+use tokio::sync::{mpsc, watch};
+
+pub use store::DbError;
+pub use tern_protocol::pb::Platform;
+pub use types::{
+    ClientEvent, ConnectionState, Conversation, ConversationKind, EventListener, Message,
+    MessageStatus,
+};
+
+use crate::connection::Command;
+use crate::store::Db;
+
+/// How to reach the server and where to keep data.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the server's QUIC endpoint.
+    pub server: String,
+    /// TLS server name; default: the host part of `server` (`localhost` for IPs).
+    pub server_name: Option<String>,
+    /// PEM certificate(s) to trust (e.g. the dev certificate); `None` trusts the
+    /// public web PKI roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Where the local database lives (one subdirectory per user).
+    pub data_dir: PathBuf,
+    /// Stable id of this install.
+    pub device_id: String,
+    /// Platform, for the server's kickout policy.
+    pub platform: Platform,
+    /// App/SDK version sent at login.
+    pub client_version: String,
+    /// Network label at start (the app reports changes with `network_changed`).
+    pub network_label: String,
+    /// Retransmission schedule for sends.
+    pub qos: QosConfig,
+    /// Smart heartbeat policy.
+    pub heartbeat: HeartbeatConfig,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// How long a seq gap may stay open (reordering) before it is pulled.
+    pub gap_wait: Duration,
+    /// Sync page size.
+    pub sync_page: u32,
+}
+
+impl ClientConfig {
+    /// Defaults for everything but the server, data directory and device.
+    pub fn new(
+        server: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        device_id: impl Into<String>,
+    ) -> Self {
+        ClientConfig {
+            server: server.into(),
+            server_name: None,
+            ca_pem: None,
+            data_dir: data_dir.into(),
+            device_id: device_id.into(),
+            platform: Platform::Desktop,
+            client_version: env!("CARGO_PKG_VERSION").into(),
+            network_label: "default".into(),
+            qos: QosConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            backoff: BackoffConfig::default(),
+            gap_wait: Duration::from_millis(300),
+            sync_page: 200,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Call `login` first.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// `login` was already called (call `logout` first).
+    #[error("already logged in")]
+    AlreadyLoggedIn,
+    /// An argument is invalid (says which).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The body is larger than the server accepts.
+    #[error("message of {size} bytes exceeds the limit of {max}")]
+    MessageTooLarge {
+        /// Body size.
+        size: usize,
+        /// Server limit.
+        max: u32,
+    },
+    /// The local database failed.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// The client was shut down.
+    #[error("client is shut down")]
+    ShutDown,
+    /// No such message (or not in a state that allows this).
+    #[error("no such message")]
+    NotFound,
+    /// The runtime could not be started.
+    #[error("cannot start runtime: {0}")]
+    Runtime(String),
+}
+
+pub(crate) struct Inner {
+    config: ClientConfig,
+    db: Mutex<Option<Db>>,
+    commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    events: Mutex<Option<std::sync::mpsc::Sender<ClientEvent>>>,
+    listener: RwLock<Option<Arc<dyn EventListener>>>,
+    state: watch::Sender<ConnectionState>,
+    max_body: AtomicU32,
+}
+
+impl Inner {
+    pub(crate) fn emit(&self, event: ClientEvent) {
+        if let Some(tx) = self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(event);
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        if *self.state.borrow() != state {
+            tracing::debug!(?state, "connection state");
+            self.state.send_replace(state.clone());
+            self.emit(ClientEvent::ConnectionStateChanged(state));
+        }
+    }
+
+    /// Runs `f` on the open store.
+    pub(crate) fn with_db<T>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T, DbError>,
+    ) -> Result<T, ClientError> {
+        let mut guard = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let db = guard.as_mut().ok_or(ClientError::NotLoggedIn)?;
+        Ok(f(db)?)
+    }
+
+    fn command(&self, cmd: Command) {
+        if let Some(tx) = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(cmd);
+        }
+    }
+
+    pub(crate) fn emit_conversation(&self, kind: ConversationKind, id: &str) {
+        if let Ok(Some(c)) = self.with_db(|db| db.conversation(kind, id)) {
+            self.emit(ClientEvent::ConversationUpdated(c));
+        }
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A Tern client: one user on one device.
+pub struct Client {
+    inner: Arc<Inner>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tasks_left: std::sync::atomic::AtomicUsize,
+}
+
+impl Client {
+    /// Creates a client (no network activity until [`login`](Self::login)).
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.device_id.is_empty() || config.device_id.len() > 128 {
+            return Err(ClientError::InvalidArgument(
+                "device_id must be 1 to 128 bytes".into(),
+            ));
+        }
+        if config.server.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "server address is empty".into(),
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tern-client")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Runtime(e.to_string()))?;
+        let (events_tx, events_rx) = std::sync::mpsc::channel::<ClientEvent>();
+        let (state, _) = watch::channel(ConnectionState::Disconnected);
+        let inner = Arc::new(Inner {
+            config,
+            db: Mutex::new(None),
+            commands: Mutex::new(None),
+            events: Mutex::new(Some(events_tx)),
+            listener: RwLock::new(None),
+            state,
+            max_body: AtomicU32::new(64 * 1024),
+        });
+        let weak = Arc::downgrade(&inner);
+        let dispatcher = std::thread::Builder::new()
+            .name("tern-events".into())
+            .spawn(move || {
+                while let Ok(event) = events_rx.recv() {
+                    let Some(inner) = weak.upgrade() else { break };
+                    let listener = inner
+                        .listener
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    drop(inner);
+                    if let Some(l) = listener {
+                        l.on_event(event);
+                    }
+                }
+            })
+            .map_err(|e| ClientError::Runtime(e.to_string()))?;
+        Ok(Client {
+            inner,
+            runtime: Mutex::new(Some(runtime)),
+            dispatcher: Mutex::new(Some(dispatcher)),
+            tasks_left: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Sets the one event listener (replacing any previous one).
+    pub fn set_listener(&self, listener: Arc<dyn EventListener>) {
+        *self
+            .inner
+            .listener
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
+    /// Opens `user`'s local store and starts connecting. Progress arrives as
+    /// [`ClientEvent::ConnectionStateChanged`]; see also [`wait_for_state`](Self::wait_for_state).
+    pub fn login(&self, user: &str, token: &str) -> Result<(), ClientError> {
+        if !is_valid_user_id(user) {
+            return Err(ClientError::InvalidArgument(format!(
+                "invalid user id {user:?}"
+            )));
+        }
+        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        let rt = rt.as_ref().ok_or(ClientError::ShutDown)?;
+        let mut commands = self
+            .inner
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if commands.is_some() {
+            return Err(ClientError::AlreadyLoggedIn);
+        }
+        let db = Db::open(&self.inner.config.data_dir, user)?;
+        *self.inner.db.lock().unwrap_or_else(|p| p.into_inner()) = Some(db);
+        let (tx, rx) = mpsc::unbounded_channel();
+        *commands = Some(tx);
+        drop(commands);
+        rt.spawn(connection::run(
+            self.inner.clone(),
+            user.to_owned(),
+            token.to_owned(),
+            rx,
+        ));
+        Ok(())
+    }
+
+    /// Ends the session on purpose (the server stops pushing) and closes the store.
+    pub fn logout(&self) {
+        if let Some(tx) = self
+            .inner
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(Command::Logout);
+        }
+        *self.inner.db.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.inner.set_state(ConnectionState::Disconnected);
+    }
+
+    /// Stops every task and the event thread, then returns. Safe to call from any
+    /// thread (including inside another tokio runtime) and more than once. Messages
+    /// still in the outbox are sent after the next `login`.
+    pub fn shutdown(&self) {
+        if let Some(tx) = self
+            .inner
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(Command::Shutdown);
+        }
+        if let Some(rt) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            // Let the tasks finish on their own (they close the connection politely),
+            // then stop the runtime. Dropping a runtime inside another runtime's
+            // context panics; a plain thread is always allowed to.
+            let left = std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                while rt.metrics().num_alive_tasks() > 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let left = rt.metrics().num_alive_tasks();
+                rt.shutdown_timeout(Duration::from_secs(1));
+                left
+            })
+            .join()
+            .unwrap_or(usize::MAX);
+            self.tasks_left.store(left, Ordering::Relaxed);
+        }
+        *self.inner.db.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(d) = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            if d.thread().id() != std::thread::current().id() {
+                let _ = d.join();
+            }
+        }
+    }
+
+    /// Tasks that had not finished on their own when `shutdown` stopped the runtime
+    /// (0 after a clean shutdown). For tests and diagnostics.
+    pub fn tasks_left_at_shutdown(&self) -> usize {
+        self.tasks_left.load(Ordering::Relaxed)
+    }
+
+    /// The current connection state.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Waits (from any async runtime) until the state satisfies `pred`, or `timeout`.
+    /// Returns the state reached, or `None` on timeout.
+    pub async fn wait_for_state(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&ConnectionState) -> bool,
+    ) -> Option<ConnectionState> {
+        let mut rx = self.inner.state.subscribe();
+        let wait = async {
+            loop {
+                let s = rx.borrow_and_update().clone();
+                if pred(&s) {
+                    return Some(s);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// Sends a UTF-8 text to user `to`. Returns at once with the stored message
+    /// (status `Pending`); status changes arrive as events.
+    pub fn send_text(&self, to: &str, text: &str) -> Result<Message, ClientError> {
+        self.send(to, 0, text.as_bytes())
+    }
+
+    /// Sends `body` of the app-defined `content_type` to user `to`.
+    pub fn send(&self, to: &str, content_type: u32, body: &[u8]) -> Result<Message, ClientError> {
+        if !is_valid_user_id(to) {
+            return Err(ClientError::InvalidArgument(format!(
+                "invalid recipient {to:?}"
+            )));
+        }
+        let max = self.inner.max_body.load(Ordering::Relaxed);
+        if body.len() > max as usize {
+            return Err(ClientError::MessageTooLarge {
+                size: body.len(),
+                max,
+            });
+        }
+        let now = unix_ms();
+        let id = ClientMsgId::generate(now, &mut rand::rng());
+        let message = self
+            .inner
+            .with_db(|db| db.enqueue(id, to, ConversationKind::Direct, content_type, body, now))?;
+        self.inner.emit_conversation(ConversationKind::Direct, to);
+        self.inner.command(Command::Flush);
+        Ok(message)
+    }
+
+    /// Puts a failed message back in the outbox (same id: never a duplicate).
+    pub fn retry(&self, local_id: i64) -> Result<Message, ClientError> {
+        let m = self
+            .inner
+            .with_db(|db| db.retry(local_id))?
+            .ok_or(ClientError::NotFound)?;
+        self.inner.emit(ClientEvent::MessageStatusChanged {
+            local_id,
+            status: m.status.clone(),
+        });
+        self.inner.command(Command::Flush);
+        Ok(m)
+    }
+
+    /// Conversations, most recent activity first, with unread counts.
+    pub fn conversations(&self) -> Result<Vec<Conversation>, ClientError> {
+        self.inner.with_db(|db| db.conversations())
+    }
+
+    /// Messages of a conversation, newest first; pass the oldest `local_id` seen as
+    /// `before` to page backwards.
+    pub fn messages(
+        &self,
+        kind: ConversationKind,
+        conversation: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Message>, ClientError> {
+        self.inner
+            .with_db(|db| db.messages(kind, conversation, before, limit))
+    }
+
+    /// One message by local id.
+    pub fn message(&self, local_id: i64) -> Result<Option<Message>, ClientError> {
+        self.inner.with_db(|db| db.message(local_id))
+    }
+
+    /// Marks a conversation read on this device (unread count to zero).
+    pub fn mark_read(&self, kind: ConversationKind, conversation: &str) -> Result<(), ClientError> {
+        if self.inner.with_db(|db| db.mark_read(kind, conversation))? {
+            self.inner.emit_conversation(kind, conversation);
+        }
+        Ok(())
+    }
+
+    /// Highest contiguous inbox seq stored locally.
+    pub fn sync_cursor(&self) -> Result<u64, ClientError> {
+        self.inner.with_db(|db| db.cursor())
+    }
+
+    /// The app moved to another network (e.g. Wi-Fi to cellular, labelled by the app).
+    /// The connection migrates to a new socket at once, or reconnects at once.
+    pub fn network_changed(&self, label: &str) {
+        self.inner
+            .command(Command::NetworkChanged(label.to_owned()));
+    }
+
+    /// The app moved to the foreground or background (heartbeat policy).
+    pub fn set_foreground(&self, foreground: bool) {
+        self.inner.command(Command::SetForeground(foreground));
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,869 @@
+//! The connection manager: one task per logged-in client.
+//!
+//! ```text
+//!   ┌──────────── connect + Login ◄──────────────────────────────┐
+//!   │ ok                          refused for good → LoginFailed   │ backoff (full jitter),
+//!   ▼                                                              │ at once after network_changed
+//!  session: summaries → sync pages → resend outbox → live ──lost──┘
+//!           kickout → KickedOut (stop) · logout → Disconnected (stop)
+//! ```
+//!
+//! During a session the task drives the protocol crate's sans-IO machines: the send
+//! [`Sender`] (retransmission of unacknowledged chats), the [`SmartHeartbeat`], the
+//! [`DuplicateFilter`] for pushes, and the [`Backoff`] between sessions. Local writes
+//! happen before anything is acknowledged to the server (store, then `DeliveryAck`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quinn::crypto::rustls::QuicClientConfig;
+use tern_protocol::backoff::Backoff;
+use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
+use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, FLAG_RETRANSMIT, Frame};
+use tern_protocol::heartbeat::{HeartbeatAction, SmartHeartbeat};
+use tern_protocol::io::{ReadError, decode_datagram, read_frame};
+use tern_protocol::qos::{Sender, SenderEvent};
+use tern_protocol::{ClientMsgId, ErrorCode, pb};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::store::Applied;
+use crate::types::{ClientEvent, ConnectionState, MessageStatus};
+use crate::{Inner, unix_ms};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const ALPN: &[u8] = b"tern/1";
+
+/// What the API asks the connection task to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// New messages are in the outbox.
+    Flush,
+    /// The app reported a different network.
+    NetworkChanged(String),
+    /// Foreground (true) or background.
+    SetForeground(bool),
+    /// End the session on purpose.
+    Logout,
+    /// Stop everything.
+    Shutdown,
+}
+
+/// Why a session ended.
+enum End {
+    Lost(String),
+    NetworkChanged,
+    Kicked(pb::KickReason, String),
+    LoggedOut,
+    Shutdown,
+}
+
+enum ConnectError {
+    Refused(ErrorCode, String),
+    Failed(String),
+}
+
+fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
+    let cfg = &inner.config;
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_pem {
+        Some(pem) => {
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.map_err(|e| format!("bad CA PEM: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad CA certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("CA PEM holds no certificate".into());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?,
+    ));
+    let mut transport = quinn::TransportConfig::default();
+    // Liveness is the smart heartbeat's job; QUIC must outlast its longest interval.
+    let idle = cfg.heartbeat.background.max + Duration::from_secs(120);
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(idle).map_err(|e| e.to_string())?,
+    ));
+    transport.max_concurrent_bidi_streams(0u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    client.transport_config(Arc::new(transport));
+    let bind: std::net::SocketAddr = "[::]:0".parse().expect("valid");
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid")))
+        .map_err(|e| format!("cannot bind a UDP socket: {e}"))?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+fn server_name(server: &str) -> String {
+    let host = server
+        .rsplit_once(':')
+        .map_or(server, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        "localhost".into()
+    } else {
+        host.into()
+    }
+}
+
+async fn connect(
+    inner: &Inner,
+    endpoint: &quinn::Endpoint,
+    user: &str,
+    token: &str,
+) -> Result<
+    (
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        BytesMut,
+        pb::LoginResult,
+    ),
+    ConnectError,
+> {
+    let cfg = &inner.config;
+    let fail = |e: String| ConnectError::Failed(e);
+    let addr = tokio::net::lookup_host(&cfg.server)
+        .await
+        .map_err(|e| fail(format!("resolve {}: {e}", cfg.server)))?
+        .next()
+        .ok_or_else(|| fail(format!("{} resolves to nothing", cfg.server)))?;
+    let name = cfg
+        .server_name
+        .clone()
+        .unwrap_or_else(|| server_name(&cfg.server));
+    let connecting = endpoint
+        .connect(addr, &name)
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| fail("connect timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
+    let cursor = inner
+        .with_db(|db| db.cursor())
+        .map_err(|e| fail(e.to_string()))?;
+    let login = Frame::Login(pb::Login {
+        user_id: user.into(),
+        token: token.into(),
+        device_id: cfg.device_id.clone(),
+        platform: cfg.platform as i32,
+        client_version: cfg.client_version.clone(),
+        inbox_cursor: cursor,
+    });
+    send.write_all(&login.to_bytes(0))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut buf = BytesMut::with_capacity(4096);
+    match timeout(
+        CONNECT_TIMEOUT,
+        read_frame(&mut recv, &mut buf, DEFAULT_MAX_FRAME_BODY),
+    )
+    .await
+    {
+        Ok(Ok(Some((_, Frame::LoginResult(r))))) => {
+            let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Internal);
+            if code != ErrorCode::Ok {
+                return Err(ConnectError::Refused(code, r.message));
+            }
+            Ok((conn, send, recv, buf, r))
+        }
+        Ok(Ok(Some((_, Frame::Error(e))))) => Err(ConnectError::Refused(
+            ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
+            e.message,
+        )),
+        Ok(Ok(other)) => Err(fail(format!("unexpected answer to login: {other:?}"))),
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => Err(fail("login timed out".into())),
+    }
+}
+
+/// Codes after which retrying the same login cannot succeed.
+fn fatal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::BadToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::Banned
+            | ErrorCode::UpgradeRequired
+            | ErrorCode::InvalidArgument
+            | ErrorCode::UnsupportedVersion
+    )
+}
+
+/// Send results after which resending the same message cannot succeed.
+fn permanent(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::MessageTooLarge
+            | ErrorCode::NotAllowed
+            | ErrorCode::RecipientNotFound
+            | ErrorCode::InvalidArgument
+    )
+}
+
+/// The connection task of one logged-in client.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    user: String,
+    token: String,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let cfg = inner.config.clone();
+    let now = Instant::now().into_std();
+    let mut state = Machines {
+        qos: Sender::new(cfg.qos.clone(), now),
+        heartbeat: SmartHeartbeat::new(cfg.heartbeat.clone(), &cfg.network_label, now),
+        filter: DuplicateFilter::new(DedupConfig::default()),
+        backoff: Backoff::new(cfg.backoff.clone(), rand::random()),
+        pending: HashMap::new(),
+    };
+    let endpoint = match endpoint(&inner) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the QUIC endpoint");
+            inner.set_state(ConnectionState::LoginFailed {
+                code: "TLS_CONFIG".into(),
+                message: e,
+            });
+            return;
+        }
+    };
+    loop {
+        inner.set_state(ConnectionState::Connecting);
+        let mut immediate = false;
+        let end = match connect(&inner, &endpoint, &user, &token).await {
+            Ok((conn, send, recv, buf, result)) => {
+                inner.max_body.store(
+                    result.max_body_bytes.max(1),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                state.backoff.on_connected(Instant::now().into_std());
+                inner.set_state(ConnectionState::Connected);
+                tracing::info!(%user, session = %result.session_id, head = result.inbox_head_seq, "logged in");
+                let mut session =
+                    Session::new(&inner, &endpoint, conn, send, result.inbox_head_seq);
+                let end = session.run(recv, buf, &mut state, &mut commands).await;
+                session.conn.close(0u32.into(), b"bye");
+                state.backoff.on_disconnected(Instant::now().into_std());
+                end
+            }
+            Err(ConnectError::Refused(code, message)) if fatal(code) => {
+                tracing::warn!(%user, code = code.as_str_name(), %message, "login refused");
+                inner.set_state(ConnectionState::LoginFailed {
+                    code: code.as_str_name().into(),
+                    message,
+                });
+                return;
+            }
+            Err(ConnectError::Refused(code, message)) => {
+                End::Lost(format!("{}: {message}", code.as_str_name()))
+            }
+            Err(ConnectError::Failed(e)) => End::Lost(e),
+        };
+        match end {
+            End::Lost(why) => tracing::info!(%user, %why, "connection lost"),
+            End::NetworkChanged => immediate = true,
+            End::Kicked(pb::KickReason::ServerShutdown, text) => {
+                tracing::info!(%user, %text, "server going away")
+            }
+            End::Kicked(reason, text) => {
+                tracing::warn!(%user, reason = reason.as_str_name(), %text, "kicked out");
+                inner.set_state(ConnectionState::KickedOut {
+                    reason: reason.as_str_name().into(),
+                    text,
+                });
+                return;
+            }
+            End::LoggedOut => {
+                inner.set_state(ConnectionState::Disconnected);
+                return;
+            }
+            End::Shutdown => return,
+        }
+        let delay = if immediate {
+            state.backoff.network_changed()
+        } else {
+            state.backoff.next_delay()
+        };
+        inner.set_state(ConnectionState::WaitingToReconnect {
+            delay_ms: delay.as_millis() as u64,
+        });
+        let wake = sleep_until(Instant::now() + delay);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = &mut wake => break,
+                cmd = commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => return,
+                    Some(Command::Logout) => {
+                        inner.set_state(ConnectionState::Disconnected);
+                        return;
+                    }
+                    Some(Command::NetworkChanged(label)) => {
+                        state.heartbeat.network_changed(&label);
+                        state.backoff.network_changed();
+                        break;
+                    }
+                    Some(Command::SetForeground(f)) => state.heartbeat.set_foreground(f),
+                    Some(Command::Flush) => {}
+                },
+            }
+        }
+    }
+}
+
+/// The sans-IO state that lives across connections.
+struct Machines {
+    qos: Sender<ClientMsgId>,
+    heartbeat: SmartHeartbeat,
+    filter: DuplicateFilter<u64>,
+    backoff: Backoff,
+    /// Chat frames of unacknowledged sends, for retransmission.
+    pending: HashMap<ClientMsgId, pb::ChatMessage>,
+}
+
+enum Inbound {
+    Frame(Frame),
+    Closed(String),
+}
+
+fn spawn_reader(
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let stream_tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let ev = match read_frame(&mut recv, &mut buf, DEFAULT_MAX_FRAME_BODY).await {
+                Ok(Some((_, f))) => Inbound::Frame(f),
+                Ok(None) => Inbound::Closed("server closed the session stream".into()),
+                Err(ReadError::Io(e)) => Inbound::Closed(e.to_string()),
+                Err(e) => Inbound::Closed(format!("bad frame from server: {e}")),
+            };
+            let last = !matches!(ev, Inbound::Frame(_));
+            if stream_tx.send(ev).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(d) = conn.read_datagram().await {
+            let Ok(frames) = decode_datagram(&d, DEFAULT_MAX_FRAME_BODY) else {
+                continue;
+            };
+            for (_, f) in frames {
+                if tx.send(Inbound::Frame(f)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+struct Session<'a> {
+    inner: &'a Arc<Inner>,
+    endpoint: &'a quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    head: u64,
+    next_request: u64,
+    /// The sync in progress: (request id, until seq).
+    syncing: Option<(u64, u64)>,
+    /// When an open gap will be pulled.
+    gap_at: Option<Instant>,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        inner: &'a Arc<Inner>,
+        endpoint: &'a quinn::Endpoint,
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        head: u64,
+    ) -> Self {
+        Session {
+            inner,
+            endpoint,
+            conn,
+            send,
+            head,
+            next_request: 1,
+            syncing: None,
+            gap_at: None,
+        }
+    }
+
+    async fn write(&mut self, frame: &Frame, flags: u8, m: &mut Machines) -> Result<(), End> {
+        if !matches!(frame, Frame::Heartbeat(_)) {
+            m.heartbeat.on_sent(Instant::now().into_std());
+        }
+        match timeout(WRITE_TIMEOUT, self.send.write_all(&frame.to_bytes(flags))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Lost(format!("write failed: {e}"))),
+            Err(_) => Err(End::Lost("write timed out".into())),
+        }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    async fn run(
+        &mut self,
+        recv: quinn::RecvStream,
+        buf: BytesMut,
+        m: &mut Machines,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> End {
+        let (tx, mut inbound) = mpsc::channel(256);
+        spawn_reader(self.conn.clone(), recv, buf, tx);
+        match self.start(m).await {
+            Ok(()) => {}
+            Err(end) => return end,
+        }
+        loop {
+            let qos_at = m.qos.poll_timeout().map(Instant::from_std);
+            let hb_at = Instant::from_std(m.heartbeat.poll_timeout());
+            let far = Instant::now() + Duration::from_secs(3600);
+            let step = tokio::select! {
+                cmd = commands.recv() => self.on_command(cmd, m).await,
+                frame = inbound.recv() => match frame {
+                    Some(Inbound::Frame(f)) => self.on_frame(f, m).await,
+                    Some(Inbound::Closed(why)) => Err(End::Lost(why)),
+                    None => Err(End::Lost("reader stopped".into())),
+                },
+                _ = sleep_until(qos_at.unwrap_or(far)), if qos_at.is_some() => self.on_qos_timer(m).await,
+                _ = sleep_until(hb_at) => self.on_heartbeat_timer(m).await,
+                _ = sleep_until(self.gap_at.unwrap_or(far)), if self.gap_at.is_some() => {
+                    self.gap_at = None;
+                    self.pull(m).await
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// After login: summaries first (so a large backlog shows at once), then the
+    /// timeline above the cursor page by page, then everything unacknowledged.
+    async fn start(&mut self, m: &mut Machines) -> Result<(), End> {
+        let now = Instant::now().into_std();
+        m.heartbeat.on_connected(now);
+        let cursor = self
+            .inner
+            .with_db(|db| db.cursor())
+            .map_err(|e| End::Lost(e.to_string()))?;
+        if self.head > cursor {
+            let id = self.request_id();
+            self.write(
+                &Frame::SummariesRequest(pb::SummariesRequest {
+                    request_id: id,
+                    last_messages: 5,
+                    limit: 100,
+                }),
+                0,
+                m,
+            )
+            .await?;
+        }
+        self.pull(m).await?;
+        for id in m.qos.on_reconnect(now) {
+            if let Some(chat) = m.pending.get(&id).cloned() {
+                self.write(&Frame::Chat(chat), FLAG_RETRANSMIT, m).await?;
+            }
+        }
+        self.flush(m).await
+    }
+
+    /// Requests the next sync page above the cursor (if none is in flight).
+    async fn pull(&mut self, m: &mut Machines) -> Result<(), End> {
+        if self.syncing.is_some() {
+            return Ok(());
+        }
+        let cursor = self
+            .inner
+            .with_db(|db| db.cursor())
+            .map_err(|e| End::Lost(e.to_string()))?;
+        let max_seen = self
+            .inner
+            .with_db(|db| db.max_seq())
+            .map_err(|e| End::Lost(e.to_string()))?;
+        if cursor >= self.head.max(max_seen) {
+            return Ok(());
+        }
+        let id = self.request_id();
+        self.syncing = Some((id, 0));
+        let limit = self.inner.config.sync_page;
+        self.write(
+            &Frame::SyncRequest(pb::SyncRequest {
+                request_id: id,
+                after_seq: cursor,
+                until_seq: 0,
+                limit,
+            }),
+            0,
+            m,
+        )
+        .await
+    }
+
+    /// Sends outbox messages that are not in flight yet, in order, while the window allows.
+    async fn flush(&mut self, m: &mut Machines) -> Result<(), End> {
+        if !m.qos.has_room() {
+            return Ok(());
+        }
+        let limit = (m.qos.in_flight() + m.qos.config().window) as u32;
+        let outbox = self
+            .inner
+            .with_db(|db| db.outbox(limit))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        for msg in outbox {
+            let Ok(id) = ClientMsgId::from_hex(&msg.client_msg_id).ok_or(()) else {
+                continue;
+            };
+            if m.qos.is_pending(&id) {
+                continue;
+            }
+            if m.qos.try_send(id, Instant::now().into_std()).is_err() {
+                break;
+            }
+            let chat = pb::ChatMessage {
+                client_msg_id: bytes::Bytes::copy_from_slice(&id.0),
+                sender: String::new(),
+                recipient: msg.recipient.clone(),
+                kind: msg.kind.to_wire(),
+                content_type: msg.content_type,
+                body: msg.body.clone().into(),
+                client_ts_ms: msg.client_ts_ms,
+            };
+            m.pending.insert(id, chat.clone());
+            self.write(&Frame::Chat(chat), 0, m).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_command(&mut self, cmd: Option<Command>, m: &mut Machines) -> Result<(), End> {
+        match cmd {
+            Some(Command::Flush) => self.flush(m).await,
+            Some(Command::SetForeground(f)) => {
+                m.heartbeat.set_foreground(f);
+                Ok(())
+            }
+            Some(Command::NetworkChanged(label)) => {
+                m.heartbeat.network_changed(&label);
+                // Migrate: a fresh socket on the new network; QUIC moves the
+                // connection over. If that fails, reconnect at once.
+                let socket = std::net::UdpSocket::bind("[::]:0")
+                    .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"));
+                match socket.map(|s| self.endpoint.rebind(s)) {
+                    Ok(Ok(())) => {
+                        tracing::info!(%label, "network changed: migrated to a new socket");
+                        Ok(())
+                    }
+                    _ => Err(End::NetworkChanged),
+                }
+            }
+            Some(Command::Logout) => {
+                let _ = self.write(&Frame::Logout(pb::Logout {}), 0, m).await;
+                let _ = self.send.finish();
+                let _ = timeout(Duration::from_millis(500), self.conn.closed()).await;
+                Err(End::LoggedOut)
+            }
+            Some(Command::Shutdown) | None => Err(End::Shutdown),
+        }
+    }
+
+    async fn on_qos_timer(&mut self, m: &mut Machines) -> Result<(), End> {
+        m.qos.handle_timeout(Instant::now().into_std());
+        let mut freed = false;
+        while let Some(ev) = m.qos.poll_event() {
+            match ev {
+                SenderEvent::Retransmit(id) => {
+                    if let Some(chat) = m.pending.get(&id).cloned() {
+                        self.write(&Frame::Chat(chat), FLAG_RETRANSMIT, m).await?;
+                    }
+                }
+                SenderEvent::Failed {
+                    key,
+                    transmissions,
+                    elapsed,
+                } => {
+                    m.pending.remove(&key);
+                    freed = true;
+                    let reason = format!(
+                        "not acknowledged after {transmissions} attempts in {}s",
+                        elapsed.as_secs()
+                    );
+                    tracing::warn!(id = %key, %reason, "send failed");
+                    self.fail(&key, reason);
+                }
+            }
+        }
+        if freed { self.flush(m).await } else { Ok(()) }
+    }
+
+    fn fail(&self, id: &ClientMsgId, reason: String) {
+        if let Ok(Some(local_id)) = self.inner.with_db(|db| db.mark_failed(id, &reason)) {
+            self.inner.emit(ClientEvent::MessageStatusChanged {
+                local_id,
+                status: MessageStatus::Failed { reason },
+            });
+        }
+    }
+
+    async fn on_heartbeat_timer(&mut self, m: &mut Machines) -> Result<(), End> {
+        match m.heartbeat.handle_timeout(Instant::now().into_std()) {
+            Some(HeartbeatAction::Send) => {
+                let interval = m.heartbeat.interval().as_millis() as u32;
+                self.write(
+                    &Frame::Heartbeat(pb::Heartbeat {
+                        interval_ms: interval,
+                    }),
+                    0,
+                    m,
+                )
+                .await
+            }
+            Some(HeartbeatAction::ConnectionLost) => {
+                Err(End::Lost("heartbeat replies stopped".into()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn publish(&self, applied: Vec<Applied>) {
+        let mut touched = Vec::new();
+        for a in applied {
+            if let Some(msg) = a.new_message {
+                self.inner.emit(ClientEvent::MessageReceived(msg));
+            }
+            for (local_id, status) in a.status_changes {
+                self.inner
+                    .emit(ClientEvent::MessageStatusChanged { local_id, status });
+            }
+            for c in a.conversations {
+                if !touched.contains(&c) {
+                    touched.push(c);
+                }
+            }
+        }
+        for (kind, id) in touched {
+            self.inner.emit_conversation(kind, &id);
+        }
+    }
+
+    /// Stores entries, then acknowledges them (never before the commit), and opens or
+    /// closes the gap timer.
+    async fn store_and_ack(
+        &mut self,
+        entries: &[pb::TimelineEntry],
+        m: &mut Machines,
+    ) -> Result<(), End> {
+        let applied = self
+            .inner
+            .with_db(|db| db.apply_entries(entries))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        self.publish(applied);
+        let (cursor, max_seen) = self
+            .inner
+            .with_db(|db| Ok((db.cursor()?, db.max_seq()?)))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        let above: Vec<u64> = entries
+            .iter()
+            .map(|e| e.seq)
+            .filter(|s| *s > cursor)
+            .collect();
+        self.write(
+            &Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: cursor,
+                seqs: above,
+            }),
+            0,
+            m,
+        )
+        .await?;
+        if max_seen > cursor {
+            if self.gap_at.is_none() && self.syncing.is_none() {
+                self.gap_at = Some(Instant::now() + self.inner.config.gap_wait);
+            }
+        } else {
+            self.gap_at = None;
+        }
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, frame: Frame, m: &mut Machines) -> Result<(), End> {
+        match frame {
+            Frame::SendResult(r) => {
+                let Ok(id) = ClientMsgId::from_slice(&r.client_msg_id) else {
+                    return Ok(());
+                };
+                let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Internal);
+                if code == ErrorCode::Ok {
+                    m.qos.on_ack(id, Instant::now().into_std());
+                    m.pending.remove(&id);
+                    let local = self
+                        .inner
+                        .with_db(|db| db.mark_sent(&id, r.server_msg_id, r.seq, r.server_ts_ms))
+                        .map_err(|e| End::Lost(e.to_string()))?;
+                    if let Some(local_id) = local {
+                        self.inner.emit(ClientEvent::MessageStatusChanged {
+                            local_id,
+                            status: MessageStatus::Sent,
+                        });
+                    }
+                    self.flush(m).await
+                } else if permanent(code) {
+                    m.qos.cancel(&id);
+                    m.pending.remove(&id);
+                    self.fail(&id, code.as_str_name().to_owned());
+                    self.flush(m).await
+                } else {
+                    // Transient (rate limited, busy, storage): the QoS engine resends.
+                    tracing::debug!(id = %id, code = code.as_str_name(), "send deferred by the server");
+                    Ok(())
+                }
+            }
+            Frame::Push(p) => {
+                let Some(entry) = p.entry else { return Ok(()) };
+                self.head = self.head.max(entry.seq);
+                if !m.filter.insert(entry.seq, Instant::now().into_std()) {
+                    // Seen: our ACK was lost. Acknowledge again, store nothing.
+                    let cursor = self
+                        .inner
+                        .with_db(|db| db.cursor())
+                        .map_err(|e| End::Lost(e.to_string()))?;
+                    let seqs = if entry.seq > cursor {
+                        vec![entry.seq]
+                    } else {
+                        vec![]
+                    };
+                    return self
+                        .write(
+                            &Frame::DeliveryAck(pb::DeliveryAck {
+                                cumulative_seq: cursor,
+                                seqs,
+                            }),
+                            0,
+                            m,
+                        )
+                        .await;
+                }
+                self.store_and_ack(&[entry], m).await
+            }
+            Frame::SyncResponse(page) => {
+                self.head = self.head.max(page.head_seq);
+                let last = page.entries.last().map(|e| e.seq);
+                self.store_and_ack(&page.entries, m).await?;
+                let cursor = self
+                    .inner
+                    .with_db(|db| db.cursor())
+                    .map_err(|e| End::Lost(e.to_string()))?;
+                self.inner.emit(ClientEvent::SyncProgress {
+                    stored: cursor,
+                    head: self.head,
+                });
+                let until = self.syncing.map_or(0, |(_, u)| u);
+                match (page.more, last) {
+                    (true, Some(last)) => {
+                        let id = self.request_id();
+                        self.syncing = Some((id, until));
+                        let limit = self.inner.config.sync_page;
+                        self.write(
+                            &Frame::SyncRequest(pb::SyncRequest {
+                                request_id: id,
+                                after_seq: last,
+                                until_seq: until,
+                                limit,
+                            }),
+                            0,
+                            m,
+                        )
+                        .await
+                    }
+                    _ => {
+                        self.syncing = None;
+                        // Anything still missing (pushed while we synced) is pulled next.
+                        let max_seen = self
+                            .inner
+                            .with_db(|db| db.max_seq())
+                            .map_err(|e| End::Lost(e.to_string()))?;
+                        if cursor < self.head.max(max_seen) {
+                            self.pull(m).await
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }
+            }
+            Frame::Summaries(s) => {
+                self.head = self.head.max(s.head_seq);
+                let applied = self
+                    .inner
+                    .with_db(|db| db.apply_summaries(&s.conversations, unix_ms()))
+                    .map_err(|e| End::Lost(e.to_string()))?;
+                self.publish(applied);
+                Ok(())
+            }
+            Frame::HeartbeatReply(r) => {
+                if let Some(rtt) = m
+                    .heartbeat
+                    .on_reply(Instant::now().into_std(), &r.observed_addr)
+                {
+                    m.qos.on_rtt_sample(rtt);
+                }
+                Ok(())
+            }
+            Frame::Kickout(k) => Err(End::Kicked(
+                pb::KickReason::try_from(k.reason).unwrap_or_default(),
+                k.text,
+            )),
+            Frame::Error(e) => {
+                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal);
+                tracing::warn!(code = code.as_str_name(), message = %e.message, request = e.request_id, "server error");
+                if self.syncing.is_some_and(|(id, _)| id == e.request_id) {
+                    self.syncing = None;
+                    self.gap_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+                Ok(())
+            }
+            other => {
+                tracing::debug!(kind = ?other.kind(), "ignored frame");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_name_from_server_address() {
+        assert_eq!(server_name("127.0.0.1:7443"), "localhost");
+        assert_eq!(server_name("[::1]:7443"), "localhost");
+        assert_eq!(server_name("chat.example.com:443"), "chat.example.com");
+    }
+}

@@ -1,0 +1,771 @@
+//! The local message database.
+//!
+//! One SQLite file per user and data directory (`<data>/<user>/tern.db`, WAL mode),
+//! changed only through numbered migrations. It holds:
+//!
+//! * `messages`: every message the device knows, unique by client message id (so a
+//!   message pushed twice, or pushed and then synced, is stored once) and by server id;
+//! * `outbox`: messages the app sent that the server has not acknowledged yet. A row is
+//!   written *before* the first attempt to send, in the same transaction as the
+//!   message, so a message survives an app kill at any moment and is resent with the
+//!   same client message id (the server de-duplicates);
+//! * `conversations`: last activity, latest seq, and the unread count, kept as
+//!   `base_unread` (what the server reported in a summary, or 0 after `mark_read`) at
+//!   `base_seq`, plus the incoming messages stored above `base_seq`. Derived rather
+//!   than incremented, so a summary followed by a sync of the same messages never
+//!   counts them twice;
+//! * `received_seqs` and the `cursor`: the highest contiguous inbox seq stored, plus
+//!   the seqs stored above it (out of order). A gap is the difference.
+//!
+//! Every method is synchronous and short; the caller holds the store's mutex.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tern_protocol::pb::timeline_entry::Body;
+use tern_protocol::{ClientMsgId, pb};
+
+use crate::types::{Conversation, ConversationKind, Message, MessageStatus};
+
+/// Errors of the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite failed (disk full, corruption, ...).
+    #[error("local database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be created.
+    #[error("cannot create data directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
+        local_id INTEGER PRIMARY KEY,
+        client_msg_id BLOB NOT NULL UNIQUE,
+        server_msg_id INTEGER UNIQUE,
+        conversation TEXT NOT NULL,
+        conv_kind INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        content_type INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        client_ts INTEGER NOT NULL,
+        server_ts INTEGER,
+        seq INTEGER,
+        outgoing INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX messages_by_conversation ON messages (conv_kind, conversation, server_ts, server_msg_id);
+    CREATE TABLE outbox (
+        local_id INTEGER PRIMARY KEY REFERENCES messages (local_id)
+    );
+    CREATE TABLE conversations (
+        conv_kind INTEGER NOT NULL,
+        conversation TEXT NOT NULL,
+        last_local_id INTEGER,
+        last_activity INTEGER NOT NULL,
+        base_unread INTEGER NOT NULL DEFAULT 0,
+        base_seq INTEGER NOT NULL DEFAULT 0,
+        latest_seq INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (conv_kind, conversation)
+    ) WITHOUT ROWID;
+    CREATE TABLE received_seqs (seq INTEGER PRIMARY KEY);
+    CREATE TABLE state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"];
+
+/// What storing one timeline entry changed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// A message new to this device (not a duplicate).
+    pub new_message: Option<Message>,
+    /// Outgoing messages whose status changed (receipts).
+    pub status_changes: Vec<(i64, MessageStatus)>,
+    /// Conversations touched.
+    pub conversations: Vec<(ConversationKind, String)>,
+}
+
+/// The local store of one user.
+pub struct Db {
+    conn: Connection,
+    user: String,
+}
+
+const MESSAGE_COLUMNS: &str =
+    "local_id, client_msg_id, server_msg_id, conversation, conv_kind, sender, recipient,
+     content_type, body, client_ts, server_ts, seq, outgoing, status, error";
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let id: Vec<u8> = r.get(1)?;
+    let status: i64 = r.get(13)?;
+    let error: Option<String> = r.get(14)?;
+    Ok(Message {
+        local_id: r.get(0)?,
+        client_msg_id: ClientMsgId::from_slice(&id)
+            .map(|i| i.to_hex())
+            .unwrap_or_default(),
+        server_msg_id: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+        conversation: r.get(3)?,
+        kind: ConversationKind::from_wire(r.get(4)?),
+        sender: r.get(5)?,
+        recipient: r.get(6)?,
+        content_type: r.get(7)?,
+        body: r.get(8)?,
+        client_ts_ms: r.get::<_, i64>(9)? as u64,
+        server_ts_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        seq: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+        outgoing: r.get(12)?,
+        status: MessageStatus::from_db(status, error),
+    })
+}
+
+impl Db {
+    /// Opens (creating and migrating) the store of `user` under `data_dir`.
+    pub fn open(data_dir: &Path, user: &str) -> Result<Db, DbError> {
+        let dir = data_dir.join(user);
+        std::fs::create_dir_all(&dir)?;
+        let mut conn = Connection::open(dir.join("tern.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // A phone can lose power; but the server holds every message too, and the
+        // cursor only moves after a commit, so NORMAL is enough: a lost commit is
+        // simply synced again.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Db {
+            conn,
+            user: user.to_owned(),
+        })
+    }
+
+    /// The user this store belongs to.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Highest contiguous inbox seq stored.
+    pub fn cursor(&self) -> Result<u64, DbError> {
+        Ok(state(&self.conn, "cursor")?)
+    }
+
+    /// Highest seq stored at all (above the cursor when there is a gap).
+    pub fn max_seq(&self) -> Result<u64, DbError> {
+        let above: Option<i64> =
+            self.conn
+                .query_row("SELECT MAX(seq) FROM received_seqs", [], |r| r.get(0))?;
+        Ok(above.map_or(self.cursor()?, |s| s as u64))
+    }
+
+    /// Queues an outgoing message: the message row and its outbox row, atomically.
+    pub fn enqueue(
+        &mut self,
+        id: ClientMsgId,
+        to: &str,
+        kind: ConversationKind,
+        content_type: u32,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Message, DbError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO messages (client_msg_id, conversation, conv_kind, sender, recipient, content_type, body, client_ts, outgoing, status)
+             VALUES (?1, ?2, ?3, ?4, ?2, ?5, ?6, ?7, 1, ?8)",
+            params![&id.0[..], to, kind.to_wire(), self.user, content_type, body, now_ms as i64, MessageStatus::Pending.code()],
+        )?;
+        let local_id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO outbox (local_id) VALUES (?1)",
+            params![local_id],
+        )?;
+        touch_conversation(&tx, kind, to, local_id, now_ms, 0)?;
+        tx.commit()?;
+        Ok(self.message(local_id)?.expect("just inserted"))
+    }
+
+    /// The first `limit` outbox messages, in send order.
+    pub fn outbox(&self, limit: u32) -> Result<Vec<Message>, DbError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE local_id IN (SELECT local_id FROM outbox) ORDER BY local_id LIMIT ?1"
+        ))?;
+        Ok(stmt
+            .query_map(params![limit as i64], row_to_message)?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// One message by local id.
+    pub fn message(&self, local_id: i64) -> Result<Option<Message>, DbError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE local_id = ?1"),
+                params![local_id],
+                row_to_message,
+            )
+            .optional()?)
+    }
+
+    /// One message by client message id.
+    pub fn message_by_client_id(&self, id: &ClientMsgId) -> Result<Option<Message>, DbError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE client_msg_id = ?1"),
+                params![&id.0[..]],
+                row_to_message,
+            )
+            .optional()?)
+    }
+
+    /// The server stored an outgoing message: record its ids, leave the outbox, and
+    /// count its seq (an entry of our own timeline) as stored.
+    pub fn mark_sent(
+        &mut self,
+        id: &ClientMsgId,
+        server_msg_id: u64,
+        seq: u64,
+        server_ts: u64,
+    ) -> Result<Option<i64>, DbError> {
+        let tx = self.conn.transaction()?;
+        let local: Option<i64> = tx
+            .query_row(
+                "SELECT local_id FROM messages WHERE client_msg_id = ?1",
+                params![&id.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(local_id) = local else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE messages SET server_msg_id = ?2, seq = ?3, server_ts = ?4,
+                 status = CASE WHEN status = ?5 THEN ?6 ELSE status END, error = NULL
+             WHERE local_id = ?1",
+            params![
+                local_id,
+                server_msg_id as i64,
+                seq as i64,
+                server_ts as i64,
+                MessageStatus::Pending.code(),
+                MessageStatus::Sent.code()
+            ],
+        )?;
+        tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
+        record_seq(&tx, seq)?;
+        tx.commit()?;
+        Ok(Some(local_id))
+    }
+
+    /// An outgoing message failed for good (or was given up): out of the outbox.
+    pub fn mark_failed(&mut self, id: &ClientMsgId, reason: &str) -> Result<Option<i64>, DbError> {
+        let tx = self.conn.transaction()?;
+        let local: Option<i64> = tx
+            .query_row(
+                "SELECT local_id FROM messages WHERE client_msg_id = ?1",
+                params![&id.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(local_id) = local {
+            tx.execute(
+                "UPDATE messages SET status = ?2, error = ?3 WHERE local_id = ?1 AND status = ?4",
+                params![
+                    local_id,
+                    MessageStatus::Failed {
+                        reason: String::new()
+                    }
+                    .code(),
+                    reason,
+                    MessageStatus::Pending.code()
+                ],
+            )?;
+            tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
+        }
+        tx.commit()?;
+        Ok(local)
+    }
+
+    /// Puts a failed message back into the outbox (same client message id).
+    pub fn retry(&mut self, local_id: i64) -> Result<Option<Message>, DbError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE messages SET status = ?2, error = NULL WHERE local_id = ?1 AND outgoing = 1 AND status = ?3",
+            params![local_id, MessageStatus::Pending.code(), MessageStatus::Failed { reason: String::new() }.code()],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "INSERT OR IGNORE INTO outbox (local_id) VALUES (?1)",
+                params![local_id],
+            )?;
+        }
+        tx.commit()?;
+        if n == 1 {
+            self.message(local_id)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Stores timeline entries (a push or a sync page) in one transaction and advances
+    /// the cursor. Returns what changed, per entry.
+    pub fn apply_entries(
+        &mut self,
+        entries: &[pb::TimelineEntry],
+    ) -> Result<Vec<Applied>, DbError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(apply_entry(&tx, &self.user, e)?);
+            record_seq(&tx, e.seq)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Applies conversation summaries (unread counts) from the server.
+    pub fn apply_summaries(
+        &mut self,
+        summaries: &[pb::ConversationSummary],
+        now_ms: u64,
+    ) -> Result<Vec<Applied>, DbError> {
+        let tx = self.conn.transaction()?;
+        let mut out = vec![];
+        for s in summaries {
+            for e in &s.last {
+                out.push(apply_entry(&tx, &self.user, e)?);
+                record_seq(&tx, e.seq)?;
+            }
+            let kind = ConversationKind::from_wire(s.kind);
+            tx.execute(
+                "INSERT INTO conversations (conv_kind, conversation, last_activity, base_unread, base_seq, latest_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT (conv_kind, conversation) DO UPDATE SET base_unread = excluded.base_unread,
+                     base_seq = excluded.base_seq, latest_seq = MAX(latest_seq, excluded.latest_seq)",
+                params![kind.to_wire(), s.conversation, now_ms as i64, s.unread as i64, s.latest_seq as i64],
+            )?;
+            out.push(Applied {
+                conversations: vec![(kind, s.conversation.clone())],
+                ..Applied::default()
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Conversations, most recent activity first.
+    pub fn conversations(&self) -> Result<Vec<Conversation>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.conv_kind, c.conversation, c.last_local_id, c.last_activity,
+                 c.base_unread + (SELECT COUNT(*) FROM messages m WHERE m.conv_kind = c.conv_kind
+                     AND m.conversation = c.conversation AND m.outgoing = 0 AND m.seq > c.base_seq),
+                 c.latest_seq
+             FROM conversations c ORDER BY c.last_activity DESC, c.latest_seq DESC",
+        )?;
+        let rows: Vec<(i32, String, Option<i64>, i64, i64, i64)> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(kind, id, last, activity, unread, latest)| {
+                Ok(Conversation {
+                    id,
+                    kind: ConversationKind::from_wire(kind),
+                    unread: unread as u64,
+                    last_message: match last {
+                        Some(l) => self.message(l)?,
+                        None => None,
+                    },
+                    last_activity_ms: activity as u64,
+                    latest_seq: latest as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// One conversation.
+    pub fn conversation(
+        &self,
+        kind: ConversationKind,
+        id: &str,
+    ) -> Result<Option<Conversation>, DbError> {
+        Ok(self
+            .conversations()?
+            .into_iter()
+            .find(|c| c.kind == kind && c.id == id))
+    }
+
+    /// Messages of a conversation, newest first, older than `before_local_id` if given.
+    /// Order is the server's: (server timestamp, server id); unsent messages last.
+    pub fn messages(
+        &self,
+        kind: ConversationKind,
+        conversation: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Message>, DbError> {
+        let order = "COALESCE(server_ts, 9223372036854775807) DESC, COALESCE(server_msg_id, 9223372036854775807) DESC, local_id DESC";
+        let anchor = match before {
+            Some(b) => self.message(b)?,
+            None => None,
+        };
+        let sql = match &anchor {
+            Some(_) => format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_kind = ?1 AND conversation = ?2
+                 AND (COALESCE(server_ts, 9223372036854775807), COALESCE(server_msg_id, 9223372036854775807), local_id) < (?4, ?5, ?6)
+                 ORDER BY {order} LIMIT ?3"
+            ),
+            None => format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_kind = ?1 AND conversation = ?2 ORDER BY {order} LIMIT ?3"
+            ),
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = match anchor {
+            Some(a) => stmt.query_map(
+                params![
+                    kind.to_wire(),
+                    conversation,
+                    limit as i64,
+                    a.server_ts_ms.map_or(i64::MAX, |v| v as i64),
+                    a.server_msg_id.map_or(i64::MAX, |v| v as i64),
+                    a.local_id
+                ],
+                row_to_message,
+            )?,
+            None => stmt.query_map(
+                params![kind.to_wire(), conversation, limit as i64],
+                row_to_message,
+            )?,
+        };
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks a conversation read locally (unread count to zero).
+    pub fn mark_read(
+        &mut self,
+        kind: ConversationKind,
+        conversation: &str,
+    ) -> Result<bool, DbError> {
+        Ok(self.conn.execute(
+            "UPDATE conversations SET base_unread = 0,
+                 base_seq = MAX(latest_seq, (SELECT COALESCE(MAX(seq), 0) FROM messages
+                     WHERE conv_kind = ?1 AND conversation = ?2))
+             WHERE conv_kind = ?1 AND conversation = ?2",
+            params![kind.to_wire(), conversation],
+        )? == 1)
+    }
+
+    /// Number of messages stored (for tests and the CLI).
+    pub fn message_count(&self) -> Result<u64, DbError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+}
+
+fn state(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM state WHERE key = ?1",
+            params![key],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
+/// Counts `seq` as stored and advances the cursor over every contiguous stored seq.
+fn record_seq(tx: &Transaction<'_>, seq: u64) -> rusqlite::Result<()> {
+    let mut cursor = state(tx, "cursor")?;
+    if seq <= cursor {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO received_seqs (seq) VALUES (?1)",
+        params![seq as i64],
+    )?;
+    let start = cursor;
+    while tx.execute(
+        "DELETE FROM received_seqs WHERE seq = ?1",
+        params![(cursor + 1) as i64],
+    )? == 1
+    {
+        cursor += 1;
+    }
+    if cursor != start {
+        tx.execute(
+            "INSERT INTO state (key, value) VALUES ('cursor', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![cursor as i64],
+        )?;
+    }
+    Ok(())
+}
+
+fn touch_conversation(
+    tx: &Transaction<'_>,
+    kind: ConversationKind,
+    conversation: &str,
+    local_id: i64,
+    activity: u64,
+    seq: u64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO conversations (conv_kind, conversation, last_local_id, last_activity, latest_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (conv_kind, conversation) DO UPDATE SET
+             last_local_id = CASE WHEN excluded.last_activity >= last_activity THEN excluded.last_local_id ELSE last_local_id END,
+             last_activity = MAX(last_activity, excluded.last_activity),
+             latest_seq = MAX(latest_seq, excluded.latest_seq)",
+        params![kind.to_wire(), conversation, local_id, activity as i64, seq as i64],
+    )?;
+    Ok(())
+}
+
+fn apply_entry(tx: &Transaction<'_>, me: &str, e: &pb::TimelineEntry) -> Result<Applied, DbError> {
+    let mut applied = Applied::default();
+    match &e.body {
+        Some(Body::Message(m)) => {
+            let Ok(id) = ClientMsgId::from_slice(&m.client_msg_id) else {
+                return Ok(applied);
+            };
+            let kind = ConversationKind::from_wire(m.kind);
+            let outgoing = m.sender == me;
+            let conversation = if outgoing { &m.recipient } else { &m.sender };
+            let status = if outgoing {
+                MessageStatus::Sent
+            } else {
+                MessageStatus::Delivered
+            };
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO messages (client_msg_id, server_msg_id, conversation, conv_kind, sender, recipient,
+                     content_type, body, client_ts, server_ts, seq, outgoing, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    &id.0[..],
+                    m.server_msg_id as i64,
+                    conversation,
+                    kind.to_wire(),
+                    m.sender,
+                    m.recipient,
+                    m.content_type,
+                    &m.body[..],
+                    m.client_ts_ms as i64,
+                    m.server_ts_ms as i64,
+                    e.seq as i64,
+                    outgoing,
+                    status.code()
+                ],
+            )?;
+            if inserted == 1 {
+                let local_id = tx.last_insert_rowid();
+                touch_conversation(tx, kind, conversation, local_id, m.server_ts_ms, e.seq)?;
+                applied.conversations.push((kind, conversation.clone()));
+                if !outgoing {
+                    applied.new_message = Some(tx.query_row(
+                        &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE local_id = ?1"),
+                        params![local_id],
+                        row_to_message,
+                    )?);
+                }
+            } else if outgoing {
+                // Our own message, already known locally (sent from this device).
+                tx.execute(
+                    "UPDATE messages SET server_msg_id = ?2, server_ts = ?3, seq = ?4 WHERE client_msg_id = ?1 AND server_msg_id IS NULL",
+                    params![&id.0[..], m.server_msg_id as i64, m.server_ts_ms as i64, e.seq as i64],
+                )?;
+                tx.execute("DELETE FROM outbox WHERE local_id = (SELECT local_id FROM messages WHERE client_msg_id = ?1)", params![&id.0[..]])?;
+            }
+        }
+        Some(Body::Receipt(r)) => {
+            let new = match pb::receipt::Status::try_from(r.status) {
+                Ok(pb::receipt::Status::Read) => MessageStatus::Read,
+                _ => MessageStatus::Delivered,
+            };
+            let kind = ConversationKind::from_wire(r.kind);
+            // Statuses only move forward: Sent -> Delivered -> Read.
+            let mut stmt = tx.prepare_cached(
+                "SELECT local_id FROM messages WHERE outgoing = 1 AND conv_kind = ?1 AND conversation = ?2
+                 AND server_msg_id IS NOT NULL AND server_msg_id <= ?3 AND status >= ?4 AND status < ?5",
+            )?;
+            let ids: Vec<i64> = stmt
+                .query_map(
+                    params![
+                        kind.to_wire(),
+                        r.conversation,
+                        r.up_to_server_msg_id as i64,
+                        MessageStatus::Sent.code(),
+                        new.code()
+                    ],
+                    |row| row.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            for id in ids {
+                tx.execute(
+                    "UPDATE messages SET status = ?2 WHERE local_id = ?1",
+                    params![id, new.code()],
+                )?;
+                applied.status_changes.push((id, new.clone()));
+            }
+        }
+        None => {}
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, from: &str, to: &str, n: u8) -> pb::TimelineEntry {
+        pb::TimelineEntry {
+            seq,
+            body: Some(Body::Message(pb::StoredMessage {
+                server_msg_id: 100 + u64::from(n),
+                client_msg_id: vec![n; 16].into(),
+                sender: from.into(),
+                recipient: to.into(),
+                kind: 0,
+                content_type: 0,
+                body: format!("m{n}").into_bytes().into(),
+                client_ts_ms: 1,
+                server_ts_ms: 1000 + u64::from(n),
+            })),
+        }
+    }
+
+    #[test]
+    fn cursor_advances_over_contiguous_seqs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "bob").unwrap();
+        db.apply_entries(&[entry(1, "alice", "bob", 1), entry(3, "alice", "bob", 3)])
+            .unwrap();
+        assert_eq!(
+            (db.cursor().unwrap(), db.max_seq().unwrap()),
+            (1, 3),
+            "seq 2 is a gap"
+        );
+        let applied = db
+            .apply_entries(&[entry(2, "alice", "bob", 2), entry(3, "alice", "bob", 3)])
+            .unwrap();
+        assert_eq!(db.cursor().unwrap(), 3);
+        assert!(applied[0].new_message.is_some());
+        assert!(applied[1].new_message.is_none(), "a duplicate is not new");
+        assert_eq!(db.message_count().unwrap(), 3);
+        let convs = db.conversations().unwrap();
+        assert_eq!((convs[0].id.as_str(), convs[0].unread), ("alice", 3));
+        let page = db
+            .messages(ConversationKind::Direct, "alice", None, 2)
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>(),
+            vec![3, 2],
+            "newest first"
+        );
+        let older = db
+            .messages(
+                ConversationKind::Direct,
+                "alice",
+                Some(page[1].local_id),
+                10,
+            )
+            .unwrap();
+        assert_eq!(
+            older.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn unread_counts_survive_summary_then_sync_and_mark_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "bob").unwrap();
+        db.apply_entries(&[entry(1, "alice", "bob", 1)]).unwrap();
+        let summary = pb::ConversationSummary {
+            kind: 0,
+            conversation: "alice".into(),
+            unread: 3,
+            latest_seq: 3,
+            last: vec![entry(3, "alice", "bob", 3)],
+        };
+        db.apply_summaries(&[summary], 0).unwrap();
+        assert_eq!(
+            db.conversations().unwrap()[0].unread,
+            3,
+            "the server's count"
+        );
+        db.apply_entries(&[entry(2, "alice", "bob", 2), entry(4, "alice", "bob", 4)])
+            .unwrap();
+        assert_eq!(
+            db.conversations().unwrap()[0].unread,
+            4,
+            "only seq 4 is new beyond the summary"
+        );
+        db.mark_read(ConversationKind::Direct, "alice").unwrap();
+        assert_eq!(db.conversations().unwrap()[0].unread, 0);
+        db.apply_entries(&[entry(5, "alice", "bob", 5)]).unwrap();
+        assert_eq!(db.conversations().unwrap()[0].unread, 1);
+    }
+
+    #[test]
+    fn outbox_lifecycle_and_receipts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "alice").unwrap();
+        let id = ClientMsgId([9; 16]);
+        let m = db
+            .enqueue(id, "bob", ConversationKind::Direct, 0, b"hi", 5)
+            .unwrap();
+        assert_eq!(m.status, MessageStatus::Pending);
+        assert_eq!(db.outbox(100).unwrap().len(), 1);
+        drop(db);
+        let mut db = Db::open(dir.path(), "alice").unwrap();
+        assert_eq!(
+            db.outbox(100).unwrap().len(),
+            1,
+            "the outbox survives a restart"
+        );
+        db.mark_sent(&id, 77, 1, 1000).unwrap();
+        assert!(db.outbox(100).unwrap().is_empty());
+        assert_eq!(
+            db.cursor().unwrap(),
+            1,
+            "our own timeline entry counts as stored"
+        );
+        let receipt = pb::TimelineEntry {
+            seq: 2,
+            body: Some(Body::Receipt(pb::Receipt {
+                status: 0,
+                kind: 0,
+                conversation: "bob".into(),
+                by_user: "bob".into(),
+                up_to_server_msg_id: 77,
+            })),
+        };
+        let applied = db.apply_entries(&[receipt]).unwrap();
+        assert_eq!(
+            applied[0].status_changes,
+            vec![(m.local_id, MessageStatus::Delivered)]
+        );
+        let failed_id = ClientMsgId([8; 16]);
+        let f = db
+            .enqueue(failed_id, "bob", ConversationKind::Direct, 0, b"x", 6)
+            .unwrap();
+        db.mark_failed(&failed_id, "gave up").unwrap();
+        assert!(matches!(
+            db.message(f.local_id).unwrap().unwrap().status,
+            MessageStatus::Failed { .. }
+        ));
+        assert!(db.retry(f.local_id).unwrap().is_some());
+        assert_eq!(db.outbox(100).unwrap().len(), 1);
+    }
+}

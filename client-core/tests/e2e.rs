@@ -1,0 +1,384 @@
+//! The client core against a real tern-server on loopback.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tern_client::{
+    Client, ClientConfig, ClientEvent, ConnectionState, ConversationKind, EventListener, Message,
+    MessageStatus, Platform,
+};
+use tern_server::config::{Config, DEV_TOKEN_SECRET};
+use tern_server::server::ServerHandle;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<ClientEvent>>,
+}
+
+impl EventListener for Recorder {
+    fn on_event(&self, event: ClientEvent) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    fn received(&self) -> Vec<Message> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::MessageReceived(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn states(&self) -> Vec<ConnectionState> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::ConnectionStateChanged(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn server(dir: &Path) -> ServerHandle {
+    let mut config = Config::dev_loopback(dir);
+    config.rate_per_sec = 100_000;
+    config.rate_burst = 100_000;
+    tern_server::server::start(config).await.unwrap()
+}
+
+fn client(server: &ServerHandle, data: &Path, user: &str, device: &str) -> (Client, Arc<Recorder>) {
+    let mut config = ClientConfig::new(server.quic_addr.to_string(), data, device);
+    config.ca_pem = Some(std::fs::read(&server.cert_path).unwrap());
+    config.platform = Platform::Android;
+    let client = Client::new(config).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    client.set_listener(recorder.clone());
+    let token = tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), user, None, 3600);
+    client.login(user, &token).unwrap();
+    (client, recorder)
+}
+
+async fn connected(c: &Client) {
+    let s = c
+        .wait_for_state(WAIT, |s| *s == ConnectionState::Connected)
+        .await;
+    assert_eq!(
+        s,
+        Some(ConnectionState::Connected),
+        "state is {:?}",
+        c.connection_state()
+    );
+}
+
+fn texts(c: &Client, with: &str) -> Vec<String> {
+    let mut m = c
+        .messages(ConversationKind::Direct, with, None, 100_000)
+        .unwrap();
+    m.reverse();
+    m.iter().map(|m| m.text().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_arrive_once_and_in_order_across_an_offline_period() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path()).await;
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (bob, bob_events) = client(&s, bdir.path(), "bob", "bob-phone");
+    let (alice, alice_events) = client(&s, adir.path(), "alice", "alice-phone");
+    connected(&bob).await;
+    connected(&alice).await;
+
+    for i in 1..=400 {
+        alice.send_text("bob", &format!("m{i}")).unwrap();
+    }
+    until("bob to receive some live", || {
+        bob_events.received().len() >= 100
+    })
+    .await;
+    bob.shutdown(); // bob goes offline mid-stream
+    let live = bob_events.received().len();
+    for i in 401..=1000 {
+        alice.send_text("bob", &format!("m{i}")).unwrap();
+    }
+    until("alice's outbox to drain", || {
+        alice
+            .messages(ConversationKind::Direct, "bob", None, 2000)
+            .unwrap()
+            .iter()
+            .all(|m| m.status != MessageStatus::Pending)
+    })
+    .await;
+
+    let (bob, bob_events2) = client(&s, bdir.path(), "bob", "bob-phone");
+    connected(&bob).await;
+    until("bob's catch-up", || bob.sync_cursor().unwrap_or(0) >= 1000).await;
+    let expected: Vec<String> = (1..=1000).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        texts(&bob, "alice"),
+        expected,
+        "every message once, in order"
+    );
+    let total_events = live + bob_events2.received().len();
+    assert_eq!(
+        total_events, 1000,
+        "the app saw each message exactly once ({live} live before going offline)"
+    );
+    let conv = &bob.conversations().unwrap()[0];
+    assert_eq!((conv.id.as_str(), conv.unread), ("alice", 1000));
+    // Alice's statuses: all sent; the ones bob stored are delivered.
+    until("delivered receipts", || {
+        alice
+            .messages(ConversationKind::Direct, "bob", None, 2000)
+            .unwrap()
+            .iter()
+            .all(|m| m.status == MessageStatus::Delivered)
+    })
+    .await;
+    assert!(alice_events.states().contains(&ConnectionState::Connected));
+    alice.shutdown();
+    bob.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_resends_after_a_kill_and_restart_without_duplicates() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path()).await;
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, _) = client(&s, adir.path(), "alice", "alice-phone");
+    connected(&alice).await;
+    for i in 1..=200 {
+        alice.send_text("bob", &format!("m{i}")).unwrap();
+    }
+    // "Kill" the app right away: some messages reached the server, some did not, and
+    // most results never came back.
+    alice.shutdown();
+    drop(alice);
+    let pending_after_kill = tern_client::store::Db::open(adir.path(), "alice")
+        .unwrap()
+        .outbox(1000)
+        .unwrap()
+        .len();
+    assert!(
+        pending_after_kill > 0,
+        "the kill left messages in the outbox"
+    );
+
+    let (alice, _) = client(&s, adir.path(), "alice", "alice-phone");
+    connected(&alice).await;
+    until("the outbox to drain after restart", || {
+        alice
+            .messages(ConversationKind::Direct, "bob", None, 1000)
+            .unwrap()
+            .iter()
+            .all(|m| m.status != MessageStatus::Pending)
+    })
+    .await;
+
+    let (bob, bob_events) = client(&s, bdir.path(), "bob", "bob-phone");
+    connected(&bob).await;
+    until("bob's sync", || bob.sync_cursor().unwrap_or(0) >= 200).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected: Vec<String> = (1..=200).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&bob, "alice"), expected);
+    assert_eq!(
+        bob_events.received().len(),
+        200,
+        "no duplicate reached the app"
+    );
+    println!("{pending_after_kill} of 200 were still in the outbox after the kill");
+    alice.shutdown();
+    bob.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_gap_is_detected_and_filled() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path()).await;
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (bob, bob_events) = client(&s, bdir.path(), "bob", "bob-phone");
+    let (alice, _) = client(&s, adir.path(), "alice", "alice-phone");
+    connected(&bob).await;
+    connected(&alice).await;
+    // An entry lands in bob's timeline but its push is lost (stored, never routed).
+    let stored = s
+        .shared
+        .store
+        .store_message(tern_server::store::NewMessage {
+            sender: "carol".into(),
+            client_msg_id: tern_protocol::ClientMsgId([7; 16]),
+            recipient: "bob".into(),
+            kind: tern_protocol::pb::ConversationKind::Direct,
+            content_type: 0,
+            body: bytes::Bytes::from_static(b"the lost push"),
+            client_ts_ms: 0,
+            require_known_recipient: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.fanout[1].entry.seq, 1);
+    alice.send_text("bob", "after the gap").unwrap();
+    until("bob to fill the gap", || bob_events.received().len() == 2).await;
+    assert_eq!(bob.sync_cursor().unwrap(), 2);
+    assert_eq!(texts(&bob, "carol"), vec!["the lost push"]);
+    assert_eq!(texts(&bob, "alice"), vec!["after the gap"]);
+    bob.shutdown();
+    alice.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kickout_stops_the_old_client() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path()).await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (old, old_events) = client(&s, d1.path(), "bob", "phone-1");
+    connected(&old).await;
+    let (new, _) = client(&s, d2.path(), "bob", "phone-2");
+    connected(&new).await;
+    let kicked = old
+        .wait_for_state(WAIT, |s| matches!(s, ConnectionState::KickedOut { .. }))
+        .await;
+    match kicked {
+        Some(ConnectionState::KickedOut { reason, text }) => {
+            assert_eq!(reason, "LOGIN_ELSEWHERE");
+            assert!(text.contains("phone-2"));
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        matches!(old.connection_state(), ConnectionState::KickedOut { .. }),
+        "no reconnect after a kickout"
+    );
+    let states = old_events.states();
+    assert_eq!(
+        states
+            .iter()
+            .filter(|s| **s == ConnectionState::Connecting)
+            .count(),
+        1,
+        "{states:?}"
+    );
+    let devices: Vec<String> = s
+        .shared
+        .registry
+        .sessions_of("bob")
+        .into_iter()
+        .map(|s| s.device)
+        .collect();
+    assert_eq!(devices, vec!["phone-2"]);
+    old.shutdown();
+    new.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_reported_and_not_retried() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClientConfig::new(s.quic_addr.to_string(), dir.path(), "d");
+    config.ca_pem = Some(std::fs::read(&s.cert_path).unwrap());
+    let c = Client::new(config).unwrap();
+    c.login("bob", "forged").unwrap();
+    let st = c
+        .wait_for_state(WAIT, |s| matches!(s, ConnectionState::LoginFailed { .. }))
+        .await;
+    assert!(
+        matches!(st, Some(ConnectionState::LoginFailed { ref code, .. }) if code == "BAD_TOKEN"),
+        "{st:?}"
+    );
+    c.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_a_server_restart_and_network_change_keeps_working() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path()).await;
+    let addr = s.quic_addr;
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, _) = client(&s, adir.path(), "alice", "a");
+    let (bob, bob_events) = client(&s, bdir.path(), "bob", "b");
+    connected(&alice).await;
+    connected(&bob).await;
+    bob.network_changed("cellular");
+    alice.send_text("bob", "after migration").unwrap();
+    until("delivery after a socket migration", || {
+        bob_events.received().len() == 1
+    })
+    .await;
+
+    s.shutdown().await;
+    // quinn releases the UDP socket just after shutdown returns; retry the bind briefly.
+    let s = loop {
+        let mut config = Config::dev_loopback(sdir.path());
+        config.quic = addr;
+        match tern_server::server::start(config).await {
+            Ok(s) => break s,
+            Err(e) if format!("{e:#}").contains("in use") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    };
+    alice.send_text("bob", "after restart").unwrap();
+    until("delivery after the server restart", || {
+        bob_events.received().len() == 2
+    })
+    .await;
+    assert!(
+        bob_events
+            .states()
+            .iter()
+            .any(|s| matches!(s, ConnectionState::WaitingToReconnect { .. }))
+    );
+    alice.shutdown();
+    bob.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_promptly_with_no_task_left() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (c, events) = client(&s, dir.path(), "bob", "d");
+    connected(&c).await;
+    let t = Instant::now();
+    c.shutdown();
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(1500), "shutdown took {took:?}");
+    assert_eq!(c.tasks_left_at_shutdown(), 0, "every task ended on its own");
+    let seen = events.events.lock().unwrap().len();
+    // Nothing reaches the listener after shutdown returned.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(events.events.lock().unwrap().len(), seen);
+    assert!(matches!(
+        c.send_text("alice", "x"),
+        Err(tern_client::ClientError::NotLoggedIn)
+    ));
+    c.shutdown(); // idempotent
+    s.shutdown().await;
+}
