@@ -652,24 +652,23 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn publish(&self, applied: Vec<Applied>) {
+    fn publish(&self, applied: Applied) {
         let mut touched = Vec::new();
-        for a in applied {
-            if let Some(msg) = a.new_message {
-                self.inner.emit(ClientEvent::MessageReceived(msg));
-            }
-            for (local_id, status) in a.status_changes {
-                self.inner
-                    .emit(ClientEvent::MessageStatusChanged { local_id, status });
-            }
-            for c in a.conversations {
-                if !touched.contains(&c) {
-                    touched.push(c);
-                }
-            }
+        for msg in applied.new_messages {
+            touched.push((msg.kind, msg.conversation.clone()));
+            self.inner.emit(ClientEvent::MessageReceived(msg));
         }
-        for (kind, id) in touched {
-            self.inner.emit_conversation(kind, &id);
+        for (local_id, status) in applied.status_changes {
+            self.inner
+                .emit(ClientEvent::MessageStatusChanged { local_id, status });
+        }
+        touched.extend(applied.conversations);
+        let mut seen = Vec::new();
+        for c in touched {
+            if !seen.contains(&c) {
+                self.inner.emit_conversation(c.0, &c.1);
+                seen.push(c);
+            }
         }
     }
 
@@ -727,10 +726,14 @@ impl<'a> Session<'a> {
                         .inner
                         .with_db(|db| db.mark_sent(&id, r.server_msg_id, r.seq, r.server_ts_ms))
                         .map_err(|e| End::Lost(e.to_string()))?;
-                    if let Some(local_id) = local {
+                    if let Some((local_id, released)) = local {
                         self.inner.emit(ClientEvent::MessageStatusChanged {
                             local_id,
                             status: MessageStatus::Sent,
+                        });
+                        self.publish(Applied {
+                            new_messages: released,
+                            ..Applied::default()
                         });
                     }
                     self.flush(m).await

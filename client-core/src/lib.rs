@@ -468,6 +468,11 @@ impl Client {
             .with_db(|db| db.messages(kind, conversation, before, limit))
     }
 
+    /// Messages waiting in the outbox (not yet acknowledged by the server), in send order.
+    pub fn outbox(&self) -> Result<Vec<Message>, ClientError> {
+        self.inner.with_db(|db| db.outbox(u32::MAX))
+    }
+
     /// One message by local id.
     pub fn message(&self, local_id: i64) -> Result<Option<Message>, ClientError> {
         self.inner.with_db(|db| db.message(local_id))

@@ -17,6 +17,10 @@
 //! * `received_seqs` and the `cursor`: the highest contiguous inbox seq stored, plus
 //!   the seqs stored above it (out of order). A gap is the difference.
 //!
+//! Incoming messages are *announced* to the app (returned as new) only when the cursor
+//! passes them, so the app sees them in timeline order even when they were stored out
+//! of order (a push above a gap, the last messages of a conversation summary).
+//!
 //! Every method is synchronous and short; the caller holds the store's mutex.
 
 use std::path::Path;
@@ -51,10 +55,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
         client_ts INTEGER NOT NULL,
         server_ts INTEGER,
         seq INTEGER,
-        outgoing INTEGER NOT NULL,
+                outgoing INTEGER NOT NULL,
         status INTEGER NOT NULL,
-        error TEXT
+        error TEXT,
+        announced INTEGER NOT NULL DEFAULT 1
     );
+    CREATE INDEX messages_unannounced ON messages (seq) WHERE announced = 0;
     CREATE INDEX messages_by_conversation ON messages (conv_kind, conversation, server_ts, server_msg_id);
     CREATE TABLE outbox (
         local_id INTEGER PRIMARY KEY REFERENCES messages (local_id)
@@ -72,11 +78,11 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
     CREATE TABLE received_seqs (seq INTEGER PRIMARY KEY);
     CREATE TABLE state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"];
 
-/// What storing one timeline entry changed.
+/// What a store operation changed.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// A message new to this device (not a duplicate).
-    pub new_message: Option<Message>,
+    /// Incoming messages now announced to the app, in timeline order.
+    pub new_messages: Vec<Message>,
     /// Outgoing messages whose status changed (receipts).
     pub status_changes: Vec<(i64, MessageStatus)>,
     /// Conversations touched.
@@ -228,7 +234,7 @@ impl Db {
         server_msg_id: u64,
         seq: u64,
         server_ts: u64,
-    ) -> Result<Option<i64>, DbError> {
+    ) -> Result<Option<(i64, Vec<Message>)>, DbError> {
         let tx = self.conn.transaction()?;
         let local: Option<i64> = tx
             .query_row(
@@ -254,9 +260,11 @@ impl Db {
             ],
         )?;
         tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
+        let before = state(&tx, "cursor")?;
         record_seq(&tx, seq)?;
+        let released = release(&tx, before)?;
         tx.commit()?;
-        Ok(Some(local_id))
+        Ok(Some((local_id, released)))
     }
 
     /// An outgoing message failed for good (or was given up): out of the outbox.
@@ -311,16 +319,15 @@ impl Db {
 
     /// Stores timeline entries (a push or a sync page) in one transaction and advances
     /// the cursor. Returns what changed, per entry.
-    pub fn apply_entries(
-        &mut self,
-        entries: &[pb::TimelineEntry],
-    ) -> Result<Vec<Applied>, DbError> {
+    pub fn apply_entries(&mut self, entries: &[pb::TimelineEntry]) -> Result<Applied, DbError> {
         let tx = self.conn.transaction()?;
-        let mut out = Vec::with_capacity(entries.len());
+        let before = state(&tx, "cursor")?;
+        let mut out = Applied::default();
         for e in entries {
-            out.push(apply_entry(&tx, &self.user, e)?);
+            apply_entry(&tx, &self.user, e, &mut out)?;
             record_seq(&tx, e.seq)?;
         }
+        out.new_messages = release(&tx, before)?;
         tx.commit()?;
         Ok(out)
     }
@@ -330,12 +337,13 @@ impl Db {
         &mut self,
         summaries: &[pb::ConversationSummary],
         now_ms: u64,
-    ) -> Result<Vec<Applied>, DbError> {
+    ) -> Result<Applied, DbError> {
         let tx = self.conn.transaction()?;
-        let mut out = vec![];
+        let before = state(&tx, "cursor")?;
+        let mut out = Applied::default();
         for s in summaries {
             for e in &s.last {
-                out.push(apply_entry(&tx, &self.user, e)?);
+                apply_entry(&tx, &self.user, e, &mut out)?;
                 record_seq(&tx, e.seq)?;
             }
             let kind = ConversationKind::from_wire(s.kind);
@@ -346,11 +354,9 @@ impl Db {
                      base_seq = excluded.base_seq, latest_seq = MAX(latest_seq, excluded.latest_seq)",
                 params![kind.to_wire(), s.conversation, now_ms as i64, s.unread as i64, s.latest_seq as i64],
             )?;
-            out.push(Applied {
-                conversations: vec![(kind, s.conversation.clone())],
-                ..Applied::default()
-            });
+            out.conversations.push((kind, s.conversation.clone()));
         }
+        out.new_messages = release(&tx, before)?;
         tx.commit()?;
         Ok(out)
     }
@@ -512,6 +518,26 @@ fn record_seq(tx: &Transaction<'_>, seq: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Marks incoming messages up to the current cursor as announced and returns them in
+/// seq order (`before` is the cursor when the operation began).
+fn release(tx: &Transaction<'_>, before: u64) -> rusqlite::Result<Vec<Message>> {
+    let cursor = state(tx, "cursor")?;
+    if cursor <= before {
+        return Ok(vec![]);
+    }
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE announced = 0 AND seq <= ?1 ORDER BY seq"
+    ))?;
+    let released: Vec<Message> = stmt
+        .query_map(params![cursor as i64], row_to_message)?
+        .collect::<Result<_, _>>()?;
+    tx.execute(
+        "UPDATE messages SET announced = 1 WHERE announced = 0 AND seq <= ?1",
+        params![cursor as i64],
+    )?;
+    Ok(released)
+}
+
 fn touch_conversation(
     tx: &Transaction<'_>,
     kind: ConversationKind,
@@ -532,12 +558,16 @@ fn touch_conversation(
     Ok(())
 }
 
-fn apply_entry(tx: &Transaction<'_>, me: &str, e: &pb::TimelineEntry) -> Result<Applied, DbError> {
-    let mut applied = Applied::default();
+fn apply_entry(
+    tx: &Transaction<'_>,
+    me: &str,
+    e: &pb::TimelineEntry,
+    applied: &mut Applied,
+) -> Result<(), DbError> {
     match &e.body {
         Some(Body::Message(m)) => {
             let Ok(id) = ClientMsgId::from_slice(&m.client_msg_id) else {
-                return Ok(applied);
+                return Ok(());
             };
             let kind = ConversationKind::from_wire(m.kind);
             let outgoing = m.sender == me;
@@ -549,8 +579,8 @@ fn apply_entry(tx: &Transaction<'_>, me: &str, e: &pb::TimelineEntry) -> Result<
             };
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO messages (client_msg_id, server_msg_id, conversation, conv_kind, sender, recipient,
-                     content_type, body, client_ts, server_ts, seq, outgoing, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     content_type, body, client_ts, server_ts, seq, outgoing, status, announced)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?12)",
                 params![
                     &id.0[..],
                     m.server_msg_id as i64,
@@ -571,13 +601,6 @@ fn apply_entry(tx: &Transaction<'_>, me: &str, e: &pb::TimelineEntry) -> Result<
                 let local_id = tx.last_insert_rowid();
                 touch_conversation(tx, kind, conversation, local_id, m.server_ts_ms, e.seq)?;
                 applied.conversations.push((kind, conversation.clone()));
-                if !outgoing {
-                    applied.new_message = Some(tx.query_row(
-                        &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE local_id = ?1"),
-                        params![local_id],
-                        row_to_message,
-                    )?);
-                }
             } else if outgoing {
                 // Our own message, already known locally (sent from this device).
                 tx.execute(
@@ -620,7 +643,7 @@ fn apply_entry(tx: &Transaction<'_>, me: &str, e: &pb::TimelineEntry) -> Result<
         }
         None => {}
     }
-    Ok(applied)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -648,19 +671,26 @@ mod tests {
     fn cursor_advances_over_contiguous_seqs_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(dir.path(), "bob").unwrap();
-        db.apply_entries(&[entry(1, "alice", "bob", 1), entry(3, "alice", "bob", 3)])
+        let first = db
+            .apply_entries(&[entry(1, "alice", "bob", 1), entry(3, "alice", "bob", 3)])
             .unwrap();
         assert_eq!(
             (db.cursor().unwrap(), db.max_seq().unwrap()),
             (1, 3),
             "seq 2 is a gap"
         );
+        let seqs = |a: &Applied| {
+            a.new_messages
+                .iter()
+                .map(|m| m.seq.unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&first), vec![1], "3 waits for the gap");
         let applied = db
             .apply_entries(&[entry(2, "alice", "bob", 2), entry(3, "alice", "bob", 3)])
             .unwrap();
         assert_eq!(db.cursor().unwrap(), 3);
-        assert!(applied[0].new_message.is_some());
-        assert!(applied[1].new_message.is_none(), "a duplicate is not new");
+        assert_eq!(seqs(&applied), vec![2, 3], "in order, once");
         assert_eq!(db.message_count().unwrap(), 3);
         let convs = db.conversations().unwrap();
         assert_eq!((convs[0].id.as_str(), convs[0].unread), ("alice", 3));
@@ -753,7 +783,7 @@ mod tests {
         };
         let applied = db.apply_entries(&[receipt]).unwrap();
         assert_eq!(
-            applied[0].status_changes,
+            applied.status_changes,
             vec![(m.local_id, MessageStatus::Delivered)]
         );
         let failed_id = ClientMsgId([8; 16]);

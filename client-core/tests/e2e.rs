@@ -137,6 +137,17 @@ async fn a_thousand_messages_arrive_once_and_in_order_across_an_offline_period()
         expected,
         "every message once, in order"
     );
+    let mut seen: Vec<String> = bob_events.received()[..live]
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect();
+    seen.extend(
+        bob_events2
+            .received()
+            .iter()
+            .map(|m| m.text().unwrap().to_owned()),
+    );
+    assert_eq!(seen, expected, "the app's events came in order too");
     let total_events = live + bob_events2.received().len();
     assert_eq!(
         total_events, 1000,

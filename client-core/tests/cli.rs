@@ -1,0 +1,178 @@
+//! The `tern` command line against a real server, as separate processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tern_server::config::{Config, DEV_TOKEN_SECRET};
+
+fn tern(server: &tern_server::server::ServerHandle, data: &std::path::Path, user: &str) -> Command {
+    let token = tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), user, None, 3600);
+    tern_with_token(server, data, user, &token)
+}
+
+fn tern_with_token(
+    server: &tern_server::server::ServerHandle,
+    data: &std::path::Path,
+    user: &str,
+    token: &str,
+) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+    c.arg("--server")
+        .arg(server.quic_addr.to_string())
+        .arg("--ca")
+        .arg(&server.cert_path)
+        .arg("--data")
+        .arg(data)
+        .arg("--user")
+        .arg(user)
+        .arg("--token")
+        .arg(token)
+        .env("RUST_LOG", "error");
+    c
+}
+
+async fn start() -> (tern_server::server::ServerHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev_loopback(dir.path());
+    config.rate_per_sec = 10_000;
+    config.rate_burst = 10_000;
+    (tern_server::server::start(config).await.unwrap(), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_listen_print_what_the_readme_promises() {
+    let (server, _sdir) = start().await;
+    let data = tempfile::tempdir().unwrap();
+    let listener = tern(&server, data.path(), "bob")
+        .args(["listen", "--count", "3", "--timeout", "30", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tern(&server, data.path(), "alice")
+        .args(["send", "--to", "bob", "--text", "hi", "--count", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("sent hi ") && l.contains("server_id="))
+            .count(),
+        3,
+        "{stdout}"
+    );
+
+    let out = listener.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, m) in lines.iter().enumerate() {
+        assert_eq!(m["text"], format!("hi {}", i + 1));
+        assert_eq!(m["from"], "alice");
+        assert_eq!(m["to"], "bob");
+        assert_eq!(m["seq"], i as u64 + 1);
+        assert!(m["id"].as_u64().unwrap() > 0 && m["sent_at"].as_u64().unwrap() > 0);
+        assert_eq!(m["client_id"].as_str().unwrap().len(), 32);
+    }
+
+    let out = tern(&server, data.path(), "bob")
+        .args(["history", "--with", "alice", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
+    let out = tern(&server, data.path(), "bob")
+        .args(["conversations", "--json"])
+        .output()
+        .unwrap();
+    let conv: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(
+        (conv["id"].as_str(), conv["unread"].as_u64()),
+        (Some("alice"), Some(3))
+    );
+
+    let out = tern(&server, data.path(), "bob")
+        .args(["listen", "--count", "1", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "listen exits non-zero on timeout");
+    let out = tern_with_token(&server, data.path(), "carol", "forged")
+        .args(["send", "--to", "bob", "--text", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a bad token is an error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BAD_TOKEN"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_with_sigkill_resends_its_outbox_without_duplicates() {
+    let (server, _sdir) = start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut sender = tern(&server, data.path(), "alice")
+        .args(["send", "--to", "bob", "--text", "x", "--count", "300"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sender.stdout.take().unwrap()).lines();
+    for _ in 0..20 {
+        lines.next().unwrap().unwrap();
+    }
+    sender.kill().unwrap(); // SIGKILL mid-stream
+    sender.wait().unwrap();
+    let left = tern_client::store::Db::open(data.path(), "alice")
+        .unwrap()
+        .outbox(1000)
+        .unwrap()
+        .len();
+    assert!(left > 0, "the kill left messages in the outbox");
+
+    let out = tern(&server, data.path(), "alice")
+        .args(["send", "--to", "bob", "--text", "x", "--count", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = tern(&server, data.path(), "bob")
+        .args(["listen", "--count", "300", "--timeout", "30", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let texts: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (1..=300).map(|i| format!("x {i}")).collect();
+    assert_eq!(
+        texts, expected,
+        "all 300, once, in order ({left} were left in the outbox by the kill)"
+    );
+    // Nothing more arrives: no duplicate is waiting.
+    let out = tern(&server, data.path(), "bob")
+        .args(["listen", "--count", "1", "--timeout", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    server.shutdown().await;
+}
