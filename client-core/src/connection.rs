@@ -23,7 +23,7 @@ use tern_protocol::backoff::Backoff;
 use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
 use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, FLAG_RETRANSMIT, Frame};
 use tern_protocol::heartbeat::{HeartbeatAction, SmartHeartbeat};
-use tern_protocol::io::{ReadError, decode_datagram, read_frame};
+use tern_protocol::io::{Inbound, pump_datagrams, pump_frames, read_frame};
 use tern_protocol::qos::{Sender, SenderEvent};
 use tern_protocol::{ClientMsgId, ErrorCode, pb};
 use tokio::sync::mpsc;
@@ -339,44 +339,18 @@ struct Machines {
     pending: HashMap<ClientMsgId, pb::ChatMessage>,
 }
 
-enum Inbound {
-    Frame(Frame),
-    Closed(String),
-}
-
 fn spawn_reader(
     conn: quinn::Connection,
-    mut recv: quinn::RecvStream,
-    mut buf: BytesMut,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
     tx: mpsc::Sender<Inbound>,
 ) {
-    let stream_tx = tx.clone();
-    tokio::spawn(async move {
-        loop {
-            let ev = match read_frame(&mut recv, &mut buf, DEFAULT_MAX_FRAME_BODY).await {
-                Ok(Some((_, f))) => Inbound::Frame(f),
-                Ok(None) => Inbound::Closed("server closed the session stream".into()),
-                Err(ReadError::Io(e)) => Inbound::Closed(e.to_string()),
-                Err(e) => Inbound::Closed(format!("bad frame from server: {e}")),
-            };
-            let last = !matches!(ev, Inbound::Frame(_));
-            if stream_tx.send(ev).await.is_err() || last {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok(d) = conn.read_datagram().await {
-            let Ok(frames) = decode_datagram(&d, DEFAULT_MAX_FRAME_BODY) else {
-                continue;
-            };
-            for (_, f) in frames {
-                if tx.send(Inbound::Frame(f)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    tokio::spawn(pump_frames(recv, buf, DEFAULT_MAX_FRAME_BODY, tx.clone()));
+    let next = move || {
+        let conn = conn.clone();
+        async move { conn.read_datagram().await.ok() }
+    };
+    tokio::spawn(pump_datagrams(next, DEFAULT_MAX_FRAME_BODY, tx));
 }
 
 struct Session<'a> {
@@ -449,7 +423,8 @@ impl<'a> Session<'a> {
                 cmd = commands.recv() => self.on_command(cmd, m).await,
                 frame = inbound.recv() => match frame {
                     Some(Inbound::Frame(f)) => self.on_frame(f, m).await,
-                    Some(Inbound::Closed(why)) => Err(End::Lost(why)),
+                                        Some(Inbound::Closed(why)) => Err(End::Lost(why)),
+                    Some(Inbound::Invalid(e)) => Err(End::Lost(format!("bad frame from server: {e}"))),
                     None => Err(End::Lost("reader stopped".into())),
                 },
                 _ = sleep_until(qos_at.unwrap_or(far)), if qos_at.is_some() => self.on_qos_timer(m).await,

@@ -186,6 +186,18 @@ impl Inner {
         }
     }
 
+    /// Sends a final command and closes the command channel (a later `login` opens a new one).
+    fn last_command(&self, cmd: Command) {
+        if let Some(tx) = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(cmd);
+        }
+    }
+
     pub(crate) fn emit_conversation(&self, kind: ConversationKind, id: &str) {
         if let Ok(Some(c)) = self.with_db(|db| db.conversation(kind, id)) {
             self.emit(ClientEvent::ConversationUpdated(c));
@@ -307,15 +319,7 @@ impl Client {
 
     /// Ends the session on purpose (the server stops pushing) and closes the store.
     pub fn logout(&self) {
-        if let Some(tx) = self
-            .inner
-            .commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = tx.send(Command::Logout);
-        }
+        self.inner.last_command(Command::Logout);
         *self.inner.db.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.set_state(ConnectionState::Disconnected);
     }
@@ -324,15 +328,7 @@ impl Client {
     /// thread (including inside another tokio runtime) and more than once. Messages
     /// still in the outbox are sent after the next `login`.
     pub fn shutdown(&self) {
-        if let Some(tx) = self
-            .inner
-            .commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = tx.send(Command::Shutdown);
-        }
+        self.inner.last_command(Command::Shutdown);
         if let Some(rt) = self
             .runtime
             .lock()

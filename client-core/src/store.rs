@@ -236,13 +236,7 @@ impl Db {
         server_ts: u64,
     ) -> Result<Option<(i64, Vec<Message>)>, DbError> {
         let tx = self.conn.transaction()?;
-        let local: Option<i64> = tx
-            .query_row(
-                "SELECT local_id FROM messages WHERE client_msg_id = ?1",
-                params![&id.0[..]],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let local = local_id_of(&tx, id)?;
         let Some(local_id) = local else {
             return Ok(None);
         };
@@ -270,13 +264,7 @@ impl Db {
     /// An outgoing message failed for good (or was given up): out of the outbox.
     pub fn mark_failed(&mut self, id: &ClientMsgId, reason: &str) -> Result<Option<i64>, DbError> {
         let tx = self.conn.transaction()?;
-        let local: Option<i64> = tx
-            .query_row(
-                "SELECT local_id FROM messages WHERE client_msg_id = ?1",
-                params![&id.0[..]],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let local = local_id_of(&tx, id)?;
         if let Some(local_id) = local {
             tx.execute(
                 "UPDATE messages SET status = ?2, error = ?3 WHERE local_id = ?1 AND status = ?4",
@@ -478,6 +466,15 @@ impl Db {
             .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))?
             as u64)
     }
+}
+
+fn local_id_of(tx: &Transaction<'_>, id: &ClientMsgId) -> rusqlite::Result<Option<i64>> {
+    tx.query_row(
+        "SELECT local_id FROM messages WHERE client_msg_id = ?1",
+        params![&id.0[..]],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 fn state(conn: &Connection, key: &str) -> rusqlite::Result<u64> {

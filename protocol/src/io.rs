@@ -7,6 +7,7 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
 
 use crate::frame::{self, Frame, FrameError, Header};
 
@@ -44,6 +45,66 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
                 Err(ReadError::Truncated(buf.len()))
             };
         }
+    }
+}
+
+/// What a reader task hands to its session loop.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A frame arrived.
+    Frame(Frame),
+    /// The peer sent bytes that are not a frame: answer with the error's code and close.
+    Invalid(FrameError),
+    /// The stream or connection ended (the reason, for logs).
+    Closed(String),
+}
+
+/// Reads frames from `reader` until it ends or fails, handing each to `tx`; the last
+/// event is always `Invalid` or `Closed`. Run it as its own task, so a session loop
+/// never blocks on a read.
+pub async fn pump_frames<R: AsyncRead + Unpin>(
+    mut reader: R,
+    mut buf: BytesMut,
+    max_body: usize,
+    tx: mpsc::Sender<Inbound>,
+) {
+    loop {
+        let event = match read_frame(&mut reader, &mut buf, max_body).await {
+            Ok(Some((_, frame))) => Inbound::Frame(frame),
+            Ok(None) => Inbound::Closed("stream finished".into()),
+            Err(ReadError::Frame(e)) => Inbound::Invalid(e),
+            Err(e) => Inbound::Closed(e.to_string()),
+        };
+        let last = !matches!(event, Inbound::Frame(_));
+        if tx.send(event).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Feeds the frames of every datagram `next` yields to `tx`, until `next` yields
+/// `None` (the connection closed) or the receiver is gone. `next` is the transport's
+/// "receive one datagram", e.g. quinn's `Connection::read_datagram`.
+pub async fn pump_datagrams<F, Fut, B>(mut next: F, max_body: usize, tx: mpsc::Sender<Inbound>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<B>>,
+    B: AsRef<[u8]>,
+{
+    while let Some(datagram) = next().await {
+        for event in datagram_events(datagram.as_ref(), max_body) {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The frames of one datagram as inbound events (or one `Invalid`).
+pub fn datagram_events(data: &[u8], max_body: usize) -> Vec<Inbound> {
+    match decode_datagram(data, max_body) {
+        Ok(frames) => frames.into_iter().map(|(_, f)| Inbound::Frame(f)).collect(),
+        Err(e) => vec![Inbound::Invalid(e)],
     }
 }
 

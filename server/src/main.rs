@@ -7,6 +7,7 @@
 //! * `tern-server backup --data DIR --out FILE` writes a consistent copy of the database
 //!   while the server keeps running.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -141,12 +142,19 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let dev = config.dev;
         let server = tern_server::server::start(config).await?;
-        println!("quic listening on {}", server.quic_addr);
-        println!("http listening on {}", server.http_addr);
+        // Start-up lines for people and scripts. A closed stdout must not stop the
+        // server, so write errors are ignored (println! would panic).
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "quic listening on {}", server.quic_addr);
+        let _ = writeln!(out, "http listening on {}", server.http_addr);
         if dev {
-            println!("dev certificate: {}", server.cert_path.display());
-            println!("dev mode: tokens use the public dev secret; never use --dev in production");
+            let _ = writeln!(out, "dev certificate: {}", server.cert_path.display());
+            let _ = writeln!(
+                out,
+                "dev mode: tokens use the public dev secret; never use --dev in production"
+            );
         }
+        let _ = out.flush();
         wait_for_signal().await;
         server.shutdown().await;
         anyhow::Ok(())

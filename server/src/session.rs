@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
-use tern_protocol::io::{ReadError, decode_datagram, read_frame};
+use tern_protocol::io::{Inbound, ReadError, pump_datagrams, pump_frames, read_frame};
 use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
 use tern_protocol::{ClientMsgId, ErrorCode, is_valid_user_id, pb};
 use tokio::sync::{Semaphore, mpsc};
@@ -147,12 +147,6 @@ impl TokenBucket {
             false
         }
     }
-}
-
-enum Inbound {
-    Frame(Frame),
-    Bad(ReadError),
-    Closed(String),
 }
 
 /// Accepts one connection and runs its session to the end.
@@ -395,39 +389,17 @@ fn store_failure(e: StoreError) -> (ErrorCode, String) {
 
 fn spawn_readers(
     conn: quinn::Connection,
-    mut recv: quinn::RecvStream,
-    mut buf: BytesMut,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
     tx: mpsc::Sender<Inbound>,
 ) {
     let max = tern_protocol::frame::DEFAULT_MAX_FRAME_BODY;
-    let stream_tx = tx.clone();
-    tokio::spawn(async move {
-        loop {
-            let ev = match read_frame(&mut recv, &mut buf, max).await {
-                Ok(Some((_, f))) => Inbound::Frame(f),
-                Ok(None) => Inbound::Closed("session stream finished".into()),
-                Err(ReadError::Io(e)) => Inbound::Closed(e.to_string()),
-                Err(e) => Inbound::Bad(e),
-            };
-            let last = !matches!(ev, Inbound::Frame(_));
-            if stream_tx.send(ev).await.is_err() || last {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok(datagram) = conn.read_datagram().await {
-            let evs = match decode_datagram(&datagram, max) {
-                Ok(frames) => frames.into_iter().map(|(_, f)| Inbound::Frame(f)).collect(),
-                Err(e) => vec![Inbound::Bad(ReadError::Frame(e))],
-            };
-            for ev in evs {
-                if tx.send(ev).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    tokio::spawn(pump_frames(recv, buf, max, tx.clone()));
+    let next = move || {
+        let conn = conn.clone();
+        async move { conn.read_datagram().await.ok() }
+    };
+    tokio::spawn(pump_datagrams(next, max, tx));
 }
 
 /// Why a session loop ended.
@@ -502,7 +474,7 @@ impl Session {
                         self.last_rx = Instant::now();
                         self.on_frame(f).await
                     }
-                    Some(Inbound::Bad(ReadError::Frame(e))) => {
+                                        Some(Inbound::Invalid(e)) => {
                         tracing::info!(user = %self.user, error = %e, "bad frame");
                         metrics::counter!("tern_frames_rejected_total", "code" => code_name(e.code())).increment(1);
                         let f = Frame::error(e.code(), e.to_string(), 0);
@@ -511,7 +483,7 @@ impl Session {
                             Err(end) => Err(end),
                         }
                     }
-                    Some(Inbound::Bad(e)) => Err(End::Gone(e.to_string())),
+
                     Some(Inbound::Closed(why)) => Err(End::Gone(why)),
                     None => Err(End::Gone("reader stopped".into())),
                 },

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 use rustls::pki_types::CertificateDer;
@@ -44,7 +45,8 @@ fn spawn_server(data: &Path) -> Proc {
     let stdout = child.stdout.take().unwrap();
     let mut addr = None;
     let mut cert_path = None;
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(a) = line.strip_prefix("quic listening on ") {
             addr = Some(a.parse().unwrap());
@@ -54,6 +56,8 @@ fn spawn_server(data: &Path) -> Proc {
             break;
         }
     }
+    // Keep draining stdout so the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     let pem = std::fs::read(cert_path.expect("server printed its certificate path")).unwrap();
     let cert = rustls_pemfile::certs(&mut &pem[..])
         .next()
@@ -110,8 +114,10 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     let mut buf = bytes::BytesMut::new();
     let mut killed = false;
     loop {
+        // After the kill nothing more can come; QUIC only notices at its idle timeout.
+        let wait = if killed { Duration::from_secs(2) } else { WAIT };
         let next = tokio::time::timeout(
-            WAIT,
+            wait,
             tern_protocol::io::read_frame(&mut recv, &mut buf, 1 << 20),
         )
         .await;
