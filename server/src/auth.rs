@@ -7,10 +7,11 @@
 //!
 //! ```text
 //! base64url(claims JSON) "." base64url(HMAC-SHA256(secret, base64url(claims JSON)))
-//! claims = {"sub": "<user id>", "exp": <unix seconds>, "dev": "<device id>"?}
+//! claims = {"sub": "<user id>", "exp": <unix seconds>, "dev": "<device id>"?, "plat": "<platform>"?}
 //! ```
 //!
-//! `dev`, when present, binds the token to one device id. Verification is constant-time
+//! `dev`, when present, binds the token to one device id; `plat` (`android`, `ios`,
+//! `desktop`, `web`) to one platform. Verification is constant-time
 //! on the signature. Deployments that check tokens against their own SSO implement
 //! [`TokenVerifier`] instead of using [`HmacVerifier`].
 
@@ -23,7 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tern_protocol::ErrorCode;
+use tern_protocol::{ErrorCode, pb};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -37,6 +38,33 @@ pub struct Claims {
     /// Device id the token is bound to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    /// Platform the token is bound to (`android`, `ios`, `desktop`, `web`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plat: Option<String>,
+}
+
+/// What a login presents, as a verifier sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginRequest<'a> {
+    /// Claimed user id.
+    pub user: &'a str,
+    /// Device id.
+    pub device: &'a str,
+    /// Platform.
+    pub platform: pb::Platform,
+    /// The token.
+    pub token: &'a str,
+}
+
+/// The lower-case claim name of a platform.
+pub fn platform_name(p: pb::Platform) -> &'static str {
+    match p {
+        pb::Platform::Android => "android",
+        pb::Platform::Ios => "ios",
+        pb::Platform::Desktop => "desktop",
+        pb::Platform::Web => "web",
+        pb::Platform::Unspecified => "unspecified",
+    }
 }
 
 /// Why a login was refused.
@@ -67,8 +95,8 @@ impl AuthError {
 /// Checks a login's credentials. Implement this to verify against your own SSO.
 #[async_trait]
 pub trait TokenVerifier: Send + Sync + 'static {
-    /// Ok if `token` lets `user` log in on `device`.
-    async fn verify(&self, user: &str, device: &str, token: &str) -> Result<(), AuthError>;
+    /// Ok if the login's token lets its user log in on its device and platform.
+    async fn verify(&self, login: LoginRequest<'_>) -> Result<(), AuthError>;
 }
 
 fn unix_now() -> u64 {
@@ -90,8 +118,14 @@ pub fn mint(secret: &[u8], user: &str, device: Option<&str>, ttl_secs: u64) -> S
         sub: user.to_owned(),
         exp: unix_now() + ttl_secs,
         dev: device.map(str::to_owned),
+        plat: None,
     };
-    let payload = B64.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+    mint_claims(secret, &claims)
+}
+
+/// Mints a token carrying exactly `claims`.
+pub fn mint_claims(secret: &[u8], claims: &Claims) -> String {
+    let payload = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
     let sig = B64.encode(sign(secret, &payload).finalize().into_bytes());
     format!("{payload}.{sig}")
 }
@@ -136,15 +170,22 @@ impl HmacVerifier {
 
 #[async_trait]
 impl TokenVerifier for HmacVerifier {
-    async fn verify(&self, user: &str, device: &str, token: &str) -> Result<(), AuthError> {
-        let claims = decode(&self.secret, token, unix_now())?;
-        if claims.sub != user {
+    async fn verify(&self, login: LoginRequest<'_>) -> Result<(), AuthError> {
+        let claims = decode(&self.secret, login.token, unix_now())?;
+        if claims.sub != login.user {
             return Err(AuthError::BadToken("issued for another user"));
         }
-        if claims.dev.as_deref().is_some_and(|d| d != device) {
+        if claims.dev.as_deref().is_some_and(|d| d != login.device) {
             return Err(AuthError::BadToken("issued for another device"));
         }
-        if self.banned.contains(user) {
+        if claims
+            .plat
+            .as_deref()
+            .is_some_and(|p| p != platform_name(login.platform))
+        {
+            return Err(AuthError::BadToken("issued for another platform"));
+        }
+        if self.banned.contains(login.user) {
             return Err(AuthError::Banned);
         }
         Ok(())
@@ -155,28 +196,58 @@ impl TokenVerifier for HmacVerifier {
 mod tests {
     use super::*;
 
+    fn req<'a>(user: &'a str, device: &'a str, token: &'a str) -> LoginRequest<'a> {
+        LoginRequest {
+            user,
+            device,
+            platform: pb::Platform::Android,
+            token,
+        }
+    }
+
     #[tokio::test]
     async fn tokens_verify_and_fail_for_the_right_reasons() {
         let v = HmacVerifier::new(b"0123456789abcdef".to_vec(), ["mallory".to_owned()]);
         let t = mint(b"0123456789abcdef", "alice", None, 60);
-        assert_eq!(v.verify("alice", "phone", &t).await, Ok(()));
+        assert_eq!(v.verify(req("alice", "phone", &t)).await, Ok(()));
         assert_eq!(
-            v.verify("bob", "phone", &t).await,
+            v.verify(req("bob", "phone", &t)).await,
             Err(AuthError::BadToken("issued for another user"))
         );
         let bound = mint(b"0123456789abcdef", "alice", Some("phone"), 60);
-        assert!(v.verify("alice", "tablet", &bound).await.is_err());
+        assert!(v.verify(req("alice", "tablet", &bound)).await.is_err());
         let forged = mint(b"another-secret-xx", "alice", None, 60);
         assert_eq!(
-            v.verify("alice", "phone", &forged).await,
+            v.verify(req("alice", "phone", &forged)).await,
             Err(AuthError::BadToken("signature mismatch"))
         );
         assert_eq!(
             decode(b"0123456789abcdef", &t, unix_now() + 61),
             Err(AuthError::Expired)
         );
-        assert!(v.verify("alice", "p", "garbage").await.is_err());
+        assert!(v.verify(req("alice", "p", "garbage")).await.is_err());
         let m = mint(b"0123456789abcdef", "mallory", None, 60);
-        assert_eq!(v.verify("mallory", "p", &m).await, Err(AuthError::Banned));
+        assert_eq!(
+            v.verify(req("mallory", "p", &m)).await,
+            Err(AuthError::Banned)
+        );
+        let ios_only = mint_claims(
+            b"0123456789abcdef",
+            &Claims {
+                sub: "alice".into(),
+                exp: unix_now() + 60,
+                dev: None,
+                plat: Some("ios".into()),
+            },
+        );
+        assert_eq!(
+            v.verify(req("alice", "p", &ios_only)).await,
+            Err(AuthError::BadToken("issued for another platform"))
+        );
+        let ios = LoginRequest {
+            platform: pb::Platform::Ios,
+            ..req("alice", "p", &ios_only)
+        };
+        assert_eq!(v.verify(ios).await, Ok(()));
     }
 }

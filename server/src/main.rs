@@ -40,6 +40,9 @@ enum Command {
         /// Bind the token to this device id
         #[arg(long)]
         device: Option<String>,
+        /// Bind the token to this platform (android, ios, desktop, web)
+        #[arg(long, value_parser = ["android", "ios", "desktop", "web"])]
+        platform: Option<String>,
         /// Validity in seconds
         #[arg(long, default_value_t = 30 * 24 * 3600)]
         ttl_secs: u64,
@@ -94,6 +97,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Token {
         user,
         device,
+        platform,
         ttl_secs,
         settings: flags,
     }) = cli.command
@@ -110,10 +114,17 @@ fn main() -> anyhow::Result<()> {
             tern_protocol::is_valid_user_id(&user),
             "invalid user id {user:?}"
         );
-        println!(
-            "{}",
-            tern_server::auth::mint(&secret, &user, device.as_deref(), ttl_secs)
-        );
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + ttl_secs;
+        let claims = tern_server::auth::Claims {
+            sub: user,
+            exp,
+            dev: device,
+            plat: platform,
+        };
+        println!("{}", tern_server::auth::mint_claims(&secret, &claims));
         return Ok(());
     }
     if let Some(Command::Backup {

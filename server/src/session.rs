@@ -27,7 +27,7 @@ use tern_protocol::{ClientMsgId, ErrorCode, is_valid_user_id, pb};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::auth::TokenVerifier;
+use crate::auth::{LoginRequest, TokenVerifier};
 use crate::config::Config;
 use crate::registry::{Registry, SessionCmd, SessionInfo};
 use crate::store::{Fanout, NewMessage, Store, StoreError};
@@ -273,7 +273,13 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
         }
         shared
             .verifier
-            .verify(&login.user_id, &login.device_id, &login.token)
+            .verify(LoginRequest {
+                user: &login.user_id,
+                device: &login.device_id,
+                platform: pb::Platform::try_from(login.platform)
+                    .unwrap_or(pb::Platform::Unspecified),
+                token: &login.token,
+            })
             .await
             .map_err(|e| (e.code(), e.to_string()))?;
         shared
