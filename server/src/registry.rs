@@ -44,8 +44,6 @@ pub enum SessionCmd {
         /// Text for the app.
         text: String,
     },
-    /// The same device logged in again: close quietly (the client already moved on).
-    Replaced,
 }
 
 /// A live session as the registry sees it.
@@ -130,15 +128,21 @@ impl Registry {
                     KickPolicy::PerDevice => false,
                 };
             if conflict {
-                let cmd = if same_device {
-                    SessionCmd::Replaced
+                // Even for the same device id: a stale connection never sees the frame,
+                // but two live clients sharing an id would otherwise replace each other
+                // forever, each reconnecting after the other's login.
+                let text = if same_device {
+                    "logged in again with this device id".to_owned()
                 } else {
+                    format!("logged in on another device ({})", info.device)
+                };
+                displaced.push((
+                    old.clone(),
                     SessionCmd::Kick {
                         reason: pb::KickReason::LoginElsewhere,
-                        text: format!("logged in on another device ({})", info.device),
-                    }
-                };
-                displaced.push((old.clone(), cmd));
+                        text,
+                    },
+                ));
             }
             !conflict
         });
@@ -240,7 +244,9 @@ mod tests {
             }
         ));
         let (d, _rd) = info(4, "phone-2", pb::Platform::Android);
-        assert!(matches!(r.register(d)[0].1, SessionCmd::Replaced));
+        assert!(
+            matches!(&r.register(d)[0].1, SessionCmd::Kick { text, .. } if text.contains("this device id"))
+        );
         assert_eq!(r.len(), 2);
         r.unregister("alice", 4);
         r.unregister("alice", 4);

@@ -531,9 +531,7 @@ impl Session {
                 .await?;
                 Err(End::Close(ErrorCode::Ok, "kicked out"))
             }
-            Some(SessionCmd::Replaced) | None => {
-                Err(End::Close(ErrorCode::Ok, "replaced by a new session"))
-            }
+            None => Err(End::Close(ErrorCode::Ok, "session queue closed")),
         }
     }
 

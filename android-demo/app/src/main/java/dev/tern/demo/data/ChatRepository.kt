@@ -1,0 +1,116 @@
+package dev.tern.demo.data
+
+import dev.tern.ClientSettings
+import dev.tern.ConnectionState
+import dev.tern.Conversation
+import dev.tern.ConversationKind
+import dev.tern.Message
+import dev.tern.MessageStatus
+import dev.tern.TernClient
+import dev.tern.TernEvent
+import dev.tern.TernListener
+import kotlinx.coroutines.flow.MutableSharedFlow
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.SharedFlow
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asSharedFlow
+import kotlinx.coroutines.flow.asStateFlow
+
+/**
+ * Everything the app's screens need from Tern, as plain Kotlin flows.
+ *
+ * This file has no Android imports on purpose: the same source is compiled and tested
+ * on the JVM against a real tern-server (see `ffi/kotlin-jvm-test.sh`), so the part of
+ * the app that touches Tern is verified without an emulator.
+ *
+ * Threading: Tern calls [onEvent] on its own event thread; flows are thread-safe, and
+ * collectors (the view-models) decide which dispatcher they observe on.
+ */
+class ChatRepository(settings: ClientSettings) : TernListener, AutoCloseable {
+    private val client = TernClient(settings)
+
+    private val _connection = MutableStateFlow<ConnectionState>(ConnectionState.Disconnected)
+    /** The connection as the banner shows it. */
+    val connection: StateFlow<ConnectionState> = _connection.asStateFlow()
+
+    private val _conversations = MutableStateFlow<List<Conversation>>(emptyList())
+    /** Conversations, most recent first, with unread counts. */
+    val conversations: StateFlow<List<Conversation>> = _conversations.asStateFlow()
+
+    private val _incoming = MutableSharedFlow<Message>(replay = 64, extraBufferCapacity = 1024)
+    /** Incoming messages, in timeline order, each once. */
+    val incoming: SharedFlow<Message> = _incoming.asSharedFlow()
+
+    private val _statuses = MutableSharedFlow<StatusChange>(replay = 64, extraBufferCapacity = 1024)
+    /** Delivery ticks of outgoing messages. */
+    val statuses: SharedFlow<StatusChange> = _statuses.asSharedFlow()
+
+    /** One delivery-status change. */
+    data class StatusChange(val localId: Long, val status: MessageStatus)
+
+    init {
+        client.setListener(this)
+    }
+
+    fun login(user: String, token: String) = client.login(user, token)
+
+    fun logout() = client.logout()
+
+    /** Sends a text; the message is safe in the outbox when this returns. */
+    fun send(to: String, text: String): Message = client.sendText(to, text)
+
+    fun retry(localId: Long): Message = client.retry(localId)
+
+    /** Messages with [peer], oldest first; pass the oldest local id seen to load more. */
+    fun history(peer: String, before: Long? = null, limit: Int = 50): List<Message> =
+        client.messages(ConversationKind.DIRECT, peer, before, limit.toUInt()).reversed()
+
+    fun markRead(peer: String) {
+        client.markRead(ConversationKind.DIRECT, peer)
+        refreshConversations()
+    }
+
+    /** From ConnectivityManager / NWPathMonitor callbacks. */
+    fun networkChanged(label: String) = client.networkChanged(label)
+
+    /** From the app lifecycle. */
+    fun setForeground(foreground: Boolean) = client.setForeground(foreground)
+
+    fun refreshConversations() {
+        runCatching { client.conversations() }.onSuccess { _conversations.value = it }
+    }
+
+    override fun onEvent(event: TernEvent) {
+        when (event) {
+            is TernEvent.ConnectionStateChanged -> _connection.value = event.state
+            is TernEvent.MessageReceived -> _incoming.tryEmit(event.message)
+            is TernEvent.MessageStatusChanged -> _statuses.tryEmit(StatusChange(event.localId, event.status))
+            is TernEvent.ConversationUpdated -> refreshConversations()
+            is TernEvent.SyncProgress -> Unit
+        }
+    }
+
+    /** Stops Tern; no event arrives after this returns. */
+    override fun close() = client.shutdown()
+
+    companion object {
+        /** A short label for the connection banner, or null when connected. */
+        fun bannerText(state: ConnectionState): String? = when (state) {
+            is ConnectionState.Connected -> null
+            is ConnectionState.Connecting -> "Connecting…"
+            is ConnectionState.Disconnected -> "Offline"
+            is ConnectionState.WaitingToReconnect -> "Reconnecting in ${(state.delayMs + 999uL) / 1000uL}s"
+            is ConnectionState.KickedOut -> "Signed out: ${state.text}"
+            is ConnectionState.LoginFailed -> "Login failed (${state.code})"
+        }
+
+        /** The tick shown next to an outgoing message. */
+        fun tick(status: MessageStatus): String = when (status) {
+            is MessageStatus.Pending -> "🕓"
+            is MessageStatus.Sent -> "✓"
+            is MessageStatus.Delivered -> "✓✓"
+            is MessageStatus.Read -> "✓✓ read"
+            is MessageStatus.Failed -> "!"
+        }
+    }
+}

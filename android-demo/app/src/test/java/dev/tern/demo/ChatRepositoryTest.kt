@@ -1,0 +1,115 @@
+package dev.tern.demo
+
+import dev.tern.ClientSettings
+import dev.tern.ConnectionState
+import dev.tern.MessageStatus
+import dev.tern.Platform
+import dev.tern.TernException
+import dev.tern.demo.data.ChatRepository
+import java.io.File
+import java.nio.file.Files
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withTimeout
+import org.junit.jupiter.api.AfterAll
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertNull
+import org.junit.jupiter.api.Assertions.assertThrows
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.BeforeAll
+import org.junit.jupiter.api.Test
+
+/**
+ * The demo app's repository (the code that touches Tern) against a real tern-server,
+ * on the JVM through the generated Kotlin bindings: the stand-in for Android.
+ */
+class ChatRepositoryTest {
+    companion object {
+        private lateinit var server: Process
+        private lateinit var addr: String
+        private lateinit var certPem: String
+        private val bin = System.getenv("TERN_SERVER_BIN") ?: "target/debug/tern-server"
+        private val tmp: File = Files.createTempDirectory("tern-kt").toFile()
+
+        @BeforeAll
+        @JvmStatic
+        fun startServer() {
+            server = ProcessBuilder(bin, "--dev", "--data", File(tmp, "server").path, "--quic", "127.0.0.1:0",
+                "--http", "127.0.0.1:0").redirectError(ProcessBuilder.Redirect.DISCARD).start()
+            val lines = server.inputStream.bufferedReader()
+            var cert: String? = null
+            while (cert == null) {
+                val line = lines.readLine() ?: error("tern-server exited during start-up")
+                if (line.startsWith("quic listening on ")) addr = line.removePrefix("quic listening on ")
+                if (line.startsWith("dev certificate: ")) cert = line.removePrefix("dev certificate: ")
+            }
+            certPem = File(cert).readText()
+            Thread { lines.forEachLine { } }.apply { isDaemon = true }.start()
+        }
+
+        @AfterAll
+        @JvmStatic
+        fun stopServer() {
+            server.destroy()
+            server.waitFor()
+        }
+
+        fun token(user: String): String =
+            ProcessBuilder(bin, "token", "--dev", "--user", user).start().inputStream.bufferedReader().readText().trim()
+    }
+
+    private fun repo(user: String, device: String = "jvm-$user"): ChatRepository {
+        val settings = ClientSettings(addr, certPem, File(tmp, "client-$user-$device").path,
+            device, Platform.ANDROID, "1.0.0")
+        return ChatRepository(settings).also { it.login(user, token(user)) }
+    }
+
+    private fun <T> await(block: suspend () -> T): T = runBlocking { withTimeout(20_000) { block() } }
+
+    @Test
+    fun twoUsersChatWithTicksHistoryAndUnreadCounts() {
+        val alice = repo("alice")
+        val bob = repo("bob")
+        try {
+            await { alice.connection.first { it is ConnectionState.Connected } }
+            await { bob.connection.first { it is ConnectionState.Connected } }
+            assertNull(ChatRepository.bannerText(alice.connection.value))
+
+            val sent = alice.send("bob", "hello from kotlin")
+            assertEquals(MessageStatus.Pending, sent.status)
+            val got = await { bob.incoming.first { it.text == "hello from kotlin" } }
+            assertEquals("alice", got.sender)
+            await { alice.statuses.first { it.localId == sent.localId && it.status == MessageStatus.Delivered } }
+            assertEquals("✓✓", ChatRepository.tick(MessageStatus.Delivered))
+
+            for (i in 1..5) alice.send("bob", "m$i")
+            await { bob.incoming.first { it.text == "m5" } }
+            await { bob.conversations.first { list -> list.any { it.id == "alice" && it.unread == 6uL } } }
+            assertEquals(listOf("hello from kotlin", "m1", "m2", "m3", "m4", "m5"), bob.history("alice").map { it.text })
+            bob.markRead("alice")
+            assertEquals(0uL, bob.conversations.value.first { it.id == "alice" }.unread)
+
+            assertThrows(TernException.InvalidArgument::class.java) { alice.send("not valid!", "x") }
+        } finally {
+            alice.close()
+            bob.close()
+        }
+    }
+
+    @Test
+    fun aSecondPhoneSignsTheFirstOut() {
+        val first = repo("carol", "phone-1")
+        try {
+            await { first.connection.first { it is ConnectionState.Connected } }
+            val second = repo("carol", "phone-2")
+            try {
+                val kicked = await { first.connection.first { it is ConnectionState.KickedOut } }
+                assertTrue(ChatRepository.bannerText(kicked)!!.startsWith("Signed out"))
+            } finally {
+                second.close()
+            }
+        } finally {
+            first.close()
+        }
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Compiles the generated Kotlin bindings together with the Android demo's plain-Kotlin
+# repository and its JUnit 5 tests, and runs them on the JVM against the Linux library:
+# the stand-in for Android on a machine without an NDK.
+#
+# Needs: java (17+), npm (for the kotlin-compiler package), apt (libjna-java, junit5).
+# Uses target/debug builds of tern-ffi and tern-server (built here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+tools=$root/target/tools
+mkdir -p "$tools"
+
+kotlinc=$tools/kotlin/package/bin/kotlinc
+if [ ! -x "$kotlinc" ]; then
+  echo "== fetching kotlinc (npm package kotlin-compiler 2.4.20)"
+  mkdir -p "$tools/kotlin"
+  (cd "$tools/kotlin" && npm pack --silent kotlin-compiler@2.4.20 >/dev/null && tar xzf kotlin-compiler-2.4.20.tgz)
+fi
+klib=$tools/kotlin/package/lib
+if [ ! -f /usr/share/java/jna.jar ] || [ ! -f /usr/share/java/junit-platform-console-standalone.jar ]; then
+  echo "== installing JNA and JUnit 5 (Debian)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq >/dev/null && apt-get install -y -qq libjna-java junit5 >/dev/null
+  else sudo apt-get update -qq >/dev/null && sudo apt-get install -y -qq libjna-java junit5 >/dev/null; fi
+fi
+
+echo "== building tern-ffi and tern-server (debug), generating bindings"
+ffi/generate-bindings.sh debug target/bindings >/dev/null
+cargo build -p tern-server --quiet
+
+out=$root/target/kotlin-jvm
+rm -rf "$out" && mkdir -p "$out"
+cp="/usr/share/java/jna.jar:/usr/share/java/junit-jupiter-api.jar:/usr/share/java/apiguardian-api.jar:/usr/share/java/opentest4j.jar:$klib/kotlinx-coroutines-core-jvm.jar"
+echo "== compiling (kotlinc)"
+"$kotlinc" -nowarn -jvm-target 17 -cp "$cp" -d "$out/classes" \
+  target/bindings/kotlin/dev/tern/tern_ffi.kt \
+  android-demo/app/src/main/java/dev/tern/demo/data/ChatRepository.kt \
+  android-demo/app/src/test/java/dev/tern/demo/ChatRepositoryTest.kt 2>&1 | grep -v '^warning:' || true
+test -f "$out/classes/dev/tern/demo/ChatRepositoryTest.class"
+
+echo "== running JUnit 5"
+TERN_SERVER_BIN=$root/target/debug/tern-server java -Djna.library.path="$root/target/debug" \
+  -jar /usr/share/java/junit-platform-console-standalone.jar \
+  -cp "$out/classes:$cp:$klib/kotlin-stdlib.jar" \
+  --select-class dev.tern.demo.ChatRepositoryTest --disable-banner --details=summary 2>&1 | tee "$out/junit.log" | tail -n 25
+grep -qE "\[ +[1-9][0-9]* tests successful +\]" "$out/junit.log"
+grep -qE "\[ +0 tests failed +\]" "$out/junit.log"
