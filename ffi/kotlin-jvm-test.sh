@@ -35,6 +35,7 @@ echo "== compiling (kotlinc)"
 "$kotlinc" -nowarn -jvm-target 17 -cp "$cp" -d "$out/classes" \
   target/bindings/kotlin/dev/tern/tern_ffi.kt \
   android-demo/app/src/main/java/dev/tern/demo/data/ChatRepository.kt \
+  android-demo/app/src/main/java/dev/tern/demo/data/DevToken.kt \
   android-demo/app/src/test/java/dev/tern/demo/ChatRepositoryTest.kt 2>&1 | grep -v '^warning:' || true
 test -f "$out/classes/dev/tern/demo/ChatRepositoryTest.class"
 

@@ -6,6 +6,7 @@ import dev.tern.MessageStatus
 import dev.tern.Platform
 import dev.tern.TernException
 import dev.tern.demo.data.ChatRepository
+import dev.tern.demo.data.DevToken
 import java.io.File
 import java.nio.file.Files
 import kotlinx.coroutines.flow.first
@@ -94,6 +95,21 @@ class ChatRepositoryTest {
             alice.close()
             bob.close()
         }
+    }
+
+    @Test
+    fun tokensMintedInKotlinAreAcceptedByTheServer() {
+        val settings = ClientSettings(addr, certPem, File(tmp, "client-dave").path, "jvm-dave", Platform.ANDROID, "1.0.0")
+        ChatRepository(settings).use { dave ->
+            dave.login("dave", DevToken.mint("dave"))
+            await { dave.connection.first { it is ConnectionState.Connected } }
+        }
+        ChatRepository(ClientSettings(addr, certPem, File(tmp, "client-eve").path, "jvm-eve", Platform.ANDROID, "1"))
+            .use { eve ->
+                eve.login("eve", DevToken.mint("eve", secret = "not-the-server-secret"))
+                val failed = await { eve.connection.first { it is ConnectionState.LoginFailed } }
+                assertEquals("BAD_TOKEN", (failed as ConnectionState.LoginFailed).code)
+            }
     }
 
     @Test

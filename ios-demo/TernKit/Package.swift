@@ -1,0 +1,14 @@
+// swift-tools-version:5.9
+// Tern for iOS: the generated Swift bindings over the Rust client core.
+// Run ../build-xcframework.sh first: it creates TernFFI.xcframework and Sources/Tern/Tern.swift.
+import PackageDescription
+
+let package = Package(
+    name: "TernKit",
+    platforms: [.iOS(.v15)],
+    products: [.library(name: "Tern", targets: ["Tern"])],
+    targets: [
+        .binaryTarget(name: "TernFFI", path: "TernFFI.xcframework"),
+        .target(name: "Tern", dependencies: ["TernFFI"], path: "Sources/Tern"),
+    ]
+)
