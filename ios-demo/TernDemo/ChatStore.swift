@@ -90,7 +90,8 @@ final class ChatStore: ObservableObject {
         }
     }
 
-    private final class Listener: TernListener {
+    /// `TernListener` is `Sendable`; the weak reference is written once, in `init`.
+    private final class Listener: TernListener, @unchecked Sendable {
         weak var store: ChatStore?
         init(store: ChatStore) { self.store = store }
         func onEvent(event: TernEvent) {
