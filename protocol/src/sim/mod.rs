@@ -35,9 +35,12 @@ pub struct LinkConfig {
     pub reorder_delay: Duration,
     /// Probability that a packet is delivered twice.
     pub duplicate: f64,
-    /// Windows `(start, length)`, relative to the simulation start, in which every
+        /// Windows `(start, length)`, relative to the simulation start, in which every
     /// packet is dropped.
     pub blackouts: Vec<(Duration, Duration)>,
+    /// Bandwidth in bytes per second (`None`: unlimited). Packets queue behind each
+    /// other, so a full link adds delay.
+    pub rate: Option<u64>,
 }
 
 impl Default for LinkConfig {
@@ -48,8 +51,9 @@ impl Default for LinkConfig {
             jitter: Duration::ZERO,
             reorder: 0.0,
             reorder_delay: Duration::from_millis(30),
-            duplicate: 0.0,
+                        duplicate: 0.0,
             blackouts: vec![],
+            rate: None,
         }
     }
 }
@@ -87,19 +91,16 @@ pub struct LinkStats {
 pub struct Link {
     config: LinkConfig,
     start: Instant,
-    rng: SmallRng,
+        rng: SmallRng,
     stats: LinkStats,
+    /// When the bandwidth-limited link is free again.
+    free_at: Instant,
 }
 
 impl Link {
     /// A link whose blackout windows are relative to `start`.
     pub fn new(config: LinkConfig, start: Instant, seed: u64) -> Self {
-        Link {
-            config,
-            start,
-            rng: SmallRng::seed_from_u64(seed),
-            stats: LinkStats::default(),
-        }
+                Link { config, start, rng: SmallRng::seed_from_u64(seed), stats: LinkStats::default(), free_at: start }
     }
 
     /// Counters so far.
@@ -126,13 +127,22 @@ impl Link {
             self.stats.lost += 1;
             return vec![];
         }
-        let copies = if self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
+                let copies = if self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
             self.stats.duplicated += 1;
             2
         } else {
             1
         };
-        (0..copies).map(|_| now + self.one_way()).collect()
+        // Serialisation on a bandwidth-limited link: wait for the link, then occupy it.
+        let departs = match self.config.rate {
+            Some(rate) if rate > 0 => {
+                let departs = self.free_at.max(now);
+                self.free_at = departs + Duration::from_secs_f64(len as f64 / rate as f64);
+                self.free_at
+            }
+            _ => now,
+        };
+        (0..copies).map(|_| departs + self.one_way()).collect()
     }
 
     fn one_way(&mut self) -> Duration {
@@ -256,6 +266,15 @@ mod tests {
         assert!((29_000..31_000).contains(&s.lost), "{s:?}");
         assert!((6_500..7_500).contains(&s.duplicated), "{s:?}"); // 10% of the 70% kept
         assert_eq!(delivered as u64, 100_000 - s.lost + s.duplicated);
+    }
+
+        #[test]
+    fn a_rate_limit_queues_packets() {
+        let t0 = Instant::now();
+        let cfg = LinkConfig { delay: Duration::ZERO, rate: Some(1000), ..LinkConfig::default() };
+        let mut link = Link::new(cfg, t0, 1);
+        let arrivals: Vec<Duration> = (0..3).map(|_| link.transmit(t0, 100)[0] - t0).collect();
+        assert_eq!(arrivals, vec![Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(300)]);
     }
 
     #[test]

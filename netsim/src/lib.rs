@@ -1,0 +1,298 @@
+//! # tern-netsim: a UDP impairment relay
+//!
+//! `tc netem` is not available on the machines Tern is developed and tested on, so weak
+//! networks are made here: the relay sits between clients and a server on loopback and
+//! applies, per direction, random loss, delay, jitter, reordering, duplication, a
+//! bandwidth limit and scheduled blackouts — the same [`Link`] model the deterministic
+//! simulator in `tern-protocol` uses, now applied to real packets in real time.
+//!
+//! It also emulates a **NAT**: each client address gets its own upstream socket (a
+//! "mapping"); after `nat_timeout` without an outbound packet the mapping is dropped, and
+//! the client's next packet gets a new socket, so the server sees the client's address
+//! change (QUIC migrates; the heartbeat reply reveals it) and packets the server sent to
+//! the old mapping are lost — exactly what a carrier NAT does to an idle phone.
+//!
+//! Use it in-process ([`start`]) in tests, or as the `tern-netsim` binary.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tern_protocol::sim::{Link, LinkConfig, LinkStats};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+/// What the relay does.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Where clients send to.
+    pub listen: SocketAddr,
+    /// The server.
+    pub upstream: SocketAddr,
+    /// Client -> server impairments.
+    pub up: LinkConfig,
+    /// Server -> client impairments.
+    pub down: LinkConfig,
+    /// Drop a mapping after this long without an outbound packet (`None`: never).
+    pub nat_timeout: Option<Duration>,
+    /// RNG seed (both directions derive from it).
+    pub seed: u64,
+}
+
+impl RelayConfig {
+    /// A transparent relay (no impairment) from `listen` to `upstream`.
+    pub fn new(listen: SocketAddr, upstream: SocketAddr) -> Self {
+        let clean = LinkConfig { delay: Duration::ZERO, ..LinkConfig::default() };
+        RelayConfig { listen, upstream, up: clean.clone(), down: clean, nat_timeout: None, seed: 1 }
+    }
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Client -> server.
+    pub up: LinkStats,
+    /// Server -> client.
+    pub down: LinkStats,
+    /// Mappings created (the first per client, and one after each NAT expiry).
+    pub mappings: u64,
+    /// Mappings dropped by the NAT timeout.
+    pub nat_expiries: u64,
+}
+
+impl std::fmt::Display for RelayStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, s) in [("up", self.up), ("down", self.down)] {
+            writeln!(
+                f,
+                "{name:>4}: {} packets ({} bytes), lost {}, blacked out {}, duplicated {}, reordered {}",
+                s.sent, s.bytes, s.lost, s.blacked_out, s.duplicated, s.reordered
+            )?;
+        }
+        write!(f, " nat: {} mappings, {} expiries", self.mappings, self.nat_expiries)
+    }
+}
+
+struct Mapping {
+    socket: Arc<UdpSocket>,
+    last_out: Instant,
+    generation: u64,
+}
+
+struct Shared {
+    up: Mutex<Link>,
+    down: Mutex<Link>,
+    mappings: Mutex<HashMap<SocketAddr, Mapping>>,
+    created: AtomicU64,
+    expired: AtomicU64,
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl RelayHandle {
+    /// Where clients should send.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RelayStats {
+        RelayStats {
+            up: self.shared.up.lock().expect("lock").stats(),
+            down: self.shared.down.lock().expect("lock").stats(),
+            mappings: self.shared.created.load(Ordering::Relaxed),
+            nat_expiries: self.shared.expired.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops relaying (sockets close when their tasks end).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts a relay on the current tokio runtime.
+pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
+    let listen = Arc::new(UdpSocket::bind(config.listen).await?);
+    let local_addr = listen.local_addr()?;
+    let t0 = Instant::now();
+    let shared = Arc::new(Shared {
+        up: Mutex::new(Link::new(config.up.clone(), t0, config.seed.wrapping_add(1))),
+        down: Mutex::new(Link::new(config.down.clone(), t0, config.seed.wrapping_add(2))),
+        mappings: Mutex::new(HashMap::new()),
+        created: AtomicU64::new(0),
+        expired: AtomicU64::new(0),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(client_side(listen, config, shared.clone(), stop_rx));
+    Ok(RelayHandle { local_addr, shared, stop })
+}
+
+/// Sends `data` through `link` from `socket` to `to`: zero, one or two copies, each
+/// after its own delay.
+fn forward(link: &Mutex<Link>, socket: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>) {
+    let now = Instant::now();
+    let arrivals = link.lock().expect("lock").transmit(now, data.len());
+    for at in arrivals {
+        let (socket, data) = (socket.clone(), data.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            let _ = socket.send_to(&data, to).await;
+        });
+    }
+}
+
+async fn client_side(listen: Arc<UdpSocket>, config: RelayConfig, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, client) = tokio::select! {
+            r = listen.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "relay receive error");
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let now = Instant::now();
+        let socket = {
+            let mut maps = shared.mappings.lock().expect("lock");
+            let expired = match (maps.get(&client), config.nat_timeout) {
+                (Some(m), Some(timeout)) => now.duration_since(m.last_out) >= timeout,
+                _ => false,
+            };
+            if expired {
+                maps.remove(&client);
+                shared.expired.fetch_add(1, Ordering::Relaxed);
+            }
+            match maps.get_mut(&client) {
+                Some(m) => {
+                    m.last_out = now;
+                    m.socket.clone()
+                }
+                None => {
+                    // A new mapping: a fresh socket, so the server sees a new source port.
+                    let std_socket = match std::net::UdpSocket::bind(SocketAddr::new(config.upstream.ip(), 0)) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot open a mapping socket");
+                            continue;
+                        }
+                    };
+                    let _ = std_socket.set_nonblocking(true);
+                    let Ok(socket) = UdpSocket::from_std(std_socket).map(Arc::new) else { continue };
+                    let generation = shared.created.fetch_add(1, Ordering::Relaxed);
+                    maps.insert(client, Mapping { socket: socket.clone(), last_out: now, generation });
+                    tokio::spawn(server_side(socket.clone(), client, generation, listen.clone(), shared.clone(), stop.clone()));
+                    socket
+                }
+            }
+        };
+        forward(&shared.up, socket, config.upstream, buf[..n].to_vec());
+    }
+}
+
+/// Relays the server's packets on one mapping back to its client, until the mapping is
+/// replaced (NAT expiry) or the relay stops.
+async fn server_side(
+    socket: Arc<UdpSocket>,
+    client: SocketAddr,
+    generation: u64,
+    listen: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = tokio::select! {
+            r = socket.recv(&mut buf) => match r { Ok(n) => n, Err(_) => continue },
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => 0,
+        };
+        let live = shared.mappings.lock().expect("lock").get(&client).is_some_and(|m| m.generation == generation);
+        if !live {
+            return; // expired: whatever the server sends to this port is lost
+        }
+        if n > 0 {
+            forward(&shared.down, listen.clone(), client, buf[..n].to_vec());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo_server() -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                // Echo the payload followed by the source address the server saw.
+                let mut reply = buf[..n].to_vec();
+                reply.extend_from_slice(format!("|{from}").as_bytes());
+                let _ = s.send_to(&reply, from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_a_nat_timeout_changes_the_source_port() {
+        let server = echo_server().await;
+        let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), server);
+        cfg.nat_timeout = Some(Duration::from_millis(200));
+        let relay = start(cfg).await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = [0u8; 2048];
+        let mut seen = vec![];
+        for pause in [0, 50, 400] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            client.send_to(b"ping", relay.local_addr()).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf)).await.unwrap().unwrap();
+            let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(reply.starts_with("ping|"));
+            seen.push(reply);
+        }
+        assert_eq!(seen[0], seen[1], "same mapping within the timeout");
+        assert_ne!(seen[1], seen[2], "a new source port after the NAT timeout");
+        let stats = relay.stats();
+        assert_eq!((stats.mappings, stats.nat_expiries, stats.up.sent, stats.down.sent), (2, 1, 3, 3));
+    }
+
+    #[tokio::test]
+    async fn loss_and_delay_apply() {
+        let server = echo_server().await;
+        let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), server);
+        cfg.up = LinkConfig { loss: 0.5, delay: Duration::from_millis(30), ..LinkConfig::default() };
+        let relay = start(cfg).await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let started = Instant::now();
+        for _ in 0..200 {
+            client.send_to(b"x", relay.local_addr()).await.unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buf)).await {
+            got += 1;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert!((60..140).contains(&got), "about half arrive: {got}");
+        assert_eq!(relay.stats().up.lost, 200 - got as u64);
+    }
+}

@@ -1,0 +1,168 @@
+//! Chaos tests: the whole stack (tern-server, two tern-client cores) through the
+//! impairment relay. Short versions run in CI; `netsim/chaos.sh` runs the long ones
+//! (TERN_CHAOS_MESSAGES=2000, longer blackouts).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tern_client::{Client, ClientConfig, ClientEvent, ConnectionState, ConversationKind, EventListener, MessageStatus};
+use tern_netsim::{RelayConfig, RelayHandle};
+use tern_protocol::sim::LinkConfig;
+use tern_server::config::{Config, DEV_TOKEN_SECRET};
+use tern_server::server::ServerHandle;
+
+fn messages() -> usize {
+    std::env::var("TERN_CHAOS_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+}
+
+#[derive(Default)]
+struct Events(Mutex<Vec<ClientEvent>>);
+
+impl EventListener for Events {
+    fn on_event(&self, e: ClientEvent) {
+        self.0.lock().unwrap().push(e);
+    }
+}
+
+impl Events {
+    fn texts(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::MessageReceived(m) => Some(m.text().unwrap().to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failures(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::MessageStatusChanged { status: MessageStatus::Failed { .. }, .. }))
+            .count()
+    }
+}
+
+async fn server(dir: &Path) -> ServerHandle {
+    let mut config = Config::dev_loopback(dir);
+    config.rate_per_sec = 100_000;
+    config.rate_burst = 100_000;
+    tern_server::server::start(config).await.unwrap()
+}
+
+async fn relay(server: &ServerHandle, up: LinkConfig, down: LinkConfig, seed: u64) -> RelayHandle {
+    let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), server.quic_addr);
+    cfg.up = up;
+    cfg.down = down;
+    cfg.seed = seed;
+    tern_netsim::start(cfg).await.unwrap()
+}
+
+fn client(server: &ServerHandle, via: &RelayHandle, data: &Path, user: &str) -> (Client, Arc<Events>) {
+    let mut config = ClientConfig::new(via.local_addr().to_string(), data, format!("{user}-device"));
+    config.ca_pem = Some(std::fs::read(&server.cert_path).unwrap());
+    let c = Client::new(config).unwrap();
+    let events = Arc::new(Events::default());
+    c.set_listener(events.clone());
+    c.login(user, &tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), user, None, 3600)).unwrap();
+    (c, events)
+}
+
+async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn all_sent(c: &Client, peer: &str, n: usize) -> bool {
+    let m = c.messages(ConversationKind::Direct, peer, None, n as u32 + 10).unwrap();
+    m.len() == n && m.iter().all(|m| matches!(m.status, MessageStatus::Sent | MessageStatus::Delivered))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_loss_jitter_reordering_and_duplication_deliver_exactly_once_in_order() {
+    let n = messages();
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir.path().join("server")).await;
+    let link = LinkConfig {
+        loss: 0.30,
+        delay: Duration::from_millis(50),
+        jitter: Duration::from_millis(50),
+        reorder: 0.05,
+        reorder_delay: Duration::from_millis(40),
+        duplicate: 0.02,
+        blackouts: vec![],
+        rate: None,
+    };
+    let r = relay(&s, link.clone(), link, 42).await;
+    let (alice, alice_events) = client(&s, &r, &dir.path().join("alice"), "alice");
+    let (bob, bob_events) = client(&s, &r, &dir.path().join("bob"), "bob");
+    for c in [&alice, &bob] {
+        let st = c.wait_for_state(Duration::from_secs(60), |s| *s == ConnectionState::Connected).await;
+        assert_eq!(st, Some(ConnectionState::Connected));
+    }
+    let started = Instant::now();
+    for i in 1..=n {
+        alice.send_text("bob", &format!("m{i}")).unwrap();
+    }
+    let limit = Duration::from_secs(60 + n as u64 / 5);
+    until("bob to receive everything", limit, || bob_events.texts().len() >= n).await;
+    until("alice to see every message stored", limit, || all_sent(&alice, "bob", n)).await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let expected: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
+    assert_eq!(bob_events.texts(), expected, "exactly once, in order");
+    assert_eq!(alice_events.failures(), 0, "none reported failed");
+    let stats = r.stats();
+    println!("{n} messages through 30% loss / 50-100 ms / 5% reorder / 2% dup in {took:.1?}\n{stats}");
+    assert!(stats.up.lost > 0 && stats.down.lost > 0 && stats.up.duplicated > 0 && stats.up.reordered > 0);
+    alice.shutdown();
+    bob.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackout_while_sending_delays_but_loses_nothing() {
+    let blackout = Duration::from_secs(std::env::var("TERN_CHAOS_BLACKOUT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(4));
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir.path().join("server")).await;
+    let start_at = Duration::from_secs(3);
+    let link = LinkConfig { delay: Duration::from_millis(20), blackouts: vec![(start_at, blackout)], ..LinkConfig::default() };
+    let r = relay(&s, link.clone(), link, 7).await;
+    let t0 = Instant::now();
+    let (alice, alice_events) = client(&s, &r, &dir.path().join("alice"), "alice");
+    let (bob, bob_events) = client(&s, &r, &dir.path().join("bob"), "bob");
+    for c in [&alice, &bob] {
+        assert_eq!(c.wait_for_state(Duration::from_secs(20), |s| *s == ConnectionState::Connected).await, Some(ConnectionState::Connected));
+    }
+    // Send one message every 100 ms from before the blackout until after it.
+    let total = ((start_at + blackout).as_millis() / 100 + 20) as usize;
+    let mut pending_during_blackout = 0;
+    for i in 1..=total {
+        alice.send_text("bob", &format!("b{i}")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = t0.elapsed();
+        if now > start_at + Duration::from_millis(500) && now < start_at + blackout {
+            let outbox = alice.outbox().unwrap().len();
+            pending_during_blackout = pending_during_blackout.max(outbox);
+        }
+    }
+    until("everything to arrive after the path returned", Duration::from_secs(60), || bob_events.texts().len() >= total).await;
+    until("alice's statuses to settle", Duration::from_secs(30), || all_sent(&alice, "bob", total)).await;
+    let expected: Vec<String> = (1..=total).map(|i| format!("b{i}")).collect();
+    assert_eq!(bob_events.texts(), expected);
+    assert!(pending_during_blackout > 5, "messages waited as Pending during the blackout ({pending_during_blackout})");
+    assert_eq!(alice_events.failures(), 0);
+    println!("{total} messages across a {blackout:?} blackout; up to {pending_during_blackout} pending during it\n{}", r.stats());
+    alice.shutdown();
+    bob.shutdown();
+    s.shutdown().await;
+}
