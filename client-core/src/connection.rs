@@ -233,6 +233,7 @@ pub(crate) async fn run(
         filter: DuplicateFilter::new(DedupConfig::default()),
         backoff: Backoff::new(cfg.backoff.clone(), rand::random()),
         pending: HashMap::new(),
+        heartbeats_sent: 0,
     };
     let endpoint = match endpoint(&inner) {
         Ok(e) => e,
@@ -337,6 +338,8 @@ struct Machines {
     backoff: Backoff,
     /// Chat frames of unacknowledged sends, for retransmission.
     pending: HashMap<ClientMsgId, pb::ChatMessage>,
+    /// Heartbeats sent (diagnostics).
+    heartbeats_sent: u64,
 }
 
 fn spawn_reader(
@@ -598,6 +601,23 @@ impl<'a> Session<'a> {
         if freed { self.flush(m).await } else { Ok(()) }
     }
 
+    fn update_diagnostics(&self, m: &Machines) {
+        let net = m.heartbeat.network().to_owned();
+        let locked = m.heartbeat.network_state(&net).is_some_and(|s| s.locked);
+        *self
+            .inner
+            .diagnostics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = crate::types::Diagnostics {
+            heartbeat_interval_ms: m.heartbeat.interval().as_millis() as u64,
+            heartbeat_locked: locked,
+            heartbeats_sent: m.heartbeats_sent,
+            srtt_ms: m.qos.rtt().srtt().map(|d| d.as_millis() as u64),
+            in_flight: m.qos.in_flight() as u64,
+            network: net,
+        };
+    }
+
     fn fail(&self, id: &ClientMsgId, reason: String) {
         if let Ok(Some(local_id)) = self.inner.with_db(|db| db.mark_failed(id, &reason)) {
             self.inner.emit(ClientEvent::MessageStatusChanged {
@@ -610,6 +630,8 @@ impl<'a> Session<'a> {
     async fn on_heartbeat_timer(&mut self, m: &mut Machines) -> Result<(), End> {
         match m.heartbeat.handle_timeout(Instant::now().into_std()) {
             Some(HeartbeatAction::Send) => {
+                m.heartbeats_sent += 1;
+                self.update_diagnostics(m);
                 let interval = m.heartbeat.interval().as_millis() as u32;
                 self.write(
                     &Frame::Heartbeat(pb::Heartbeat {
@@ -811,6 +833,7 @@ impl<'a> Session<'a> {
                 {
                     m.qos.on_rtt_sample(rtt);
                 }
+                self.update_diagnostics(m);
                 Ok(())
             }
             Frame::Kickout(k) => Err(End::Kicked(

@@ -37,8 +37,8 @@ use tokio::sync::{mpsc, watch};
 pub use store::DbError;
 pub use tern_protocol::pb::Platform;
 pub use types::{
-    ClientEvent, ConnectionState, Conversation, ConversationKind, EventListener, Message,
-    MessageStatus,
+    ClientEvent, ConnectionState, Conversation, ConversationKind, Diagnostics, EventListener,
+    Message, MessageStatus,
 };
 
 use crate::connection::Command;
@@ -143,6 +143,7 @@ pub(crate) struct Inner {
     listener: RwLock<Option<Arc<dyn EventListener>>>,
     state: watch::Sender<ConnectionState>,
     max_body: AtomicU32,
+    diagnostics: Mutex<Diagnostics>,
 }
 
 impl Inner {
@@ -249,6 +250,7 @@ impl Client {
             listener: RwLock::new(None),
             state,
             max_body: AtomicU32::new(64 * 1024),
+            diagnostics: Mutex::new(Diagnostics::default()),
         });
         let weak = Arc::downgrade(&inner);
         let dispatcher = std::thread::Builder::new()
@@ -373,6 +375,15 @@ impl Client {
     /// (0 after a clean shutdown). For tests and diagnostics.
     pub fn tasks_left_at_shutdown(&self) -> usize {
         self.tasks_left.load(Ordering::Relaxed)
+    }
+
+    /// What the connection machinery currently believes (heartbeat interval, RTT, ...).
+    pub fn diagnostics(&self) -> Diagnostics {
+        self.inner
+            .diagnostics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The current connection state.

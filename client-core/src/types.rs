@@ -200,3 +200,20 @@ pub trait EventListener: Send + Sync {
     /// One event.
     fn on_event(&self, event: ClientEvent);
 }
+
+/// What the connection machinery currently believes, for diagnostics screens and tests.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Diagnostics {
+    /// Network label in use (as reported by `network_changed`).
+    pub network: String,
+    /// Heartbeat interval in use now, in ms.
+    pub heartbeat_interval_ms: u64,
+    /// Whether the smart heartbeat finished learning this network's interval.
+    pub heartbeat_locked: bool,
+    /// Heartbeats sent since the client was created.
+    pub heartbeats_sent: u64,
+    /// Smoothed round-trip time, in ms, once measured.
+    pub srtt_ms: Option<u64>,
+    /// Messages sent and not yet acknowledged by the server.
+    pub in_flight: u64,
+}

@@ -44,8 +44,18 @@ pub struct RelayConfig {
 impl RelayConfig {
     /// A transparent relay (no impairment) from `listen` to `upstream`.
     pub fn new(listen: SocketAddr, upstream: SocketAddr) -> Self {
-        let clean = LinkConfig { delay: Duration::ZERO, ..LinkConfig::default() };
-        RelayConfig { listen, upstream, up: clean.clone(), down: clean, nat_timeout: None, seed: 1 }
+        let clean = LinkConfig {
+            delay: Duration::ZERO,
+            ..LinkConfig::default()
+        };
+        RelayConfig {
+            listen,
+            upstream,
+            up: clean.clone(),
+            down: clean,
+            nat_timeout: None,
+            seed: 1,
+        }
     }
 }
 
@@ -71,7 +81,11 @@ impl std::fmt::Display for RelayStats {
                 s.sent, s.bytes, s.lost, s.blacked_out, s.duplicated, s.reordered
             )?;
         }
-        write!(f, " nat: {} mappings, {} expiries", self.mappings, self.nat_expiries)
+        write!(
+            f,
+            " nat: {} mappings, {} expiries",
+            self.mappings, self.nat_expiries
+        )
     }
 }
 
@@ -130,15 +144,27 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
     let local_addr = listen.local_addr()?;
     let t0 = Instant::now();
     let shared = Arc::new(Shared {
-        up: Mutex::new(Link::new(config.up.clone(), t0, config.seed.wrapping_add(1))),
-        down: Mutex::new(Link::new(config.down.clone(), t0, config.seed.wrapping_add(2))),
+        up: Mutex::new(Link::new(
+            config.up.clone(),
+            t0,
+            config.seed.wrapping_add(1),
+        )),
+        down: Mutex::new(Link::new(
+            config.down.clone(),
+            t0,
+            config.seed.wrapping_add(2),
+        )),
         mappings: Mutex::new(HashMap::new()),
         created: AtomicU64::new(0),
         expired: AtomicU64::new(0),
     });
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(client_side(listen, config, shared.clone(), stop_rx));
-    Ok(RelayHandle { local_addr, shared, stop })
+    Ok(RelayHandle {
+        local_addr,
+        shared,
+        stop,
+    })
 }
 
 /// Sends `data` through `link` from `socket` to `to`: zero, one or two copies, each
@@ -155,7 +181,12 @@ fn forward(link: &Mutex<Link>, socket: Arc<UdpSocket>, to: SocketAddr, data: Vec
     }
 }
 
-async fn client_side(listen: Arc<UdpSocket>, config: RelayConfig, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn client_side(
+    listen: Arc<UdpSocket>,
+    config: RelayConfig,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, client) = tokio::select! {
@@ -186,18 +217,37 @@ async fn client_side(listen: Arc<UdpSocket>, config: RelayConfig, shared: Arc<Sh
                 }
                 None => {
                     // A new mapping: a fresh socket, so the server sees a new source port.
-                    let std_socket = match std::net::UdpSocket::bind(SocketAddr::new(config.upstream.ip(), 0)) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot open a mapping socket");
-                            continue;
-                        }
-                    };
+                    let std_socket =
+                        match std::net::UdpSocket::bind(SocketAddr::new(config.upstream.ip(), 0)) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot open a mapping socket");
+                                continue;
+                            }
+                        };
                     let _ = std_socket.set_nonblocking(true);
-                    let Ok(socket) = UdpSocket::from_std(std_socket).map(Arc::new) else { continue };
+                    let Ok(socket) = UdpSocket::from_std(std_socket).map(Arc::new) else {
+                        continue;
+                    };
                     let generation = shared.created.fetch_add(1, Ordering::Relaxed);
-                    maps.insert(client, Mapping { socket: socket.clone(), last_out: now, generation });
-                    tokio::spawn(server_side(socket.clone(), client, generation, listen.clone(), shared.clone(), stop.clone()));
+                    maps.insert(
+                        client,
+                        Mapping {
+                            socket: socket.clone(),
+                            last_out: now,
+                            generation,
+                        },
+                    );
+                    let nat = config.nat_timeout;
+                    tokio::spawn(server_side(
+                        socket.clone(),
+                        client,
+                        generation,
+                        nat,
+                        listen.clone(),
+                        shared.clone(),
+                        stop.clone(),
+                    ));
                     socket
                 }
             }
@@ -212,6 +262,7 @@ async fn server_side(
     socket: Arc<UdpSocket>,
     client: SocketAddr,
     generation: u64,
+    nat_timeout: Option<Duration>,
     listen: Arc<UdpSocket>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -223,11 +274,18 @@ async fn server_side(
             _ = stop.changed() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => 0,
         };
-        let live = shared.mappings.lock().expect("lock").get(&client).is_some_and(|m| m.generation == generation);
-        if !live {
-            return; // expired: whatever the server sends to this port is lost
+        let (current, timed_out) = match shared.mappings.lock().expect("lock").get(&client) {
+            Some(m) if m.generation == generation => {
+                (true, nat_timeout.is_some_and(|t| m.last_out.elapsed() >= t))
+            }
+            _ => (false, true),
+        };
+        if !current {
+            return; // replaced by a newer mapping: this port is gone
         }
-        if n > 0 {
+        // A timed-out mapping drops inbound packets at once, as a NAT does; it is
+        // replaced when the client sends again.
+        if n > 0 && !timed_out {
             forward(&shared.down, listen.clone(), client, buf[..n].to_vec());
         }
     }
@@ -264,7 +322,10 @@ mod tests {
         for pause in [0, 50, 400] {
             tokio::time::sleep(Duration::from_millis(pause)).await;
             client.send_to(b"ping", relay.local_addr()).await.unwrap();
-            let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
             let reply = String::from_utf8_lossy(&buf[..n]).to_string();
             assert!(reply.starts_with("ping|"));
             seen.push(reply);
@@ -272,14 +333,26 @@ mod tests {
         assert_eq!(seen[0], seen[1], "same mapping within the timeout");
         assert_ne!(seen[1], seen[2], "a new source port after the NAT timeout");
         let stats = relay.stats();
-        assert_eq!((stats.mappings, stats.nat_expiries, stats.up.sent, stats.down.sent), (2, 1, 3, 3));
+        assert_eq!(
+            (
+                stats.mappings,
+                stats.nat_expiries,
+                stats.up.sent,
+                stats.down.sent
+            ),
+            (2, 1, 3, 3)
+        );
     }
 
     #[tokio::test]
     async fn loss_and_delay_apply() {
         let server = echo_server().await;
         let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), server);
-        cfg.up = LinkConfig { loss: 0.5, delay: Duration::from_millis(30), ..LinkConfig::default() };
+        cfg.up = LinkConfig {
+            loss: 0.5,
+            delay: Duration::from_millis(30),
+            ..LinkConfig::default()
+        };
         let relay = start(cfg).await.unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let started = Instant::now();
@@ -288,7 +361,9 @@ mod tests {
         }
         let mut buf = [0u8; 2048];
         let mut got = 0;
-        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buf)).await {
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buf)).await
+        {
             got += 1;
         }
         assert!(started.elapsed() >= Duration::from_millis(30));

@@ -15,8 +15,11 @@
 //!   known-good interval. The interval falls back to the last known-good value.
 //! * **Refine, then lock.** The failed interval becomes a ceiling. Growth continues by
 //!   halving the distance to the ceiling until it is within `resolution`, then the
-//!   interval locks at the last known-good value. With the defaults a 45 s NAT locks at
-//!   37.5 s after 10 probes and a 120 s NAT at 112.5 s after 13 probes (see
+//!   interval locks at the last known-good value less a `safety_margin` (10 %): a
+//!   success right at the edge proves little, because what the NAT measures is the
+//!   silence after the client's *last* packet (QUIC acknowledges the heartbeat reply a
+//!   few milliseconds later) and phones fire timers late. With the defaults a 45 s NAT locks at
+//!   33.75 s after 10 probes and a 120 s NAT at 101.25 s after 13 probes (see
 //!   `tests/sim_heartbeat.rs` and docs/bench/qos-sim.md).
 //! * **Per network.** Learned state is kept per network label (e.g. the Wi-Fi SSID hash
 //!   or "cellular"), so returning to a known network starts from its learned value.
@@ -59,6 +62,8 @@ pub struct HeartbeatConfig {
     pub successes_to_grow: u32,
     /// Once the gap between known-good and failed is at most this, lock.
     pub resolution: Duration,
+    /// Percentage taken off the last known-good interval when it locks.
+    pub safety_margin_pct: u32,
     /// How long to wait for a heartbeat reply.
     pub reply_timeout: Duration,
     /// Consecutive unanswered heartbeats that mean the connection is dead.
@@ -82,6 +87,7 @@ impl Default for HeartbeatConfig {
             step: Duration::from_secs(30),
             successes_to_grow: 2,
             resolution: Duration::from_secs(10),
+            safety_margin_pct: 10,
             reply_timeout: Duration::from_secs(8),
             max_missed: 3,
             max_networks: 16,
@@ -325,6 +331,18 @@ impl SmartHeartbeat {
         }
     }
 
+    /// Locks the current network at its learned value less the safety margin.
+    fn lock(&mut self) {
+        let (pct, min) = (self.config.safety_margin_pct.min(90), self.min_interval());
+        let st = self.state_mut();
+        st.locked = true;
+        st.learned = st.learned.mul_f64(1.0 - f64::from(pct) / 100.0).max(min);
+    }
+
+    fn min_interval(&self) -> Duration {
+        self.config.foreground.min.min(self.config.background.min)
+    }
+
     fn record_success(&mut self, tested: Duration) {
         let cap = if self.foreground {
             self.config.foreground.max
@@ -353,7 +371,7 @@ impl SmartHeartbeat {
             Some(ceiling) => {
                 let gap = ceiling.saturating_sub(st.learned);
                 if gap <= resolution {
-                    st.locked = true;
+                    self.lock();
                 } else {
                     st.learned += gap / 2;
                 }
@@ -363,7 +381,7 @@ impl SmartHeartbeat {
 
     fn record_failure(&mut self, tested: Duration) {
         let (min, step, resolution) = (
-            self.config.foreground.min.min(self.config.background.min),
+            self.min_interval(),
             self.config.step,
             self.config.resolution,
         );
@@ -381,7 +399,10 @@ impl SmartHeartbeat {
             .unwrap_or_else(|| tested.saturating_sub(step))
             .max(min);
         let ceiling = st.ceiling.expect("just set");
-        st.locked = ceiling.saturating_sub(st.learned) <= resolution || st.learned <= min;
+        st.locked = false;
+        if ceiling.saturating_sub(st.learned) <= resolution || st.learned <= min {
+            self.lock();
+        }
     }
 }
 

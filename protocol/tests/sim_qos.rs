@@ -118,7 +118,7 @@ fn exactly_once_through_jitter_reordering_duplication_and_blackouts() {
         duplicate: 0.02,
         blackouts: vec![
             (Duration::from_secs(100), Duration::from_secs(10)),
-                        (Duration::from_secs(400), Duration::from_secs(10)),
+            (Duration::from_secs(400), Duration::from_secs(10)),
         ],
         rate: None,
     };

@@ -20,7 +20,11 @@ use tern_netsim::{RelayConfig, start};
 use tern_protocol::sim::LinkConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "tern-netsim", version, about = "UDP impairment relay for weak-network tests")]
+#[command(
+    name = "tern-netsim",
+    version,
+    about = "UDP impairment relay for weak-network tests"
+)]
 struct Cli {
     /// Address clients send to
     #[arg(long)]
@@ -77,7 +81,9 @@ fn pair<T>(v: &str, parse: impl Fn(&str) -> anyhow::Result<T>) -> anyhow::Result
 }
 
 fn prob(v: &str) -> anyhow::Result<f64> {
-    let p: f64 = v.parse().with_context(|| format!("not a probability: {v:?}"))?;
+    let p: f64 = v
+        .parse()
+        .with_context(|| format!("not a probability: {v:?}"))?;
     if !(0.0..=1.0).contains(&p) {
         bail!("probability {p} is not within 0..=1");
     }
@@ -91,10 +97,15 @@ fn links(cli: &Cli) -> anyhow::Result<(LinkConfig, LinkConfig)> {
     let reorder = pair(&cli.reorder, prob)?;
     let reorder_delay = pair(&cli.reorder_delay, dur)?;
     let duplicate = pair(&cli.duplicate, prob)?;
-    let rate = pair(&cli.rate, |v| v.parse::<u64>().with_context(|| format!("not a rate: {v:?}")))?;
+    let rate = pair(&cli.rate, |v| {
+        v.parse::<u64>()
+            .with_context(|| format!("not a rate: {v:?}"))
+    })?;
     let mut blackouts = vec![];
     for b in &cli.blackout {
-        let (len, at) = b.split_once('@').with_context(|| format!("blackout must be LEN@START, got {b:?}"))?;
+        let (len, at) = b
+            .split_once('@')
+            .with_context(|| format!("blackout must be LEN@START, got {b:?}"))?;
         blackouts.push((dur(at)?, dur(len)?));
     }
     let make = |up: bool| {
@@ -118,7 +129,9 @@ fn links(cli: &Cli) -> anyhow::Result<(LinkConfig, LinkConfig)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -131,7 +144,9 @@ async fn main() -> anyhow::Result<()> {
         nat_timeout: cli.nat_timeout.as_deref().map(dur).transpose()?,
         seed: cli.seed,
     };
-    let relay = start(config.clone()).await.with_context(|| format!("bind {}", cli.listen))?;
+    let relay = start(config.clone())
+        .await
+        .with_context(|| format!("bind {}", cli.listen))?;
     println!("relaying {} -> {}", relay.local_addr(), config.upstream);
     println!("up: {:?}", config.up);
     println!("down: {:?}", config.down);
@@ -161,15 +176,40 @@ mod tests {
     #[test]
     fn per_direction_values_parse() {
         let cli = Cli::parse_from([
-            "tern-netsim", "--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--loss", "0.3/0.1", "--delay", "50ms",
-            "--rate", "1000/0", "--blackout", "10s@30s",
+            "tern-netsim",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:2",
+            "--loss",
+            "0.3/0.1",
+            "--delay",
+            "50ms",
+            "--rate",
+            "1000/0",
+            "--blackout",
+            "10s@30s",
         ]);
         let (up, down) = links(&cli).unwrap();
         assert_eq!((up.loss, down.loss), (0.3, 0.1));
-        assert_eq!((up.delay, down.delay), (Duration::from_millis(50), Duration::from_millis(50)));
+        assert_eq!(
+            (up.delay, down.delay),
+            (Duration::from_millis(50), Duration::from_millis(50))
+        );
         assert_eq!((up.rate, down.rate), (Some(1000), None));
-        assert_eq!(up.blackouts, vec![(Duration::from_secs(30), Duration::from_secs(10))]);
-        let bad = Cli::parse_from(["tern-netsim", "--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--loss", "1.5"]);
+        assert_eq!(
+            up.blackouts,
+            vec![(Duration::from_secs(30), Duration::from_secs(10))]
+        );
+        let bad = Cli::parse_from([
+            "tern-netsim",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:2",
+            "--loss",
+            "1.5",
+        ]);
         assert!(links(&bad).is_err());
     }
 }

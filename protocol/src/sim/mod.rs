@@ -35,7 +35,7 @@ pub struct LinkConfig {
     pub reorder_delay: Duration,
     /// Probability that a packet is delivered twice.
     pub duplicate: f64,
-        /// Windows `(start, length)`, relative to the simulation start, in which every
+    /// Windows `(start, length)`, relative to the simulation start, in which every
     /// packet is dropped.
     pub blackouts: Vec<(Duration, Duration)>,
     /// Bandwidth in bytes per second (`None`: unlimited). Packets queue behind each
@@ -51,7 +51,7 @@ impl Default for LinkConfig {
             jitter: Duration::ZERO,
             reorder: 0.0,
             reorder_delay: Duration::from_millis(30),
-                        duplicate: 0.0,
+            duplicate: 0.0,
             blackouts: vec![],
             rate: None,
         }
@@ -91,7 +91,7 @@ pub struct LinkStats {
 pub struct Link {
     config: LinkConfig,
     start: Instant,
-        rng: SmallRng,
+    rng: SmallRng,
     stats: LinkStats,
     /// When the bandwidth-limited link is free again.
     free_at: Instant,
@@ -100,7 +100,13 @@ pub struct Link {
 impl Link {
     /// A link whose blackout windows are relative to `start`.
     pub fn new(config: LinkConfig, start: Instant, seed: u64) -> Self {
-                Link { config, start, rng: SmallRng::seed_from_u64(seed), stats: LinkStats::default(), free_at: start }
+        Link {
+            config,
+            start,
+            rng: SmallRng::seed_from_u64(seed),
+            stats: LinkStats::default(),
+            free_at: start,
+        }
     }
 
     /// Counters so far.
@@ -127,7 +133,7 @@ impl Link {
             self.stats.lost += 1;
             return vec![];
         }
-                let copies = if self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
+        let copies = if self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
             self.stats.duplicated += 1;
             2
         } else {
@@ -268,13 +274,24 @@ mod tests {
         assert_eq!(delivered as u64, 100_000 - s.lost + s.duplicated);
     }
 
-        #[test]
+    #[test]
     fn a_rate_limit_queues_packets() {
         let t0 = Instant::now();
-        let cfg = LinkConfig { delay: Duration::ZERO, rate: Some(1000), ..LinkConfig::default() };
+        let cfg = LinkConfig {
+            delay: Duration::ZERO,
+            rate: Some(1000),
+            ..LinkConfig::default()
+        };
         let mut link = Link::new(cfg, t0, 1);
         let arrivals: Vec<Duration> = (0..3).map(|_| link.transmit(t0, 100)[0] - t0).collect();
-        assert_eq!(arrivals, vec![Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(300)]);
+        assert_eq!(
+            arrivals,
+            vec![
+                Duration::from_millis(100),
+                Duration::from_millis(200),
+                Duration::from_millis(300)
+            ]
+        );
     }
 
     #[test]
