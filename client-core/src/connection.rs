@@ -393,7 +393,19 @@ impl<'a> Session<'a> {
         if !matches!(frame, Frame::Heartbeat(_)) {
             m.heartbeat.on_sent(Instant::now().into_std());
         }
-        match timeout(WRITE_TIMEOUT, self.send.write_all(&frame.to_bytes(flags))).await {
+        let bytes = frame.to_bytes(flags);
+        if frame.kind().prefers_datagram()
+            && self
+                .conn
+                .max_datagram_size()
+                .is_some_and(|max| bytes.len() <= max)
+        {
+            match self.conn.send_datagram(bytes.clone()) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!(error = %e, "datagram refused; using the stream"),
+            }
+        }
+        match timeout(WRITE_TIMEOUT, self.send.write_all(&bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Lost(format!("write failed: {e}"))),
             Err(_) => Err(End::Lost("write timed out".into())),

@@ -64,7 +64,9 @@ pub struct ClientConfig {
     pub client_version: String,
     /// Network label at start (the app reports changes with `network_changed`).
     pub network_label: String,
-    /// Retransmission schedule for sends.
+    /// Send tracking. Sends travel on the reliable, ordered session stream, so by
+    /// default the engine does not retransmit within a connection (QUIC does); it keeps
+    /// the window, reports give-up and resends the outbox on every new connection.
     pub qos: QosConfig,
     /// Smart heartbeat policy.
     pub heartbeat: HeartbeatConfig,
@@ -92,7 +94,7 @@ impl ClientConfig {
             platform: Platform::Desktop,
             client_version: env!("CARGO_PKG_VERSION").into(),
             network_label: "default".into(),
-            qos: QosConfig::default(),
+            qos: QosConfig::over_reliable_stream(),
             heartbeat: HeartbeatConfig::default(),
             backoff: BackoffConfig::default(),
             gap_wait: Duration::from_millis(300),

@@ -131,6 +131,17 @@ frames! {
     Error = 0x7f => pb::Error,
 }
 
+impl FrameKind {
+    /// Whether a sender puts this frame in a QUIC DATAGRAM when it fits: pushes and
+    /// their ACKs. The server's QoS engine repairs lost pushes, a lost ACK only causes a
+    /// re-push, and the receiver restores order by seq, so one lost push never holds up
+    /// the next. Sends (`Chat`) and their results stay on the ordered session stream:
+    /// what a user typed in order must be stored in that order.
+    pub fn prefers_datagram(self) -> bool {
+        matches!(self, FrameKind::Push | FrameKind::DeliveryAck)
+    }
+}
+
 /// The fixed prefix of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {

@@ -162,6 +162,12 @@ pub struct QosConfig {
     pub schedule: Schedule,
     /// Maximum number of unacknowledged messages.
     pub window: usize,
+    /// Whether to retransmit within one connection (adaptive schedule). `true` when the
+    /// frames travel unreliably (datagrams, the simulator). `false` when they travel on a
+    /// reliable stream: the transport already repairs losses, and writing copies into a
+    /// congested stream only makes it worse; the engine then keeps the window, reports
+    /// give-up and resends everything on a new connection ([`Sender::on_reconnect`]).
+    pub retransmit: bool,
 }
 
 impl Default for QosConfig {
@@ -169,6 +175,7 @@ impl Default for QosConfig {
         QosConfig {
             schedule: Schedule::Adaptive(AdaptiveConfig::default()),
             window: 256,
+            retransmit: true,
         }
     }
 }
@@ -178,6 +185,15 @@ impl QosConfig {
     pub fn mobileimsdk() -> Self {
         QosConfig {
             schedule: Schedule::Fixed(FixedConfig::default()),
+            window: 1_000_000,
+            retransmit: true,
+        }
+    }
+
+    /// For frames sent on a reliable stream: no retransmission within a connection.
+    pub fn over_reliable_stream() -> Self {
+        QosConfig {
+            retransmit: false,
             ..QosConfig::default()
         }
     }
@@ -470,6 +486,13 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
         let Schedule::Adaptive(a) = &self.config.schedule else {
             return;
         };
+        if !self.config.retransmit {
+            // Only the give-up clock runs.
+            let deadline = entry.first_sent + a.give_up;
+            entry.deadline = Some(deadline);
+            self.timers.insert((deadline, entry.serial));
+            return;
+        }
         let rto = self.rtt.rto(a.rto_initial, a.rto_min, a.rto_max);
         let interval = if entry.phase_retransmissions < a.fast_retries {
             rto
@@ -604,6 +627,7 @@ mod tests {
             QosConfig {
                 schedule: Schedule::Adaptive(cfg),
                 window: 8,
+                retransmit: true,
             },
             t0,
         );
@@ -683,6 +707,33 @@ mod tests {
         assert_eq!(drain(&mut s), vec![SenderEvent::Retransmit(1)]);
         // ... and probes at the RTO again rather than at the slow interval.
         assert_eq!(s.poll_timeout(), Some(t1 + ms(100) + s.rto()));
+    }
+
+    #[test]
+    fn over_a_reliable_stream_only_give_up_and_reconnect_resend() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(QosConfig::over_reliable_stream(), t0);
+        s.try_send(1u32, t0).unwrap();
+        let events = run_until(&mut s, t0 + Duration::from_secs(119));
+        assert!(
+            events.is_empty(),
+            "no retransmission within the connection: {events:?}"
+        );
+        assert_eq!(
+            s.on_reconnect(t0 + Duration::from_secs(60)),
+            vec![1],
+            "a new connection resends"
+        );
+        let events = run_until(&mut s, t0 + Duration::from_secs(200));
+        assert!(
+            matches!(events[..], [(_, SenderEvent::Failed { key: 1, .. })]),
+            "{events:?}"
+        );
+        assert_eq!(
+            events[0].0,
+            t0 + Duration::from_secs(120),
+            "give-up counts from the first send"
+        );
     }
 
     #[test]

@@ -464,7 +464,23 @@ impl Session {
         }
     }
 
+    /// Sends a frame: in a datagram when it is a QoS frame that fits (see
+    /// [`FrameKind::prefers_datagram`](tern_protocol::FrameKind::prefers_datagram)),
+    /// otherwise on the session stream.
     async fn write(&mut self, frame: &Frame, flags: u8) -> Result<(), End> {
+        if frame.kind().prefers_datagram() {
+            let bytes = frame.to_bytes(flags);
+            if self
+                .conn
+                .max_datagram_size()
+                .is_some_and(|max| bytes.len() <= max)
+            {
+                match self.conn.send_datagram(bytes) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => tracing::debug!(error = %e, "datagram refused; using the stream"),
+                }
+            }
+        }
         write(&mut self.send, frame, flags).await.map_err(End::Gone)
     }
 

@@ -77,7 +77,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = spawn_server(dir.path());
 
-    let (alice, r) = TestClient::login(
+    let (mut alice, r) = TestClient::login(
         server.addr,
         server.cert.clone(),
         "alice",
@@ -86,13 +86,6 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     )
     .await;
     assert_eq!(r.code, 0);
-    let TestClient {
-        mut send,
-        mut recv,
-        conn,
-        endpoint: _endpoint,
-        ..
-    } = alice;
     let ids: Vec<ClientMsgId> = (0..TOTAL)
         .map(|i| ClientMsgId::generate(1_700_000_000_000 + i as u64, &mut rand::rng()))
         .collect();
@@ -105,24 +98,15 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
                 .to_vec()
         })
         .collect();
-    // Write the whole stream without waiting for results.
-    let writer = tokio::spawn(async move {
-        let _ = send.write_all(&frames).await;
-        send
-    });
+    // Hand the whole stream to QUIC without waiting for results.
+    alice.send_raw(&frames).await;
     let mut acked: HashMap<ClientMsgId, (u64, u64)> = HashMap::new();
-    let mut buf = bytes::BytesMut::new();
     let mut killed = false;
     loop {
         // After the kill nothing more can come; QUIC only notices at its idle timeout.
         let wait = if killed { Duration::from_secs(2) } else { WAIT };
-        let next = tokio::time::timeout(
-            wait,
-            tern_protocol::io::read_frame(&mut recv, &mut buf, 1 << 20),
-        )
-        .await;
-        match next {
-            Ok(Ok(Some((_, Frame::SendResult(r))))) => {
+        match alice.recv_within(wait).await {
+            Ok(Some(Frame::SendResult(r))) => {
                 assert_eq!(r.code, 0, "{r:?}");
                 acked.insert(
                     ClientMsgId::from_slice(&r.client_msg_id).unwrap(),
@@ -133,7 +117,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
                     killed = true;
                 }
             }
-            Ok(Ok(Some(_))) => {}
+            Ok(Some(_)) => {}
             _ => break, // the connection died with the process
         }
     }
@@ -144,8 +128,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
         acked.len()
     );
     server.child.wait().unwrap();
-    drop(writer);
-    drop(conn);
+    drop(alice);
 
     // Restart on the same data directory.
     let mut server = spawn_server(dir.path());

@@ -77,6 +77,8 @@ pub struct TestClient {
     pub recv: quinn::RecvStream,
     buf: BytesMut,
     n: u64,
+    /// Frames that arrived in a datagram and were not handed out yet.
+    queued: std::collections::VecDeque<Frame>,
 }
 
 pub fn client_endpoint(cert: CertificateDer<'static>) -> quinn::Endpoint {
@@ -113,6 +115,7 @@ impl TestClient {
             recv,
             buf: BytesMut::new(),
             n: 0,
+            queued: Default::default(),
         }
     }
 
@@ -156,12 +159,41 @@ impl TestClient {
         let _ = self.send.write_all(bytes).await;
     }
 
-    /// The next frame, or None when the server closed the stream/connection.
+    /// The next frame from the session stream or a datagram, or None when the server
+    /// closed the stream/connection.
     pub async fn recv(&mut self) -> Option<Frame> {
-        match tokio::time::timeout(WAIT, read_frame(&mut self.recv, &mut self.buf, 1 << 20)).await {
-            Ok(Ok(Some((_, f)))) => Some(f),
-            Ok(_) => None,
-            Err(_) => panic!("no frame within {WAIT:?}"),
+        match self.recv_within(WAIT).await {
+            Ok(f) => f,
+            Err(()) => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    /// Like `recv`, but `Err` after `wait` instead of panicking.
+    pub async fn recv_within(&mut self, wait: std::time::Duration) -> Result<Option<Frame>, ()> {
+        if let Some(f) = self.queued.pop_front() {
+            return Ok(Some(f));
+        }
+        let next = async {
+            let stream = |r: Result<Option<(tern_protocol::Header, Frame)>, _>| match r {
+                Ok(Some((h, f))) => Some(vec![(h, f)]),
+                _ => None,
+            };
+            tokio::select! {
+                d = self.conn.read_datagram() => match d {
+                    Ok(d) => Some(tern_protocol::io::decode_datagram(&d, 1 << 20).expect("valid datagram")),
+                    // The connection is closing: what the stream still holds comes first.
+                    Err(_) => stream(read_frame(&mut self.recv, &mut self.buf, 1 << 20).await),
+                },
+                f = read_frame(&mut self.recv, &mut self.buf, 1 << 20) => stream(f),
+            }
+        };
+        match tokio::time::timeout(wait, next).await {
+            Ok(Some(frames)) => {
+                self.queued.extend(frames.into_iter().map(|(_, f)| f));
+                Ok(self.queued.pop_front())
+            }
+            Ok(None) => Ok(None),
+            Err(_) => Err(()),
         }
     }
 
