@@ -36,6 +36,8 @@ use crate::{Inner, unix_ms};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const ALPN: &[u8] = b"tern/1";
+/// Pause before resending a message the server deferred (rate limited, busy).
+const SERVER_DEFERRAL: Duration = Duration::from_secs(1);
 
 /// What the API asks the connection task to do.
 #[derive(Debug)]
@@ -234,6 +236,7 @@ pub(crate) async fn run(
         backoff: Backoff::new(cfg.backoff.clone(), rand::random()),
         pending: HashMap::new(),
         heartbeats_sent: 0,
+        deferred: HashMap::new(),
     };
     let endpoint = match endpoint(&inner) {
         Ok(e) => e,
@@ -340,6 +343,8 @@ struct Machines {
     pending: HashMap<ClientMsgId, pb::ChatMessage>,
     /// Heartbeats sent (diagnostics).
     heartbeats_sent: u64,
+    /// Sends the server deferred (rate limited, busy): not before this time.
+    deferred: HashMap<ClientMsgId, Instant>,
 }
 
 fn spawn_reader(
@@ -432,6 +437,7 @@ impl<'a> Session<'a> {
         }
         loop {
             let qos_at = m.qos.poll_timeout().map(Instant::from_std);
+            let retry_at = m.deferred.values().min().copied();
             let hb_at = Instant::from_std(m.heartbeat.poll_timeout());
             let far = Instant::now() + Duration::from_secs(3600);
             let step = tokio::select! {
@@ -443,7 +449,8 @@ impl<'a> Session<'a> {
                     None => Err(End::Lost("reader stopped".into())),
                 },
                 _ = sleep_until(qos_at.unwrap_or(far)), if qos_at.is_some() => self.on_qos_timer(m).await,
-                _ = sleep_until(hb_at) => self.on_heartbeat_timer(m).await,
+                                _ = sleep_until(hb_at) => self.on_heartbeat_timer(m).await,
+                _ = sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => self.flush(m).await,
                 _ = sleep_until(self.gap_at.unwrap_or(far)), if self.gap_at.is_some() => {
                     self.gap_at = None;
                     self.pull(m).await
@@ -528,11 +535,13 @@ impl<'a> Session<'a> {
             .inner
             .with_db(|db| db.outbox(limit))
             .map_err(|e| End::Lost(e.to_string()))?;
+        let now = Instant::now();
+        m.deferred.retain(|_, at| *at > now);
         for msg in outbox {
             let Ok(id) = ClientMsgId::from_hex(&msg.client_msg_id).ok_or(()) else {
                 continue;
             };
-            if m.qos.is_pending(&id) {
+            if m.qos.is_pending(&id) || m.deferred.contains_key(&id) {
                 continue;
             }
             if m.qos.try_send(id, Instant::now().into_std()).is_err() {
@@ -752,8 +761,12 @@ impl<'a> Session<'a> {
                     self.fail(&id, code.as_str_name().to_owned());
                     self.flush(m).await
                 } else {
-                    // Transient (rate limited, busy, storage): the QoS engine resends.
+                    // Transient (rate limited, busy, storage): not a loss. Take it out of
+                    // flight and send it again from the outbox after a pause.
                     tracing::debug!(id = %id, code = code.as_str_name(), "send deferred by the server");
+                    m.qos.cancel(&id);
+                    m.pending.remove(&id);
+                    m.deferred.insert(id, Instant::now() + SERVER_DEFERRAL);
                     Ok(())
                 }
             }

@@ -371,6 +371,54 @@ async fn reconnects_after_a_server_restart_and_network_change_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_sends_are_retried_not_failed() {
+    let sdir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev_loopback(sdir.path());
+    config.rate_per_sec = 30;
+    config.rate_burst = 10;
+    let s = tern_server::server::start(config).await.unwrap();
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, alice_events) = client(&s, adir.path(), "alice", "a");
+    let (bob, bob_events) = client(&s, bdir.path(), "bob", "b");
+    connected(&alice).await;
+    connected(&bob).await;
+    for i in 1..=40 {
+        alice.send_text("bob", &format!("r{i}")).unwrap();
+    }
+    until("every message stored despite the rate limit", || {
+        alice
+            .messages(ConversationKind::Direct, "bob", None, 100)
+            .unwrap()
+            .iter()
+            .all(|m| m.status != MessageStatus::Pending)
+    })
+    .await;
+    let failed = alice_events
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ClientEvent::MessageStatusChanged {
+                    status: MessageStatus::Failed { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(
+        failed, 0,
+        "a rate limit defers sends, it does not fail them"
+    );
+    until("bob to get them all", || bob_events.received().len() == 40).await;
+    alice.shutdown();
+    bob.shutdown();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_promptly_with_no_task_left() {
     let sdir = tempfile::tempdir().unwrap();
     let s = server(sdir.path()).await;
