@@ -451,9 +451,9 @@ impl<'a> Session<'a> {
                 _ = sleep_until(qos_at.unwrap_or(far)), if qos_at.is_some() => self.on_qos_timer(m).await,
                                 _ = sleep_until(hb_at) => self.on_heartbeat_timer(m).await,
                 _ = sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => self.flush(m).await,
-                _ = sleep_until(self.gap_at.unwrap_or(far)), if self.gap_at.is_some() => {
+                                _ = sleep_until(self.gap_at.unwrap_or(far)), if self.gap_at.is_some() => {
                     self.gap_at = None;
-                    self.pull(m).await
+                    self.pull_gap(m).await
                 }
             };
             if let Err(end) = step {
@@ -517,6 +517,35 @@ impl<'a> Session<'a> {
                 request_id: id,
                 after_seq: cursor,
                 until_seq: 0,
+                limit,
+            }),
+            0,
+            m,
+        )
+        .await
+    }
+
+    /// Requests exactly the first missing range: above the cursor, below the first entry
+    /// already held. (Asking for everything above the cursor would re-send, on every
+    /// lost push, entries the device already has.)
+    async fn pull_gap(&mut self, m: &mut Machines) -> Result<(), End> {
+        if self.syncing.is_some() {
+            return Ok(());
+        }
+        let (cursor, held) = self
+            .inner
+            .with_db(|db| Ok((db.cursor()?, db.first_held_seq()?)))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        let Some(held) = held else { return Ok(()) };
+        let id = self.request_id();
+        let until = held - 1;
+        self.syncing = Some((id, until));
+        let limit = self.inner.config.sync_page;
+        self.write(
+            &Frame::SyncRequest(pb::SyncRequest {
+                request_id: id,
+                after_seq: cursor,
+                until_seq: until,
                 limit,
             }),
             0,
@@ -829,12 +858,16 @@ impl<'a> Session<'a> {
                     }
                     _ => {
                         self.syncing = None;
-                        // Anything still missing (pushed while we synced) is pulled next.
+                        // Another gap (pushes lost while we synced) is pulled next, after the
+                        // usual wait; a backlog beyond everything held is caught up now.
                         let max_seen = self
                             .inner
                             .with_db(|db| db.max_seq())
                             .map_err(|e| End::Lost(e.to_string()))?;
-                        if cursor < self.head.max(max_seen) {
+                        if max_seen > cursor {
+                            self.gap_at = Some(Instant::now() + self.inner.config.gap_wait);
+                            Ok(())
+                        } else if self.head > cursor {
                             self.pull(m).await
                         } else {
                             Ok(())

@@ -158,6 +158,14 @@ impl Db {
         Ok(state(&self.conn, "cursor")?)
     }
 
+    /// Lowest seq stored above the cursor, if any: the end of the first gap.
+    pub fn first_held_seq(&self) -> Result<Option<u64>, DbError> {
+        let seq: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(seq) FROM received_seqs", [], |r| r.get(0))?;
+        Ok(seq.map(|s| s as u64))
+    }
+
     /// Highest seq stored at all (above the cursor when there is a gap).
     pub fn max_seq(&self) -> Result<u64, DbError> {
         let above: Option<i64> =
