@@ -359,15 +359,38 @@ impl Db {
 
     /// Conversations, most recent activity first.
     pub fn conversations(&self) -> Result<Vec<Conversation>, DbError> {
+        self.query_conversations(None)
+    }
+
+    /// One conversation. (Looked up by key: the event thread calls this for every
+    /// conversation a sync page touches, so it must not scan them all.)
+    pub fn conversation(
+        &self,
+        kind: ConversationKind,
+        id: &str,
+    ) -> Result<Option<Conversation>, DbError> {
+        Ok(self.query_conversations(Some((kind, id)))?.pop())
+    }
+
+    fn query_conversations(
+        &self,
+        only: Option<(ConversationKind, &str)>,
+    ) -> Result<Vec<Conversation>, DbError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT c.conv_kind, c.conversation, c.last_local_id, c.last_activity,
                  c.base_unread + (SELECT COUNT(*) FROM messages m WHERE m.conv_kind = c.conv_kind
                      AND m.conversation = c.conversation AND m.outgoing = 0 AND m.seq > c.base_seq),
                  c.latest_seq
-             FROM conversations c ORDER BY c.last_activity DESC, c.latest_seq DESC",
+             FROM conversations c
+             WHERE ?1 IS NULL OR (c.conv_kind = ?1 AND c.conversation = ?2)
+             ORDER BY c.last_activity DESC, c.latest_seq DESC",
         )?;
+        let (kind, id) = match only {
+            Some((k, id)) => (Some(k.to_wire()), Some(id)),
+            None => (None, None),
+        };
         let rows: Vec<(i32, String, Option<i64>, i64, i64, i64)> = stmt
-            .query_map([], |r| {
+            .query_map(params![kind, id], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -393,18 +416,6 @@ impl Db {
                 })
             })
             .collect()
-    }
-
-    /// One conversation.
-    pub fn conversation(
-        &self,
-        kind: ConversationKind,
-        id: &str,
-    ) -> Result<Option<Conversation>, DbError> {
-        Ok(self
-            .conversations()?
-            .into_iter()
-            .find(|c| c.kind == kind && c.id == id))
     }
 
     /// Messages of a conversation, newest first, older than `before_local_id` if given.

@@ -3,7 +3,8 @@
 //! The one piece of I/O glue both drivers need: pull bytes from a stream into a buffer
 //! until [`frame::decode_buf`] yields a whole frame. It keeps the codec's distinction
 //! between "the peer closed cleanly between frames", "the stream ended mid-frame" and
-//! "these bytes are not a frame".
+//! "these bytes are not a frame". Also the UDP socket setup both ends share
+//! ([`udp_socket`]).
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -129,6 +130,33 @@ pub fn decode_datagram(
         }
     }
     Ok(out)
+}
+
+/// Socket buffer size Tern asks for on its UDP sockets (the kernel may cap it, e.g. at
+/// `net.core.rmem_max`).
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Binds a UDP socket for a QUIC endpoint with receive and send buffers of `buffer`
+/// bytes. Linux defaults to about 208 KB, which a burst of handshakes (a reconnect
+/// storm after a network flap) overflows: the kernel drops the packets and every
+/// dropped Initial costs its client a handshake timeout. Returns the socket and the
+/// receive buffer size the kernel granted.
+pub fn udp_socket(
+    addr: std::net::SocketAddr,
+    buffer: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped peers too when bound to [::].
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer still works, it just drops more under bursts.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    Ok((socket.into(), granted))
 }
 
 #[cfg(test)]

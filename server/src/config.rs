@@ -32,6 +32,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// Retransmission schedule for pushes to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PushQos {
+    /// Tern's adaptive engine (RTO from measured RTT, fast retries, recovery rule).
+    #[default]
+    Adaptive,
+    /// MobileIMSDK's fixed schedule (scan every 5 s, resend what is older than 3 s, give up after 2 resends).
+    /// Only for benchmarks that compare the two: it loses messages under loss by design.
+    Mobileimsdk,
+}
+
+impl PushQos {
+    /// The engine configuration this profile stands for.
+    pub fn config(self) -> tern_protocol::qos::QosConfig {
+        match self {
+            PushQos::Adaptive => tern_protocol::qos::QosConfig::default(),
+            PushQos::Mobileimsdk => tern_protocol::qos::QosConfig::mobileimsdk(),
+        }
+    }
+}
+
 /// Raw settings: every field optional, filled by file, env and flags.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -96,6 +118,9 @@ pub struct Settings {
     /// Log format [default: human]
     #[arg(long, env = "TERN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Push retransmission schedule: adaptive, or mobileimsdk (benchmark baseline) [default: adaptive]
+    #[arg(long, env = "TERN_PUSH_QOS", value_enum)]
+    pub push_qos: Option<PushQos>,
 }
 
 macro_rules! overlay {
@@ -117,7 +142,7 @@ impl Settings {
         overlay!(self, base; quic, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
             max_concurrent_logins, min_client_version, require_known_recipient, durability,
-            banned_users, log_format)
+            banned_users, log_format, push_qos)
     }
 }
 
@@ -162,6 +187,8 @@ pub struct Config {
     pub banned_users: Vec<String>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Push retransmission schedule.
+    pub push_qos: PushQos,
 }
 
 impl Config {
@@ -220,6 +247,7 @@ impl Config {
             durability: s.durability.unwrap_or_default(),
             banned_users: s.banned_users.unwrap_or_default(),
             log_format: s.log_format.unwrap_or_default(),
+            push_qos: s.push_qos.unwrap_or_default(),
         })
     }
 
@@ -239,6 +267,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_protocol::qos::QosConfig;
 
     #[test]
     fn flags_override_file_and_production_needs_secrets() {
@@ -256,6 +285,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls_cert"), "{err}");
+        assert_eq!(c.push_qos, PushQos::Adaptive);
+        let file: Settings = toml::from_str("dev = true\npush_qos = \"mobileimsdk\"").unwrap();
+        let c = Config::resolve(file).unwrap();
+        assert_eq!(c.push_qos.config().window, QosConfig::mobileimsdk().window);
         assert!(
             toml::from_str::<Settings>("no_such_key = 1").is_err(),
             "unknown keys are refused"

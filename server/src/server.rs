@@ -164,8 +164,23 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         config.token_secret.clone(),
         config.banned_users.clone(),
     ));
-    let endpoint = quinn::Endpoint::server(quic_config(&config, &tls)?, config.quic)
-        .with_context(|| format!("bind QUIC on {}", config.quic))?;
+    let (socket, udp_buffer) =
+        tern_protocol::io::udp_socket(config.quic, tern_protocol::io::UDP_BUFFER_BYTES)
+            .with_context(|| format!("bind QUIC on {}", config.quic))?;
+    if udp_buffer < tern_protocol::io::UDP_BUFFER_BYTES {
+        tracing::warn!(
+            granted = udp_buffer,
+            wanted = tern_protocol::io::UDP_BUFFER_BYTES,
+            "UDP receive buffer capped by the kernel (raise net.core.rmem_max); login bursts may drop packets"
+        );
+    }
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic_config(&config, &tls)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("start QUIC on {}", config.quic))?;
     let quic_addr = endpoint.local_addr()?;
     let http = tokio::net::TcpListener::bind(config.http)
         .await

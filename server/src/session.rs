@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
 use tern_protocol::io::{Inbound, ReadError, pump_datagrams, pump_frames, read_frame};
-use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
+use tern_protocol::qos::{Sender, SenderEvent};
 use tern_protocol::{ClientMsgId, ErrorCode, is_valid_user_id, pb};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -378,7 +378,7 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
         device: login.device_id,
         cmd_rx,
         inbound: in_rx,
-        push_qos: Sender::new(QosConfig::default(), now.into_std()),
+        push_qos: Sender::new(shared.config.push_qos.config(), now.into_std()),
         pending_pushes: HashMap::new(),
         tasks: FuturesUnordered::new(),
         last_rx: now,
