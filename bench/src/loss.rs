@@ -1,0 +1,185 @@
+//! Benchmark 3: delivery under loss on the real stack — Tern's adaptive push QoS vs
+//! the MobileIMSDK schedule, same seeds, same run.
+//!
+//! For each loss rate and RTT, two servers are started side by side: one with the
+//! default `--push-qos adaptive`, one with `--push-qos mobileimsdk`. Each gets its own
+//! `tern-netsim` relay with the same impairment and the same seed, and two
+//! `tern-client`s (alice sends, bob receives) through it. Alice sends at a steady
+//! chat rate; the time is from `send_text` to bob's listener seeing the message.
+//! A message not seen by the deadline counts as undelivered; a message alice's
+//! client reports `Failed` counts as failed. Under the fixed schedule the server gives
+//! pushes up (by design) and the message reaches bob only when a later push reveals
+//! the gap and his client pulls it — that is what the tail shows.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tern_netsim::{RelayConfig, RelayHandle};
+use tern_protocol::sim::LinkConfig;
+
+use crate::app::{App, until};
+use crate::serverproc::ServerProc;
+use crate::stats::Latency;
+use crate::ui;
+
+/// Parameters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Messages per run.
+    #[arg(long, default_value_t = 100)]
+    pub messages: usize,
+    /// Messages per second alice sends.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Loss rates each way, in %.
+    #[arg(long, value_delimiter = ',', default_value = "0,10,30,50")]
+    pub loss: Vec<u32>,
+    /// Round-trip times, in ms (half each way, ±10 % jitter).
+    #[arg(long, value_delimiter = ',', default_value = "100,300")]
+    pub rtt: Vec<u64>,
+    /// RNG seed of the relays.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Seconds after the last send to wait for stragglers.
+    #[arg(long, default_value_t = 60)]
+    pub deadline: u64,
+}
+
+/// One run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    /// "adaptive" or "mobileimsdk".
+    pub profile: String,
+    /// Loss each way, %.
+    pub loss_pct: u32,
+    /// Round-trip time, ms.
+    pub rtt_ms: u64,
+    /// Messages sent.
+    pub sent: usize,
+    /// Seen by bob before the deadline.
+    pub received: usize,
+    /// Reported failed to alice.
+    pub failed: u64,
+    /// Pushes the server gave up on (its `tern_push_failed_total`).
+    pub pushes_given_up: u64,
+    /// Push retransmissions (its `tern_push_retransmissions_total`).
+    pub push_retransmissions: u64,
+    /// Send-to-receive time of the received ones.
+    pub latency: Latency,
+}
+
+/// Result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Messages per run.
+    pub messages: usize,
+    /// Send rate.
+    pub rate: f64,
+    /// Runs, adaptive and mobileimsdk interleaved.
+    pub runs: Vec<Run>,
+}
+
+/// Runs the benchmark.
+pub async fn run(args: &Args) -> anyhow::Result<Report> {
+    let mut runs = vec![];
+    for &rtt in &args.rtt {
+        for &loss in &args.loss {
+            let bar = ui::spinner(&format!("{loss}% loss, {rtt} ms RTT"));
+            let (a, b) = tokio::join!(
+                one(args, "adaptive", loss, rtt),
+                one(args, "mobileimsdk", loss, rtt)
+            );
+            let (a, b) = (a?, b?);
+            ui::done(
+                &bar,
+                format!(
+                    "{loss}% loss, {rtt} ms RTT: adaptive p99 {:.0} ms ({}/{}), mobileimsdk p99 {:.0} ms ({}/{})",
+                    a.latency.p99_ms, a.received, a.sent, b.latency.p99_ms, b.received, b.sent
+                ),
+            );
+            runs.push(a);
+            runs.push(b);
+        }
+    }
+    Ok(Report {
+        messages: args.messages,
+        rate: args.rate,
+        runs,
+    })
+}
+
+async fn relay(server: SocketAddr, loss: f64, rtt: u64, seed: u64) -> anyhow::Result<RelayHandle> {
+    let link = LinkConfig {
+        loss,
+        delay: Duration::from_millis(rtt / 2),
+        jitter: Duration::from_millis(rtt / 10),
+        reorder: 0.0,
+        reorder_delay: Duration::ZERO,
+        duplicate: 0.0,
+        blackouts: vec![],
+        rate: None,
+    };
+    let mut cfg = RelayConfig::new("127.0.0.1:0".parse()?, server);
+    cfg.up = link.clone();
+    cfg.down = link;
+    cfg.seed = seed;
+    Ok(tern_netsim::start(cfg).await?)
+}
+
+async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<Run> {
+    let server = ServerProc::start(&["--push-qos", profile])?;
+    let r = relay(server.addr, loss as f64 / 100.0, rtt, args.seed).await?;
+    let dir = tempfile::tempdir()?;
+    let connect = Duration::from_secs(180);
+    let alice = App::start(
+        &server,
+        r.local_addr(),
+        &dir.path().join("a"),
+        "alice",
+        connect,
+        |_| {},
+    )
+    .await?;
+    let bob = App::start(
+        &server,
+        r.local_addr(),
+        &dir.path().join("b"),
+        "bob",
+        connect,
+        |_| {},
+    )
+    .await?;
+    let gap = Duration::from_secs_f64(1.0 / args.rate);
+    let mut sent_at = Vec::with_capacity(args.messages);
+    let start = Instant::now();
+    for i in 0..args.messages {
+        tokio::time::sleep_until((start + gap * i as u32).into()).await;
+        sent_at.push(Instant::now());
+        alice.client.send_text("bob", &format!("m{i}"))?;
+    }
+    let n = args.messages;
+    until(Duration::from_secs(args.deadline), || bob.seen.count() >= n).await;
+    let received = bob.seen.received.lock().expect("lock").clone();
+    let samples = sent_at
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| received.get(&format!("m{i}")).map(|r| r.duration_since(*t)))
+        .collect();
+    let metrics = crate::metrics::scrape(server.http)
+        .await
+        .unwrap_or_default();
+    let failed = *alice.seen.failed.lock().expect("lock");
+    Ok(Run {
+        profile: profile.into(),
+        loss_pct: loss,
+        rtt_ms: rtt,
+        sent: n,
+        received: received.len(),
+        failed,
+        pushes_given_up: crate::metrics::value(&metrics, "tern_push_failed_total") as u64,
+        push_retransmissions: crate::metrics::value(&metrics, "tern_push_retransmissions_total")
+            as u64,
+        latency: Latency::of(samples),
+    })
+}

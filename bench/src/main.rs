@@ -1,0 +1,80 @@
+//! `tern-bench`: the load generator and benchmark report. See docs/bench/README.md.
+//!
+//! Each subcommand runs one benchmark and prints its JSON summary on stdout (progress
+//! on stderr); `all` runs the suite into one JSON file, and `report` turns that file
+//! into docs/bench/README.md with tables and PNG plots.
+
+mod app;
+mod catchup;
+mod idle;
+mod idle_cost;
+mod loss;
+mod metrics;
+mod raw;
+mod report;
+mod serverproc;
+mod stats;
+mod suite;
+mod throughput;
+mod ui;
+mod wire;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Tern load generator and benchmark report")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Relay throughput and latency vs a datagram-echo ceiling.
+    Throughput(throughput::Args),
+    /// Server memory per idle session, and a reconnect storm.
+    Idle(idle::Args),
+    /// Delivery time under loss: adaptive push QoS vs the MobileIMSDK schedule.
+    Loss(loss::Args),
+    /// Packets and bytes per idle hour: smart vs fixed heartbeats behind NATs.
+    IdleCost(idle_cost::Args),
+    /// Bytes on the wire per 20-byte message.
+    Wire(wire::Args),
+    /// A fresh client catching up with a large backlog.
+    Catchup(catchup::Args),
+    /// All six, written to one JSON file.
+    All(suite::Args),
+    /// docs/bench/README.md and plots from a results file.
+    Report(report::Args),
+}
+
+fn print<T: serde::Serialize>(r: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(r)?);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_BENCH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Throughput(a) => print(&throughput::run(&a).await?),
+            Command::Idle(a) => print(&idle::run(&a).await?),
+            Command::Loss(a) => print(&loss::run(&a).await?),
+            Command::IdleCost(a) => print(&idle_cost::run(&a).await?),
+            Command::Wire(a) => print(&wire::run(&a).await?),
+            Command::Catchup(a) => print(&catchup::run(&a).await?),
+            Command::All(a) => suite::run(&a).await.map(drop),
+            Command::Report(a) => report::run(&a),
+        }
+    })
+}

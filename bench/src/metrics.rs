@@ -1,0 +1,38 @@
+//! Reads the server's Prometheus `/metrics` page (plain HTTP/1.1 over TCP; the bench
+//! needs one GET, not an HTTP client library).
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The metrics page's text.
+pub async fn scrape(http: SocketAddr) -> anyhow::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(http).await?;
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+/// Sum of every sample of metric `name` (all label sets); 0 if absent.
+pub fn value(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sums_label_sets_and_ignores_prefixes() {
+        let page = "# TYPE a counter\na{x=\"1\"} 2\na{x=\"2\"} 3\nab 100\n";
+        assert_eq!(super::value(page, "a"), 5.0);
+        assert_eq!(super::value(page, "zz"), 0.0);
+    }
+}

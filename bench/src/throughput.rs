@@ -1,0 +1,314 @@
+//! Benchmark 1: relay throughput and latency, against a datagram-echo ceiling.
+//!
+//! N raw clients log in; client i sends to client i+1. A message counts when the
+//! receiver got its `Push` (after the server stored it durably) and acknowledged it.
+//! **Capacity**: a closed loop keeps `window × N` messages in flight end to end and
+//! counts deliveries per second. **Latency**: open-loop sends at 25/50/90 % of that
+//! capacity, send-to-receive time from a timestamp in the body. **Ceiling**: in the same
+//! run, the same number of quinn connections to an echo endpoint that returns each
+//! datagram, closed loop with the same window: what QUIC on this machine can move
+//! with no application in between.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tern_protocol::pb;
+use tokio::sync::Semaphore;
+
+use crate::raw::{self, Sink};
+use crate::serverproc::ServerProc;
+use crate::stats::Latency;
+use crate::ui;
+
+/// Parameters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Connected clients.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Client UDP endpoints the clients are spread over.
+    #[arg(long, default_value_t = 8)]
+    pub endpoints: usize,
+    /// Messages in flight per client in the capacity phase.
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// Offered loads for the latency phases, in % of the measured capacity.
+    #[arg(long, value_delimiter = ',', default_value = "25,50,90")]
+    pub loads: Vec<u32>,
+}
+
+/// One latency phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadPoint {
+    /// % of capacity offered.
+    pub pct: u32,
+    /// Messages/s offered.
+    pub offered_per_sec: f64,
+    /// Messages sent / received in the phase (received counted until 3 s after it).
+    pub sent: u64,
+    /// Received.
+    pub received: u64,
+    /// Send-to-receive time.
+    pub latency: Latency,
+}
+
+/// Result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Connected clients.
+    pub clients: usize,
+    /// End-to-end deliveries per second, closed loop.
+    pub capacity_per_sec: f64,
+    /// Datagram echoes per second over as many connections (the ceiling).
+    pub echo_per_sec: f64,
+    /// capacity / ceiling.
+    pub ratio: f64,
+    /// Server RSS at the end of the capacity phase, bytes.
+    pub server_rss: u64,
+    /// Latency at the offered loads.
+    pub loads: Vec<LoadPoint>,
+}
+
+#[derive(Default)]
+struct Counter {
+    delivered: AtomicU64,
+    permits: Option<Arc<Semaphore>>,
+    record: AtomicBool,
+    samples: std::sync::Mutex<Vec<Duration>>,
+}
+
+impl Sink for Counter {
+    fn on_message(&self, _client: usize, m: &pb::StoredMessage) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.permits {
+            p.add_permits(1);
+        }
+        if self.record.load(Ordering::Relaxed)
+            && let Some(age) = raw::age_of(&m.body)
+        {
+            self.samples.lock().expect("lock").push(age);
+        }
+    }
+}
+
+fn peer(i: usize, n: usize) -> String {
+    format!("tp{}", (i + 1) % n)
+}
+
+/// Runs the benchmark.
+pub async fn run(args: &Args) -> anyhow::Result<Report> {
+    let server = ServerProc::start(&[])?;
+    let endpoints: Vec<_> = (0..args.endpoints.max(1))
+        .map(|_| raw::endpoint(&server.cert))
+        .collect::<anyhow::Result<_>>()?;
+    let n = args.clients.max(2);
+    let permits = Arc::new(Semaphore::new(0));
+    let sink = Arc::new(Counter {
+        permits: Some(permits.clone()),
+        ..Counter::default()
+    });
+    let bar = ui::bar(n as u64, "logging in");
+    let (clients, _) = raw::login_many(
+        &endpoints,
+        server.addr,
+        |i| format!("tp{i}"),
+        0..n,
+        256,
+        sink.clone(),
+        &bar,
+    )
+    .await?;
+    bar.finish();
+    let clients = Arc::new(clients);
+
+    // Capacity: closed loop end to end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut drivers = vec![];
+    for i in 0..n {
+        let (clients, permits, stop) = (clients.clone(), permits.clone(), stop.clone());
+        drivers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(p) = permits.acquire().await else {
+                    return;
+                };
+                p.forget();
+                clients[i].send(&peer(i, n), raw::timed_body());
+            }
+        }));
+    }
+    permits.add_permits(n * args.window);
+    let bar = ui::spinner("capacity (closed loop)");
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
+    let (d0, t0) = (sink.delivered.load(Ordering::Relaxed), Instant::now());
+    ui::tick_for(&bar, Duration::from_secs(args.secs)).await;
+    let capacity =
+        (sink.delivered.load(Ordering::Relaxed) - d0) as f64 / t0.elapsed().as_secs_f64();
+    let server_rss = server.rss().unwrap_or(0);
+    stop.store(true, Ordering::Relaxed);
+    permits.close();
+    for d in drivers {
+        let _ = d.await;
+    }
+    ui::done(&bar, format!("capacity {capacity:.0} msg/s"));
+    tokio::time::sleep(Duration::from_secs(3)).await; // drain
+
+    // Latency at fractions of capacity, open loop.
+    let mut loads = vec![];
+    for &pct in &args.loads {
+        let rate = capacity * pct as f64 / 100.0;
+        let bar = ui::spinner(&format!("{pct}% load ({rate:.0} msg/s)"));
+        sink.samples.lock().expect("lock").clear();
+        sink.record.store(true, Ordering::Relaxed);
+        let d0 = sink.delivered.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let phase = Duration::from_secs(args.secs);
+        while started.elapsed() < phase {
+            tick.tick().await;
+            let due = (started.elapsed().as_secs_f64() * rate) as u64;
+            while sent < due {
+                let i = (sent as usize) % n;
+                clients[i].send(&peer(i, n), raw::timed_body());
+                sent += 1;
+            }
+            bar.tick();
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        sink.record.store(false, Ordering::Relaxed);
+        let received = sink.delivered.load(Ordering::Relaxed) - d0;
+        let latency = Latency::of(std::mem::take(&mut *sink.samples.lock().expect("lock")));
+        ui::done(
+            &bar,
+            format!(
+                "{pct}%: p50 {:.1} ms, p99 {:.1} ms",
+                latency.p50_ms, latency.p99_ms
+            ),
+        );
+        loads.push(LoadPoint {
+            pct,
+            offered_per_sec: rate,
+            sent,
+            received,
+            latency,
+        });
+    }
+    for c in clients.iter() {
+        c.close();
+    }
+    drop(server);
+
+    let echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs).await?;
+    Ok(Report {
+        clients: n,
+        capacity_per_sec: capacity,
+        echo_per_sec: echo,
+        ratio: capacity / echo,
+        server_rss,
+        loads,
+    })
+}
+
+/// Echoes/s over `n` connections to a datagram echo endpoint, `window` in flight each.
+async fn echo_ceiling(n: usize, endpoints: usize, window: usize, secs: u64) -> anyhow::Result<f64> {
+    let (addr, cert) = start_echo_server()?;
+    let clients: Vec<_> = (0..endpoints)
+        .map(|_| raw::endpoint(&cert))
+        .collect::<anyhow::Result<_>>()?;
+    let bar = ui::bar(n as u64, "echo: connecting");
+    let mut conns = vec![];
+    for i in 0..n {
+        conns.push(clients[i % endpoints].connect(addr, "localhost")?.await?);
+        bar.inc(1);
+    }
+    bar.finish();
+    let echoed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let payload = Bytes::from(vec![7u8; 64]);
+    let mut tasks = vec![];
+    for c in conns.clone() {
+        let (echoed, stop, payload) = (echoed.clone(), stop.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..window {
+                let _ = c.send_datagram(payload.clone());
+            }
+            while !stop.load(Ordering::Relaxed) {
+                // A dropped datagram would shrink the window: refill after 100 ms.
+                match tokio::time::timeout(Duration::from_millis(100), c.read_datagram()).await {
+                    Ok(Ok(_)) => {
+                        echoed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => {}
+                }
+                let _ = c.send_datagram(payload.clone());
+            }
+        }));
+    }
+    let bar = ui::spinner("echo ceiling (closed loop)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (e0, t0) = (echoed.load(Ordering::Relaxed), Instant::now());
+    ui::tick_for(&bar, Duration::from_secs(secs)).await;
+    let rate = (echoed.load(Ordering::Relaxed) - e0) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    ui::done(&bar, format!("echo ceiling {rate:.0}/s"));
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(rate)
+}
+
+/// A quinn endpoint on its own thread and runtime that returns every datagram.
+fn start_echo_server() -> anyhow::Result<(
+    std::net::SocketAddr,
+    rustls::pki_types::CertificateDer<'static>,
+)> {
+    use quinn::crypto::rustls::QuicServerConfig;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)?;
+    crypto.alpn_protocols = vec![b"tern/1".to_vec()];
+    let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = socket.local_addr()?;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(config),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .expect("echo endpoint");
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok(d) = conn.read_datagram().await {
+                        let _ = conn.send_datagram(d);
+                    }
+                });
+            }
+        });
+    });
+    Ok((addr, cert))
+}

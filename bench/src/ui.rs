@@ -1,0 +1,47 @@
+//! Progress bars on stderr (hidden when stderr is not a terminal, as in CI logs).
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A counting bar.
+pub fn bar(len: u64, msg: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    b.set_message(msg.to_owned());
+    b
+}
+
+/// A spinner with elapsed time, for timed phases.
+pub fn spinner(msg: &str) -> ProgressBar {
+    let b = ProgressBar::new_spinner();
+    b.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
+    b.set_message(msg.to_owned());
+    b
+}
+
+/// Sleeps for `d`, ticking `bar`.
+pub async fn tick_for(bar: &ProgressBar, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        bar.tick();
+        tokio::time::sleep(Duration::from_millis(100).min(end - Instant::now())).await;
+    }
+}
+
+/// Prints a line that survives the bars (also when they are hidden).
+pub fn say(line: impl AsRef<str>) {
+    eprintln!("{}", line.as_ref());
+}
+
+/// Finishes `bar` with `msg`, printing it as a line when bars are hidden.
+pub fn done(bar: &ProgressBar, msg: String) {
+    if bar.is_hidden() {
+        say(&msg);
+    }
+    bar.finish_with_message(msg);
+}

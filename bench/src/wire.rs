@@ -1,0 +1,272 @@
+//! Benchmark 5: bytes on the wire per 20-byte text message, sender to receiver, every
+//! overhead included (QUIC headers, AEAD tags, ACKs, Tern framing, the delivered
+//! receipt back to the sender).
+//!
+//! Alice and bob each talk to the server through their own clean `tern-netsim` relay,
+//! so each side's packets are counted separately. Heartbeats are pushed out of the
+//! window (600 s interval) so only messaging is counted. Two phases: one message at a
+//! time (send, wait until bob has it and alice sees Delivered, settle), like a chat;
+//! and a pipelined burst, where QUIC packs several frames per packet. The encoded
+//! size of each Tern frame involved is listed beside the measurement.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tern_netsim::{RelayConfig, RelayStats};
+use tern_protocol::frame::Frame;
+use tern_protocol::heartbeat::{HeartbeatConfig, HeartbeatProfile};
+use tern_protocol::pb;
+
+use crate::app::{App, until};
+use crate::serverproc::ServerProc;
+use crate::ui;
+
+/// Parameters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Messages sent one at a time.
+    #[arg(long, default_value_t = 100)]
+    pub single: usize,
+    /// Messages sent as one burst.
+    #[arg(long, default_value_t = 1000)]
+    pub burst: usize,
+}
+
+/// Per-message traffic of one phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phase {
+    /// Messages.
+    pub messages: usize,
+    /// Sender -> server bytes per message.
+    pub sender_up: f64,
+    /// Server -> sender bytes per message (SendResult, receipt push).
+    pub sender_down: f64,
+    /// Server -> receiver bytes per message (push).
+    pub receiver_down: f64,
+    /// Receiver -> server bytes per message (ACKs).
+    pub receiver_up: f64,
+    /// Sum.
+    pub total: f64,
+    /// UDP packets per message, all four legs.
+    pub packets: f64,
+}
+
+/// Result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Body bytes of each message.
+    pub body_bytes: usize,
+    /// One at a time.
+    pub single: Phase,
+    /// Pipelined.
+    pub burst: Phase,
+    /// Encoded Tern frame sizes (name, bytes), before QUIC.
+    pub frames: Vec<(String, usize)>,
+}
+
+fn phase(n: usize, a0: RelayStats, a1: RelayStats, b0: RelayStats, b1: RelayStats) -> Phase {
+    let per = |x: u64| x as f64 / n as f64;
+    let sender_up = per(a1.up.bytes - a0.up.bytes);
+    let sender_down = per(a1.down.bytes - a0.down.bytes);
+    let receiver_down = per(b1.down.bytes - b0.down.bytes);
+    let receiver_up = per(b1.up.bytes - b0.up.bytes);
+    let packets = per(a1.up.sent + a1.down.sent + b1.up.sent + b1.down.sent
+        - a0.up.sent
+        - a0.down.sent
+        - b0.up.sent
+        - b0.down.sent);
+    Phase {
+        messages: n,
+        sender_up,
+        sender_down,
+        receiver_down,
+        receiver_up,
+        total: sender_up + sender_down + receiver_down + receiver_up,
+        packets,
+    }
+}
+
+/// Encoded sizes of the frames one message involves.
+fn frame_sizes(text: &str) -> Vec<(String, usize)> {
+    let id = Bytes::from(vec![0x17u8; 16]);
+    let stored = pb::StoredMessage {
+        server_msg_id: 123_456,
+        client_msg_id: id.clone(),
+        sender: "alice".into(),
+        recipient: "bob".into(),
+        body: Bytes::copy_from_slice(text.as_bytes()),
+        client_ts_ms: 1_790_000_000_000,
+        server_ts_ms: 1_790_000_000_001,
+        ..Default::default()
+    };
+    let frames = [
+        (
+            "ChatMessage (sender -> server)",
+            Frame::Chat(pb::ChatMessage {
+                client_msg_id: id.clone(),
+                recipient: "bob".into(),
+                body: stored.body.clone(),
+                client_ts_ms: stored.client_ts_ms,
+                ..Default::default()
+            }),
+        ),
+        (
+            "SendResult (server -> sender)",
+            Frame::SendResult(pb::SendResult {
+                client_msg_id: id,
+                code: 0,
+                server_msg_id: 123_456,
+                seq: 1_000,
+                server_ts_ms: stored.server_ts_ms,
+            }),
+        ),
+        (
+            "Push of the message (server -> receiver)",
+            Frame::Push(pb::Push {
+                entry: Some(pb::TimelineEntry {
+                    seq: 1_000,
+                    body: Some(pb::timeline_entry::Body::Message(stored)),
+                }),
+            }),
+        ),
+        (
+            "DeliveryAck (receiver -> server)",
+            Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: 1_000,
+                seqs: vec![1_000],
+            }),
+        ),
+        (
+            "Push of the delivered receipt (server -> sender)",
+            Frame::Push(pb::Push {
+                entry: Some(pb::TimelineEntry {
+                    seq: 1_001,
+                    body: Some(pb::timeline_entry::Body::Receipt(pb::Receipt {
+                        status: pb::receipt::Status::Delivered as i32,
+                        conversation: "bob".into(),
+                        by_user: "bob".into(),
+                        up_to_server_msg_id: 123_456,
+                        ..Default::default()
+                    })),
+                }),
+            }),
+        ),
+        (
+            "DeliveryAck of the receipt (sender -> server)",
+            Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: 1_001,
+                seqs: vec![1_001],
+            }),
+        ),
+    ];
+    frames
+        .into_iter()
+        .map(|(name, f)| (name.to_owned(), f.encoded_len()))
+        .collect()
+}
+
+/// Runs the benchmark.
+pub async fn run(args: &Args) -> anyhow::Result<Report> {
+    let server = ServerProc::start(&[])?;
+    let ra = tern_netsim::start(RelayConfig::new("127.0.0.1:0".parse()?, server.addr)).await?;
+    let rb = tern_netsim::start(RelayConfig::new("127.0.0.1:0".parse()?, server.addr)).await?;
+    let dir = tempfile::tempdir()?;
+    let quiet = |c: &mut tern_client::ClientConfig| {
+        let p = HeartbeatProfile {
+            min: Duration::from_secs(600),
+            max: Duration::from_secs(600),
+        };
+        c.heartbeat = HeartbeatConfig {
+            foreground: p.clone(),
+            background: p,
+            initial: Duration::from_secs(600),
+            ..HeartbeatConfig::default()
+        };
+    };
+    let connect = Duration::from_secs(20);
+    let alice = App::start(
+        &server,
+        ra.local_addr(),
+        &dir.path().join("a"),
+        "alice",
+        connect,
+        quiet,
+    )
+    .await?;
+    let bob = App::start(
+        &server,
+        rb.local_addr(),
+        &dir.path().join("b"),
+        "bob",
+        connect,
+        quiet,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = |i: usize| format!("{:<20}", format!("msg {i}"));
+    assert_eq!(text(1).len(), 20);
+
+    let bar = ui::bar(args.single as u64, "one at a time");
+    let (a0, b0) = (ra.stats(), rb.stats());
+    for i in 0..args.single {
+        alice.client.send_text("bob", &text(i))?;
+        let ok = until(Duration::from_secs(10), || {
+            bob.seen.count() > i && *alice.seen.delivered.lock().expect("lock") > i as u64
+        })
+        .await;
+        anyhow::ensure!(ok, "message {i} not delivered within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await; // let the last ACKs go out
+        bar.inc(1);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let single = phase(args.single, a0, ra.stats(), b0, rb.stats());
+    bar.finish();
+
+    let bar = ui::spinner("burst");
+    let (a0, b0) = (ra.stats(), rb.stats());
+    let total = args.single + args.burst;
+    for i in args.single..total {
+        alice.client.send_text("bob", &text(i))?;
+    }
+    let all_delivered = || {
+        alice
+            .client
+            .messages(
+                tern_client::ConversationKind::Direct,
+                "bob",
+                None,
+                total as u32 + 1,
+            )
+            .is_ok_and(|m| {
+                m.len() == total
+                    && m.iter()
+                        .all(|m| m.status == tern_client::MessageStatus::Delivered)
+            })
+    };
+    let ok = until(Duration::from_secs(120), || {
+        bob.seen.count() >= total && all_delivered()
+    })
+    .await;
+    anyhow::ensure!(
+        ok,
+        "burst not delivered within 120 s (bob has {} of {total}; delivered events {})",
+        bob.seen.count(),
+        alice.seen.delivered.lock().expect("lock")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let burst = phase(args.burst, a0, ra.stats(), b0, rb.stats());
+    ui::done(
+        &bar,
+        format!(
+            "bytes per message: {:.0} one at a time, {:.0} pipelined",
+            single.total, burst.total
+        ),
+    );
+    Ok(Report {
+        body_bytes: 20,
+        single,
+        burst,
+        frames: frame_sizes(&text(1)),
+    })
+}
