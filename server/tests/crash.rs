@@ -4,78 +4,19 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use rustls::pki_types::CertificateDer;
 use tern_protocol::frame::Frame;
 use tern_protocol::pb::timeline_entry::Body;
 use tern_protocol::{ClientMsgId, pb};
-
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    cert: CertificateDer<'static>,
-}
-
-fn spawn_server(data: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern-server"))
-        .args([
-            "--dev",
-            "--quic",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--rate-per-sec",
-            "100000",
-            "--rate-burst",
-            "100000",
-        ])
-        .arg("--data")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn tern-server");
-    let stdout = child.stdout.take().unwrap();
-    let mut addr = None;
-    let mut cert_path = None;
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("quic listening on ") {
-            addr = Some(a.parse().unwrap());
-        }
-        if let Some(p) = line.strip_prefix("dev certificate: ") {
-            cert_path = Some(p.to_owned());
-            break;
-        }
-    }
-    // Keep draining stdout so the server never writes into a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    let pem = std::fs::read(cert_path.expect("server printed its certificate path")).unwrap();
-    let cert = rustls_pemfile::certs(&mut &pem[..])
-        .next()
-        .unwrap()
-        .unwrap();
-    Proc {
-        child,
-        addr: addr.expect("server printed its address"),
-        cert,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     const TOTAL: usize = 3000;
     const KILL_AFTER: usize = 500;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn_server(dir.path());
+    let mut server = spawn_server(dir.path(), "127.0.0.1:0");
 
     let (mut alice, r) = TestClient::login(
         server.addr,
@@ -131,7 +72,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     drop(alice);
 
     // Restart on the same data directory.
-    let mut server = spawn_server(dir.path());
+    let mut server = spawn_server(dir.path(), "127.0.0.1:0");
     let (mut bob, r) = TestClient::login(
         server.addr,
         server.cert.clone(),

@@ -3,7 +3,10 @@
 //! exactly the frames — good or bad — they mean to.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,5 +257,63 @@ pub fn text_of(entry: &pb::TimelineEntry) -> String {
     match &entry.body {
         Some(pb::timeline_entry::Body::Message(m)) => String::from_utf8(m.body.to_vec()).unwrap(),
         other => panic!("not a message: {other:?}"),
+    }
+}
+
+/// A `tern-server --dev` child process (for tests that kill it).
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub cert: CertificateDer<'static>,
+    pub cert_pem: Vec<u8>,
+}
+
+/// Starts the server binary on `quic` with data in `data`; returns once it listens.
+pub fn spawn_server(data: &Path, quic: &str) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern-server"))
+        .args([
+            "--dev",
+            "--quic",
+            quic,
+            "--http",
+            "127.0.0.1:0",
+            "--rate-per-sec",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ])
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tern-server");
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = None;
+    let mut cert_path = None;
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("quic listening on ") {
+            addr = Some(a.parse().unwrap());
+        }
+        if let Some(p) = line.strip_prefix("dev certificate: ") {
+            cert_path = Some(p.to_owned());
+            break;
+        }
+    }
+    // Keep draining stdout so the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let pem = std::fs::read(cert_path.expect("server printed its certificate path")).unwrap();
+    let cert = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .unwrap()
+        .unwrap();
+    Proc {
+        child,
+        addr: addr.expect("server printed its address"),
+        cert,
+        cert_pem: pem,
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole benchmark suite (release build) and regenerates docs/bench/README.md,
+# its plots and docs/bench/results.json. Takes about 25 minutes on 2 cores; run it on
+# an otherwise idle machine.
+#
+#   bash docs/bench/run-bench.sh            # full suite
+#   bash docs/bench/run-bench.sh --quick    # smoke sizes into target/bench-smoke (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release -p tern-server -p tern-bench
+if [ "${1:-}" = "--quick" ]; then
+  out=target/bench-smoke
+  target/release/tern-bench all --quick --out "$out/results.json"
+else
+  out=docs/bench
+  target/release/tern-bench all --out "$out/results.json"
+fi
+target/release/tern-bench report --results "$out/results.json" --out "$out"
