@@ -135,6 +135,62 @@ fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::Serv
     Ok(server)
 }
 
+/// QUIC endpoint settings that must survive a restart: the stateless-reset key and the
+/// connection-ID validation key, both derived from `quic-reset.key` in the data directory.
+///
+/// quinn's defaults are random per process. After a restart (a crash, a deploy) the new
+/// process then drops clients' packets as carrying invalid connection IDs, or answers
+/// with resets whose tokens clients do not recognise, and every client keeps sending into
+/// a dead connection until its heartbeat misses pile up (measured: ~55 s). With both keys
+/// persisted, the first packet a client sends to the restarted server is answered with a
+/// valid stateless reset and the client reconnects at once. Nodes behind one address
+/// should share the file.
+fn endpoint_config(data: &Path) -> anyhow::Result<quinn::EndpointConfig> {
+    let secret = reset_secret(data)?;
+    let derive = |label: &[u8]| {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+        ring::hmac::sign(&key, label)
+    };
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive(b"stateless reset").as_ref());
+    let cid_key = u64::from_le_bytes(
+        derive(b"connection id").as_ref()[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(config)
+}
+
+fn reset_secret(data: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data.join("quic-reset.key");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) if b.len() == 32 => b,
+        Ok(_) => anyhow::bail!("{} must hold 32 bytes", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data)?;
+            let mut b = vec![0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+            write_private(&path, &b)?;
+            tracing::info!(path = %path.display(), "generated QUIC stateless-reset key");
+            b
+        }
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    Ok(bytes)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
 /// A running server.
 pub struct ServerHandle {
     /// Bound QUIC address.
@@ -175,7 +231,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         );
     }
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config(&config.data)?,
         Some(quic_config(&config, &tls)?),
         socket,
         Arc::new(quinn::TokioRuntime),

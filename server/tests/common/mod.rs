@@ -284,7 +284,10 @@ pub fn spawn_server(data: &Path, quic: &str) -> Proc {
         ])
         .arg("--data")
         .arg(data)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("TERN_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
