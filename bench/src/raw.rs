@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::CertificateDer;
 use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, Frame};
-use tern_protocol::io::{Inbound, pump_datagrams, pump_frames, read_frame};
+use tern_protocol::io::{Inbound, read_frame, spawn_session_readers};
 use tern_protocol::pb::timeline_entry::Body;
 use tern_protocol::{ClientMsgId, pb};
 use tokio::sync::mpsc;
@@ -139,21 +139,7 @@ impl RawClient {
             other => bail!("login of {user} refused: {other:?}"),
         }
         let (in_tx, in_rx) = mpsc::channel(1024);
-        tokio::spawn(pump_frames(
-            recv,
-            buf,
-            DEFAULT_MAX_FRAME_BODY,
-            in_tx.clone(),
-        ));
-        let c = conn.clone();
-        tokio::spawn(pump_datagrams(
-            move || {
-                let c = c.clone();
-                async move { c.read_datagram().await.ok() }
-            },
-            DEFAULT_MAX_FRAME_BODY,
-            in_tx,
-        ));
+        spawn_session_readers(conn.clone(), recv, buf, DEFAULT_MAX_FRAME_BODY, in_tx);
         let (writer, mut out) = mpsc::unbounded_channel::<Bytes>();
         tokio::spawn(async move {
             while let Some(bytes) = out.recv().await {

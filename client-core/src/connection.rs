@@ -23,7 +23,7 @@ use tern_protocol::backoff::Backoff;
 use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
 use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, FLAG_RETRANSMIT, Frame};
 use tern_protocol::heartbeat::{HeartbeatAction, SmartHeartbeat};
-use tern_protocol::io::{Inbound, pump_datagrams, pump_frames, read_frame};
+use tern_protocol::io::{Inbound, read_frame, spawn_session_readers};
 use tern_protocol::qos::{Sender, SenderEvent};
 use tern_protocol::{ClientMsgId, ErrorCode, pb};
 use tokio::sync::mpsc;
@@ -347,20 +347,6 @@ struct Machines {
     deferred: HashMap<ClientMsgId, Instant>,
 }
 
-fn spawn_reader(
-    conn: quinn::Connection,
-    recv: quinn::RecvStream,
-    buf: BytesMut,
-    tx: mpsc::Sender<Inbound>,
-) {
-    tokio::spawn(pump_frames(recv, buf, DEFAULT_MAX_FRAME_BODY, tx.clone()));
-    let next = move || {
-        let conn = conn.clone();
-        async move { conn.read_datagram().await.ok() }
-    };
-    tokio::spawn(pump_datagrams(next, DEFAULT_MAX_FRAME_BODY, tx));
-}
-
 struct Session<'a> {
     inner: &'a Arc<Inner>,
     endpoint: &'a quinn::Endpoint,
@@ -430,7 +416,7 @@ impl<'a> Session<'a> {
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> End {
         let (tx, mut inbound) = mpsc::channel(256);
-        spawn_reader(self.conn.clone(), recv, buf, tx);
+        spawn_session_readers(self.conn.clone(), recv, buf, DEFAULT_MAX_FRAME_BODY, tx);
         match self.start(m).await {
             Ok(()) => {}
             Err(end) => return end,

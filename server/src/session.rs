@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
-use tern_protocol::io::{Inbound, ReadError, pump_datagrams, pump_frames, read_frame};
+use tern_protocol::io::{Inbound, ReadError, read_frame, spawn_session_readers};
 use tern_protocol::qos::{Sender, SenderEvent};
 use tern_protocol::{ClientMsgId, ErrorCode, is_valid_user_id, pb};
 use tokio::sync::{Semaphore, mpsc};
@@ -366,7 +366,13 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
     tracing::info!(%remote, user = %login.user_id, device = %login.device_id, session = id, "logged in");
 
     let (in_tx, in_rx) = mpsc::channel(256);
-    spawn_readers(conn.clone(), recv, buf, in_tx);
+    spawn_session_readers(
+        conn.clone(),
+        recv,
+        buf,
+        tern_protocol::frame::DEFAULT_MAX_FRAME_BODY,
+        in_tx,
+    );
     let now = Instant::now();
     Some(Session {
         bucket: TokenBucket::new(shared.config.rate_per_sec, shared.config.rate_burst, now),
@@ -391,21 +397,6 @@ fn store_failure(e: StoreError) -> (ErrorCode, String) {
         StoreError::Busy => (ErrorCode::ServerBusy, e.to_string()),
         _ => (ErrorCode::StoreUnavailable, e.to_string()),
     }
-}
-
-fn spawn_readers(
-    conn: quinn::Connection,
-    recv: quinn::RecvStream,
-    buf: BytesMut,
-    tx: mpsc::Sender<Inbound>,
-) {
-    let max = tern_protocol::frame::DEFAULT_MAX_FRAME_BODY;
-    tokio::spawn(pump_frames(recv, buf, max, tx.clone()));
-    let next = move || {
-        let conn = conn.clone();
-        async move { conn.read_datagram().await.ok() }
-    };
-    tokio::spawn(pump_datagrams(next, max, tx));
 }
 
 /// Why a session loop ended.
