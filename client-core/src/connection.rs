@@ -759,11 +759,9 @@ impl<'a> Session<'a> {
                         .inner
                         .with_db(|db| db.mark_sent(&id, r.server_msg_id, r.seq, r.server_ts_ms))
                         .map_err(|e| End::Lost(e.to_string()))?;
-                    if let Some((local_id, released)) = local {
-                        self.inner.emit(ClientEvent::MessageStatusChanged {
-                            local_id,
-                            status: MessageStatus::Sent,
-                        });
+                    if let Some((local_id, status, released)) = local {
+                        self.inner
+                            .emit(ClientEvent::MessageStatusChanged { local_id, status });
                         self.publish(Applied {
                             new_messages: released,
                             ..Applied::default()
