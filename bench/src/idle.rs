@@ -5,15 +5,17 @@
 //! process's RSS (from `/proc`) after the logins settle, minus its RSS before the first
 //! login, divided by the sessions. The reconnect storm closes every connection and
 //! logs all users in again with many handshakes in flight, as after a server restart
-//! or a mobile network flap.
+//! or a mobile network flap. The baseline is the same number of idle connections to a
+//! bare quinn endpoint (`EchoProc`): the part of the cost that is QUIC's.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::raw::{self, Ignore};
-use crate::serverproc::ServerProc;
+use crate::serverproc::{EchoProc, ServerProc};
 use crate::ui;
 
 /// Parameters.
@@ -56,6 +58,10 @@ pub struct Report {
     pub storm_per_sec: f64,
     /// Login rate during the initial ramp (sessions/s), for comparison.
     pub ramp_per_sec: f64,
+    /// Baseline: idle connections held by a bare quinn echo endpoint.
+    pub quic_floor_connections: usize,
+    /// Baseline: its RSS growth per idle connection, bytes.
+    pub quic_floor_bytes_per_conn: f64,
 }
 
 async fn settle_rss(server: &ServerProc) -> anyhow::Result<u64> {
@@ -139,6 +145,43 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     for c in &clients {
         c.close();
     }
+    drop(clients);
+    drop(server);
+
+    // Baseline: the same number of idle QUIC connections (as many as the first point)
+    // to a bare quinn endpoint: what QUIC itself costs per connection.
+    let floor_n = args.sessions.first().copied().unwrap_or(0);
+    let echo = EchoProc::start()?;
+    let endpoints: Vec<_> = (0..args.endpoints.max(1))
+        .map(|_| raw::endpoint(&echo.cert))
+        .collect::<anyhow::Result<_>>()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = echo.rss()?;
+    let bar = ui::bar(floor_n as u64, "quic floor: connecting");
+    let conns: Vec<quinn::Connection> = futures_util::stream::iter(0..floor_n)
+        .map(|i| {
+            let endpoint = endpoints[i % endpoints.len()].clone();
+            let addr = echo.addr;
+            async move { anyhow::Ok(endpoint.connect(addr, "localhost")?.await?) }
+        })
+        .buffer_unordered(args.concurrency)
+        .inspect(|_| bar.inc(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    bar.finish();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let quic_floor_bytes_per_conn =
+        echo.rss()?.saturating_sub(before) as f64 / conns.len().max(1) as f64;
+    ui::say(format!(
+        "quic floor: {} idle connections to a bare quinn endpoint, {:.1} KiB each",
+        conns.len(),
+        quic_floor_bytes_per_conn / 1024.0
+    ));
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
     Ok(Report {
         baseline_rss,
         points,
@@ -146,5 +189,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         storm_secs: took.as_secs_f64(),
         storm_per_sec,
         ramp_per_sec,
+        quic_floor_connections: conns.len(),
+        quic_floor_bytes_per_conn,
     })
 }

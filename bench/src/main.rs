@@ -46,6 +46,13 @@ enum Command {
     All(suite::Args),
     /// docs/bench/README.md and plots from a results file.
     Report(report::Args),
+    /// The datagram-echo baseline server (started by the benchmarks themselves).
+    #[command(hide = true)]
+    EchoServer {
+        /// Where to write the certificate (DER).
+        #[arg(long)]
+        cert_out: std::path::PathBuf,
+    },
 }
 
 fn print<T: serde::Serialize>(r: &T) -> anyhow::Result<()> {
@@ -75,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             Command::Catchup(a) => print(&catchup::run(&a).await?),
             Command::All(a) => suite::run(&a).await.map(drop),
             Command::Report(a) => report::run(&a),
+            Command::EchoServer { cert_out } => serverproc::serve_echo(&cert_out).await,
         }
     })
 }

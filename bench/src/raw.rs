@@ -195,7 +195,7 @@ async fn dispatch(
         let Inbound::Frame(frame) = event else {
             return;
         };
-        match frame {
+        match *frame {
             Frame::Push(p) => {
                 let Some(entry) = p.entry else { continue };
                 let first = hold(entry.seq, &mut cursor);

@@ -1,4 +1,5 @@
-//! The server under test, as a separate process.
+//! The server under test, and the QUIC baseline it is compared with, as separate
+//! processes.
 //!
 //! Benchmarks run `tern-server` as its own process, as operators do: its memory can be
 //! read from `/proc` without the load generator's, and a CPU-bound load generator does
@@ -102,14 +103,7 @@ impl ServerProc {
 
     /// Resident set size of the server process, in bytes.
     pub fn rss(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS")?
-            .parse()?;
-        Ok(kb * 1024)
+        rss_of(self.child.id())
     }
 
     /// The PEM of the dev certificate (for `tern-client`'s `ca_pem`).
@@ -123,4 +117,117 @@ impl Drop for ServerProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident set size of process `pid`, in bytes.
+fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// The baseline: `tern-bench echo-server`, a bare quinn endpoint (same socket buffers
+/// and stream limits as `tern-server`) that returns every datagram and does nothing
+/// else. Its throughput is the QUIC ceiling, its memory per idle connection the QUIC
+/// floor.
+pub struct EchoProc {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its self-signed certificate.
+    pub cert: CertificateDer<'static>,
+    _dir: tempfile::TempDir,
+}
+
+impl EchoProc {
+    /// Starts the echo server.
+    pub fn start() -> anyhow::Result<EchoProc> {
+        let dir = tempfile::Builder::new().prefix("tern-echo-").tempdir()?;
+        let cert_path = dir.path().join("cert.der");
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("echo-server")
+            .arg("--cert-out")
+            .arg(&cert_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr = None;
+        for line in lines.by_ref() {
+            if let Some(a) = line?.strip_prefix("echo listening on ") {
+                addr = Some(a.parse()?);
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        let cert = CertificateDer::from(std::fs::read(&cert_path)?);
+        Ok(EchoProc {
+            child,
+            addr: addr.context("echo server exited before listening")?,
+            cert,
+            _dir: dir,
+        })
+    }
+
+    /// Resident set size, bytes.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        rss_of(self.child.id())
+    }
+}
+
+impl Drop for EchoProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `echo-server` subcommand: serves until killed.
+pub async fn serve_echo(cert_out: &Path) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use quinn::crypto::rustls::QuicServerConfig;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    std::fs::write(cert_out, ck.cert.der())?;
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)?;
+    crypto.alpn_protocols = vec![b"tern/1".to_vec()];
+    let mut config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(2u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(
+        std::time::Duration::from_secs(600),
+    )?));
+    config.transport_config(Arc::new(transport));
+    let (socket, _) =
+        tern_protocol::io::udp_socket("127.0.0.1:0".parse()?, tern_protocol::io::UDP_BUFFER_BYTES)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    println!("echo listening on {}", endpoint.local_addr()?);
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok(d) = conn.read_datagram().await {
+                let _ = conn.send_datagram(d);
+            }
+        });
+    }
+    Ok(())
 }

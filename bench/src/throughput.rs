@@ -19,7 +19,7 @@ use tern_protocol::pb;
 use tokio::sync::Semaphore;
 
 use crate::raw::{self, Sink};
-use crate::serverproc::ServerProc;
+use crate::serverproc::{EchoProc, ServerProc};
 use crate::stats::Latency;
 use crate::ui;
 
@@ -217,7 +217,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
 
 /// Echoes/s over `n` connections to a datagram echo endpoint, `window` in flight each.
 async fn echo_ceiling(n: usize, endpoints: usize, window: usize, secs: u64) -> anyhow::Result<f64> {
-    let (addr, cert) = start_echo_server()?;
+    let echo = EchoProc::start()?;
+    let (addr, cert) = (echo.addr, echo.cert.clone());
     let clients: Vec<_> = (0..endpoints)
         .map(|_| raw::endpoint(&cert))
         .collect::<anyhow::Result<_>>()?;
@@ -265,50 +266,4 @@ async fn echo_ceiling(n: usize, endpoints: usize, window: usize, secs: u64) -> a
         let _ = t.await;
     }
     Ok(rate)
-}
-
-/// A quinn endpoint on its own thread and runtime that returns every datagram.
-fn start_echo_server() -> anyhow::Result<(
-    std::net::SocketAddr,
-    rustls::pki_types::CertificateDer<'static>,
-)> {
-    use quinn::crypto::rustls::QuicServerConfig;
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    let cert = ck.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)?;
-    crypto.alpn_protocols = vec![b"tern/1".to_vec()];
-    let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let addr = socket.local_addr()?;
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let endpoint = quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                Some(config),
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )
-            .expect("echo endpoint");
-            while let Some(incoming) = endpoint.accept().await {
-                tokio::spawn(async move {
-                    let Ok(conn) = incoming.await else { return };
-                    while let Ok(d) = conn.read_datagram().await {
-                        let _ = conn.send_datagram(d);
-                    }
-                });
-            }
-        });
-    });
-    Ok((addr, cert))
 }

@@ -429,7 +429,7 @@ impl<'a> Session<'a> {
             let step = tokio::select! {
                 cmd = commands.recv() => self.on_command(cmd, m).await,
                 frame = inbound.recv() => match frame {
-                    Some(Inbound::Frame(f)) => self.on_frame(f, m).await,
+                    Some(Inbound::Frame(f)) => self.on_frame(*f, m).await,
                                         Some(Inbound::Closed(why)) => Err(End::Lost(why)),
                     Some(Inbound::Invalid(e)) => Err(End::Lost(format!("bad frame from server: {e}"))),
                     None => Err(End::Lost("reader stopped".into())),

@@ -160,7 +160,9 @@ pub async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    if let Some(session) = login(&shared, conn).await {
+    // Boxed: the login future is large and short-lived; inline, it would size the task
+    // of every session for its whole life.
+    if let Some(session) = Box::pin(login(&shared, conn)).await {
         session.run().await;
     }
 }
@@ -481,17 +483,19 @@ impl Session {
             let qos_at = self.push_qos.poll_timeout().map(Instant::from_std);
             let idle_at = self.last_rx + hb_timeout;
             let step = tokio::select! {
-                cmd = self.cmd_rx.recv() => self.on_command(cmd).await,
+                // Handlers are boxed: inline, their futures made every session's task
+                // (idle ones included) as large as the largest handler.
+                cmd = self.cmd_rx.recv() => Box::pin(self.on_command(cmd)).await,
                 inbound = self.inbound.recv() => match inbound {
                     Some(Inbound::Frame(f)) => {
                         self.last_rx = Instant::now();
-                        self.on_frame(f).await
+                        Box::pin(self.on_frame(*f)).await
                     }
-                                        Some(Inbound::Invalid(e)) => {
+                    Some(Inbound::Invalid(e)) => {
                         tracing::info!(user = %self.user, error = %e, "bad frame");
                         metrics::counter!("tern_frames_rejected_total", "code" => code_name(e.code())).increment(1);
                         let f = Frame::error(e.code(), e.to_string(), 0);
-                        match self.write(&f, 0).await {
+                        match Box::pin(self.write(&f, 0)).await {
                             Ok(()) => Err(End::Close(e.code(), "bad frame")),
                             Err(end) => Err(end),
                         }
@@ -501,10 +505,10 @@ impl Session {
                     None => Err(End::Gone("reader stopped".into())),
                 },
                 Some(reply) = self.tasks.next(), if !self.tasks.is_empty() => match reply {
-                    Some(frame) => self.write(&frame, 0).await,
+                    Some(frame) => Box::pin(self.write(&frame, 0)).await,
                     None => Ok(()),
                 },
-                _ = sleep_until(qos_at.unwrap_or(idle_at)), if qos_at.is_some() => self.on_qos_timer().await,
+                _ = sleep_until(qos_at.unwrap_or(idle_at)), if qos_at.is_some() => Box::pin(self.on_qos_timer()).await,
                 _ = sleep_until(idle_at) => {
                     tracing::info!(user = %self.user, session = self.id, "heartbeat timeout");
                     metrics::counter!("tern_sessions_expired_total").increment(1);
@@ -512,7 +516,7 @@ impl Session {
                         reason: pb::KickReason::IdleTimeout as i32,
                         text: "no heartbeat".into(),
                     });
-                    let _ = self.write(&kick, 0).await;
+                    let _ = Box::pin(self.write(&kick, 0)).await;
                     Err(End::Close(ErrorCode::Ok, "idle timeout"))
                 }
             };
