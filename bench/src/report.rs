@@ -181,7 +181,12 @@ fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| datagram echo ceiling | {:.0} round trips |",
+        "| Tern with `--durability normal` (no fsync per commit) | {:.0} messages |",
+        t.capacity_normal_per_sec
+    );
+    let _ = writeln!(
+        s,
+        "| datagram echo ceiling (bare quinn, its own process) | {:.0} round trips |",
         t.echo_per_sec
     );
     let _ = writeln!(s, "| ratio | {:.2} % |\n", t.ratio * 100.0);
@@ -228,6 +233,12 @@ fn markdown(r: &Results) -> String {
             p.bytes_per_session / 1000.0
         );
     }
+    let _ = writeln!(
+        s,
+        "| baseline: {} idle connections to a bare quinn endpoint | — | {:.1} KB (the QUIC floor) |",
+        i.quic_floor_connections,
+        i.quic_floor_bytes_per_conn / 1000.0
+    );
     let _ = writeln!(
         s,
         "\nLogin ramp: {:.0} sessions/s. Reconnect storm (every connection closed, all {} users back at once, 256 handshakes in flight): **{:.0} sessions/s**, all back in {:.1} s.\n",

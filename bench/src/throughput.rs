@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tern_protocol::pb;
 use tokio::sync::Semaphore;
 
-use crate::raw::{self, Sink};
+use crate::raw::{self, RawClient, Sink};
 use crate::serverproc::{EchoProc, ServerProc};
 use crate::stats::Latency;
 use crate::ui;
@@ -65,6 +65,8 @@ pub struct Report {
     pub clients: usize,
     /// End-to-end deliveries per second, closed loop.
     pub capacity_per_sec: f64,
+    /// The same with `--durability normal`.
+    pub capacity_normal_per_sec: f64,
     /// Datagram echoes per second over as many connections (the ceiling).
     pub echo_per_sec: f64,
     /// capacity / ceiling.
@@ -101,9 +103,12 @@ fn peer(i: usize, n: usize) -> String {
     format!("tp{}", (i + 1) % n)
 }
 
-/// Runs the benchmark.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
-    let server = ServerProc::start(&[])?;
+type Setup = (ServerProc, Arc<Vec<RawClient>>, Arc<Counter>, f64, u64);
+
+/// Starts a server with `extra` flags, logs the clients in, and measures the closed-loop
+/// capacity. Returns the server, the clients and their sink, capacity and server RSS.
+async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::Result<Setup> {
+    let server = ServerProc::start(extra)?;
     let endpoints: Vec<_> = (0..args.endpoints.max(1))
         .map(|_| raw::endpoint(&server.cert))
         .collect::<anyhow::Result<_>>()?;
@@ -143,7 +148,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         }));
     }
     permits.add_permits(n * args.window);
-    let bar = ui::spinner("capacity (closed loop)");
+    let bar = ui::spinner(&format!("capacity, {label} (closed loop)"));
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
     let (d0, t0) = (sink.delivered.load(Ordering::Relaxed), Instant::now());
     ui::tick_for(&bar, Duration::from_secs(args.secs)).await;
@@ -155,8 +160,16 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     for d in drivers {
         let _ = d.await;
     }
-    ui::done(&bar, format!("capacity {capacity:.0} msg/s"));
+    ui::done(&bar, format!("capacity, {label}: {capacity:.0} msg/s"));
     tokio::time::sleep(Duration::from_secs(3)).await; // drain
+    Ok((server, clients, sink, capacity, server_rss))
+}
+
+/// Runs the benchmark.
+pub async fn run(args: &Args) -> anyhow::Result<Report> {
+    let n = args.clients.max(2);
+    let (server, clients, sink, capacity, server_rss) =
+        measure_capacity(args, &[], "durability full").await?;
 
     // Latency at fractions of capacity, open loop.
     let mut loads = vec![];
@@ -203,11 +216,20 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         c.close();
     }
     drop(server);
+    // The same with `--durability normal` (commits reach the OS, fsync at checkpoints):
+    // what the fsync per group commit costs.
+    let (server, clients, _, capacity_normal, _) =
+        measure_capacity(args, &["--durability", "normal"], "durability normal").await?;
+    for c in clients.iter() {
+        c.close();
+    }
+    drop(server);
 
     let echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs).await?;
     Ok(Report {
         clients: n,
         capacity_per_sec: capacity,
+        capacity_normal_per_sec: capacity_normal,
         echo_per_sec: echo,
         ratio: capacity / echo,
         server_rss,
