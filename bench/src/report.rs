@@ -170,7 +170,7 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## 1. Relay throughput and latency\n");
     let _ = writeln!(
         s,
-        "`tern-bench throughput`: {} raw protocol clients logged in; client *i* sends 20-byte texts to client *i+1*. A message counts when the receiver got its push (after the server committed it with `synchronous=FULL`) and sent its `DeliveryAck`; each message also produces a delivered receipt pushed back to the sender and acknowledged. Capacity is a closed loop (4 messages in flight per client); latency phases send open-loop at a fraction of it. The ceiling is the same number of quinn connections to an endpoint that echoes 64-byte datagrams, closed loop with the same window, in the same run.\n",
+        "`tern-bench throughput`: {} raw protocol clients logged in; client *i* sends 20-byte texts to client *i+1*. A message counts when the receiver got its push (after the server committed it with `synchronous=FULL`) and sent its `DeliveryAck`; each message also produces a delivered receipt pushed back to the sender and acknowledged. Capacity is a closed loop (2 messages in flight per client); latency phases send open-loop at a fraction of it. The ceiling is the same number of quinn connections to an endpoint that echoes 64-byte datagrams, closed loop with the same window, in the same run.\n",
         t.clients
     );
     let _ = writeln!(s, "| | per second |\n|---|---|");
@@ -192,16 +192,22 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "| ratio | {:.2} % |\n", t.ratio * 100.0);
     let _ = writeln!(
         s,
-        "| load | offered msg/s | sent | received | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|"
+        "Sends refused with `SERVER_BUSY` (store queue full) during the capacity phase: {}.\n",
+        t.refused_in_capacity
+    );
+    let _ = writeln!(
+        s,
+        "| load | offered msg/s | sent | received | refused (busy) | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|---|"
     );
     for l in &t.loads {
         let _ = writeln!(
             s,
-            "| {} % | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {} % | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
             l.pct,
             l.offered_per_sec,
             l.sent,
             l.received,
+            l.refused,
             l.latency.p50_ms,
             l.latency.p90_ms,
             l.latency.p99_ms,

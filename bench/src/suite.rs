@@ -73,7 +73,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
     let throughput = throughput::run(&throughput::Args {
         clients: if q { 50 } else { 1000 },
         endpoints: if q { 2 } else { 8 },
-        window: 4,
+        window: 2,
         secs: if q { 2 } else { 10 },
         loads: vec![25, 50, 90],
     })

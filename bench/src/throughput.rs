@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub endpoints: usize,
     /// Messages in flight per client in the capacity phase.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub window: usize,
     /// Seconds per measured phase.
     #[arg(long, default_value_t = 10)]
@@ -54,6 +54,8 @@ pub struct LoadPoint {
     pub sent: u64,
     /// Received.
     pub received: u64,
+    /// Refused by the server (SERVER_BUSY).
+    pub refused: u64,
     /// Send-to-receive time.
     pub latency: Latency,
 }
@@ -71,6 +73,8 @@ pub struct Report {
     pub echo_per_sec: f64,
     /// capacity / ceiling.
     pub ratio: f64,
+    /// Sends the server refused (SERVER_BUSY) during the capacity phase.
+    pub refused_in_capacity: u64,
     /// Server RSS at the end of the capacity phase, bytes.
     pub server_rss: u64,
     /// Latency at the offered loads.
@@ -80,12 +84,24 @@ pub struct Report {
 #[derive(Default)]
 struct Counter {
     delivered: AtomicU64,
+    refused: AtomicU64,
     permits: Option<Arc<Semaphore>>,
     record: AtomicBool,
     samples: std::sync::Mutex<Vec<Duration>>,
 }
 
 impl Sink for Counter {
+    fn on_send_result(&self, _client: usize, r: &pb::SendResult) {
+        // A refusal (SERVER_BUSY when the store's queue is full) ends that message:
+        // count it and give its place in the window back.
+        if r.code != pb::ErrorCode::Ok as i32 {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = &self.permits {
+                p.add_permits(1);
+            }
+        }
+    }
+
     fn on_message(&self, _client: usize, m: &pb::StoredMessage) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = &self.permits {
@@ -103,7 +119,7 @@ fn peer(i: usize, n: usize) -> String {
     format!("tp{}", (i + 1) % n)
 }
 
-type Setup = (ServerProc, Arc<Vec<RawClient>>, Arc<Counter>, f64, u64);
+type Setup = (ServerProc, Arc<Vec<RawClient>>, Arc<Counter>, f64, u64, u64);
 
 /// Starts a server with `extra` flags, logs the clients in, and measures the closed-loop
 /// capacity. Returns the server, the clients and their sink, capacity and server RSS.
@@ -151,10 +167,12 @@ async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::R
     let bar = ui::spinner(&format!("capacity, {label} (closed loop)"));
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
     let (d0, t0) = (sink.delivered.load(Ordering::Relaxed), Instant::now());
+    let r0 = sink.refused.load(Ordering::Relaxed);
     ui::tick_for(&bar, Duration::from_secs(args.secs)).await;
     let capacity =
         (sink.delivered.load(Ordering::Relaxed) - d0) as f64 / t0.elapsed().as_secs_f64();
     let server_rss = server.rss().unwrap_or(0);
+    let refused = sink.refused.load(Ordering::Relaxed) - r0;
     stop.store(true, Ordering::Relaxed);
     permits.close();
     for d in drivers {
@@ -162,13 +180,13 @@ async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::R
     }
     ui::done(&bar, format!("capacity, {label}: {capacity:.0} msg/s"));
     tokio::time::sleep(Duration::from_secs(3)).await; // drain
-    Ok((server, clients, sink, capacity, server_rss))
+    Ok((server, clients, sink, capacity, server_rss, refused))
 }
 
 /// Runs the benchmark.
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let n = args.clients.max(2);
-    let (server, clients, sink, capacity, server_rss) =
+    let (server, clients, sink, capacity, server_rss, refused_in_capacity) =
         measure_capacity(args, &[], "durability full").await?;
 
     // Latency at fractions of capacity, open loop.
@@ -179,6 +197,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         sink.samples.lock().expect("lock").clear();
         sink.record.store(true, Ordering::Relaxed);
         let d0 = sink.delivered.load(Ordering::Relaxed);
+        let r0 = sink.refused.load(Ordering::Relaxed);
         let started = Instant::now();
         let mut sent = 0u64;
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -209,6 +228,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             offered_per_sec: rate,
             sent,
             received,
+            refused: sink.refused.load(Ordering::Relaxed) - r0,
             latency,
         });
     }
@@ -218,7 +238,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     drop(server);
     // The same with `--durability normal` (commits reach the OS, fsync at checkpoints):
     // what the fsync per group commit costs.
-    let (server, clients, _, capacity_normal, _) =
+    let (server, clients, _, capacity_normal, _, _) =
         measure_capacity(args, &["--durability", "normal"], "durability normal").await?;
     for c in clients.iter() {
         c.close();
@@ -233,6 +253,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         echo_per_sec: echo,
         ratio: capacity / echo,
         server_rss,
+        refused_in_capacity,
         loads,
     })
 }

@@ -394,10 +394,19 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
 }
 
 fn store_failure(e: StoreError) -> (ErrorCode, String) {
-    tracing::error!(error = %e, "store failure");
     match e {
-        StoreError::Busy => (ErrorCode::ServerBusy, e.to_string()),
-        _ => (ErrorCode::StoreUnavailable, e.to_string()),
+        // Overload, not a fault: the client is told SERVER_BUSY and resends. Counted,
+        // logged at debug (one line per refused frame would flood the log exactly
+        // when the server is busiest).
+        StoreError::Busy => {
+            metrics::counter!("tern_store_busy_total").increment(1);
+            tracing::debug!(error = %e, "store busy");
+            (ErrorCode::ServerBusy, e.to_string())
+        }
+        _ => {
+            tracing::error!(error = %e, "store failure");
+            (ErrorCode::StoreUnavailable, e.to_string())
+        }
     }
 }
 
@@ -739,6 +748,11 @@ impl Session {
         tokio::spawn(async move {
             match shared.store.ack_delivered(&user, &device, seq).await {
                 Ok(fanout) => shared.fan_out(fanout, None),
+                // Busy: the next ACK's cumulative seq covers this one.
+                Err(StoreError::Busy) => {
+                    metrics::counter!("tern_store_busy_total").increment(1);
+                    tracing::debug!(%user, "delivery ack deferred: store busy");
+                }
                 Err(e) => tracing::error!(%user, error = %e, "delivery ack not recorded"),
             }
         });
