@@ -26,6 +26,8 @@ pub struct Seen {
     pub delivered: Mutex<u64>,
     /// Latest catch-up progress (stored, head).
     pub sync: Mutex<(u64, u64)>,
+    /// When each outgoing message (by local id) was first reported stored by the server.
+    pub stored_at: Mutex<HashMap<i64, Instant>>,
 }
 
 impl EventListener for Seen {
@@ -40,11 +42,20 @@ impl EventListener for Seen {
                         .or_insert_with(Instant::now);
                 }
             }
-            ClientEvent::MessageStatusChanged { status, .. } => match status {
-                MessageStatus::Failed { .. } => *self.failed.lock().expect("lock") += 1,
-                MessageStatus::Delivered => *self.delivered.lock().expect("lock") += 1,
-                _ => {}
-            },
+            ClientEvent::MessageStatusChanged { status, local_id } => {
+                if matches!(status, MessageStatus::Sent | MessageStatus::Delivered) {
+                    self.stored_at
+                        .lock()
+                        .expect("lock")
+                        .entry(local_id)
+                        .or_insert_with(Instant::now);
+                }
+                match status {
+                    MessageStatus::Failed { .. } => *self.failed.lock().expect("lock") += 1,
+                    MessageStatus::Delivered => *self.delivered.lock().expect("lock") += 1,
+                    _ => {}
+                }
+            }
             ClientEvent::SyncProgress { stored, head } => {
                 *self.sync.lock().expect("lock") = (stored, head);
             }

@@ -67,6 +67,10 @@ pub struct Run {
     pub push_retransmissions: u64,
     /// Send-to-receive time of the received ones.
     pub latency: Latency,
+    /// Of that, send until alice's client saw it stored (uplink: the QUIC stream).
+    pub uplink: Latency,
+    /// And stored until bob's listener saw it (downlink: push QoS, or a gap pull).
+    pub downlink: Latency,
 }
 
 /// Result.
@@ -152,20 +156,28 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
     .await?;
     let gap = Duration::from_secs_f64(1.0 / args.rate);
     let mut sent_at = Vec::with_capacity(args.messages);
+    let mut local_ids = Vec::with_capacity(args.messages);
     let start = Instant::now();
     for i in 0..args.messages {
         tokio::time::sleep_until((start + gap * i as u32).into()).await;
         sent_at.push(Instant::now());
-        alice.client.send_text("bob", &format!("m{i}"))?;
+        local_ids.push(alice.client.send_text("bob", &format!("m{i}"))?.local_id);
     }
     let n = args.messages;
     until(Duration::from_secs(args.deadline), || bob.seen.count() >= n).await;
     let received = bob.seen.received.lock().expect("lock").clone();
-    let samples = sent_at
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| received.get(&format!("m{i}")).map(|r| r.duration_since(*t)))
-        .collect();
+    let stored = alice.seen.stored_at.lock().expect("lock").clone();
+    let (mut samples, mut up, mut down) = (vec![], vec![], vec![]);
+    for (i, t) in sent_at.iter().enumerate() {
+        let Some(r) = received.get(&format!("m{i}")) else {
+            continue;
+        };
+        samples.push(r.duration_since(*t));
+        if let Some(s) = stored.get(&local_ids[i]) {
+            up.push(s.duration_since(*t));
+            down.push(r.saturating_duration_since(*s));
+        }
+    }
     let metrics = crate::metrics::scrape(server.http)
         .await
         .unwrap_or_default();
@@ -181,5 +193,7 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         push_retransmissions: crate::metrics::value(&metrics, "tern_push_retransmissions_total")
             as u64,
         latency: Latency::of(samples),
+        uplink: Latency::of(up),
+        downlink: Latency::of(down),
     })
 }

@@ -99,6 +99,10 @@ fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
+        "What the numbers mean, which targets were missed and why, and what to do next: [analysis.md](analysis.md) (written by people, from the run this page shows).\n"
+    );
+    let _ = writeln!(
+        s,
         "Related: [the QoS engine in the deterministic simulator](qos-sim.md) (100,000 messages per point, virtual time) and [chaos runs of the full stack](chaos.md).\n"
     );
 
@@ -260,12 +264,12 @@ fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| loss | RTT | profile | received | failed | p50 ms | p99 ms | max ms | push retransmissions | pushes given up |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| loss | RTT | profile | received | failed | p50 ms | p99 ms | max ms | uplink p50 / p99 ms | downlink p50 / p99 ms | push retransmissions | pushes given up |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for x in &r.loss.runs {
         let _ = writeln!(
             s,
-            "| {} % | {} ms | {} | {}/{} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {} % | {} ms | {} | {}/{} | {} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {} |",
             x.loss_pct,
             x.rtt_ms,
             x.profile,
@@ -275,6 +279,10 @@ fn markdown(r: &Results) -> String {
             x.latency.p50_ms,
             x.latency.p99_ms,
             x.latency.max_ms,
+            x.uplink.p50_ms,
+            x.uplink.p99_ms,
+            x.downlink.p50_ms,
+            x.downlink.p99_ms,
             x.push_retransmissions,
             x.pushes_given_up
         );
