@@ -85,19 +85,6 @@ fn scaled(c: &HeartbeatConfig, k: f64) -> HeartbeatConfig {
     }
 }
 
-fn fixed(interval: Duration) -> HeartbeatConfig {
-    let p = HeartbeatProfile {
-        min: interval,
-        max: interval,
-    };
-    HeartbeatConfig {
-        foreground: p.clone(),
-        background: p,
-        initial: interval,
-        ..HeartbeatConfig::default()
-    }
-}
-
 /// Runs the benchmark.
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let k = args.compress;
@@ -109,12 +96,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         (
             "fixed 3 s (MobileIMSDK UDP)",
             30.0,
-            fixed(Duration::from_secs(3)),
+            HeartbeatConfig::fixed(Duration::from_secs(3)),
         ),
         (
             "fixed 15 s (MobileIMSDK TCP)",
             30.0,
-            fixed(Duration::from_secs(15)),
+            HeartbeatConfig::fixed(Duration::from_secs(15)),
         ),
     ];
     let bar = ui::spinner(&format!("{} idle clients for {secs:.0} s", cases.len()));

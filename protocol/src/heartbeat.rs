@@ -72,6 +72,23 @@ pub struct HeartbeatConfig {
     pub max_networks: usize,
 }
 
+impl HeartbeatConfig {
+    /// A fixed interval in both app states, never learning (the MobileIMSDK-style
+    /// baseline the benchmarks compare the smart heartbeat with).
+    pub fn fixed(interval: Duration) -> Self {
+        let p = HeartbeatProfile {
+            min: interval,
+            max: interval,
+        };
+        HeartbeatConfig {
+            foreground: p.clone(),
+            background: p,
+            initial: interval,
+            ..HeartbeatConfig::default()
+        }
+    }
+}
+
 impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {

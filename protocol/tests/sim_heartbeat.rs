@@ -5,26 +5,13 @@
 
 use std::time::Duration;
 
-use tern_protocol::heartbeat::{HeartbeatConfig, HeartbeatProfile};
+use tern_protocol::heartbeat::HeartbeatConfig;
 use tern_protocol::sim::heartbeat::{HeartbeatReport, HeartbeatScenario, run};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-fn fixed(interval: Duration) -> HeartbeatConfig {
-    let p = HeartbeatProfile {
-        min: interval,
-        max: interval,
-    };
-    HeartbeatConfig {
-        foreground: p.clone(),
-        background: p,
-        initial: interval,
-        ..HeartbeatConfig::default()
-    }
 }
 
 fn row(name: &str, nat: Duration, r: &HeartbeatReport, dur: Duration) -> String {
@@ -84,7 +71,7 @@ fn smart_heartbeat_converges_below_the_nat_timeout_and_stays() {
     for interval in [secs(3), secs(15)] {
         for nat in [secs(45), secs(120)] {
             let mut s = HeartbeatScenario::background(nat, DAY, 1);
-            s.config = fixed(interval);
+            s.config = HeartbeatConfig::fixed(interval);
             let r = run(&s);
             lines.push(row(
                 &format!("fixed {}s (MobileIMSDK)", interval.as_secs()),
