@@ -273,15 +273,11 @@ impl Db {
                 MessageStatus::Read.code()
             ],
         )?;
-        let code: i64 = tx.query_row(
-            "SELECT status FROM messages WHERE local_id = ?1",
+        let status = tx.query_row(
+            "SELECT status, error FROM messages WHERE local_id = ?1",
             params![local_id],
-            |r| r.get(0),
+            |r| Ok(MessageStatus::from_db(r.get(0)?, r.get(1)?)),
         )?;
-        let status = [MessageStatus::Read, MessageStatus::Delivered]
-            .into_iter()
-            .find(|s| s.code() == code)
-            .unwrap_or(MessageStatus::Sent);
         tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
         let before = state(&tx, "cursor")?;
         record_seq(&tx, seq)?;
