@@ -66,9 +66,7 @@ impl Sink for Acks {
 /// Runs the benchmark.
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let server = ServerProc::start(&[])?;
-    let endpoints: Vec<_> = (0..4)
-        .map(|_| raw::endpoint(&server.cert))
-        .collect::<anyhow::Result<_>>()?;
+    let endpoints = raw::endpoints(&server.cert, 4)?;
     let acks = Arc::new(Acks::default());
     let convs = args.conversations.max(1);
     let bar = ui::bar(convs as u64, "senders logging in");

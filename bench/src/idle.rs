@@ -74,9 +74,7 @@ async fn settle_rss(server: &ServerProc) -> anyhow::Result<u64> {
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let max = args.sessions.iter().copied().max().unwrap_or(0);
     let server = ServerProc::start(&["--max-sessions", &(max + 10).to_string()])?;
-    let endpoints: Vec<_> = (0..args.endpoints.max(1))
-        .map(|_| raw::endpoint(&server.cert))
-        .collect::<anyhow::Result<_>>()?;
+    let endpoints = raw::endpoints(&server.cert, args.endpoints)?;
     let baseline_rss = settle_rss(&server).await?;
     let name = |i: usize| format!("idle{i}");
     let sink: Arc<dyn raw::Sink> = Arc::new(Ignore);
@@ -152,9 +150,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     // to a bare quinn endpoint: what QUIC itself costs per connection.
     let floor_n = args.sessions.first().copied().unwrap_or(0);
     let echo = EchoProc::start()?;
-    let endpoints: Vec<_> = (0..args.endpoints.max(1))
-        .map(|_| raw::endpoint(&echo.cert))
-        .collect::<anyhow::Result<_>>()?;
+    let endpoints = raw::endpoints(&echo.cert, args.endpoints)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = echo.rss()?;
     let bar = ui::bar(floor_n as u64, "quic floor: connecting");

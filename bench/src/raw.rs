@@ -87,10 +87,10 @@ pub fn endpoint(cert: &CertificateDer<'static>) -> anyhow::Result<quinn::Endpoin
     Ok(endpoint)
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// `n` (at least one) client endpoints trusting `cert`: load is spread over several UDP
+/// sockets, as it would come from many hosts.
+pub fn endpoints(cert: &CertificateDer<'static>, n: usize) -> anyhow::Result<Vec<quinn::Endpoint>> {
+    (0..n.max(1)).map(|_| endpoint(cert)).collect()
 }
 
 /// A dev-mode login token for `user`.
@@ -156,11 +156,11 @@ impl RawClient {
     pub fn send(&self, to: &str, body: Vec<u8>) {
         let frame = Frame::Chat(pb::ChatMessage {
             client_msg_id: Bytes::copy_from_slice(
-                &ClientMsgId::generate(unix_ms(), &mut rand::rng()).0,
+                &ClientMsgId::generate(tern_protocol::unix_ms(), &mut rand::rng()).0,
             ),
             recipient: to.into(),
             body: body.into(),
-            client_ts_ms: unix_ms(),
+            client_ts_ms: tern_protocol::unix_ms(),
             ..Default::default()
         });
         let _ = self.writer.send(frame.to_bytes(0));

@@ -125,9 +125,7 @@ type Setup = (ServerProc, Arc<Vec<RawClient>>, Arc<Counter>, f64, u64, u64);
 /// capacity. Returns the server, the clients and their sink, capacity and server RSS.
 async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::Result<Setup> {
     let server = ServerProc::start(extra)?;
-    let endpoints: Vec<_> = (0..args.endpoints.max(1))
-        .map(|_| raw::endpoint(&server.cert))
-        .collect::<anyhow::Result<_>>()?;
+    let endpoints = raw::endpoints(&server.cert, args.endpoints)?;
     let n = args.clients.max(2);
     let permits = Arc::new(Semaphore::new(0));
     let sink = Arc::new(Counter {
@@ -262,13 +260,15 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
 async fn echo_ceiling(n: usize, endpoints: usize, window: usize, secs: u64) -> anyhow::Result<f64> {
     let echo = EchoProc::start()?;
     let (addr, cert) = (echo.addr, echo.cert.clone());
-    let clients: Vec<_> = (0..endpoints)
-        .map(|_| raw::endpoint(&cert))
-        .collect::<anyhow::Result<_>>()?;
+    let clients = raw::endpoints(&cert, endpoints)?;
     let bar = ui::bar(n as u64, "echo: connecting");
     let mut conns = vec![];
     for i in 0..n {
-        conns.push(clients[i % endpoints].connect(addr, "localhost")?.await?);
+        conns.push(
+            clients[i % clients.len()]
+                .connect(addr, "localhost")?
+                .await?,
+        );
         bar.inc(1);
     }
     bar.finish();

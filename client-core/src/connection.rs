@@ -23,15 +23,16 @@ use tern_protocol::backoff::Backoff;
 use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
 use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, FLAG_RETRANSMIT, Frame};
 use tern_protocol::heartbeat::{HeartbeatAction, SmartHeartbeat};
-use tern_protocol::io::{Inbound, read_frame, spawn_session_readers};
+use tern_protocol::io::{Inbound, read_frame, send_as_datagram, spawn_session_readers};
 use tern_protocol::qos::{Sender, SenderEvent};
 use tern_protocol::{ClientMsgId, ErrorCode, pb};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use crate::Inner;
 use crate::store::Applied;
 use crate::types::{ClientEvent, ConnectionState, MessageStatus};
-use crate::{Inner, unix_ms};
+use tern_protocol::unix_ms;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -385,16 +386,8 @@ impl<'a> Session<'a> {
             m.heartbeat.on_sent(Instant::now().into_std());
         }
         let bytes = frame.to_bytes(flags);
-        if frame.kind().prefers_datagram()
-            && self
-                .conn
-                .max_datagram_size()
-                .is_some_and(|max| bytes.len() <= max)
-        {
-            match self.conn.send_datagram(bytes.clone()) {
-                Ok(()) => return Ok(()),
-                Err(e) => tracing::debug!(error = %e, "datagram refused; using the stream"),
-            }
+        if send_as_datagram(&self.conn, frame, &bytes) {
+            return Ok(());
         }
         match timeout(WRITE_TIMEOUT, self.send.write_all(&bytes)).await {
             Ok(Ok(())) => Ok(()),

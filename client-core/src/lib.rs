@@ -26,12 +26,12 @@ pub mod types;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tern_protocol::backoff::BackoffConfig;
 use tern_protocol::heartbeat::HeartbeatConfig;
 use tern_protocol::qos::QosConfig;
-use tern_protocol::{ClientMsgId, is_valid_user_id};
+use tern_protocol::{ClientMsgId, is_valid_user_id, unix_ms};
 use tokio::sync::{mpsc, watch};
 
 pub use store::DbError;
@@ -206,13 +206,6 @@ impl Inner {
             self.emit(ClientEvent::ConversationUpdated(c));
         }
     }
-}
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A Tern client: one user on one device.

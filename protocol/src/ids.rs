@@ -13,6 +13,15 @@ use std::fmt;
 
 use rand::RngCore;
 
+/// The wall clock in unix milliseconds (0 if it reads before 1970), for message ids
+/// and timestamps. For the drivers: the state machines in this crate take time as an
+/// argument instead.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A 16-byte client message id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientMsgId(pub [u8; 16]);

@@ -63,29 +63,6 @@ pub enum Inbound {
     Closed(String),
 }
 
-/// Reads frames from `reader` until it ends or fails, handing each to `tx`; the last
-/// event is always `Invalid` or `Closed`. Run it as its own task, so a session loop
-/// never blocks on a read.
-pub async fn pump_frames<R: AsyncRead + Unpin>(
-    mut reader: R,
-    mut buf: BytesMut,
-    max_body: usize,
-    tx: mpsc::Sender<Inbound>,
-) {
-    loop {
-        let event = match read_frame(&mut reader, &mut buf, max_body).await {
-            Ok(Some((_, frame))) => Inbound::Frame(Box::new(frame)),
-            Ok(None) => Inbound::Closed("stream finished".into()),
-            Err(ReadError::Frame(e)) => Inbound::Invalid(e),
-            Err(e) => Inbound::Closed(e.to_string()),
-        };
-        let last = !matches!(event, Inbound::Frame(_));
-        if tx.send(event).await.is_err() || last {
-            return;
-        }
-    }
-}
-
 /// Feeds the frames of every datagram `next` yields to `tx`, until `next` yields
 /// `None` (the connection closed) or the receiver is gone. `next` is the transport's
 /// "receive one datagram", e.g. quinn's `Connection::read_datagram`.
@@ -138,11 +115,13 @@ pub fn decode_datagram(
     Ok(out)
 }
 
-/// Like [`pump_frames`], for a source that hands out owned chunks (a QUIC stream's
-/// `read_chunk`), threaded through `next` as `state`. Nothing is buffered while the peer
-/// is silent: the buffer is released whenever it holds no partial frame, so an idle
-/// session costs no read buffer (4 KiB each with [`pump_frames`], ~10 % of an idle
-/// server session).
+/// Reads frames from a source that hands out owned chunks (a QUIC stream's
+/// `read_chunk`, threaded through `next` as `state`) until it ends or fails, handing
+/// each to `tx`; the last event is always `Invalid` or `Closed`. Run it as its own task,
+/// so a session loop never waits inside a read. Nothing is buffered while the peer is
+/// silent: the buffer is released whenever it holds no partial frame, so an idle session
+/// costs no read buffer (a reader over `AsyncRead` kept 4 KiB per session, ~10 % of an
+/// idle server session).
 pub async fn pump_chunks<S, F, Fut>(
     mut state: S,
     mut next: F,
@@ -217,6 +196,26 @@ pub fn spawn_session_readers(
         async move { conn.read_datagram().await.ok() }
     };
     tokio::spawn(pump_datagrams(next, max_body, tx));
+}
+
+/// Sends an already encoded `frame` in a QUIC datagram when its kind prefers one
+/// ([`FrameKind::prefers_datagram`](crate::frame::FrameKind::prefers_datagram)) and it
+/// fits; returns `false` when it must go on the session stream instead.
+#[cfg(feature = "quinn")]
+pub fn send_as_datagram(conn: &quinn::Connection, frame: &Frame, bytes: &bytes::Bytes) -> bool {
+    let fits = conn
+        .max_datagram_size()
+        .is_some_and(|max| bytes.len() <= max);
+    if !(frame.kind().prefers_datagram() && fits) {
+        return false;
+    }
+    match conn.send_datagram(bytes.clone()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "datagram refused; using the stream");
+            false
+        }
+    }
 }
 
 /// Socket buffer size Tern asks for on its UDP sockets (the kernel may cap it, e.g. at

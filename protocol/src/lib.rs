@@ -39,5 +39,5 @@ pub mod pb {
 }
 
 pub use frame::{Decoded, Frame, FrameError, FrameKind, Header, WIRE_VERSION};
-pub use ids::{ClientMsgId, is_valid_user_id};
+pub use ids::{ClientMsgId, is_valid_user_id, unix_ms};
 pub use pb::ErrorCode;

@@ -14,14 +14,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
-use tern_protocol::io::{Inbound, ReadError, read_frame, spawn_session_readers};
+use tern_protocol::io::{Inbound, ReadError, read_frame, send_as_datagram, spawn_session_readers};
 use tern_protocol::qos::{Sender, SenderEvent};
 use tern_protocol::{ClientMsgId, ErrorCode, is_valid_user_id, pb};
 use tokio::sync::{Semaphore, mpsc};
@@ -83,13 +83,6 @@ impl Shared {
             metrics::counter!("tern_pushes_routed_total").increment(n as u64);
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn code_name(code: ErrorCode) -> &'static str {
@@ -168,7 +161,11 @@ pub async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
 }
 
 async fn write(send: &mut quinn::SendStream, frame: &Frame, flags: u8) -> Result<(), String> {
-    match timeout(WRITE_TIMEOUT, send.write_all(&frame.to_bytes(flags))).await {
+    write_bytes(send, &frame.to_bytes(flags)).await
+}
+
+async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), String> {
+    match timeout(WRITE_TIMEOUT, send.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("write failed: {e}")),
         Err(_) => Err("write timed out".into()),
@@ -247,7 +244,7 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
         Frame::LoginResult(pb::LoginResult {
             code: code as i32,
             message,
-            server_time_ms: unix_ms(),
+            server_time_ms: tern_protocol::unix_ms(),
             ..Default::default()
         })
     };
@@ -353,7 +350,7 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
     let result = Frame::LoginResult(pb::LoginResult {
         code: ErrorCode::Ok as i32,
         message: String::new(),
-        server_time_ms: unix_ms(),
+        server_time_ms: tern_protocol::unix_ms(),
         session_id: format!("{id:x}"),
         heartbeat_timeout_ms: shared.config.heartbeat_timeout.as_millis() as u32,
         inbox_head_seq: head,
@@ -470,20 +467,11 @@ impl Session {
     /// [`FrameKind::prefers_datagram`](tern_protocol::FrameKind::prefers_datagram)),
     /// otherwise on the session stream.
     async fn write(&mut self, frame: &Frame, flags: u8) -> Result<(), End> {
-        if frame.kind().prefers_datagram() {
-            let bytes = frame.to_bytes(flags);
-            if self
-                .conn
-                .max_datagram_size()
-                .is_some_and(|max| bytes.len() <= max)
-            {
-                match self.conn.send_datagram(bytes) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => tracing::debug!(error = %e, "datagram refused; using the stream"),
-                }
-            }
+        let bytes = frame.to_bytes(flags);
+        if send_as_datagram(&self.conn, frame, &bytes) {
+            return Ok(());
         }
-        write(&mut self.send, frame, flags).await.map_err(End::Gone)
+        write_bytes(&mut self.send, &bytes).await.map_err(End::Gone)
     }
 
     async fn run_loop(&mut self) -> End {
@@ -629,7 +617,7 @@ impl Session {
             Frame::Heartbeat(_) => {
                 let reply = Frame::HeartbeatReply(pb::HeartbeatReply {
                     observed_addr: self.conn.remote_address().to_string(),
-                    server_time_ms: unix_ms(),
+                    server_time_ms: tern_protocol::unix_ms(),
                 });
                 self.write(&reply, 0).await
             }
@@ -748,10 +736,10 @@ impl Session {
         tokio::spawn(async move {
             match shared.store.ack_delivered(&user, &device, seq).await {
                 Ok(fanout) => shared.fan_out(fanout, None),
-                // Busy: the next ACK's cumulative seq covers this one.
-                Err(StoreError::Busy) => {
-                    metrics::counter!("tern_store_busy_total").increment(1);
-                    tracing::debug!(%user, "delivery ack deferred: store busy");
+                // Busy (counted like every refused write): the next ACK's cumulative
+                // seq covers this one.
+                Err(e @ StoreError::Busy) => {
+                    store_failure(e);
                 }
                 Err(e) => tracing::error!(%user, error = %e, "delivery ack not recorded"),
             }

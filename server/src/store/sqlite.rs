@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use prost::Message as _;
@@ -301,13 +301,6 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     tracing::info!("store writer stopped");
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn next_seq(tx: &Transaction<'_>, user: &str) -> Result<u64, StoreError> {
     let seq: i64 = tx
         .prepare_cached(
@@ -362,7 +355,7 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteR
                 "INSERT INTO users (user, last_login_ms) VALUES (?1, ?2)
                  ON CONFLICT (user) DO UPDATE SET last_login_ms = excluded.last_login_ms",
             )?
-            .execute(params![user, now_ms() as i64])?;
+            .execute(params![user, tern_protocol::unix_ms() as i64])?;
             tx.prepare_cached("INSERT OR IGNORE INTO devices (user, device) VALUES (?1, ?2)")?
                 .execute(params![user, device])?;
             Ok(WriteReply::Done)
@@ -400,7 +393,7 @@ fn store_message(
             return Err(StoreError::UnknownRecipient);
         }
     }
-    let ts = now_ms().max(*last_ts);
+    let ts = tern_protocol::unix_ms().max(*last_ts);
     *last_ts = ts;
     let kind = m.kind as i32;
     let sender_seq = next_seq(tx, &m.sender)?;
