@@ -53,6 +53,33 @@ pub(crate) enum Command {
     Logout,
     /// Stop everything.
     Shutdown,
+    /// A request that needs the server's answer (group operations, history, recall,
+    /// push token). Answered at once with an error when not connected.
+    Call(Call),
+    /// Read marks were queued in the store.
+    SendReads,
+}
+
+/// A request and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct Call {
+    /// The request; its request id is assigned by the session.
+    pub frame: Frame,
+    /// The answer frame (`OpResult`, `GroupResponse`, `HistoryResponse`), or why none.
+    pub reply: std::sync::mpsc::SyncSender<Result<Frame, String>>,
+}
+
+/// Sets the request id of a request frame (false: not a request).
+fn set_request_id(frame: &mut Frame, id: u64) -> bool {
+    match frame {
+        Frame::GroupRequest(r) => r.request_id = id,
+        Frame::HistoryRequest(r) => r.request_id = id,
+        Frame::RecallRequest(r) => r.request_id = id,
+        Frame::PushTokenRequest(r) => r.request_id = id,
+        Frame::MarkRead(r) => r.request_id = id,
+        _ => return false,
+    }
+    true
 }
 
 /// Why a session ended.
@@ -216,6 +243,7 @@ fn permanent(code: ErrorCode) -> bool {
         code,
         ErrorCode::MessageTooLarge
             | ErrorCode::NotAllowed
+            | ErrorCode::GroupNotFound
             | ErrorCode::RecipientNotFound
             | ErrorCode::InvalidArgument
     )
@@ -327,7 +355,10 @@ pub(crate) async fn run(
                         break;
                     }
                     Some(Command::SetForeground(f)) => state.heartbeat.set_foreground(f),
-                    Some(Command::Flush) => {}
+                    Some(Command::Call(call)) => {
+                        let _ = call.reply.try_send(Err("not connected".into()));
+                    }
+                    Some(Command::Flush) | Some(Command::SendReads) => {}
                 },
             }
         }
@@ -359,6 +390,14 @@ struct Session<'a> {
     syncing: Option<(u64, u64)>,
     /// When an open gap will be pulled.
     gap_at: Option<Instant>,
+    /// Requests waiting for their answer, by request id. Dropped with the session,
+    /// which tells each caller the connection was lost.
+    calls: HashMap<u64, std::sync::mpsc::SyncSender<Result<Frame, String>>>,
+    /// Read marks sent, by request id.
+    reads: HashMap<u64, (crate::ConversationKind, String, u64)>,
+    /// A fresh install that does not download old history: jump to the head once the
+    /// summaries are in.
+    start_at_head: bool,
 }
 
 impl<'a> Session<'a> {
@@ -378,6 +417,9 @@ impl<'a> Session<'a> {
             next_request: 1,
             syncing: None,
             gap_at: None,
+            calls: HashMap::new(),
+            reads: HashMap::new(),
+            start_at_head: false,
         }
     }
 
@@ -451,6 +493,7 @@ impl<'a> Session<'a> {
             .with_db(|db| db.cursor())
             .map_err(|e| End::Lost(e.to_string()))?;
         if self.head > cursor {
+            self.start_at_head = cursor == 0 && !self.inner.config.full_history_sync;
             let id = self.request_id();
             self.write(
                 &Frame::SummariesRequest(pb::SummariesRequest {
@@ -463,7 +506,10 @@ impl<'a> Session<'a> {
             )
             .await?;
         }
-        self.pull(m).await?;
+        if !self.start_at_head {
+            self.pull(m).await?;
+        }
+        self.send_reads(m).await?;
         for id in m.qos.on_reconnect(now) {
             if let Some(chat) = m.pending.get(&id).cloned() {
                 self.write(&Frame::Chat(chat), FLAG_RETRANSMIT, m).await?;
@@ -570,9 +616,50 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Sends every read mark the server has not confirmed.
+    async fn send_reads(&mut self, m: &mut Machines) -> Result<(), End> {
+        let pending = self
+            .inner
+            .with_db(|db| db.pending_reads())
+            .map_err(|e| End::Lost(e.to_string()))?;
+        for (kind, conversation, up_to) in pending {
+            if self
+                .reads
+                .values()
+                .any(|(k, c, u)| *k == kind && *c == conversation && *u >= up_to)
+            {
+                continue;
+            }
+            let id = self.request_id();
+            self.reads.insert(id, (kind, conversation.clone(), up_to));
+            self.write(
+                &Frame::MarkRead(pb::MarkRead {
+                    request_id: id,
+                    kind: kind.to_wire(),
+                    conversation,
+                    up_to_seq: up_to,
+                }),
+                0,
+                m,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn on_command(&mut self, cmd: Option<Command>, m: &mut Machines) -> Result<(), End> {
         match cmd {
             Some(Command::Flush) => self.flush(m).await,
+            Some(Command::SendReads) => self.send_reads(m).await,
+            Some(Command::Call(mut call)) => {
+                let id = self.request_id();
+                if !set_request_id(&mut call.frame, id) {
+                    let _ = call.reply.try_send(Err("not a request frame".into()));
+                    return Ok(());
+                }
+                self.calls.insert(id, call.reply);
+                self.write(&call.frame, 0, m).await
+            }
             Some(Command::SetForeground(f)) => {
                 m.heartbeat.set_foreground(f);
                 Ok(())
@@ -687,6 +774,11 @@ impl<'a> Session<'a> {
         for (local_id, status) in applied.status_changes {
             self.inner
                 .emit(ClientEvent::MessageStatusChanged { local_id, status });
+        }
+        for local_id in applied.updated {
+            if let Ok(Some(msg)) = self.inner.with_db(|db| db.message(local_id)) {
+                self.inner.emit(ClientEvent::MessageUpdated(msg));
+            }
         }
         touched.extend(applied.conversations);
         let mut seen = Vec::new();
@@ -856,9 +948,51 @@ impl<'a> Session<'a> {
                 self.head = self.head.max(s.head_seq);
                 let applied = self
                     .inner
-                    .with_db(|db| db.apply_summaries(&s.conversations, unix_ms()))
+                    .with_db(|db| db.apply_summaries(&s.conversations, s.head_seq, unix_ms()))
                     .map_err(|e| End::Lost(e.to_string()))?;
                 self.publish(applied);
+                if std::mem::take(&mut self.start_at_head) {
+                    let applied = self
+                        .inner
+                        .with_db(|db| db.start_at(s.head_seq))
+                        .map_err(|e| End::Lost(e.to_string()))?;
+                    tracing::info!(
+                        head = s.head_seq,
+                        "fresh install: history stays on the server until paged"
+                    );
+                    self.publish(applied);
+                    self.pull(m).await?;
+                }
+                Ok(())
+            }
+            Frame::OpResult(r) => {
+                if let Some((kind, conversation, up_to)) = self.reads.remove(&r.request_id) {
+                    let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Internal);
+                    // Done, or refused for good: forget it. Busy/unavailable: it stays
+                    // queued and goes again on the next connection.
+                    if !matches!(code, ErrorCode::ServerBusy | ErrorCode::StoreUnavailable) {
+                        if code != ErrorCode::Ok {
+                            tracing::warn!(%conversation, code = code.as_str_name(), "read mark refused");
+                        }
+                        self.inner
+                            .with_db(|db| db.drop_pending_read(kind, &conversation, up_to))
+                            .map_err(|e| End::Lost(e.to_string()))?;
+                    }
+                } else if let Some(reply) = self.calls.remove(&r.request_id) {
+                    let _ = reply.try_send(Ok(Frame::OpResult(r)));
+                }
+                Ok(())
+            }
+            Frame::GroupResponse(r) => {
+                if let Some(reply) = self.calls.remove(&r.request_id) {
+                    let _ = reply.try_send(Ok(Frame::GroupResponse(r)));
+                }
+                Ok(())
+            }
+            Frame::HistoryResponse(r) => {
+                if let Some(reply) = self.calls.remove(&r.request_id) {
+                    let _ = reply.try_send(Ok(Frame::HistoryResponse(r)));
+                }
                 Ok(())
             }
             Frame::HeartbeatReply(r) => {
@@ -881,6 +1015,9 @@ impl<'a> Session<'a> {
                 if self.syncing.is_some_and(|(id, _)| id == e.request_id) {
                     self.syncing = None;
                     self.gap_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+                if let Some(reply) = self.calls.remove(&e.request_id) {
+                    let _ = reply.try_send(Ok(Frame::Error(e)));
                 }
                 Ok(())
             }

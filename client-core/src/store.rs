@@ -81,7 +81,33 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
     // arrive as pushes (datagrams) and can overtake the SendResult (stream) of the
     // messages they cover; a SendResult arriving late must still land on Delivered/Read.
     "ALTER TABLE conversations ADD COLUMN delivered_up_to INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE conversations ADD COLUMN read_up_to INTEGER NOT NULL DEFAULT 0;"];
+    ALTER TABLE conversations ADD COLUMN read_up_to INTEGER NOT NULL DEFAULT 0;",
+    // 3: recalls, group read counts, read marks waiting to reach the server, the seq
+    // ranges of each conversation held completely (history roaming), group names.
+    "ALTER TABLE messages ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN read_count INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_by_conv_seq ON messages (conv_kind, conversation, seq);
+    CREATE TABLE recalled_ids (server_msg_id INTEGER PRIMARY KEY);
+    CREATE TABLE group_reads (
+        conversation TEXT NOT NULL,
+        reader TEXT NOT NULL,
+        up_to INTEGER NOT NULL,
+        PRIMARY KEY (conversation, reader)
+    ) WITHOUT ROWID;
+    CREATE TABLE pending_reads (
+        conv_kind INTEGER NOT NULL,
+        conversation TEXT NOT NULL,
+        up_to_seq INTEGER NOT NULL,
+        PRIMARY KEY (conv_kind, conversation)
+    ) WITHOUT ROWID;
+    CREATE TABLE held_ranges (
+        conv_kind INTEGER NOT NULL,
+        conversation TEXT NOT NULL,
+        lo INTEGER NOT NULL,
+        hi INTEGER NOT NULL,
+        PRIMARY KEY (conv_kind, conversation, lo)
+    ) WITHOUT ROWID;
+    CREATE TABLE groups (id TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;"];
 
 /// What a store operation changed.
 #[derive(Debug, Default)]
@@ -90,8 +116,24 @@ pub struct Applied {
     pub new_messages: Vec<Message>,
     /// Outgoing messages whose status changed (receipts).
     pub status_changes: Vec<(i64, MessageStatus)>,
+    /// Messages changed in place (recalled, group read count), by local id.
+    pub updated: Vec<i64>,
     /// Conversations touched.
     pub conversations: Vec<(ConversationKind, String)>,
+}
+
+/// What the local store can answer for a history page.
+#[derive(Debug, PartialEq)]
+pub enum LocalPage {
+    /// These messages (newest first) with nothing missing between them; `true` when
+    /// they reach the beginning of the conversation.
+    Complete(Vec<Message>, bool),
+    /// Not provably complete: ask the server for history below `before_seq`
+    /// (0 = from the newest).
+    Fetch {
+        /// Exclusive upper bound for the server page.
+        before_seq: u64,
+    },
 }
 
 /// The local store of one user.
@@ -102,7 +144,7 @@ pub struct Db {
 
 const MESSAGE_COLUMNS: &str =
     "local_id, client_msg_id, server_msg_id, conversation, conv_kind, sender, recipient,
-     content_type, body, client_ts, server_ts, seq, outgoing, status, error";
+     content_type, body, client_ts, server_ts, seq, outgoing, status, error, recalled, read_count";
 
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     let id: Vec<u8> = r.get(1)?;
@@ -125,6 +167,8 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         seq: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
         outgoing: r.get(12)?,
         status: MessageStatus::from_db(status, error),
+        recalled: r.get(15)?,
+        read_count: r.get(16)?,
     })
 }
 
@@ -337,7 +381,7 @@ impl Db {
         let before = state(&tx, "cursor")?;
         let mut out = Applied::default();
         for e in entries {
-            apply_entry(&tx, &self.user, e, &mut out)?;
+            apply_entry(&tx, &self.user, e, false, &mut out)?;
             record_seq(&tx, e.seq)?;
         }
         out.new_messages = release(&tx, before)?;
@@ -345,10 +389,158 @@ impl Db {
         Ok(out)
     }
 
+    /// A fresh install that does not download the whole timeline: the device starts
+    /// holding the timeline at `head` (after the summaries). Older messages come as
+    /// history pages. No-op unless the cursor is still 0.
+    pub fn start_at(&mut self, head: u64) -> Result<Applied, DbError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Applied::default();
+        if state(&tx, "cursor")? == 0 && head > 0 {
+            set_state(&tx, "sync_base", head)?;
+            tx.execute("DELETE FROM received_seqs WHERE seq <= ?1", [head as i64])?;
+            set_state(&tx, "cursor", head - 1)?;
+            record_seq(&tx, head)?;
+            out.new_messages = release(&tx, 0)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Stores one history page of a conversation (entries newest first, all below
+    /// `before_seq`; `more` = older ones exist) and records the range now held.
+    /// History is never announced as new and does not move the cursor.
+    pub fn store_history(
+        &mut self,
+        kind: ConversationKind,
+        conversation: &str,
+        before_seq: u64,
+        entries: &[pb::TimelineEntry],
+        more: bool,
+    ) -> Result<Applied, DbError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Applied::default();
+        for e in entries {
+            apply_entry(&tx, &self.user, e, true, &mut out)?;
+        }
+        let lo = if more {
+            entries.iter().map(|e| e.seq).min()
+        } else {
+            Some(1)
+        };
+        let hi = if before_seq == 0 {
+            entries.iter().map(|e| e.seq).max()
+        } else {
+            Some(before_seq - 1)
+        };
+        if let (Some(lo), Some(hi)) = (lo, hi) {
+            add_range(&tx, kind, conversation, lo, hi)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Up to `limit` messages of a conversation below the message `before` (newest
+    /// first), from the local store, and whether they are known to be complete: the
+    /// answer is [`LocalPage::Complete`] when the held ranges prove no message is
+    /// missing in between (or the beginning is reached), otherwise the seq to ask the
+    /// server for history below.
+    pub fn local_history(
+        &self,
+        kind: ConversationKind,
+        conversation: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<LocalPage, DbError> {
+        let top = match before {
+            Some(local_id) => match self.message(local_id)?.and_then(|m| m.seq) {
+                Some(seq) => seq,
+                None => return Ok(LocalPage::Complete(vec![], false)),
+            },
+            None => u64::MAX,
+        };
+        let messages: Vec<Message> = {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_kind = ?1 AND conversation = ?2
+                 AND seq IS NOT NULL AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+            ))?;
+            stmt.query_map(
+                params![
+                    kind.to_wire(),
+                    conversation,
+                    top.min(i64::MAX as u64) as i64,
+                    limit as i64
+                ],
+                row_to_message,
+            )?
+            .collect::<Result<_, _>>()?
+        };
+        // The highest seq the question is about: just below `before`, or the newest
+        // message of the conversation this device knows of.
+        let from = if top == u64::MAX {
+            messages.first().and_then(|m| m.seq).unwrap_or(0)
+        } else {
+            top - 1
+        };
+        if from == 0 {
+            return Ok(LocalPage::Fetch { before_seq: 0 });
+        }
+        let floor = self.covered_floor(kind, conversation, from)?;
+        let trusted: Vec<Message> = match floor {
+            Some(f) => messages
+                .into_iter()
+                .filter(|m| m.seq.is_some_and(|s| s >= f))
+                .collect(),
+            None => vec![],
+        };
+        let at_beginning = floor.is_some_and(|f| f <= 1);
+        if trusted.len() >= limit as usize || at_beginning {
+            let complete = at_beginning && trusted.len() < limit as usize;
+            return Ok(LocalPage::Complete(trusted, complete));
+        }
+        Ok(LocalPage::Fetch {
+            before_seq: if top == u64::MAX { 0 } else { top },
+        })
+    }
+
+    /// The lowest seq `f` such that every message of the conversation with
+    /// `f <= seq <= top` is held locally (`None` if not even `top` is covered).
+    fn covered_floor(
+        &self,
+        kind: ConversationKind,
+        conversation: &str,
+        top: u64,
+    ) -> Result<Option<u64>, DbError> {
+        let mut ranges: Vec<(u64, u64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT lo, hi FROM held_ranges WHERE conv_kind = ?1 AND conversation = ?2",
+            )?
+            .query_map(params![kind.to_wire(), conversation], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<_, _>>()?;
+        // The timeline itself: everything in (sync_base, cursor] is held.
+        let base = state(&self.conn, "sync_base")?;
+        let cursor = self.cursor()?;
+        if cursor > base {
+            ranges.push((base + 1, cursor));
+        }
+        let (mut cur, mut floor) = (top, None);
+        while let Some((lo, _)) = ranges.iter().find(|(lo, hi)| *lo <= cur && cur <= *hi) {
+            floor = Some(*lo);
+            if *lo <= 1 {
+                break;
+            }
+            cur = lo - 1;
+        }
+        Ok(floor)
+    }
+
     /// Applies conversation summaries (unread counts) from the server.
     pub fn apply_summaries(
         &mut self,
         summaries: &[pb::ConversationSummary],
+        head: u64,
         now_ms: u64,
     ) -> Result<Applied, DbError> {
         let tx = self.conn.transaction()?;
@@ -356,17 +548,22 @@ impl Db {
         let mut out = Applied::default();
         for s in summaries {
             for e in &s.last {
-                apply_entry(&tx, &self.user, e, &mut out)?;
+                apply_entry(&tx, &self.user, e, false, &mut out)?;
                 record_seq(&tx, e.seq)?;
             }
             let kind = ConversationKind::from_wire(s.kind);
             tx.execute(
-                "INSERT INTO conversations (conv_kind, conversation, last_activity, base_unread, base_seq, latest_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-                 ON CONFLICT (conv_kind, conversation) DO UPDATE SET base_unread = excluded.base_unread,
-                     base_seq = excluded.base_seq, latest_seq = MAX(latest_seq, excluded.latest_seq)",
-                params![kind.to_wire(), s.conversation, now_ms as i64, s.unread as i64, s.latest_seq as i64],
+                "INSERT INTO conversations (conv_kind, conversation, last_activity, latest_seq)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (conv_kind, conversation) DO UPDATE SET latest_seq = MAX(latest_seq, excluded.latest_seq)",
+                params![kind.to_wire(), s.conversation, now_ms as i64, s.latest_seq as i64],
             )?;
+            // The server's unread count is a snapshot at its head seq.
+            apply_read_mark(&tx, kind, &s.conversation, head.max(s.latest_seq), s.unread)?;
+            // The last messages are the conversation's newest: held without a hole.
+            if let Some(lo) = s.last.iter().map(|e| e.seq).min() {
+                add_range(&tx, kind, &s.conversation, lo, head.max(s.latest_seq))?;
+            }
             out.conversations.push((kind, s.conversation.clone()));
         }
         out.new_messages = release(&tx, before)?;
@@ -480,19 +677,76 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Marks a conversation read locally (unread count to zero).
+    /// Marks a conversation read up to the newest seq held (unread count to zero) and
+    /// queues the mark for the server, which turns it into a timeline event for the
+    /// user's other devices. Returns the mark's seq, or `None` if nothing to mark.
     pub fn mark_read(
         &mut self,
         kind: ConversationKind,
         conversation: &str,
-    ) -> Result<bool, DbError> {
-        Ok(self.conn.execute(
-            "UPDATE conversations SET base_unread = 0,
-                 base_seq = MAX(latest_seq, (SELECT COALESCE(MAX(seq), 0) FROM messages
-                     WHERE conv_kind = ?1 AND conversation = ?2))
-             WHERE conv_kind = ?1 AND conversation = ?2",
+    ) -> Result<Option<u64>, DbError> {
+        let tx = self.conn.transaction()?;
+        let up_to: i64 = tx.query_row(
+            "SELECT MAX(COALESCE((SELECT latest_seq FROM conversations WHERE conv_kind = ?1 AND conversation = ?2), 0),
+                        COALESCE((SELECT MAX(seq) FROM messages WHERE conv_kind = ?1 AND conversation = ?2), 0))",
             params![kind.to_wire(), conversation],
-        )? == 1)
+            |r| r.get(0),
+        )?;
+        if up_to == 0 {
+            return Ok(None);
+        }
+        apply_read_mark(&tx, kind, conversation, up_to as u64, 0)?;
+        tx.execute(
+            "INSERT INTO pending_reads (conv_kind, conversation, up_to_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (conv_kind, conversation) DO UPDATE SET up_to_seq = MAX(up_to_seq, excluded.up_to_seq)",
+            params![kind.to_wire(), conversation, up_to],
+        )?;
+        tx.commit()?;
+        Ok(Some(up_to as u64))
+    }
+
+    /// Read marks not yet confirmed by the server.
+    pub fn pending_reads(&self) -> Result<Vec<(ConversationKind, String, u64)>, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT conv_kind, conversation, up_to_seq FROM pending_reads")?
+            .query_map([], |r| {
+                Ok((
+                    ConversationKind::from_wire(r.get(0)?),
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The server refused a read mark for good (e.g. not a member): forget it.
+    pub fn drop_pending_read(
+        &mut self,
+        kind: ConversationKind,
+        conversation: &str,
+        up_to_seq: u64,
+    ) -> Result<(), DbError> {
+        self.conn.execute(
+            "DELETE FROM pending_reads WHERE conv_kind = ?1 AND conversation = ?2 AND up_to_seq <= ?3",
+            params![kind.to_wire(), conversation, up_to_seq as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Total unread count over all conversations (the app badge).
+    pub fn total_unread(&self) -> Result<u64, DbError> {
+        Ok(self.conversations()?.iter().map(|c| c.unread).sum())
+    }
+
+    /// A group's name, as last seen in a group event.
+    pub fn group_name(&self, group: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .conn
+            .query_row("SELECT name FROM groups WHERE id = ?1", [group], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     /// Number of messages stored (for tests and the CLI).
@@ -511,6 +765,51 @@ fn local_id_of(tx: &Transaction<'_>, id: &ClientMsgId) -> rusqlite::Result<Optio
         |r| r.get(0),
     )
     .optional()
+}
+
+fn set_state(tx: &Transaction<'_>, key: &str, value: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value as i64],
+    )?;
+    Ok(())
+}
+
+/// Records that every message of the conversation with `lo <= seq <= hi` is held,
+/// merging with overlapping or adjacent ranges.
+fn add_range(
+    tx: &Transaction<'_>,
+    kind: ConversationKind,
+    conversation: &str,
+    mut lo: u64,
+    mut hi: u64,
+) -> rusqlite::Result<()> {
+    if lo > hi {
+        return Ok(());
+    }
+    let touching: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT lo, hi FROM held_ranges WHERE conv_kind = ?1 AND conversation = ?2
+             AND lo <= ?4 + 1 AND hi + 1 >= ?3",
+        )?
+        .query_map(
+            params![kind.to_wire(), conversation, lo as i64, hi as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    for (l, h) in touching {
+        lo = lo.min(l as u64);
+        hi = hi.max(h as u64);
+        tx.execute(
+            "DELETE FROM held_ranges WHERE conv_kind = ?1 AND conversation = ?2 AND lo = ?3",
+            params![kind.to_wire(), conversation, l],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO held_ranges (conv_kind, conversation, lo, hi) VALUES (?1, ?2, ?3, ?4)",
+        params![kind.to_wire(), conversation, lo as i64, hi as i64],
+    )?;
+    Ok(())
 }
 
 fn state(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
@@ -595,6 +894,7 @@ fn apply_entry(
     tx: &Transaction<'_>,
     me: &str,
     e: &pb::TimelineEntry,
+    historical: bool,
     applied: &mut Applied,
 ) -> Result<(), DbError> {
     match &e.body {
@@ -604,16 +904,26 @@ fn apply_entry(
             };
             let kind = ConversationKind::from_wire(m.kind);
             let outgoing = m.sender == me;
-            let conversation = if outgoing { &m.recipient } else { &m.sender };
+            let conversation = if outgoing || kind == ConversationKind::Group {
+                &m.recipient
+            } else {
+                &m.sender
+            };
             let status = if outgoing {
                 MessageStatus::Sent
             } else {
                 MessageStatus::Delivered
             };
+            // A recall can be applied before a late push of the message it recalls.
+            let recalled = m.recalled
+                || tx
+                    .prepare_cached("SELECT 1 FROM recalled_ids WHERE server_msg_id = ?1")?
+                    .exists(params![m.server_msg_id as i64])?;
+            let body: &[u8] = if recalled { &[] } else { &m.body };
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO messages (client_msg_id, server_msg_id, conversation, conv_kind, sender, recipient,
-                     content_type, body, client_ts, server_ts, seq, outgoing, status, announced)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?12)",
+                     content_type, body, client_ts, server_ts, seq, outgoing, status, announced, recalled)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     &id.0[..],
                     m.server_msg_id as i64,
@@ -621,13 +931,16 @@ fn apply_entry(
                     kind.to_wire(),
                     m.sender,
                     m.recipient,
-                    m.content_type,
-                    &m.body[..],
+                    if recalled { 0 } else { m.content_type },
+                    body,
                     m.client_ts_ms as i64,
                     m.server_ts_ms as i64,
                     e.seq as i64,
                     outgoing,
-                    status.code()
+                    status.code(),
+                    // History pages are old news: stored, never announced as new.
+                    outgoing || historical,
+                    recalled
                 ],
             )?;
             if inserted == 1 {
@@ -641,6 +954,48 @@ fn apply_entry(
                     params![&id.0[..], m.server_msg_id as i64, m.server_ts_ms as i64, e.seq as i64],
                 )?;
                 tx.execute("DELETE FROM outbox WHERE local_id = (SELECT local_id FROM messages WHERE client_msg_id = ?1)", params![&id.0[..]])?;
+            }
+        }
+        Some(Body::Receipt(r)) if r.by_user == me => {
+            // A read mark made on one of this user's devices (maybe this one).
+            let kind = ConversationKind::from_wire(r.kind);
+            if r.status == pb::receipt::Status::Read as i32 {
+                apply_read_mark(tx, kind, &r.conversation, e.seq, r.unread)?;
+                tx.execute(
+                    "DELETE FROM pending_reads WHERE conv_kind = ?1 AND conversation = ?2 AND up_to_seq <= ?3",
+                    params![kind.to_wire(), r.conversation, r.up_to_seq as i64],
+                )?;
+                applied.conversations.push((kind, r.conversation.clone()));
+            }
+        }
+        Some(Body::Receipt(r)) if r.kind == ConversationKind::Group.to_wire() => {
+            // A member read our group messages up to an id: count each reader once.
+            let prev: i64 = tx
+                .query_row(
+                    "SELECT up_to FROM group_reads WHERE conversation = ?1 AND reader = ?2",
+                    params![r.conversation, r.by_user],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let up_to = r.up_to_server_msg_id as i64;
+            if up_to > prev {
+                tx.execute(
+                    "INSERT INTO group_reads (conversation, reader, up_to) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (conversation, reader) DO UPDATE SET up_to = excluded.up_to",
+                    params![r.conversation, r.by_user, up_to],
+                )?;
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE messages SET read_count = read_count + 1
+                     WHERE outgoing = 1 AND conv_kind = ?1 AND conversation = ?2
+                       AND server_msg_id > ?3 AND server_msg_id <= ?4 RETURNING local_id",
+                )?;
+                let ids = stmt
+                    .query_map(params![r.kind, r.conversation, prev, up_to], |row| {
+                        row.get::<_, i64>(0)
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                applied.updated.extend(ids);
             }
         }
         Some(Body::Receipt(r)) => {
@@ -687,8 +1042,69 @@ fn apply_entry(
                 ],
             )?;
         }
+        Some(Body::Recall(r)) => {
+            tx.execute(
+                "INSERT OR IGNORE INTO recalled_ids (server_msg_id) VALUES (?1)",
+                params![r.server_msg_id as i64],
+            )?;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE messages SET body = x'', content_type = 0, recalled = 1
+                 WHERE server_msg_id = ?1 AND recalled = 0 RETURNING local_id, conv_kind, conversation",
+            )?;
+            let rows = stmt
+                .query_map(params![r.server_msg_id as i64], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i32>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (id, kind, conversation) in rows {
+                applied.updated.push(id);
+                applied
+                    .conversations
+                    .push((ConversationKind::from_wire(kind), conversation));
+            }
+        }
+        Some(Body::Group(g)) => {
+            tx.execute(
+                "INSERT INTO groups (id, name) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                params![g.group, g.name],
+            )?;
+            tx.execute(
+                "INSERT INTO conversations (conv_kind, conversation, last_activity, latest_seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (conv_kind, conversation) DO UPDATE SET latest_seq = MAX(latest_seq, excluded.latest_seq)",
+                params![ConversationKind::Group.to_wire(), g.group, tern_protocol::unix_ms() as i64, e.seq as i64],
+            )?;
+            applied
+                .conversations
+                .push((ConversationKind::Group, g.group.clone()));
+        }
         None => {}
     }
+    Ok(())
+}
+
+/// Moves a conversation's unread base forward to (`unread` at timeline position `at`):
+/// the server's count of unread messages with seq <= `at`. Later messages are counted
+/// locally. Only a later position wins, so summaries and read marks can arrive in any
+/// order and every device ends with the same count.
+fn apply_read_mark(
+    tx: &Transaction<'_>,
+    kind: ConversationKind,
+    conversation: &str,
+    at: u64,
+    unread: u64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO conversations (conv_kind, conversation, last_activity, base_unread, base_seq, latest_seq)
+         VALUES (?1, ?2, 0, ?3, ?4, 0)
+         ON CONFLICT (conv_kind, conversation) DO UPDATE SET
+             base_unread = CASE WHEN excluded.base_seq > base_seq THEN excluded.base_unread ELSE base_unread END,
+             base_seq = MAX(base_seq, excluded.base_seq)",
+        params![kind.to_wire(), conversation, unread as i64, at as i64],
+    )?;
     Ok(())
 }
 
@@ -709,6 +1125,7 @@ mod tests {
                 body: format!("m{n}").into_bytes().into(),
                 client_ts_ms: 1,
                 server_ts_ms: 1000 + u64::from(n),
+                recalled: false,
             })),
         }
     }
@@ -774,7 +1191,7 @@ mod tests {
             latest_seq: 3,
             last: vec![entry(3, "alice", "bob", 3)],
         };
-        db.apply_summaries(&[summary], 0).unwrap();
+        db.apply_summaries(&[summary], 3, 0).unwrap();
         assert_eq!(
             db.conversations().unwrap()[0].unread,
             3,
@@ -825,6 +1242,7 @@ mod tests {
                 conversation: "bob".into(),
                 by_user: "bob".into(),
                 up_to_server_msg_id: 77,
+                ..Default::default()
             })),
         };
         let applied = db.apply_entries(&[receipt]).unwrap();
@@ -867,6 +1285,7 @@ mod tests {
                 conversation: "bob".into(),
                 by_user: "bob".into(),
                 up_to_server_msg_id: 11,
+                ..Default::default()
             })),
         };
         db.apply_entries(&[receipt]).unwrap();

@@ -112,6 +112,11 @@ pub struct Message {
     pub outgoing: bool,
     /// Delivery status.
     pub status: MessageStatus,
+    /// The sender recalled it: the body is empty.
+    pub recalled: bool,
+    /// Outgoing group message: how many members have read it (groups up to the
+    /// server's `group_receipts_max_members`; 0 otherwise).
+    pub read_count: u32,
 }
 
 impl Message {
@@ -181,6 +186,8 @@ pub enum ClientEvent {
         /// The new status.
         status: MessageStatus,
     },
+    /// A stored message changed in place: recalled, or its group read count grew.
+    MessageUpdated(Message),
     /// A conversation's summary changed (new message, unread count).
     ConversationUpdated(Conversation),
     /// The connection state changed.
@@ -216,4 +223,40 @@ pub struct Diagnostics {
     pub srtt_ms: Option<u64>,
     /// Messages sent and not yet acknowledged by the server.
     pub in_flight: u64,
+}
+
+/// A group as the server describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupInfo {
+    /// Group id (the conversation id of its messages).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Owner user id.
+    pub owner: String,
+    /// Members, in join order.
+    pub members: Vec<String>,
+    /// Creation time, unix ms.
+    pub created_ms: u64,
+}
+
+impl From<tern_protocol::pb::GroupInfo> for GroupInfo {
+    fn from(g: tern_protocol::pb::GroupInfo) -> Self {
+        GroupInfo {
+            id: g.group,
+            name: g.name,
+            owner: g.owner,
+            members: g.members,
+            created_ms: g.created_ms,
+        }
+    }
+}
+
+/// One page of [`Client::load_history`](crate::Client::load_history).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// Messages, newest first.
+    pub messages: Vec<Message>,
+    /// No older message exists (on this device or the server).
+    pub at_beginning: bool,
 }

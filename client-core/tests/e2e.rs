@@ -1,101 +1,14 @@
 //! The client core against a real tern-server on loopback.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::*;
 use tern_client::{
-    Client, ClientConfig, ClientEvent, ConnectionState, ConversationKind, EventListener, Message,
-    MessageStatus, Platform,
+    Client, ClientConfig, ClientEvent, ConnectionState, ConversationKind, MessageStatus,
 };
-use tern_server::config::{Config, DEV_TOKEN_SECRET};
-use tern_server::server::ServerHandle;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct Recorder {
-    events: Mutex<Vec<ClientEvent>>,
-}
-
-impl EventListener for Recorder {
-    fn on_event(&self, event: ClientEvent) {
-        self.events.lock().unwrap().push(event);
-    }
-}
-
-impl Recorder {
-    fn received(&self) -> Vec<Message> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::MessageReceived(m) => Some(m.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn states(&self) -> Vec<ConnectionState> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::ConnectionStateChanged(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn server(dir: &Path) -> ServerHandle {
-    let mut config = Config::dev_loopback(dir);
-    config.rate_per_sec = 100_000;
-    config.rate_burst = 100_000;
-    tern_server::server::start(config).await.unwrap()
-}
-
-fn client(server: &ServerHandle, data: &Path, user: &str, device: &str) -> (Client, Arc<Recorder>) {
-    let mut config = ClientConfig::new(server.quic_addr.to_string(), data, device);
-    config.ca_pem = Some(std::fs::read(&server.cert_path).unwrap());
-    config.platform = Platform::Android;
-    let client = Client::new(config).unwrap();
-    let recorder = Arc::new(Recorder::default());
-    client.set_listener(recorder.clone());
-    let token = tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), user, None, 3600);
-    client.login(user, &token).unwrap();
-    (client, recorder)
-}
-
-async fn connected(c: &Client) {
-    let s = c
-        .wait_for_state(WAIT, |s| *s == ConnectionState::Connected)
-        .await;
-    assert_eq!(
-        s,
-        Some(ConnectionState::Connected),
-        "state is {:?}",
-        c.connection_state()
-    );
-}
-
-fn texts(c: &Client, with: &str) -> Vec<String> {
-    let mut m = c
-        .messages(ConversationKind::Direct, with, None, 100_000)
-        .unwrap();
-    m.reverse();
-    m.iter().map(|m| m.text().unwrap().to_owned()).collect()
-}
+use tern_server::config::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_arrive_once_and_in_order_across_an_offline_period() {
@@ -244,6 +157,7 @@ async fn a_seq_gap_is_detected_and_filled() {
             body: bytes::Bytes::from_static(b"the lost push"),
             client_ts_ms: 0,
             require_known_recipient: false,
+            to_service: false,
         })
         .await
         .unwrap();

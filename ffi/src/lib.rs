@@ -93,6 +93,34 @@ pub struct Message {
     pub outgoing: bool,
     /// Delivery status.
     pub status: MessageStatus,
+    /// Recalled by its sender (body empty).
+    pub recalled: bool,
+    /// Outgoing group message: members who have read it.
+    pub read_count: u32,
+}
+
+/// A group.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupInfo {
+    /// Group id (the conversation id of its messages).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Owner user id.
+    pub owner: String,
+    /// Members in join order.
+    pub members: Vec<String>,
+    /// Creation time (unix ms).
+    pub created_ms: u64,
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct HistoryPage {
+    /// Messages, newest first.
+    pub messages: Vec<Message>,
+    /// No older message exists, on this device or the server.
+    pub at_beginning: bool,
 }
 
 /// A conversation for the list screen.
@@ -156,6 +184,11 @@ pub enum TernEvent {
         local_id: i64,
         /// The new status.
         status: MessageStatus,
+    },
+    /// A stored message changed in place (recalled, group read count).
+    MessageUpdated {
+        /// The message as it is now.
+        message: Message,
     },
     /// A conversation's summary changed.
     ConversationUpdated {
@@ -234,6 +267,20 @@ pub enum TernError {
         /// Detail.
         detail: String,
     },
+    /// The call needs a connection to the server.
+    #[error("not connected")]
+    NotConnected,
+    /// The server refused the request.
+    #[error("refused: {code}: {detail}")]
+    Refused {
+        /// Wire error code name, e.g. `NOT_ALLOWED`.
+        code: String,
+        /// Detail.
+        detail: String,
+    },
+    /// The server did not answer in time.
+    #[error("timed out")]
+    Timeout,
 }
 
 /// Receives events; implement it in Kotlin, Swift or Python.
@@ -336,9 +383,98 @@ impl TernClient {
         Ok(self.client.outbox()?.into_iter().map(Into::into).collect())
     }
 
-    /// Marks a conversation read on this device.
+    /// Marks a conversation read (on every device of the user).
     pub fn mark_read(&self, kind: ConversationKind, conversation: String) -> Result<(), TernError> {
         Ok(self.client.mark_read(kind.into(), &conversation)?)
+    }
+
+    /// Total unread count (app badge).
+    pub fn total_unread(&self) -> Result<u64, TernError> {
+        Ok(self.client.total_unread()?)
+    }
+
+    /// Sends a text into a group.
+    pub fn send_group_text(&self, group: String, text: String) -> Result<Message, TernError> {
+        Ok(self.client.send_group_text(&group, &text)?.into())
+    }
+
+    /// Sends an app-defined payload to a user or group.
+    pub fn send_to(
+        &self,
+        kind: ConversationKind,
+        to: String,
+        content_type: u32,
+        body: Vec<u8>,
+    ) -> Result<Message, TernError> {
+        Ok(self
+            .client
+            .send_to(kind.into(), &to, content_type, &body)?
+            .into())
+    }
+
+    /// Creates a group owned by this user.
+    pub fn create_group(&self, name: String, members: Vec<String>) -> Result<GroupInfo, TernError> {
+        Ok(self.client.create_group(&name, &members)?.into())
+    }
+
+    /// Adds members to a group.
+    pub fn add_group_members(
+        &self,
+        group: String,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, TernError> {
+        Ok(self.client.add_group_members(&group, &members)?.into())
+    }
+
+    /// Removes members (owner only).
+    pub fn remove_group_members(
+        &self,
+        group: String,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, TernError> {
+        Ok(self.client.remove_group_members(&group, &members)?.into())
+    }
+
+    /// Leaves a group.
+    pub fn leave_group(&self, group: String) -> Result<(), TernError> {
+        Ok(self.client.leave_group(&group)?)
+    }
+
+    /// A group's description (members only).
+    pub fn group_info(&self, group: String) -> Result<GroupInfo, TernError> {
+        Ok(self.client.group_info(&group)?.into())
+    }
+
+    /// Every group of this user.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>, TernError> {
+        Ok(self.client.groups()?.into_iter().map(Into::into).collect())
+    }
+
+    /// Recalls an own message (within the server's window).
+    pub fn recall(&self, local_id: i64) -> Result<(), TernError> {
+        Ok(self.client.recall(local_id)?)
+    }
+
+    /// Registers this device's push token (empty token removes it).
+    pub fn register_push_token(&self, provider: String, token: String) -> Result<(), TernError> {
+        Ok(self.client.register_push_token(&provider, &token)?)
+    }
+
+    /// A page of history older than `before` (local id), from the device or the server.
+    pub fn load_history(
+        &self,
+        kind: ConversationKind,
+        conversation: String,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<HistoryPage, TernError> {
+        let page = self
+            .client
+            .load_history(kind.into(), &conversation, before, limit)?;
+        Ok(HistoryPage {
+            messages: page.messages.into_iter().map(Into::into).collect(),
+            at_beginning: page.at_beginning,
+        })
     }
 
     /// Highest contiguous inbox seq stored locally.
@@ -428,6 +564,8 @@ impl From<core::Message> for Message {
             seq: m.seq,
             outgoing: m.outgoing,
             status: m.status.into(),
+            recalled: m.recalled,
+            read_count: m.read_count,
         }
     }
 }
@@ -477,6 +615,7 @@ impl From<core::ClientEvent> for TernEvent {
                     status: status.into(),
                 }
             }
+            core::ClientEvent::MessageUpdated(m) => TernEvent::MessageUpdated { message: m.into() },
             core::ClientEvent::ConversationUpdated(c) => TernEvent::ConversationUpdated {
                 conversation: c.into(),
             },
@@ -506,6 +645,24 @@ impl From<core::ClientError> for TernError {
             core::ClientError::ShutDown => TernError::ShutDown,
             core::ClientError::NotFound => TernError::NotFound,
             core::ClientError::Runtime(detail) => TernError::Runtime { detail },
+            core::ClientError::NotConnected => TernError::NotConnected,
+            core::ClientError::Refused { code, message } => TernError::Refused {
+                code,
+                detail: message,
+            },
+            core::ClientError::Timeout => TernError::Timeout,
+        }
+    }
+}
+
+impl From<core::GroupInfo> for GroupInfo {
+    fn from(g: core::GroupInfo) -> Self {
+        GroupInfo {
+            id: g.id,
+            name: g.name,
+            owner: g.owner,
+            members: g.members,
+            created_ms: g.created_ms,
         }
     }
 }

@@ -38,6 +38,16 @@ impl Default for BackoffConfig {
     }
 }
 
+impl BackoffConfig {
+    /// The ceiling of the delay after `attempt` failed attempts: `base * 2^attempt`,
+    /// capped. (Also used by retry loops that keep their attempt count elsewhere, such
+    /// as the server's webhook outbox.)
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
 /// Reconnect delay state for one client.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -65,8 +75,7 @@ impl Backoff {
 
     /// The ceiling of the next delay.
     pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.config.base.saturating_mul(factor).min(self.config.cap)
+        self.config.ceiling(self.attempt)
     }
 
     /// The delay before the next attempt; counts the attempt.

@@ -119,6 +119,12 @@ frames! {
     Push = 0x12 => pb::Push,
     /// Client -> server acknowledgement of stored timeline entries.
     DeliveryAck = 0x13 => pb::DeliveryAck,
+    /// Client -> server: the user read a conversation up to a seq.
+    MarkRead = 0x14 => pb::MarkRead,
+    /// Client -> server: recall an own message.
+    RecallRequest = 0x15 => pb::RecallRequest,
+    /// Server -> client: outcome of a MarkRead, RecallRequest or PushTokenRequest.
+    OpResult = 0x16 => pb::OpResult,
     /// Client -> server: pull a timeline range.
     SyncRequest = 0x20 => pb::SyncRequest,
     /// Server -> client: one page of timeline entries.
@@ -127,6 +133,16 @@ frames! {
     SummariesRequest = 0x22 => pb::SummariesRequest,
     /// Server -> client: conversation summaries.
     Summaries = 0x23 => pb::Summaries,
+    /// Client -> server: a page of a conversation's history.
+    HistoryRequest = 0x24 => pb::HistoryRequest,
+    /// Server -> client: a history page.
+    HistoryResponse = 0x25 => pb::HistoryResponse,
+    /// Client -> server: a group operation.
+    GroupRequest = 0x30 => pb::GroupRequest,
+    /// Server -> client: outcome of a group operation.
+    GroupResponse = 0x31 => pb::GroupResponse,
+    /// Client -> server: register a push token.
+    PushTokenRequest = 0x32 => pb::PushTokenRequest,
     /// Either direction: an error. Layout frozen across versions.
     Error = 0x7f => pb::Error,
 }

@@ -51,27 +51,54 @@ fn stored() -> impl Strategy<Value = pb::StoredMessage> {
                     body,
                     client_ts_ms,
                     server_ts_ms,
+                    recalled: server_ts_ms % 7 == 0,
                 }
             },
         )
 }
 
 fn entry() -> impl Strategy<Value = pb::TimelineEntry> {
-    let receipt = (0..2i32, 0..3i32, text(), text(), any::<u64>()).prop_map(
-        |(status, kind, conversation, by_user, up_to)| pb::Receipt {
+    let receipt = (0..2i32, 0..3i32, text(), text(), any::<u64>(), any::<u64>()).prop_map(
+        |(status, kind, conversation, by_user, up_to, seq)| pb::Receipt {
             status,
             kind,
             conversation,
             by_user,
             up_to_server_msg_id: up_to,
+            up_to_seq: seq,
+            unread: seq % 1000,
         },
     );
+    let recall = (any::<u64>(), 0..3i32, text(), text()).prop_map(
+        |(server_msg_id, kind, conversation, by_user)| pb::Recall {
+            server_msg_id,
+            kind,
+            conversation,
+            by_user,
+        },
+    );
+    let group = (
+        0..4i32,
+        text(),
+        text(),
+        proptest::collection::vec(text(), 0..4),
+        text(),
+    )
+        .prop_map(|(t, group, by_user, members, name)| pb::GroupEvent {
+            r#type: t,
+            group,
+            by_user,
+            members,
+            name,
+        });
     (
         any::<u64>(),
         prop_oneof![
             Just(None),
             stored().prop_map(|m| Some(pb::timeline_entry::Body::Message(m))),
             receipt.prop_map(|r| Some(pb::timeline_entry::Body::Receipt(r))),
+            recall.prop_map(|r| Some(pb::timeline_entry::Body::Recall(r))),
+            group.prop_map(|g| Some(pb::timeline_entry::Body::Group(g))),
         ],
     )
         .prop_map(|(seq, body)| pb::TimelineEntry { seq, body })

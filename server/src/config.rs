@@ -20,6 +20,8 @@ use crate::store::sqlite::Durability;
 pub const DEV_TOKEN_SECRET: &str = "tern-dev-secret-do-not-use-in-production";
 /// HTTP API key in `--dev` mode when none is configured.
 pub const DEV_API_KEY: &str = "tern-dev-api-key";
+/// Webhook signing key in `--dev` mode (or when no webhook is configured).
+pub const DEV_WEBHOOK_SECRET: &str = "tern-dev-webhook-secret";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
@@ -121,6 +123,30 @@ pub struct Settings {
     /// Push retransmission schedule: adaptive, or mobileimsdk (benchmark baseline) [default: adaptive]
     #[arg(long, env = "TERN_PUSH_QOS", value_enum)]
     pub push_qos: Option<PushQos>,
+    /// Largest group, in members (write diffusion; see docs/bench/fanout.md) [default: 2000]
+    #[arg(long, env = "TERN_MAX_GROUP_MEMBERS")]
+    pub max_group_members: Option<usize>,
+    /// Groups up to this size send per-member READ receipts to senders [default: 100]
+    #[arg(long, env = "TERN_GROUP_RECEIPTS_MAX_MEMBERS")]
+    pub group_receipts_max_members: Option<usize>,
+    /// How long after sending a message its sender may recall it, in seconds [default: 120]
+    #[arg(long, env = "TERN_RECALL_WINDOW_SECS")]
+    pub recall_window_secs: Option<u64>,
+    /// Offline push webhook (your APNs/FCM bridge); unset = no offline pushes
+    #[arg(long, env = "TERN_PUSH_WEBHOOK_URL")]
+    pub push_webhook_url: Option<String>,
+    /// Call the push webhook when no device ACKed a message within this many ms [default: 3000]
+    #[arg(long, env = "TERN_PUSH_WEBHOOK_DELAY_MS")]
+    pub push_webhook_delay_ms: Option<u64>,
+    /// Service accounts (comma-separated): messages to them go to the service webhook
+    #[arg(long, env = "TERN_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    pub service_accounts: Option<Vec<String>>,
+    /// Where messages to service accounts are POSTed (c2s webhook)
+    #[arg(long, env = "TERN_SERVICE_WEBHOOK_URL")]
+    pub service_webhook_url: Option<String>,
+    /// HMAC-SHA256 key that signs every webhook request (X-Tern-Signature)
+    #[arg(long, env = "TERN_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
 }
 
 macro_rules! overlay {
@@ -142,7 +168,9 @@ impl Settings {
         overlay!(self, base; quic, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
             max_concurrent_logins, min_client_version, require_known_recipient, durability,
-            banned_users, log_format, push_qos)
+            banned_users, log_format, push_qos, max_group_members, group_receipts_max_members,
+            recall_window_secs, push_webhook_url, push_webhook_delay_ms, service_accounts,
+            service_webhook_url, webhook_secret)
     }
 }
 
@@ -189,6 +217,22 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Push retransmission schedule.
     pub push_qos: PushQos,
+    /// Largest group.
+    pub max_group_members: usize,
+    /// Groups up to this size send READ receipts to senders.
+    pub group_receipts_max_members: usize,
+    /// Recall window.
+    pub recall_window: Duration,
+    /// Offline push webhook.
+    pub push_webhook_url: Option<String>,
+    /// Offline push delay.
+    pub push_webhook_delay: Duration,
+    /// Service accounts (c2s).
+    pub service_accounts: Vec<String>,
+    /// c2s webhook.
+    pub service_webhook_url: Option<String>,
+    /// Webhook signing key.
+    pub webhook_secret: Vec<u8>,
 }
 
 impl Config {
@@ -223,6 +267,24 @@ impl Config {
             "max_body_bytes must be below {}",
             tern_protocol::frame::DEFAULT_MAX_FRAME_BODY
         );
+        let webhooks = s.push_webhook_url.is_some() || s.service_webhook_url.is_some();
+        let webhook_secret = match s.webhook_secret {
+            Some(k) if k.len() >= 16 => k.into_bytes(),
+            Some(_) => anyhow::bail!("webhook_secret must be at least 16 bytes"),
+            None if dev || !webhooks => DEV_WEBHOOK_SECRET.as_bytes().to_vec(),
+            None => anyhow::bail!("webhook_secret is required when a webhook URL is set"),
+        };
+        let service_accounts = s.service_accounts.unwrap_or_default();
+        anyhow::ensure!(
+            service_accounts.is_empty() || s.service_webhook_url.is_some(),
+            "service_accounts need service_webhook_url"
+        );
+        anyhow::ensure!(
+            service_accounts
+                .iter()
+                .all(|a| tern_protocol::is_valid_user_id(a)),
+            "service_accounts must be valid user ids"
+        );
         Ok(Config {
             quic: s
                 .quic
@@ -248,6 +310,14 @@ impl Config {
             banned_users: s.banned_users.unwrap_or_default(),
             log_format: s.log_format.unwrap_or_default(),
             push_qos: s.push_qos.unwrap_or_default(),
+            max_group_members: s.max_group_members.unwrap_or(2000).max(2),
+            group_receipts_max_members: s.group_receipts_max_members.unwrap_or(100),
+            recall_window: Duration::from_secs(s.recall_window_secs.unwrap_or(120)),
+            push_webhook_url: s.push_webhook_url,
+            push_webhook_delay: Duration::from_millis(s.push_webhook_delay_ms.unwrap_or(3000)),
+            service_accounts,
+            service_webhook_url: s.service_webhook_url,
+            webhook_secret,
         })
     }
 

@@ -5,6 +5,12 @@
 //! | `POST /v1/messages` | bearer | send a system/notification message to a user (same storage, push and QoS path as chat) |
 //! | `GET /v1/users/{id}/presence` | bearer | the user's live sessions |
 //! | `POST /v1/users/{id}/kick` | bearer | end the user's sessions with reason `ADMIN` |
+//! | `POST /v1/groups` | bearer | create a group `{"name", "members": [...]}` (first member owns it) |
+//! | `GET /v1/groups/{id}` | bearer | group info |
+//! | `POST /v1/groups/{id}/members` | bearer | add members `{"members": [...]}` |
+//! | `POST /v1/groups/{id}/members/remove` | bearer | remove members `{"members": [...]}` |
+//! | `GET /v1/users/{id}/groups` | bearer | the user's groups |
+//! | `POST /v1/users/{id}/push-tokens` | bearer | register a device's push token `{"device", "platform", "provider", "token"}` |
 //! | `POST /v1/dev/token` | bearer, `--dev` only | mint a login token |
 //! | `GET /healthz` | none | liveness and store check |
 //! | `GET /metrics` | none | Prometheus text format |
@@ -53,24 +59,18 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store failure in HTTP API");
-        match e {
-            StoreError::UnknownRecipient => ApiError(
-                StatusCode::NOT_FOUND,
-                ErrorCode::RecipientNotFound,
-                e.to_string(),
-            ),
-            StoreError::Busy => ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::ServerBusy,
-                e.to_string(),
-            ),
-            _ => ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::StoreUnavailable,
-                e.to_string(),
-            ),
-        }
+        let (code, message) = crate::session::store_failure(e);
+        let status = match code {
+            ErrorCode::RecipientNotFound
+            | ErrorCode::GroupNotFound
+            | ErrorCode::MessageNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::GroupFull | ErrorCode::InvalidArgument | ErrorCode::RecallExpired => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, code, message)
     }
 }
 
@@ -84,7 +84,13 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
     let mut v1 = Router::new()
         .route("/v1/messages", post(send_message))
         .route("/v1/users/{id}/presence", get(presence))
-        .route("/v1/users/{id}/kick", post(kick));
+        .route("/v1/users/{id}/kick", post(kick))
+        .route("/v1/users/{id}/groups", get(user_groups))
+        .route("/v1/users/{id}/push-tokens", post(push_token))
+        .route("/v1/groups", post(create_group))
+        .route("/v1/groups/{id}", get(group_info))
+        .route("/v1/groups/{id}/members", post(add_members))
+        .route("/v1/groups/{id}/members/remove", post(remove_members));
     if api.shared.config.dev {
         v1 = v1.route("/v1/dev/token", post(dev_token));
     }
@@ -239,10 +245,14 @@ async fn send_message(
             body: body.into(),
             client_ts_ms: now_ms,
             require_known_recipient: api.shared.config.require_known_recipient,
+            to_service: false,
         })
         .await?;
     metrics::counter!("tern_http_messages_total").increment(1);
     let duplicate = stored.duplicate;
+    if !duplicate {
+        crate::webhook::Webhooks::message_stored(&api.shared, "", &stored.fanout);
+    }
     api.shared.fan_out(stored.fanout, None);
     Ok(Json(SendResponse {
         server_msg_id: stored.server_msg_id,
@@ -316,4 +326,128 @@ async fn dev_token(
         req.ttl_secs.unwrap_or(30 * 24 * 3600),
     );
     Ok(Json(json!({ "token": token })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateGroup {
+    name: String,
+    members: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Members {
+    members: Vec<String>,
+}
+
+fn group_json(g: &pb::GroupInfo) -> serde_json::Value {
+    json!({
+        "group": g.group,
+        "name": g.name,
+        "owner": g.owner,
+        "members": g.members,
+        "created_ms": g.created_ms,
+    })
+}
+
+async fn group_call(
+    api: &Api,
+    op: pb::group_request::Op,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let groups = crate::groups::handle(&api.shared, None, Some(op)).await?;
+    Ok(Json(groups.first().map(group_json).unwrap_or_default()))
+}
+
+async fn create_group(
+    State(api): State<Api>,
+    Json(req): Json<CreateGroup>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use pb::group_request::{Create, Op};
+    group_call(
+        &api,
+        Op::Create(Create {
+            name: req.name,
+            members: req.members,
+        }),
+    )
+    .await
+}
+
+async fn group_info(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use pb::group_request::{Group, Op};
+    group_call(&api, Op::Info(Group { group: id })).await
+}
+
+async fn add_members(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Json(req): Json<Members>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use pb::group_request::{Members, Op};
+    let op = Op::Add(Members {
+        group: id,
+        members: req.members,
+    });
+    group_call(&api, op).await
+}
+
+async fn remove_members(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Json(req): Json<Members>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use pb::group_request::{Members, Op};
+    let op = Op::Remove(Members {
+        group: id,
+        members: req.members,
+    });
+    group_call(&api, op).await
+}
+
+async fn user_groups(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let groups = api.shared.store.groups_of(&id).await?;
+    Ok(Json(json!({
+        "user": id,
+        "groups": groups.iter().map(group_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushTokenBody {
+    device: String,
+    #[serde(default)]
+    platform: Option<String>,
+    provider: String,
+    token: String,
+}
+
+async fn push_token(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Json(req): Json<PushTokenBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !is_valid_user_id(&id) || req.device.is_empty() || req.device.len() > 128 {
+        return Err(bad_request(
+            ErrorCode::InvalidArgument,
+            "invalid user or device id",
+        ));
+    }
+    let platform = req
+        .platform
+        .as_deref()
+        .and_then(pb::Platform::from_str_name)
+        .unwrap_or(pb::Platform::Unspecified);
+    api.shared
+        .store
+        .set_push_token(&id, &req.device, platform, &req.provider, &req.token)
+        .await?;
+    Ok(Json(json!({ "user": id, "device": req.device })))
 }

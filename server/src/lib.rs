@@ -8,6 +8,7 @@
 //! * [`registry`]: who is online, kickout policy, routing of pushes to sessions;
 //! * [`session`]: one QUIC connection: login, frames, heartbeats, push QoS, rate limit;
 //! * [`http`]: the HTTP API for business backends and operators, `/metrics`;
+//! * [`webhook`]: the offline push bridge and c2s deliveries (durable outbox, signed);
 //! * [`server`]: wiring it together, TLS, start-up and graceful shutdown.
 //!
 //! The protocol logic (frames, retransmission, duplicate filtering) comes from
@@ -15,10 +16,12 @@
 
 pub mod auth;
 pub mod config;
+pub mod groups;
 pub mod http;
 pub mod registry;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod webhook;
 
 pub use tern_protocol as protocol;

@@ -181,6 +181,11 @@ impl Registry {
         n
     }
 
+    /// Whether `user` has a live session.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|s| !s.is_empty())
+    }
+
     /// The live sessions of `user`.
     pub fn sessions_of(&self, user: &str) -> Vec<SessionInfo> {
         self.users.get(user).map(|l| l.clone()).unwrap_or_default()

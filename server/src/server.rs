@@ -244,6 +244,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let http_addr = http.local_addr()?;
     let shared = Arc::new(Shared::new(config, store, verifier));
     let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(crate::webhook::Webhooks::run(shared.clone()));
 
     let accept = {
         let (endpoint, shared, mut stop_rx) = (endpoint.clone(), shared.clone(), stop_rx.clone());

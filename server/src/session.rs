@@ -59,6 +59,8 @@ pub struct Shared {
     pub login_permits: Semaphore,
     /// Set when the server is draining.
     pub shutting_down: AtomicBool,
+    /// Offline push and c2s webhooks.
+    pub webhooks: crate::webhook::Webhooks,
     next_id: AtomicU64,
 }
 
@@ -69,6 +71,7 @@ impl Shared {
             registry: Registry::new(config.kick_policy),
             login_permits: Semaphore::new(config.max_concurrent_logins),
             shutting_down: AtomicBool::new(false),
+            webhooks: crate::webhook::Webhooks::new(),
             next_id: AtomicU64::new(1),
             config,
             store,
@@ -381,6 +384,7 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
         id,
         user: login.user_id,
         device: login.device_id,
+        platform,
         cmd_rx,
         inbound: in_rx,
         push_qos: Sender::new(shared.config.push_qos.config(), now.into_std()),
@@ -390,8 +394,18 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
     })
 }
 
-fn store_failure(e: StoreError) -> (ErrorCode, String) {
+/// The wire code for a failed store operation. Refusals (not a member, recall too
+/// late, ...) are answers, not faults; only real storage trouble is logged as an error.
+pub(crate) fn store_failure(e: StoreError) -> (ErrorCode, String) {
+    let refused = |code| (code, e.to_string());
     match e {
+        StoreError::UnknownRecipient => refused(ErrorCode::RecipientNotFound),
+        StoreError::GroupNotFound => refused(ErrorCode::GroupNotFound),
+        StoreError::NotAllowed(_) => refused(ErrorCode::NotAllowed),
+        StoreError::GroupFull => refused(ErrorCode::GroupFull),
+        StoreError::MessageNotFound => refused(ErrorCode::MessageNotFound),
+        StoreError::RecallExpired => refused(ErrorCode::RecallExpired),
+        StoreError::Invalid(_) => refused(ErrorCode::InvalidArgument),
         // Overload, not a fault: the client is told SERVER_BUSY and resends. Counted,
         // logged at debug (one line per refused frame would flood the log exactly
         // when the server is busiest).
@@ -422,6 +436,7 @@ struct Session {
     id: u64,
     user: String,
     device: String,
+    platform: pb::Platform,
     cmd_rx: mpsc::Receiver<SessionCmd>,
     inbound: mpsc::Receiver<Inbound>,
     push_qos: Sender<u64>,
@@ -629,6 +644,26 @@ impl Session {
                 self.on_summaries(r);
                 Ok(())
             }
+            Frame::MarkRead(r) => {
+                self.on_mark_read(r);
+                Ok(())
+            }
+            Frame::RecallRequest(r) => {
+                self.on_recall(r);
+                Ok(())
+            }
+            Frame::PushTokenRequest(r) => {
+                self.on_push_token(r);
+                Ok(())
+            }
+            Frame::HistoryRequest(r) => {
+                self.on_history(r);
+                Ok(())
+            }
+            Frame::GroupRequest(r) => {
+                self.on_group(r);
+                Ok(())
+            }
             Frame::Logout(_) => Err(End::Close(ErrorCode::Ok, "logout")),
             other => {
                 tracing::info!(user = %self.user, kind = ?other.kind(), "unexpected frame");
@@ -657,13 +692,11 @@ impl Session {
             refuse(ErrorCode::NotAllowed)
         } else if m.body.len() > cfg.max_body_bytes as usize {
             refuse(ErrorCode::MessageTooLarge)
-        } else if kind != Some(pb::ConversationKind::Direct) {
-            // Groups arrive with the groups feature; SYSTEM is for the HTTP API only.
-            refuse(if kind == Some(pb::ConversationKind::System) {
-                ErrorCode::NotAllowed
-            } else {
-                ErrorCode::InvalidArgument
-            })
+        } else if kind == Some(pb::ConversationKind::System) {
+            // SYSTEM is for the HTTP API only.
+            refuse(ErrorCode::NotAllowed)
+        } else if kind.is_none() {
+            refuse(ErrorCode::InvalidArgument)
         } else if !is_valid_user_id(&m.recipient) {
             refuse(ErrorCode::RecipientNotFound)
         } else {
@@ -673,11 +706,14 @@ impl Session {
             metrics::counter!("tern_messages_rejected_total").increment(1);
             return self.write(&frame, 0).await;
         }
+        let to_service = kind == Some(pb::ConversationKind::Direct)
+            && cfg.service_accounts.contains(&m.recipient);
         let queued = self.shared.store.store_message(NewMessage {
             sender: self.user.clone(),
             client_msg_id: id.expect("checked above"),
+            to_service,
             recipient: m.recipient,
-            kind: pb::ConversationKind::Direct,
+            kind: kind.expect("checked above"),
             content_type: m.content_type,
             body: m.body,
             client_ts_ms: m.client_ts_ms,
@@ -686,6 +722,7 @@ impl Session {
         let shared = self.shared.clone();
         let session = self.id;
         let client_msg_id = m.client_msg_id;
+        let user = self.user.clone();
         self.tasks.push(Box::pin(async move {
             Some(match queued.await {
                 Ok(stored) => {
@@ -693,6 +730,10 @@ impl Session {
                         metrics::counter!("tern_messages_duplicate_total").increment(1);
                     } else {
                         metrics::counter!("tern_messages_stored_total").increment(1);
+                        if to_service {
+                            shared.webhooks.kick();
+                        }
+                        crate::webhook::Webhooks::message_stored(&shared, &user, &stored.fanout);
                     }
                     shared.fan_out(stored.fanout, Some(session));
                     Frame::SendResult(pb::SendResult {
@@ -702,9 +743,6 @@ impl Session {
                         seq: stored.sender_seq,
                         server_ts_ms: stored.server_ts_ms,
                     })
-                }
-                Err(StoreError::UnknownRecipient) => {
-                    send_result(client_msg_id, ErrorCode::RecipientNotFound)
                 }
                 Err(e) => send_result(client_msg_id, store_failure(e).0),
             })
@@ -744,6 +782,131 @@ impl Session {
                 Err(e) => tracing::error!(%user, error = %e, "delivery ack not recorded"),
             }
         });
+    }
+
+    /// Runs a request in the background and answers with an [`pb::OpResult`]; on
+    /// success the new timeline entries are pushed to the user's sessions (including
+    /// this one: a read mark or recall is applied on the device that made it the same
+    /// way as on the others).
+    fn op(
+        &mut self,
+        request_id: u64,
+        what: &'static str,
+        run: impl std::future::Future<Output = Result<Vec<Fanout>, StoreError>> + Send + 'static,
+    ) {
+        let shared = self.shared.clone();
+        self.tasks.push(Box::pin(async move {
+            let (code, message) = match run.await {
+                Ok(fanout) => {
+                    shared.fan_out(fanout, None);
+                    (ErrorCode::Ok, String::new())
+                }
+                Err(e) => {
+                    let (code, message) = store_failure(e);
+                    tracing::debug!(what, code = code_name(code), %message, "request refused");
+                    (code, message)
+                }
+            };
+            Some(Frame::OpResult(pb::OpResult {
+                request_id,
+                code: code as i32,
+                message,
+            }))
+        }));
+    }
+
+    fn on_mark_read(&mut self, r: pb::MarkRead) {
+        let (store, user) = (self.shared.store.clone(), self.user.clone());
+        let max = self.shared.config.group_receipts_max_members;
+        let kind = pb::ConversationKind::try_from(r.kind).unwrap_or(pb::ConversationKind::Direct);
+        self.op(r.request_id, "mark_read", async move {
+            store
+                .mark_read(&user, kind, &r.conversation, r.up_to_seq, max)
+                .await
+        });
+    }
+
+    fn on_recall(&mut self, r: pb::RecallRequest) {
+        let (store, user) = (self.shared.store.clone(), self.user.clone());
+        let window = self.shared.config.recall_window.as_millis() as u64;
+        self.op(r.request_id, "recall", async move {
+            store.recall(&user, r.server_msg_id, window).await
+        });
+    }
+
+    fn on_push_token(&mut self, r: pb::PushTokenRequest) {
+        let (store, user, device) = (
+            self.shared.store.clone(),
+            self.user.clone(),
+            self.device.clone(),
+        );
+        let platform = self.platform;
+        self.op(r.request_id, "push_token", async move {
+            if r.provider.len() > 32 || r.token.len() > 4096 {
+                return Err(StoreError::Invalid("push token or provider too long"));
+            }
+            store
+                .set_push_token(&user, &device, platform, &r.provider, &r.token)
+                .await
+                .map(|_| vec![])
+        });
+    }
+
+    fn on_history(&mut self, r: pb::HistoryRequest) {
+        let (store, user) = (self.shared.store.clone(), self.user.clone());
+        let limit = if r.limit == 0 {
+            DEFAULT_SYNC_PAGE
+        } else {
+            r.limit.min(MAX_SYNC_PAGE)
+        };
+        let kind = pb::ConversationKind::try_from(r.kind).unwrap_or(pb::ConversationKind::Direct);
+        self.tasks.push(Box::pin(async move {
+            metrics::counter!("tern_history_pages_total").increment(1);
+            Some(
+                match store
+                    .history(&user, kind, &r.conversation, r.before_seq, limit)
+                    .await
+                {
+                    Ok((entries, more)) => Frame::HistoryResponse(pb::HistoryResponse {
+                        request_id: r.request_id,
+                        entries,
+                        more,
+                        code: ErrorCode::Ok as i32,
+                    }),
+                    Err(e) => Frame::HistoryResponse(pb::HistoryResponse {
+                        request_id: r.request_id,
+                        code: store_failure(e).0 as i32,
+                        ..Default::default()
+                    }),
+                },
+            )
+        }));
+    }
+
+    fn on_group(&mut self, r: pb::GroupRequest) {
+        let shared = self.shared.clone();
+        let user = self.user.clone();
+        self.tasks.push(Box::pin(async move {
+            let request_id = r.request_id;
+            let outcome = crate::groups::handle(&shared, Some(&user), r.op).await;
+            Some(Frame::GroupResponse(match outcome {
+                Ok(groups) => pb::GroupResponse {
+                    request_id,
+                    code: ErrorCode::Ok as i32,
+                    message: String::new(),
+                    groups,
+                },
+                Err(e) => {
+                    let (code, message) = store_failure(e);
+                    pb::GroupResponse {
+                        request_id,
+                        code: code as i32,
+                        message,
+                        groups: vec![],
+                    }
+                }
+            }))
+        }));
     }
 
     fn on_sync(&mut self, r: pb::SyncRequest) {

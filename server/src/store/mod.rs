@@ -38,6 +38,97 @@ pub struct NewMessage {
     /// Refuse with [`StoreError::UnknownRecipient`] unless the recipient logged in
     /// before. Checked inside the write so it keeps the write's order.
     pub require_known_recipient: bool,
+    /// The recipient is a service account: queue a c2s webhook delivery in the same
+    /// transaction as the message (so an acknowledged message always reaches the
+    /// business backend, even across a crash).
+    pub to_service: bool,
+}
+
+/// A change to a group's membership.
+#[derive(Debug, Clone)]
+pub enum GroupOp {
+    /// Create group `id` owned by `owner`, with `members` (the owner is added).
+    Create {
+        /// New group id (server-made or from the HTTP API).
+        id: String,
+        /// Display name.
+        name: String,
+        /// Creator and owner.
+        owner: String,
+        /// Initial members.
+        members: Vec<String>,
+    },
+    /// `by` (a member, or `None` for the HTTP API) adds `members`.
+    Add {
+        /// Group id.
+        group: String,
+        /// Who asks; `None` = the business backend.
+        by: Option<String>,
+        /// Users to add.
+        members: Vec<String>,
+    },
+    /// `by` (the owner, or `None` for the HTTP API) removes `members`.
+    Remove {
+        /// Group id.
+        group: String,
+        /// Who asks; `None` = the business backend.
+        by: Option<String>,
+        /// Users to remove.
+        members: Vec<String>,
+    },
+    /// `user` leaves the group (ownership passes to the longest-standing member).
+    Leave {
+        /// Group id.
+        group: String,
+        /// Who leaves.
+        user: String,
+    },
+}
+
+/// Result of a group operation or read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupOutcome {
+    /// The group after the operation.
+    pub info: pb::GroupInfo,
+    /// Group events to push.
+    pub fanout: Vec<Fanout>,
+}
+
+/// One queued webhook delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookJob {
+    /// Row id (pass back to [`Store::webhook_done`] / [`Store::webhook_retry`]).
+    pub id: u64,
+    /// Which hook: `"c2s"` or `"push"`.
+    pub hook: String,
+    /// The JSON body to POST.
+    pub payload: Vec<u8>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// Where an offline push for a user goes, and what it shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PushTarget {
+    /// Registered device tokens.
+    pub tokens: Vec<PushToken>,
+    /// Total unread count (the app icon badge).
+    pub badge: u64,
+    /// Highest timeline seq any device of the user acknowledged.
+    pub delivered_seq: u64,
+}
+
+/// A device's push token.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PushToken {
+    /// Device id.
+    pub device: String,
+    /// Platform name (`ANDROID`, `IOS`, ...).
+    pub platform: String,
+    /// `apns`, `fcm`, ... as the client registered it.
+    pub provider: String,
+    /// The token.
+    pub token: String,
 }
 
 /// A timeline entry that must be pushed to a user's online sessions.
@@ -104,6 +195,24 @@ pub enum StoreError {
     /// The write queue is full: the disk cannot keep up. Retry later.
     #[error("store write queue is full")]
     Busy,
+    /// No group with this id.
+    #[error("no such group")]
+    GroupNotFound,
+    /// The caller may not do this (not a member, not the owner, not the sender).
+    #[error("not allowed: {0}")]
+    NotAllowed(&'static str),
+    /// The group would exceed its member limit.
+    #[error("group member limit reached")]
+    GroupFull,
+    /// No such message (or not the caller's).
+    #[error("no such message")]
+    MessageNotFound,
+    /// The recall window has passed.
+    #[error("recall window has passed")]
+    RecallExpired,
+    /// An argument is out of range.
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
     /// A stored row could not be decoded.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -155,6 +264,74 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether `user` ever logged in or received a message.
     async fn user_exists(&self, user: &str) -> Result<bool, StoreError>;
+
+    /// Applies a group membership change (ordered with messages, like every write);
+    /// `max_members` caps the group's size.
+    async fn group_op(&self, op: GroupOp, max_members: usize) -> Result<GroupOutcome, StoreError>;
+
+    /// A group, if it exists.
+    async fn group_info(&self, group: &str) -> Result<Option<pb::GroupInfo>, StoreError>;
+
+    /// Every group `user` is a member of.
+    async fn groups_of(&self, user: &str) -> Result<Vec<pb::GroupInfo>, StoreError>;
+
+    /// `user` read `conversation` up to `up_to_seq` of their timeline: appends a READ
+    /// mark to their timeline (for their other devices), resets the server's unread
+    /// count, and appends READ receipts to the timelines of the senders of the newly
+    /// read messages (for groups only up to `group_receipts_max` members).
+    async fn mark_read(
+        &self,
+        user: &str,
+        kind: pb::ConversationKind,
+        conversation: &str,
+        up_to_seq: u64,
+        group_receipts_max: usize,
+    ) -> Result<Vec<Fanout>, StoreError>;
+
+    /// `user` recalls their message `server_msg_id` (sent at most `window_ms` ago): the
+    /// content is erased and a recall entry goes to every timeline that holds it.
+    async fn recall(
+        &self,
+        user: &str,
+        server_msg_id: u64,
+        window_ms: u64,
+    ) -> Result<Vec<Fanout>, StoreError>;
+
+    /// Message entries of one conversation of `user`'s timeline below `before_seq`
+    /// (0 = from the newest), newest first; `true` when older ones exist.
+    async fn history(
+        &self,
+        user: &str,
+        kind: pb::ConversationKind,
+        conversation: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<pb::TimelineEntry>, bool), StoreError>;
+
+    /// Registers (or with an empty token removes) a device's push token.
+    async fn set_push_token(
+        &self,
+        user: &str,
+        device: &str,
+        platform: pb::Platform,
+        provider: &str,
+        token: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Push tokens, badge and delivery progress of `user`.
+    async fn push_target(&self, user: &str) -> Result<PushTarget, StoreError>;
+
+    /// Queues a webhook delivery (durably).
+    async fn webhook_enqueue(&self, hook: &str, payload: Vec<u8>) -> Result<(), StoreError>;
+
+    /// Deliveries due at `now_ms`, oldest first.
+    async fn webhooks_due(&self, now_ms: u64, limit: u32) -> Result<Vec<WebhookJob>, StoreError>;
+
+    /// A delivery succeeded: forget it.
+    async fn webhook_done(&self, id: u64) -> Result<(), StoreError>;
+
+    /// A delivery failed: try again at `next_at_ms`.
+    async fn webhook_retry(&self, id: u64, next_at_ms: u64) -> Result<(), StoreError>;
 
     /// Waits until everything queued so far is committed.
     async fn flush(&self) -> Result<(), StoreError>;

@@ -32,8 +32,13 @@ use tern_protocol::pb;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Fanout, NewMessage, Store, StoreError, StoreFuture, StoredMessage, SummaryPage, TimelinePage,
+    Fanout, GroupOp, GroupOutcome, NewMessage, PushTarget, Store, StoreError, StoreFuture,
+    StoredMessage, SummaryPage, TimelinePage, WebhookJob,
 };
+
+mod groups;
+mod marks;
+mod outbox;
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -108,6 +113,47 @@ const MIGRATIONS: &[&str] = &[
         delivered_seq INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (user, device)
     ) WITHOUT ROWID;",
+    // 2: groups, read marks, recall, push tokens, the webhook outbox. `timeline.event`
+    // holds an encoded TimelineEntry body for entries that are neither a message nor a
+    // receipt (recalls, group events).
+    "ALTER TABLE timeline ADD COLUMN event BLOB;
+    ALTER TABLE messages ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE groups (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE group_members (
+        grp TEXT NOT NULL,
+        user TEXT NOT NULL,
+        joined INTEGER NOT NULL,
+        PRIMARY KEY (grp, user)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_by_user ON group_members (user);
+    CREATE TABLE read_marks (
+        user TEXT NOT NULL,
+        conv_kind INTEGER NOT NULL,
+        conversation TEXT NOT NULL,
+        up_to_seq INTEGER NOT NULL,
+        PRIMARY KEY (user, conv_kind, conversation)
+    ) WITHOUT ROWID;
+    CREATE TABLE push_tokens (
+        user TEXT NOT NULL,
+        device TEXT NOT NULL,
+        platform INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        token TEXT NOT NULL,
+        PRIMARY KEY (user, device)
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_outbox (
+        id INTEGER PRIMARY KEY,
+        hook TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at_ms);",
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -154,11 +200,35 @@ enum WriteOp {
         device: String,
     },
     Flush,
+    Group(GroupOp, usize),
+    MarkRead {
+        user: String,
+        kind: pb::ConversationKind,
+        conversation: String,
+        up_to_seq: u64,
+        group_receipts_max: usize,
+    },
+    Recall {
+        user: String,
+        server_msg_id: u64,
+        window_ms: u64,
+    },
+    PushToken {
+        user: String,
+        device: String,
+        platform: pb::Platform,
+        provider: String,
+        token: String,
+    },
+    WebhookEnqueue(String, Vec<u8>),
+    WebhookDone(u64),
+    WebhookRetry(u64, u64),
 }
 
 enum WriteReply {
     Stored(StoredMessage),
     Fanout(Vec<Fanout>),
+    Group(GroupOutcome),
     Done,
 }
 
@@ -320,6 +390,55 @@ fn head_seq(conn: &Connection, user: &str) -> Result<u64, StoreError> {
     Ok(seq.unwrap_or(0) as u64)
 }
 
+/// Appends an entry that is neither a message nor a receipt (a recall, a group event)
+/// to `user`'s timeline and returns it.
+fn append_event(
+    tx: &Transaction<'_>,
+    user: &str,
+    kind: i32,
+    conversation: &str,
+    body: pb::timeline_entry::Body,
+) -> Result<Fanout, StoreError> {
+    let seq = next_seq(tx, user)?;
+    let mut entry = pb::TimelineEntry {
+        seq: 0,
+        body: Some(body),
+    };
+    tx.prepare_cached("INSERT INTO timeline (user, seq, conv_kind, conversation, event) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![user, seq as i64, kind, conversation, entry.encode_to_vec()])?;
+    entry.seq = seq;
+    Ok(Fanout {
+        user: user.to_owned(),
+        entry,
+    })
+}
+
+/// Appends a receipt to `user`'s timeline and returns it.
+fn append_receipt(
+    tx: &Transaction<'_>,
+    user: &str,
+    receipt: pb::Receipt,
+) -> Result<Fanout, StoreError> {
+    let seq = next_seq(tx, user)?;
+    append_entry(
+        tx,
+        user,
+        seq,
+        receipt.kind,
+        &receipt.conversation,
+        None,
+        Some(&receipt.encode_to_vec()),
+        0,
+    )?;
+    Ok(Fanout {
+        user: user.to_owned(),
+        entry: pb::TimelineEntry {
+            seq,
+            body: Some(pb::timeline_entry::Body::Receipt(receipt)),
+        },
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn append_entry(
     tx: &Transaction<'_>,
@@ -361,6 +480,40 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteR
             Ok(WriteReply::Done)
         }
         WriteOp::Flush => Ok(WriteReply::Done),
+        WriteOp::Group(op, max) => groups::apply(tx, op, *max).map(WriteReply::Group),
+        WriteOp::MarkRead {
+            user,
+            kind,
+            conversation,
+            up_to_seq,
+            group_receipts_max,
+        } => marks::mark_read(
+            tx,
+            user,
+            *kind,
+            conversation,
+            *up_to_seq,
+            *group_receipts_max,
+        )
+        .map(WriteReply::Fanout),
+        WriteOp::Recall {
+            user,
+            server_msg_id,
+            window_ms,
+        } => marks::recall(tx, user, *server_msg_id, *window_ms).map(WriteReply::Fanout),
+        WriteOp::PushToken {
+            user,
+            device,
+            platform,
+            provider,
+            token,
+        } => outbox::set_push_token(tx, user, device, *platform, provider, token)
+            .map(|_| WriteReply::Done),
+        WriteOp::WebhookEnqueue(hook, payload) => {
+            outbox::enqueue(tx, hook, payload).map(|_| WriteReply::Done)
+        }
+        WriteOp::WebhookDone(id) => outbox::done(tx, *id).map(|_| WriteReply::Done),
+        WriteOp::WebhookRetry(id, at) => outbox::retry(tx, *id, *at).map(|_| WriteReply::Done),
     }
 }
 
@@ -384,7 +537,18 @@ fn store_message(
             fanout: vec![],
         });
     }
-    if m.require_known_recipient {
+    let group_members = if m.kind == pb::ConversationKind::Group {
+        // Membership is checked inside the write, so it is ordered with every
+        // membership change: a member removed before this send cannot send into it.
+        let members = groups::members(tx, &m.recipient)?.ok_or(StoreError::GroupNotFound)?;
+        if !members.contains(&m.sender) {
+            return Err(StoreError::NotAllowed("not a member of the group"));
+        }
+        Some(members)
+    } else {
+        None
+    };
+    if m.require_known_recipient && group_members.is_none() {
         let known = tx
             .prepare_cached("SELECT 1 FROM users WHERE user = ?1")?
             .query_row(params![m.recipient], |_| Ok(()))
@@ -422,7 +586,11 @@ fn store_message(
         body: m.body.clone(),
         client_ts_ms: m.client_ts_ms,
         server_ts_ms: ts,
+        recalled: false,
     };
+    if m.to_service {
+        outbox::enqueue(tx, "c2s", &outbox::c2s_payload(&stored))?;
+    }
     let entry = |seq| pb::TimelineEntry {
         seq,
         body: Some(pb::timeline_entry::Body::Message(stored.clone())),
@@ -441,7 +609,18 @@ fn store_message(
         user: m.sender.clone(),
         entry: entry(sender_seq),
     }];
-    if m.recipient != m.sender {
+    if let Some(members) = group_members {
+        // Write diffusion: one entry in every member's timeline (the message row is
+        // shared). The conversation is the group for everyone.
+        for member in members.iter().filter(|u| **u != m.sender) {
+            let seq = next_seq(tx, member)?;
+            append_entry(tx, member, seq, kind, &m.recipient, Some(id), None, 1)?;
+            fanout.push(Fanout {
+                user: member.clone(),
+                entry: entry(seq),
+            });
+        }
+    } else if m.recipient != m.sender {
         let seq = next_seq(tx, &m.recipient)?;
         append_entry(tx, &m.recipient, seq, kind, &m.sender, Some(id), None, 1)?;
         fanout.push(Fanout {
@@ -511,36 +690,30 @@ fn ack_delivered(
             conversation: user.to_owned(),
             by_user: user.to_owned(),
             up_to_server_msg_id: up_to as u64,
+            up_to_seq: 0,
+            unread: 0,
         };
-        let s = next_seq(tx, &sender)?;
-        append_entry(
-            tx,
-            &sender,
-            s,
-            receipt.kind,
-            user,
-            None,
-            Some(&receipt.encode_to_vec()),
-            0,
-        )?;
-        fanout.push(Fanout {
-            user: sender,
-            entry: pb::TimelineEntry {
-                seq: s,
-                body: Some(pb::timeline_entry::Body::Receipt(receipt)),
-            },
-        });
+        fanout.push(append_receipt(tx, &sender, receipt)?);
     }
     Ok(fanout)
 }
 
 const ENTRY_COLUMNS: &str =
     "t.seq, t.receipt, m.id, m.client_msg_id, m.sender, m.recipient, m.kind, m.content_type,
-     m.body, m.client_ts, m.server_ts";
+     m.body, m.client_ts, m.server_ts, t.event, m.recalled";
 
 fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<pb::TimelineEntry, StoreError>> {
     let seq: i64 = r.get(0)?;
     let receipt: Option<Vec<u8>> = r.get(1)?;
+    if let Some(event) = r.get::<_, Option<Vec<u8>>>(11)? {
+        return Ok(match pb::TimelineEntry::decode(&event[..]) {
+            Ok(e) => Ok(pb::TimelineEntry {
+                seq: seq as u64,
+                body: e.body,
+            }),
+            Err(e) => Err(StoreError::Corrupt(format!("event at seq {seq}: {e}"))),
+        });
+    }
     let body = match receipt {
         Some(bytes) => match pb::Receipt::decode(&bytes[..]) {
             Ok(rc) => pb::timeline_entry::Body::Receipt(rc),
@@ -560,6 +733,7 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<pb::TimelineEn
             body: r.get::<_, Vec<u8>>(8)?.into(),
             client_ts_ms: r.get::<_, i64>(9)? as u64,
             server_ts_ms: r.get::<_, i64>(10)? as u64,
+            recalled: r.get(12)?,
         }),
     };
     Ok(Ok(pb::TimelineEntry {
@@ -675,8 +849,13 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<SummaryPage, StoreError> {
         let user = user.to_owned();
-        self.read(move |c| read_summaries(c, &user, last_messages, limit))
-            .await
+        self.read(move |c| {
+            // One snapshot: the unread counts are the server's count *at* `head_seq`,
+            // which clients use as the position of the count (see the client store).
+            let tx = c.unchecked_transaction()?;
+            read_summaries(&tx, &user, last_messages, limit)
+        })
+        .await
     }
 
     async fn ack_delivered(
@@ -726,6 +905,122 @@ impl Store for SqliteStore {
     async fn flush(&self) -> Result<(), StoreError> {
         self.write(WriteOp::Flush).await.map(|_| ())
     }
+
+    async fn group_op(&self, op: GroupOp, max_members: usize) -> Result<GroupOutcome, StoreError> {
+        match self.write(WriteOp::Group(op, max_members)).await? {
+            WriteReply::Group(g) => Ok(g),
+            _ => unreachable!("group job replies Group"),
+        }
+    }
+
+    async fn group_info(&self, group: &str) -> Result<Option<pb::GroupInfo>, StoreError> {
+        let group = group.to_owned();
+        self.read(move |c| groups::info(c, &group)).await
+    }
+
+    async fn groups_of(&self, user: &str) -> Result<Vec<pb::GroupInfo>, StoreError> {
+        let user = user.to_owned();
+        self.read(move |c| groups::of_user(c, &user)).await
+    }
+
+    async fn mark_read(
+        &self,
+        user: &str,
+        kind: pb::ConversationKind,
+        conversation: &str,
+        up_to_seq: u64,
+        group_receipts_max: usize,
+    ) -> Result<Vec<Fanout>, StoreError> {
+        match self
+            .write(WriteOp::MarkRead {
+                user: user.to_owned(),
+                kind,
+                conversation: conversation.to_owned(),
+                up_to_seq,
+                group_receipts_max,
+            })
+            .await?
+        {
+            WriteReply::Fanout(f) => Ok(f),
+            _ => unreachable!("mark_read replies Fanout"),
+        }
+    }
+
+    async fn recall(
+        &self,
+        user: &str,
+        server_msg_id: u64,
+        window_ms: u64,
+    ) -> Result<Vec<Fanout>, StoreError> {
+        match self
+            .write(WriteOp::Recall {
+                user: user.to_owned(),
+                server_msg_id,
+                window_ms,
+            })
+            .await?
+        {
+            WriteReply::Fanout(f) => Ok(f),
+            _ => unreachable!("recall replies Fanout"),
+        }
+    }
+
+    async fn history(
+        &self,
+        user: &str,
+        kind: pb::ConversationKind,
+        conversation: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<pb::TimelineEntry>, bool), StoreError> {
+        let (user, conversation) = (user.to_owned(), conversation.to_owned());
+        self.read(move |c| marks::history(c, &user, kind, &conversation, before_seq, limit))
+            .await
+    }
+
+    async fn set_push_token(
+        &self,
+        user: &str,
+        device: &str,
+        platform: pb::Platform,
+        provider: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::PushToken {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            platform,
+            provider: provider.to_owned(),
+            token: token.to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn push_target(&self, user: &str) -> Result<PushTarget, StoreError> {
+        let user = user.to_owned();
+        self.read(move |c| outbox::push_target(c, &user)).await
+    }
+
+    async fn webhook_enqueue(&self, hook: &str, payload: Vec<u8>) -> Result<(), StoreError> {
+        self.write(WriteOp::WebhookEnqueue(hook.to_owned(), payload))
+            .await
+            .map(|_| ())
+    }
+
+    async fn webhooks_due(&self, now_ms: u64, limit: u32) -> Result<Vec<WebhookJob>, StoreError> {
+        self.read(move |c| outbox::due(c, now_ms, limit)).await
+    }
+
+    async fn webhook_done(&self, id: u64) -> Result<(), StoreError> {
+        self.write(WriteOp::WebhookDone(id)).await.map(|_| ())
+    }
+
+    async fn webhook_retry(&self, id: u64, next_at_ms: u64) -> Result<(), StoreError> {
+        self.write(WriteOp::WebhookRetry(id, next_at_ms))
+            .await
+            .map(|_| ())
+    }
 }
 
 #[cfg(test)]
@@ -743,6 +1038,7 @@ mod tests {
             body: bytes::Bytes::from(format!("hello {n}")),
             client_ts_ms: 1,
             require_known_recipient: false,
+            to_service: false,
         }
     }
 
@@ -828,6 +1124,210 @@ mod tests {
         // Receipts are in alice's timeline, readable by sync.
         let page = store.timeline("alice", 0, 0, 10).await.unwrap();
         assert_eq!(page.entries.len(), 4);
+    }
+
+    fn group_msg(from: &str, group: &str, n: u8) -> NewMessage {
+        NewMessage {
+            kind: pb::ConversationKind::Group,
+            ..msg(from, group, n)
+        }
+    }
+
+    async fn create_group(store: &SqliteStore, members: &[&str]) -> String {
+        store
+            .group_op(
+                GroupOp::Create {
+                    id: "g1".into(),
+                    name: "team".into(),
+                    owner: members[0].into(),
+                    members: members.iter().map(|m| m.to_string()).collect(),
+                },
+                10,
+            )
+            .await
+            .unwrap()
+            .info
+            .group
+    }
+
+    #[tokio::test]
+    async fn group_messages_reach_every_member_and_membership_is_checked_per_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let g = create_group(&store, &["alice", "bob", "carol"]).await;
+        // Creation is a group event in every member's timeline.
+        assert_eq!(store.head_seq("carol").await.unwrap(), 1);
+        let sent = store.store_message(group_msg("bob", &g, 1)).await.unwrap();
+        let users: Vec<&str> = sent.fanout.iter().map(|f| f.user.as_str()).collect();
+        assert_eq!(users, vec!["bob", "alice", "carol"]);
+        let carol = store.summaries("carol", 5, 10).await.unwrap();
+        assert_eq!(
+            (
+                carol.conversations[0].conversation.as_str(),
+                carol.conversations[0].unread
+            ),
+            ("g1", 1)
+        );
+        assert!(matches!(
+            store.store_message(group_msg("mallory", &g, 2)).await,
+            Err(StoreError::NotAllowed(_))
+        ));
+        assert!(matches!(
+            store.store_message(group_msg("bob", "nope", 3)).await,
+            Err(StoreError::GroupNotFound)
+        ));
+        // Only the owner removes; a removed member can no longer send.
+        let remove = |by: &str| GroupOp::Remove {
+            group: g.clone(),
+            by: Some(by.into()),
+            members: vec!["carol".into()],
+        };
+        assert!(matches!(
+            store.group_op(remove("bob"), 10).await,
+            Err(StoreError::NotAllowed(_))
+        ));
+        let out = store.group_op(remove("alice"), 10).await.unwrap();
+        assert_eq!(out.info.members, vec!["alice", "bob"]);
+        assert_eq!(out.fanout.len(), 3, "the removed member is told too");
+        assert!(matches!(
+            store.store_message(group_msg("carol", &g, 4)).await,
+            Err(StoreError::NotAllowed(_))
+        ));
+        // Size limit, and the owner leaving hands the group over.
+        let add = GroupOp::Add {
+            group: g.clone(),
+            by: Some("bob".into()),
+            members: (0..9).map(|i| format!("u{i}")).collect(),
+        };
+        assert!(matches!(
+            store.group_op(add, 10).await,
+            Err(StoreError::GroupFull)
+        ));
+        let left = store
+            .group_op(
+                GroupOp::Leave {
+                    group: g.clone(),
+                    user: "alice".into(),
+                },
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(left.info.owner, "bob");
+        assert_eq!(store.groups_of("bob").await.unwrap().len(), 1);
+        assert!(store.groups_of("alice").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn read_marks_reset_unread_and_tell_senders_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        for n in 1..=3 {
+            store.store_message(msg("alice", "bob", n)).await.unwrap();
+        }
+        let fan = store
+            .mark_read("bob", pb::ConversationKind::Direct, "alice", 2, 100)
+            .await
+            .unwrap();
+        assert_eq!(fan.len(), 2, "bob's own mark and alice's receipt");
+        match &fan[0].entry.body {
+            Some(pb::timeline_entry::Body::Receipt(r)) => {
+                assert_eq!((r.by_user.as_str(), r.up_to_seq), ("bob", 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fan[1].user, "alice");
+        let bob = store.summaries("bob", 0, 10).await.unwrap();
+        assert_eq!(bob.conversations[0].unread, 1, "one message above the mark");
+        assert!(
+            store
+                .mark_read("bob", pb::ConversationKind::Direct, "alice", 1, 100)
+                .await
+                .unwrap()
+                .is_empty(),
+            "an older mark changes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn recall_erases_content_within_the_window_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let m = store.store_message(msg("alice", "bob", 1)).await.unwrap();
+        assert!(matches!(
+            store.recall("bob", m.server_msg_id, 60_000).await,
+            Err(StoreError::MessageNotFound)
+        ));
+        let fan = store
+            .recall("alice", m.server_msg_id, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(fan.len(), 2);
+        let page = store.timeline("bob", 0, 0, 10).await.unwrap();
+        match &page.entries[0].body {
+            Some(pb::timeline_entry::Body::Message(m)) => {
+                assert!(m.recalled && m.body.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            page.entries[1].body,
+            Some(pb::timeline_entry::Body::Recall(_))
+        ));
+        let old = store.store_message(msg("alice", "bob", 2)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(matches!(
+            store.recall("alice", old.server_msg_id, 1).await,
+            Err(StoreError::RecallExpired)
+        ));
+    }
+
+    #[tokio::test]
+    async fn history_pages_back_through_one_conversation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        for n in 1..=5 {
+            store.store_message(msg("alice", "bob", n)).await.unwrap();
+            store.store_message(msg("carol", "bob", n)).await.unwrap();
+        }
+        let (page, more) = store
+            .history("bob", pb::ConversationKind::Direct, "alice", 0, 3)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
+        assert_eq!((seqs, more), (vec![9, 7, 5], true));
+        let (page, more) = store
+            .history("bob", pb::ConversationKind::Direct, "alice", 5, 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            (page.iter().map(|e| e.seq).collect::<Vec<_>>(), more),
+            (vec![3, 1], false)
+        );
+    }
+
+    #[tokio::test]
+    async fn c2s_messages_queue_a_webhook_in_the_same_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let m = NewMessage {
+            to_service: true,
+            ..msg("alice", "bot", 1)
+        };
+        store.store_message(m.clone()).await.unwrap();
+        store.store_message(m).await.unwrap(); // a resend: no second delivery
+        let due = store.webhooks_due(u64::MAX, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&due[0].payload).unwrap();
+        assert_eq!(
+            (v["sender"].as_str(), v["text"].as_str()),
+            (Some("alice"), Some("hello 1"))
+        );
+        store.webhook_retry(due[0].id, 1_000).await.unwrap();
+        assert!(store.webhooks_due(999, 10).await.unwrap().is_empty());
+        assert_eq!(store.webhooks_due(1_000, 10).await.unwrap()[0].attempts, 1);
+        store.webhook_done(due[0].id).await.unwrap();
+        assert!(store.webhooks_due(u64::MAX, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

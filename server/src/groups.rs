@@ -1,0 +1,90 @@
+//! Group operations, shared by the protocol (`GroupRequest`) and the HTTP API.
+//!
+//! Validation and the permission rules live in the store (so they are checked in write
+//! order); this module turns a request into a [`GroupOp`], names new groups, and pushes
+//! the resulting group events to members who are online.
+
+use std::sync::Arc;
+
+use tern_protocol::pb;
+use tern_protocol::pb::group_request::Op;
+
+use crate::session::Shared;
+use crate::store::{GroupOp, StoreError};
+
+/// Longest group name, in bytes.
+pub const MAX_GROUP_NAME: usize = 256;
+
+/// A fresh group id: `g` followed by 16 hex digits (valid as a conversation id).
+pub fn new_group_id() -> String {
+    format!("g{:016x}", rand::random::<u64>())
+}
+
+/// Runs one group request for `by` (`None` = the business backend through the HTTP
+/// API) and returns the group(s) it concerns.
+pub async fn handle(
+    shared: &Arc<Shared>,
+    by: Option<&str>,
+    op: Option<Op>,
+) -> Result<Vec<pb::GroupInfo>, StoreError> {
+    let max = shared.config.max_group_members;
+    let op = match op.ok_or(StoreError::Invalid("no group operation"))? {
+        Op::Create(c) => {
+            if c.name.len() > MAX_GROUP_NAME {
+                return Err(StoreError::Invalid("group name too long"));
+            }
+            let owner = match by {
+                Some(u) => u.to_owned(),
+                // The backend names an owner as the first member.
+                None => c
+                    .members
+                    .first()
+                    .cloned()
+                    .ok_or(StoreError::Invalid("a group needs a member"))?,
+            };
+            GroupOp::Create {
+                id: new_group_id(),
+                name: c.name,
+                owner,
+                members: c.members,
+            }
+        }
+        Op::Add(m) => GroupOp::Add {
+            group: m.group,
+            by: by.map(str::to_owned),
+            members: m.members,
+        },
+        Op::Remove(m) => GroupOp::Remove {
+            group: m.group,
+            by: by.map(str::to_owned),
+            members: m.members,
+        },
+        Op::Leave(g) => GroupOp::Leave {
+            group: g.group,
+            user: by
+                .ok_or(StoreError::Invalid("only a member can leave"))?
+                .to_owned(),
+        },
+        Op::Info(g) => {
+            let info = shared
+                .store
+                .group_info(&g.group)
+                .await?
+                .ok_or(StoreError::GroupNotFound)?;
+            if let Some(user) = by {
+                if !info.members.iter().any(|m| m == user) {
+                    return Err(StoreError::NotAllowed("not a member of the group"));
+                }
+            }
+            return Ok(vec![info]);
+        }
+        Op::List(_) => {
+            let user = by.ok_or(StoreError::Invalid("list needs a user"))?;
+            return shared.store.groups_of(user).await;
+        }
+    };
+    let outcome = shared.store.group_op(op, max).await?;
+    metrics::counter!("tern_group_ops_total").increment(1);
+    shared.fan_out(outcome.fanout, None);
+    Ok(vec![outcome.info])
+}

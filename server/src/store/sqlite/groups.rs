@@ -1,0 +1,231 @@
+//! Groups: membership, and the group events members see in their timelines.
+//!
+//! Membership changes run on the writer thread like messages, so "is the sender a
+//! member" (checked inside [`super::store_message`]) is always answered against the
+//! membership as of that send's place in the write order. Every change appends a
+//! [`pb::GroupEvent`] to the timeline of each member concerned (the members after the
+//! change plus those removed), which is how a device learns it joined a group, on any
+//! device, online or not.
+//!
+//! Rules: any member may add members; only the owner removes others; anyone may leave;
+//! when the owner leaves, the longest-standing member becomes owner. The HTTP API
+//! (business backend, `by = None`) may do everything.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tern_protocol::pb;
+
+use super::{StoreError, append_event};
+use crate::store::{Fanout, GroupOp, GroupOutcome};
+
+/// Members of `group` in join order, or `None` if it does not exist.
+pub(super) fn members(conn: &Connection, group: &str) -> Result<Option<Vec<String>>, StoreError> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")?
+        .query_row(params![group], |_| Ok(()))
+        .optional()?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let members = conn
+        .prepare_cached("SELECT user FROM group_members WHERE grp = ?1 ORDER BY joined, user")?
+        .query_map(params![group], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(Some(members))
+}
+
+/// The group's description, if it exists.
+pub(super) fn info(conn: &Connection, group: &str) -> Result<Option<pb::GroupInfo>, StoreError> {
+    let row: Option<(String, String, i64)> = conn
+        .prepare_cached("SELECT name, owner, created_ms FROM groups WHERE id = ?1")?
+        .query_row(params![group], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((name, owner, created)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(pb::GroupInfo {
+        group: group.to_owned(),
+        name,
+        owner,
+        members: members(conn, group)?.unwrap_or_default(),
+        created_ms: created as u64,
+    }))
+}
+
+/// Every group `user` belongs to.
+pub(super) fn of_user(conn: &Connection, user: &str) -> Result<Vec<pb::GroupInfo>, StoreError> {
+    let ids = conn
+        .prepare_cached("SELECT grp FROM group_members WHERE user = ?1 ORDER BY grp")?
+        .query_map(params![user], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(g) = info(conn, &id)? {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+fn valid_members(members: &[String]) -> Result<(), StoreError> {
+    if members.iter().all(|m| tern_protocol::is_valid_user_id(m)) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid("invalid member id"))
+    }
+}
+
+fn next_join(tx: &Transaction<'_>, group: &str) -> Result<i64, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT COALESCE(MAX(joined), 0) + 1 FROM group_members WHERE grp = ?1")?
+        .query_row(params![group], |r| r.get(0))?)
+}
+
+/// Applies one membership change.
+pub(super) fn apply(
+    tx: &Transaction<'_>,
+    op: &GroupOp,
+    max_members: usize,
+) -> Result<GroupOutcome, StoreError> {
+    use pb::group_event::Type;
+    let (group, by, kind, changed, mut notify) = match op {
+        GroupOp::Create {
+            id,
+            name,
+            owner,
+            members,
+        } => {
+            valid_members(members)?;
+            let mut all = vec![owner.clone()];
+            for m in members {
+                if !all.contains(m) {
+                    all.push(m.clone());
+                }
+            }
+            if all.len() > max_members {
+                return Err(StoreError::GroupFull);
+            }
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO groups (id, name, owner, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id, name, owner, tern_protocol::unix_ms() as i64])?;
+            if inserted == 0 {
+                return Err(StoreError::Invalid("group id already exists"));
+            }
+            for (i, m) in all.iter().enumerate() {
+                tx.prepare_cached(
+                    "INSERT INTO group_members (grp, user, joined) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, m, i as i64 + 1])?;
+            }
+            (id, owner.clone(), Type::Created, all.clone(), vec![])
+        }
+        GroupOp::Add { group, by, members } => {
+            valid_members(members)?;
+            let current = self::members(tx, group)?.ok_or(StoreError::GroupNotFound)?;
+            if let Some(by) = by {
+                if !current.contains(by) {
+                    return Err(StoreError::NotAllowed("only members may add members"));
+                }
+            }
+            let mut added: Vec<String> = vec![];
+            for m in members {
+                if !current.contains(m) && !added.contains(m) {
+                    added.push(m.clone());
+                }
+            }
+            if current.len() + added.len() > max_members {
+                return Err(StoreError::GroupFull);
+            }
+            for (joined, m) in (next_join(tx, group)?..).zip(&added) {
+                tx.prepare_cached(
+                    "INSERT INTO group_members (grp, user, joined) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![group, m, joined])?;
+            }
+            (
+                group,
+                by.clone().unwrap_or_default(),
+                Type::MembersAdded,
+                added,
+                vec![],
+            )
+        }
+        GroupOp::Remove { group, by, members } => {
+            let g = info(tx, group)?.ok_or(StoreError::GroupNotFound)?;
+            if let Some(by) = by {
+                if *by != g.owner {
+                    return Err(StoreError::NotAllowed("only the owner may remove members"));
+                }
+                if members.contains(by) {
+                    return Err(StoreError::Invalid("the owner leaves, not removes itself"));
+                }
+            }
+            let removed: Vec<String> = g
+                .members
+                .iter()
+                .filter(|m| members.contains(m))
+                .cloned()
+                .collect();
+            for m in &removed {
+                tx.prepare_cached("DELETE FROM group_members WHERE grp = ?1 AND user = ?2")?
+                    .execute(params![group, m])?;
+            }
+            (
+                group,
+                by.clone().unwrap_or_default(),
+                Type::MembersRemoved,
+                removed.clone(),
+                removed,
+            )
+        }
+        GroupOp::Leave { group, user } => {
+            let g = info(tx, group)?.ok_or(StoreError::GroupNotFound)?;
+            if !g.members.contains(user) {
+                return Err(StoreError::NotAllowed("not a member of the group"));
+            }
+            tx.prepare_cached("DELETE FROM group_members WHERE grp = ?1 AND user = ?2")?
+                .execute(params![group, user])?;
+            if g.owner == *user {
+                if let Some(heir) = g.members.iter().find(|m| *m != user) {
+                    tx.prepare_cached("UPDATE groups SET owner = ?2 WHERE id = ?1")?
+                        .execute(params![group, heir])?;
+                }
+            }
+            (
+                group,
+                user.clone(),
+                Type::MemberLeft,
+                vec![user.clone()],
+                vec![user.clone()],
+            )
+        }
+    };
+    let info = info(tx, group)?.ok_or(StoreError::GroupNotFound)?;
+    if changed.is_empty() {
+        // Nothing changed (already members, not members): nothing to announce.
+        return Ok(GroupOutcome {
+            info,
+            fanout: vec![],
+        });
+    }
+    let event = pb::GroupEvent {
+        r#type: kind as i32,
+        group: group.clone(),
+        by_user: by,
+        members: changed,
+        name: info.name.clone(),
+    };
+    notify.extend(info.members.iter().cloned());
+    let mut fanout: Vec<Fanout> = Vec::with_capacity(notify.len());
+    for user in &notify {
+        fanout.push(append_event(
+            tx,
+            user,
+            pb::ConversationKind::Group as i32,
+            group,
+            pb::timeline_entry::Body::Group(event.clone()),
+        )?);
+    }
+    Ok(GroupOutcome { info, fanout })
+}

@@ -1,0 +1,208 @@
+//! Read marks, recalls and history pages.
+//!
+//! A read mark is kept per (user, conversation) as a seq of the user's own timeline:
+//! "everything in this conversation up to seq N is read". Because every device of a
+//! user holds the same timeline, a seq means the same thing on all of them; the mark is
+//! also appended to the timeline as a READ receipt with `up_to_seq`, so each device
+//! applies it (and reaches the same unread count) whatever order it learns things in.
+//! The server's own unread count is recomputed from the mark, never decremented.
+//!
+//! A recall erases the message body in place (so neither sync nor history can return
+//! it again) and appends a recall entry to the timeline of every current participant.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tern_protocol::pb;
+
+use crate::store::Fanout;
+
+use super::{
+    ENTRY_COLUMNS, StoreError, append_event, append_receipt, groups, head_seq, row_to_entry,
+};
+
+pub(super) fn mark_read(
+    tx: &Transaction<'_>,
+    user: &str,
+    kind: pb::ConversationKind,
+    conversation: &str,
+    up_to_seq: u64,
+    group_receipts_max: usize,
+) -> Result<Vec<Fanout>, StoreError> {
+    let kind_i = kind as i32;
+    let up_to = up_to_seq.min(head_seq(tx, user)?);
+    let prev: u64 = tx
+        .prepare_cached(
+            "SELECT up_to_seq FROM read_marks WHERE user = ?1 AND conv_kind = ?2 AND conversation = ?3",
+        )?
+        .query_row(params![user, kind_i, conversation], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0) as u64;
+    if up_to <= prev {
+        return Ok(vec![]);
+    }
+    tx.prepare_cached(
+        "INSERT INTO read_marks (user, conv_kind, conversation, up_to_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user, conv_kind, conversation) DO UPDATE SET up_to_seq = excluded.up_to_seq",
+    )?
+    .execute(params![user, kind_i, conversation, up_to as i64])?;
+    let unread: i64 = tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM timeline t JOIN messages m ON m.id = t.message_id
+             WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 AND t.seq > ?4 AND m.sender != ?1",
+        )?
+        .query_row(params![user, kind_i, conversation, up_to as i64], |r| {
+            r.get(0)
+        })?;
+    tx.prepare_cached(
+        "UPDATE conversations SET unread = ?4 WHERE user = ?1 AND conv_kind = ?2 AND conversation = ?3",
+    )?
+    .execute(params![user, kind_i, conversation, unread])?;
+    // The newest message read now, per sender, among those not read before.
+    let newly_read: Vec<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT m.sender, MAX(m.id) FROM timeline t JOIN messages m ON m.id = t.message_id
+             WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3
+               AND t.seq > ?4 AND t.seq <= ?5 AND m.sender != ?1
+             GROUP BY m.sender",
+        )?
+        .query_map(
+            params![user, kind_i, conversation, prev as i64, up_to as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let up_to_msg = newly_read.iter().map(|(_, id)| *id).max().unwrap_or(0) as u64;
+    let mut fanout = vec![append_receipt(
+        tx,
+        user,
+        pb::Receipt {
+            status: pb::receipt::Status::Read as i32,
+            kind: kind_i,
+            conversation: conversation.to_owned(),
+            by_user: user.to_owned(),
+            up_to_server_msg_id: up_to_msg,
+            up_to_seq: up_to,
+            unread: unread as u64,
+        },
+    )?];
+    let tell_senders = match kind {
+        pb::ConversationKind::Direct => true,
+        pb::ConversationKind::Group => {
+            groups::members(tx, conversation)?.is_some_and(|m| m.len() <= group_receipts_max)
+        }
+        pb::ConversationKind::System => false,
+    };
+    if tell_senders {
+        for (sender, id) in newly_read {
+            let receipt = pb::Receipt {
+                status: pb::receipt::Status::Read as i32,
+                kind: kind_i,
+                // From the sender's view: the peer (direct) or the group.
+                conversation: if kind == pb::ConversationKind::Direct {
+                    user.to_owned()
+                } else {
+                    conversation.to_owned()
+                },
+                by_user: user.to_owned(),
+                up_to_server_msg_id: id as u64,
+                up_to_seq: 0,
+                unread: 0,
+            };
+            fanout.push(append_receipt(tx, &sender, receipt)?);
+        }
+    }
+    Ok(fanout)
+}
+
+pub(super) fn recall(
+    tx: &Transaction<'_>,
+    user: &str,
+    server_msg_id: u64,
+    window_ms: u64,
+) -> Result<Vec<Fanout>, StoreError> {
+    let row: Option<(String, String, i32, i64, bool)> = tx
+        .prepare_cached(
+            "SELECT sender, recipient, kind, server_ts, recalled FROM messages WHERE id = ?1",
+        )?
+        .query_row(params![server_msg_id as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((sender, recipient, kind, ts, recalled)) = row else {
+        return Err(StoreError::MessageNotFound);
+    };
+    if sender != user {
+        return Err(StoreError::MessageNotFound);
+    }
+    if recalled {
+        return Ok(vec![]); // a retried recall: already done
+    }
+    if tern_protocol::unix_ms().saturating_sub(ts as u64) > window_ms {
+        return Err(StoreError::RecallExpired);
+    }
+    tx.prepare_cached(
+        "UPDATE messages SET body = x'', content_type = 0, recalled = 1 WHERE id = ?1",
+    )?
+    .execute(params![server_msg_id as i64])?;
+    // Who holds it: both sides of a direct chat; the sender and the current members of
+    // a group (someone who left since keeps the original, like a copy already read).
+    let mut holders: Vec<(String, String)> = vec![];
+    if kind == pb::ConversationKind::Group as i32 {
+        for m in groups::members(tx, &recipient)?.unwrap_or_default() {
+            holders.push((m, recipient.clone()));
+        }
+        if !holders.iter().any(|(u, _)| *u == sender) {
+            holders.push((sender.clone(), recipient.clone()));
+        }
+    } else {
+        holders.push((sender.clone(), recipient.clone()));
+        if recipient != sender {
+            holders.push((recipient.clone(), sender.clone()));
+        }
+    }
+    let mut fanout = Vec::with_capacity(holders.len());
+    for (holder, conversation) in holders {
+        fanout.push(append_event(
+            tx,
+            &holder,
+            kind,
+            &conversation,
+            pb::timeline_entry::Body::Recall(pb::Recall {
+                server_msg_id,
+                kind,
+                conversation: conversation.clone(),
+                by_user: user.to_owned(),
+            }),
+        )?);
+    }
+    Ok(fanout)
+}
+
+pub(super) fn history(
+    conn: &Connection,
+    user: &str,
+    kind: pb::ConversationKind,
+    conversation: &str,
+    before_seq: u64,
+    limit: u32,
+) -> Result<(Vec<pb::TimelineEntry>, bool), StoreError> {
+    let before = if before_seq == 0 {
+        i64::MAX
+    } else {
+        before_seq as i64
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM timeline t JOIN messages m ON m.id = t.message_id
+         WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 AND t.seq < ?4
+         ORDER BY t.seq DESC LIMIT ?5"
+    ))?;
+    let mut entries = stmt
+        .query_map(
+            params![user, kind as i32, conversation, before, limit as i64 + 1],
+            row_to_entry,
+        )?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    Ok((entries, more))
+}
