@@ -6,6 +6,7 @@
 
 mod app;
 mod catchup;
+mod fanout;
 mod idle;
 mod idle_cost;
 mod loss;
@@ -42,6 +43,8 @@ enum Command {
     Wire(wire::Args),
     /// A fresh client catching up with a large backlog.
     Catchup(catchup::Args),
+    /// Group fan-out cost at 10..10,000 members vs a 1:1 message.
+    Fanout(fanout::Args),
     /// All six, written to one JSON file.
     All(suite::Args),
     /// docs/bench/README.md and plots from a results file.
@@ -69,6 +72,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // One TLS crypto provider for everything in the process (quinn, reqwest): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -80,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             Command::IdleCost(a) => print(&idle_cost::run(&a).await?),
             Command::Wire(a) => print(&wire::run(&a).await?),
             Command::Catchup(a) => print(&catchup::run(&a).await?),
+            Command::Fanout(a) => print(&fanout::run(&a).await?),
             Command::All(a) => suite::run(&a).await.map(drop),
             Command::Report(a) => report::run(&a),
             Command::EchoServer { cert_out } => serverproc::serve_echo(&cert_out).await,

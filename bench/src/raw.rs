@@ -152,9 +152,15 @@ impl RawClient {
         Ok(RawClient { conn, writer })
     }
 
-    /// Queues a text message to `to` (written by the writer task, in order).
+    /// Queues a text message to user `to` (written by the writer task, in order).
     pub fn send(&self, to: &str, body: Vec<u8>) {
+        self.send_to(pb::ConversationKind::Direct, to, body);
+    }
+
+    /// Queues a text message to a user or group.
+    pub fn send_to(&self, kind: pb::ConversationKind, to: &str, body: Vec<u8>) {
         let frame = Frame::Chat(pb::ChatMessage {
+            kind: kind as i32,
             client_msg_id: Bytes::copy_from_slice(
                 &ClientMsgId::generate(tern_protocol::unix_ms(), &mut rand::rng()).0,
             ),

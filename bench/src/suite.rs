@@ -56,6 +56,25 @@ pub struct Results {
     pub catchup: catchup::Report,
 }
 
+impl Meta {
+    /// This machine and command, for a run that started at `started`.
+    pub fn now(quick: bool, started: std::time::Instant) -> Meta {
+        Meta {
+            date: sh("date -u +%Y-%m-%d"),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            commit: sh("git rev-parse --short HEAD"),
+            machine: format!(
+                "{} cores, {} GiB, {}",
+                std::thread::available_parallelism().map_or(0, |n| n.get()),
+                sh("free -g | awk '/Mem:/{print $2}'"),
+                sh("uname -sr"),
+            ),
+            quick,
+            secs: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 fn sh(cmd: &str) -> String {
     std::process::Command::new("sh")
         .args(["-c", cmd])
@@ -117,19 +136,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
         conversations: if q { 20 } else { 500 },
     })
     .await?;
-    let meta = Meta {
-        date: sh("date -u +%Y-%m-%d"),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        commit: sh("git rev-parse --short HEAD"),
-        machine: format!(
-            "{} cores, {} GiB, {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            sh("free -g | awk '/Mem:/{print $2}'"),
-            sh("uname -sr"),
-        ),
-        quick: q,
-        secs: started.elapsed().as_secs_f64(),
-    };
+    let meta = Meta::now(q, started);
     let results = Results {
         meta,
         throughput,

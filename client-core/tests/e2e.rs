@@ -158,6 +158,7 @@ async fn a_seq_gap_is_detected_and_filled() {
             client_ts_ms: 0,
             require_known_recipient: false,
             to_service: false,
+            from_backend: false,
         })
         .await
         .unwrap();

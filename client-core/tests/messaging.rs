@@ -215,13 +215,18 @@ async fn a_three_device_user_sees_one_conversation_and_one_unread_count() {
             .all(|m| m.status == MessageStatus::Read)
     })
     .await;
-    assert!(bob_events.events.lock().unwrap().iter().any(|e| matches!(
-        e,
-        ClientEvent::MessageStatusChanged {
-            status: MessageStatus::Read,
-            ..
-        }
-    )));
+    until("bob's Read event", || {
+        bob_events.events.lock().unwrap().iter().any(|e| {
+            matches!(
+                e,
+                ClientEvent::MessageStatusChanged {
+                    status: MessageStatus::Read,
+                    ..
+                }
+            )
+        })
+    })
+    .await;
     bob.send_text("alice", "b5").unwrap();
     bob.send_text("alice", "b6").unwrap();
     until("two new unread on phone and tablet", || {
@@ -288,10 +293,15 @@ async fn group_senders_see_read_counts_and_recalls_reach_every_device() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(alice.message(sent.local_id).unwrap().unwrap().read_count, 2);
-    assert!(alice_events.events.lock().unwrap().iter().any(|e| matches!(
-        e,
-        ClientEvent::MessageUpdated(m) if m.read_count == 2
-    )));
+    until("the read-count event", || {
+        alice_events.events.lock().unwrap().iter().any(|e| {
+            matches!(
+                e,
+                ClientEvent::MessageUpdated(m) if m.read_count == 2
+            )
+        })
+    })
+    .await;
 
     // Recall a direct message: bob's copy and alice's other device change.
     let oops = alice.send_text("bob", "wrong chat").unwrap();
@@ -323,10 +333,16 @@ async fn group_senders_see_read_counts_and_recalls_reach_every_device() {
     .await;
     assert!(alice.message(oops.local_id).unwrap().unwrap().recalled);
     for ev in [&bob_events, &alice2_events] {
-        assert!(ev.events.lock().unwrap().iter().any(|e| matches!(
-            e,
-            ClientEvent::MessageUpdated(m) if m.recalled
-        )));
+        // Events reach the listener on the event thread, a moment after the commit.
+        until("the MessageUpdated event", || {
+            ev.events.lock().unwrap().iter().any(|e| {
+                matches!(
+                    e,
+                    ClientEvent::MessageUpdated(m) if m.recalled
+                )
+            })
+        })
+        .await;
     }
     // Outside the window, and not one's own: refused.
     let late = alice.send_text("bob", "too late to take back").unwrap();
@@ -380,6 +396,7 @@ async fn a_fresh_install_pages_back_through_server_history_without_false_beginni
                 client_ts_ms: 0,
                 require_known_recipient: false,
                 to_service: false,
+                from_backend: false,
             })
             .await
             .unwrap();

@@ -90,6 +90,7 @@ fn entry() -> impl Strategy<Value = pb::TimelineEntry> {
             by_user,
             members,
             name,
+            member_count: t as u32,
         });
     (
         any::<u64>(),

@@ -2,7 +2,7 @@
 //!
 //! | route | auth | what |
 //! |---|---|---|
-//! | `POST /v1/messages` | bearer | send a system/notification message to a user (same storage, push and QoS path as chat) |
+//! | `POST /v1/messages` | bearer | send a system/notification message to a user or (`"group": true`) a group (same storage, push and QoS path as chat) |
 //! | `GET /v1/users/{id}/presence` | bearer | the user's live sessions |
 //! | `POST /v1/users/{id}/kick` | bearer | end the user's sessions with reason `ADMIN` |
 //! | `POST /v1/groups` | bearer | create a group `{"name", "members": [...]}` (first member owns it) |
@@ -159,8 +159,11 @@ async fn render_metrics(State(api): State<Api>) -> Response {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
-    /// Recipient user id.
+    /// Recipient user id, or group id with `"group": true`.
     pub to: String,
+    /// Send into group `to` (as `from`, which need not be a member).
+    #[serde(default)]
+    pub group: bool,
     /// Sending (system/service) account; default `system`.
     #[serde(default = "default_system")]
     pub from: String,
@@ -240,12 +243,17 @@ async fn send_message(
             sender: req.from,
             client_msg_id: id,
             recipient: req.to,
-            kind: pb::ConversationKind::System,
+            kind: if req.group {
+                pb::ConversationKind::Group
+            } else {
+                pb::ConversationKind::System
+            },
             content_type: req.content_type,
             body: body.into(),
             client_ts_ms: now_ms,
             require_known_recipient: api.shared.config.require_known_recipient,
             to_service: false,
+            from_backend: true,
         })
         .await?;
     metrics::counter!("tern_http_messages_total").increment(1);

@@ -712,6 +712,7 @@ impl Session {
             sender: self.user.clone(),
             client_msg_id: id.expect("checked above"),
             to_service,
+            from_backend: false,
             recipient: m.recipient,
             kind: kind.expect("checked above"),
             content_type: m.content_type,

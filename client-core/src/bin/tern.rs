@@ -6,6 +6,10 @@
 //! tern --user bob   --token T history --with alice [--limit N] [--json]
 //! tern --user bob   --token T conversations [--json]
 //! tern --user bob   --token T chat --with alice
+//! tern --user bob   --token T group create --name team --members alice,carol
+//! tern --user bob   --token T send --group --to g0123... --text "hi all"
+//! tern --user bob   --token T read --with alice
+//! tern --user bob   --token T recall --id 42
 //! ```
 //!
 //! Every command logs in (which also syncs what arrived while away) and uses the same
@@ -66,9 +70,12 @@ enum Cmd {
     /// Send a text (or N numbered texts) and wait until the server stored them (and
     /// anything an earlier run left in the outbox; `--count 0` sends only that)
     Send {
-        /// Recipient user id
+        /// Recipient user id (or group id with --group)
         #[arg(long)]
         to: String,
+        /// `--to` is a group
+        #[arg(long)]
+        group: bool,
         /// The text
         #[arg(long)]
         text: String,
@@ -93,10 +100,13 @@ enum Cmd {
     },
     /// Print the messages of a conversation (after syncing)
     History {
-        /// The other user
+        /// The other user (or group id with --group)
         #[arg(long)]
         with: String,
-        /// Most recent N
+        /// `--with` is a group
+        #[arg(long)]
+        group: bool,
+        /// Most recent N (older ones are fetched from the server if not held locally)
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// One JSON object per line
@@ -115,6 +125,86 @@ enum Cmd {
         #[arg(long)]
         with: String,
     },
+    /// Mark a conversation read (on every device; the sender sees it)
+    Read {
+        /// The other user (or group id with --group)
+        #[arg(long)]
+        with: String,
+        /// `--with` is a group
+        #[arg(long)]
+        group: bool,
+    },
+    /// Recall one of your messages (its `local_id`, see `history --json`)
+    Recall {
+        /// Local id of the message
+        #[arg(long)]
+        id: i64,
+    },
+    /// Register this device's push token for offline pushes (empty token removes it)
+    PushToken {
+        /// Provider passed to the push webhook (apns, fcm, ...)
+        #[arg(long)]
+        provider: String,
+        /// The token
+        #[arg(long)]
+        token: String,
+    },
+    /// Groups: create, add, remove, leave, info, list
+    #[command(subcommand)]
+    Group(GroupCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    /// Create a group you own; prints its id
+    Create {
+        /// Display name
+        #[arg(long)]
+        name: String,
+        /// Members (comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Add members
+    Add {
+        /// Group id
+        #[arg(long)]
+        group: String,
+        /// Members (comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Remove members (owner only)
+    Remove {
+        /// Group id
+        #[arg(long)]
+        group: String,
+        /// Members (comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Leave a group
+    Leave {
+        /// Group id
+        #[arg(long)]
+        group: String,
+    },
+    /// Show a group
+    Info {
+        /// Group id
+        #[arg(long)]
+        group: String,
+    },
+    /// List your groups
+    List,
+}
+
+fn kind(group: bool) -> ConversationKind {
+    if group {
+        ConversationKind::Group
+    } else {
+        ConversationKind::Direct
+    }
 }
 
 struct Forward(mpsc::UnboundedSender<ClientEvent>);
@@ -138,6 +228,9 @@ fn message_json(m: &Message) -> serde_json::Value {
         "content_type": m.content_type,
         "sent_at": m.server_ts_ms,
         "status": m.status,
+        "kind": m.kind,
+        "recalled": m.recalled,
+        "read_count": m.read_count,
     })
 }
 
@@ -156,8 +249,22 @@ fn print_message(m: &Message) {
         || format!("<{} bytes, type {}>", m.body.len(), m.content_type),
         str::to_owned,
     );
-    if m.outgoing {
+    let text = if m.recalled {
+        "(recalled)".to_owned()
+    } else {
+        text
+    };
+    if m.outgoing && m.kind == ConversationKind::Group && m.read_count > 0 {
+        println!(
+            "[me → {}] {text}  {} read by {}",
+            m.recipient,
+            status_mark(&m.status),
+            m.read_count
+        );
+    } else if m.outgoing {
         println!("[me → {}] {text}  {}", m.recipient, status_mark(&m.status));
+    } else if m.kind == ConversationKind::Group {
+        println!("[{} in {}] {text}", m.sender, m.conversation);
     } else {
         println!("[{}] {text}", m.sender);
     }
@@ -246,16 +353,61 @@ async fn run(cli: Cli) -> ExitCode {
     let code = match &cli.command {
         Cmd::Send {
             to,
+            group,
             text,
             count,
             timeout,
-        } => send(&mut s, to, text, *count, Duration::from_secs(*timeout)).await,
+        } => {
+            send(
+                &mut s,
+                kind(*group),
+                to,
+                text,
+                *count,
+                Duration::from_secs(*timeout),
+            )
+            .await
+        }
         Cmd::Listen {
             count,
             timeout,
             json,
         } => listen(&mut s, *count, timeout.map(Duration::from_secs), *json).await,
-        Cmd::History { with, limit, json } => history(&mut s, with, *limit, *json).await,
+        Cmd::History {
+            with,
+            group,
+            limit,
+            json,
+        } => history(&mut s, kind(*group), with, *limit, *json).await,
+        Cmd::Read { with, group } => {
+            let k = kind(*group);
+            request(&mut s, |c| {
+                c.mark_read(k, with)?;
+                println!(
+                    "marked {with} read (total unread now {})",
+                    c.total_unread()?
+                );
+                Ok(())
+            })
+            .await
+        }
+        Cmd::Recall { id } => {
+            request(&mut s, |c| {
+                c.recall(*id)?;
+                println!("recalled {id}");
+                Ok(())
+            })
+            .await
+        }
+        Cmd::PushToken { provider, token } => {
+            request(&mut s, |c| {
+                c.register_push_token(provider, token)?;
+                println!("push token registered");
+                Ok(())
+            })
+            .await
+        }
+        Cmd::Group(g) => group(&mut s, g).await,
         Cmd::Conversations { json } => conversations(&mut s, *json).await,
         Cmd::Chat { with } => chat(&mut s, with).await,
     };
@@ -263,8 +415,54 @@ async fn run(cli: Cli) -> ExitCode {
     code
 }
 
+/// Connects, then runs `f` (a request that needs the server).
+async fn request(
+    s: &mut Session,
+    f: impl FnOnce(&Client) -> Result<(), tern_client::ClientError>,
+) -> ExitCode {
+    if let Err(e) = s.ready(Duration::from_secs(15)).await {
+        return fail(e);
+    }
+    match f(&s.client) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn print_group(g: &tern_client::GroupInfo) {
+    println!(
+        "{}  {:?}  owner {}  {} members: {}",
+        g.id,
+        g.name,
+        g.owner,
+        g.members.len(),
+        g.members.join(",")
+    );
+}
+
+async fn group(s: &mut Session, cmd: &GroupCmd) -> ExitCode {
+    request(s, |c| {
+        match cmd {
+            GroupCmd::Create { name, members } => print_group(&c.create_group(name, members)?),
+            GroupCmd::Add { group, members } => print_group(&c.add_group_members(group, members)?),
+            GroupCmd::Remove { group, members } => {
+                print_group(&c.remove_group_members(group, members)?)
+            }
+            GroupCmd::Leave { group } => {
+                c.leave_group(group)?;
+                println!("left {group}");
+            }
+            GroupCmd::Info { group } => print_group(&c.group_info(group)?),
+            GroupCmd::List => c.groups()?.iter().for_each(print_group),
+        }
+        Ok(())
+    })
+    .await
+}
+
 async fn send(
     s: &mut Session,
+    kind: ConversationKind,
     to: &str,
     text: &str,
     count: Option<u32>,
@@ -286,7 +484,7 @@ async fn send(
         );
     }
     for t in &texts {
-        match s.client.send_text(to, t) {
+        match s.client.send_to(kind, to, 0, t.as_bytes()) {
             Ok(m) => {
                 waiting.insert(m.local_id, m);
             }
@@ -386,15 +584,29 @@ async fn listen(
     }
 }
 
-async fn history(s: &mut Session, with: &str, limit: u32, json: bool) -> ExitCode {
-    if let Err(e) = s.ready(Duration::from_secs(15)).await {
-        eprintln!("tern: {e}; showing local history only");
-    }
+async fn history(
+    s: &mut Session,
+    kind: ConversationKind,
+    with: &str,
+    limit: u32,
+    json: bool,
+) -> ExitCode {
+    let online = match s.ready(Duration::from_secs(15)).await {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("tern: {e}; showing local history only");
+            false
+        }
+    };
     s.synced().await;
-    let mut msgs = match s
-        .client
-        .messages(ConversationKind::Direct, with, None, limit)
-    {
+    let page = if online {
+        s.client
+            .load_history(kind, with, None, limit)
+            .map(|p| p.messages)
+    } else {
+        s.client.messages(kind, with, None, limit)
+    };
+    let mut msgs = match page {
         Ok(m) => m,
         Err(e) => return fail(e),
     };

@@ -42,6 +42,8 @@ pub struct NewMessage {
     /// transaction as the message (so an acknowledged message always reaches the
     /// business backend, even across a crash).
     pub to_service: bool,
+    /// The business backend sends (HTTP API): into a group it need not be a member of.
+    pub from_backend: bool,
 }
 
 /// A change to a group's membership.

@@ -15,6 +15,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tern_protocol::pb;
 
 use super::{StoreError, append_event};
+
+/// Most member ids listed in one group event (every member gets a copy).
+const EVENT_MEMBERS_MAX: usize = 64;
 use crate::store::{Fanout, GroupOp, GroupOutcome};
 
 /// Members of `group` in join order, or `None` if it does not exist.
@@ -213,8 +216,13 @@ pub(super) fn apply(
         r#type: kind as i32,
         group: group.clone(),
         by_user: by,
-        members: changed,
+        members: if kind == Type::Created || changed.len() > EVENT_MEMBERS_MAX {
+            vec![]
+        } else {
+            changed
+        },
         name: info.name.clone(),
+        member_count: info.members.len() as u32,
     };
     notify.extend(info.members.iter().cloned());
     let mut fanout: Vec<Fanout> = Vec::with_capacity(notify.len());

@@ -184,6 +184,10 @@ fn open(path: &Path, durability: Durability, read_only: bool) -> Result<Connecti
     conn.pragma_update(None, "synchronous", sync)?;
     if read_only {
         conn.pragma_update(None, "query_only", true)?;
+    } else {
+        // A group message writes one timeline entry per member in one transaction;
+        // with SQLite's default 2 MiB cache the dirty pages spill mid-transaction.
+        conn.pragma_update(None, "cache_size", -65536)?; // KiB: 64 MiB
     }
     Ok(conn)
 }
@@ -541,7 +545,7 @@ fn store_message(
         // Membership is checked inside the write, so it is ordered with every
         // membership change: a member removed before this send cannot send into it.
         let members = groups::members(tx, &m.recipient)?.ok_or(StoreError::GroupNotFound)?;
-        if !members.contains(&m.sender) {
+        if !m.from_backend && !members.contains(&m.sender) {
             return Err(StoreError::NotAllowed("not a member of the group"));
         }
         Some(members)
@@ -1039,6 +1043,7 @@ mod tests {
             client_ts_ms: 1,
             require_known_recipient: false,
             to_service: false,
+            from_backend: false,
         }
     }
 

@@ -101,14 +101,17 @@ pub(super) fn due(
             "SELECT id, hook, payload, attempts FROM webhook_outbox WHERE next_at_ms <= ?1
              ORDER BY next_at_ms, id LIMIT ?2",
         )?
-        .query_map(params![now_ms.min(i64::MAX as u64) as i64, limit as i64], |r| {
-            Ok(WebhookJob {
-                id: r.get::<_, i64>(0)? as u64,
-                hook: r.get(1)?,
-                payload: r.get(2)?,
-                attempts: r.get(3)?,
-            })
-        })?
+        .query_map(
+            params![now_ms.min(i64::MAX as u64) as i64, limit as i64],
+            |r| {
+                Ok(WebhookJob {
+                    id: r.get::<_, i64>(0)? as u64,
+                    hook: r.get(1)?,
+                    payload: r.get(2)?,
+                    attempts: r.get(3)?,
+                })
+            },
+        )?
         .collect::<Result<_, _>>()?)
 }
 
