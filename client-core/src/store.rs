@@ -17,8 +17,8 @@
 //! * `received_seqs` and the `cursor`: the highest contiguous inbox seq stored, plus
 //!   the seqs stored above it (out of order). A gap is the difference.
 //!
-//! Incoming messages are *announced* to the app (returned as new) only when the cursor
-//! passes them, so the app sees them in timeline order even when they were stored out
+//! New messages (incoming, or sent from another device of the user) are *announced* to
+//! the app (returned as new) only when the cursor passes them, so the app sees them in timeline order even when they were stored out
 //! of order (a push above a gap, the last messages of a conversation summary).
 //!
 //! Every method is synchronous and short; the caller holds the store's mutex.
@@ -938,8 +938,10 @@ fn apply_entry(
                     e.seq as i64,
                     outgoing,
                     status.code(),
-                    // History pages are old news: stored, never announced as new.
-                    outgoing || historical,
+                    // History pages are old news: stored, never announced as new. A
+                    // message this user sent from another device is announced (as
+                    // outgoing) like any other new message, in timeline order.
+                    historical,
                     recalled
                 ],
             )?;

@@ -177,7 +177,8 @@ pub enum ConnectionState {
 /// Something the app should know.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
-    /// A new incoming message was stored.
+    /// A new message was stored: incoming, or sent from another device of this user
+    /// (`outgoing` is true). Announced in timeline order.
     MessageReceived(Message),
     /// An outgoing message changed status.
     MessageStatusChanged {

@@ -173,7 +173,8 @@ pub enum ConnectionState {
 /// An event for the app.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
 pub enum TernEvent {
-    /// A new incoming message was stored.
+    /// A new message was stored: incoming, or sent from another device of this user
+    /// (`outgoing` is true).
     MessageReceived {
         /// The message.
         message: Message,

@@ -78,7 +78,7 @@ final class ChatStore: ObservableObject {
         case .messageReceived(let message):
             if message.conversation == peer { try? client?.markRead(kind: .direct, conversation: message.conversation) }
             refresh()
-        case .messageStatusChanged, .conversationUpdated: refresh()
+        case .messageStatusChanged, .messageUpdated, .conversationUpdated: refresh()
         case .syncProgress: break
         }
     }

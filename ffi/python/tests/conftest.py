@@ -89,13 +89,13 @@ def server(tmp_path):
 def make_client(server, tmp_path):
     clients = []
 
-    def make(user: str, device: str = None):
+    def make(user: str, device: str = None, platform=tern.Platform.DESKTOP):
         settings = tern.ClientSettings(
             server=server.addr,
             ca_pem=open(server.cert).read(),
             data_dir=str(tmp_path / f"client-{user}-{device or 'd'}"),
             device_id=device or f"py-{user}",
-            platform=tern.Platform.DESKTOP,
+            platform=platform,
             client_version="1.0.0",
         )
         client = tern.TernClient(settings)

@@ -61,7 +61,61 @@ def test_history_paging_and_unread_counts(make_client):
 
     bob.mark_read(tern.ConversationKind.DIRECT, "alice")
     assert bob.conversations()[0].unread == 0
-    assert bob.sync_cursor() == 25
+    # 25 messages, then the read mark itself: an entry of bob's own timeline.
+    wait_until(lambda: bob.sync_cursor() == 26)
+
+
+def is_received(pred):
+    return lambda e: isinstance(e, tern.TernEvent.MESSAGE_RECEIVED) and pred(e.message)
+
+
+def wait_until(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_groups_read_marks_across_devices_and_recall(make_client):
+    alice, alice_ev = make_client("alice")
+    alice_web, alice_web_ev = make_client("alice", device="web", platform=tern.Platform.WEB)
+    bob, bob_ev = make_client("bob")
+    carol, carol_ev = make_client("carol")
+
+    g = alice.create_group("py team", ["bob", "carol"])
+    assert (g.owner, g.members) == ("alice", ["alice", "bob", "carol"])
+    sent = alice.send_group_text(g.id, "standup in 5")
+    for ev in (bob_ev, carol_ev):
+        got = ev.wait_for(is_received(lambda m: m.text == "standup in 5"))[0].message
+        assert (got.kind, got.conversation, got.sender) == (tern.ConversationKind.GROUP, g.id, "alice")
+    # The other device of the sender sees it too, as outgoing.
+    alice_web_ev.wait_for(is_received(lambda m: m.text == "standup in 5" and m.outgoing))
+    bob.mark_read(tern.ConversationKind.GROUP, g.id)
+    carol.mark_read(tern.ConversationKind.GROUP, g.id)
+    alice_ev.wait_for(lambda e: isinstance(e, tern.TernEvent.MESSAGE_UPDATED)
+                      and e.message.local_id == sent.local_id and e.message.read_count == 2)
+    assert [x.id for x in carol.groups()] == [g.id]
+    with pytest.raises(tern.TernError.Refused) as refused:
+        bob.remove_group_members(g.id, ["carol"])
+    assert "NOT_ALLOWED" in str(refused.value)
+
+    # Read on one device clears the count on the other; the sender sees "read".
+    ping = bob.send_text("alice", "ping")
+    alice_web_ev.wait_for(is_received(lambda m: m.text == "ping"))
+    assert alice_web.total_unread() == 1
+    alice.mark_read(tern.ConversationKind.DIRECT, "bob")
+    wait_until(lambda: alice_web.total_unread() == 0)
+    bob_ev.wait_for(is_status(ping.local_id, tern.MessageStatus.READ))
+
+    # Recall replaces the content on the recipient's device.
+    oops = alice.send_text("bob", "wrong window")
+    bob_ev.wait_for(is_received(lambda m: m.text == "wrong window"))
+    alice_ev.wait_for(is_status(oops.local_id, tern.MessageStatus.SENT))
+    alice.recall(oops.local_id)
+    bob_ev.wait_for(lambda e: isinstance(e, tern.TernEvent.MESSAGE_UPDATED) and e.message.recalled)
+
+    page = bob.load_history(tern.ConversationKind.DIRECT, "alice", None, 10)
+    assert page.at_beginning and [m.recalled for m in page.messages][0]
 
 
 def test_errors_are_typed(make_client, server, tmp_path):

@@ -98,6 +98,34 @@ class ChatRepositoryTest {
     }
 
     @Test
+    fun groupsReadCountsAndRecall() {
+        val erin = repo("erin")
+        val frank = repo("frank")
+        try {
+            await { erin.connection.first { it is ConnectionState.Connected } }
+            await { frank.connection.first { it is ConnectionState.Connected } }
+            val group = erin.createGroup("kotlin crew", listOf("frank"))
+            assertEquals(listOf("erin", "frank"), group.members)
+            val sent = erin.sendToGroup(group.id, "hi crew")
+            await { frank.incoming.first { it.text == "hi crew" && it.conversation == group.id } }
+            frank.markRead(group.id, dev.tern.ConversationKind.GROUP)
+            await { erin.updates.first { it.localId == sent.localId && it.readCount == 1u } }
+
+            val oops = erin.send("frank", "oops")
+            await { frank.incoming.first { it.text == "oops" } }
+            await { erin.statuses.first { it.localId == oops.localId && it.status == MessageStatus.Delivered } }
+            erin.recall(oops.localId)
+            await { frank.updates.first { it.recalled } }
+            assertEquals(listOf("hi crew"), frank.groupHistory(group.id).map { it.text })
+            val theirs = frank.history("erin").first { it.text.isNullOrEmpty() || it.recalled }
+            assertThrows(TernException.NotFound::class.java) { frank.recall(theirs.localId) }
+        } finally {
+            erin.close()
+            frank.close()
+        }
+    }
+
+    @Test
     fun tokensMintedInKotlinAreAcceptedByTheServer() {
         val settings = ClientSettings(addr, certPem, File(tmp, "client-dave").path, "jvm-dave", Platform.ANDROID, "1.0.0")
         ChatRepository(settings).use { dave ->

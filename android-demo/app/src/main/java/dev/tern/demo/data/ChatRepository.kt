@@ -4,6 +4,7 @@ import dev.tern.ClientSettings
 import dev.tern.ConnectionState
 import dev.tern.Conversation
 import dev.tern.ConversationKind
+import dev.tern.GroupInfo
 import dev.tern.Message
 import dev.tern.MessageStatus
 import dev.tern.TernClient
@@ -38,7 +39,7 @@ class ChatRepository(settings: ClientSettings) : TernListener, AutoCloseable {
     val conversations: StateFlow<List<Conversation>> = _conversations.asStateFlow()
 
     private val _incoming = MutableSharedFlow<Message>(replay = 64, extraBufferCapacity = 1024)
-    /** Incoming messages, in timeline order, each once. */
+    /** New messages (incoming, or sent from this user's other devices), in timeline order, each once. */
     val incoming: SharedFlow<Message> = _incoming.asSharedFlow()
 
     private val _statuses = MutableSharedFlow<StatusChange>(replay = 64, extraBufferCapacity = 1024)
@@ -47,6 +48,10 @@ class ChatRepository(settings: ClientSettings) : TernListener, AutoCloseable {
 
     /** One delivery-status change. */
     data class StatusChange(val localId: Long, val status: MessageStatus)
+
+    private val _updates = MutableSharedFlow<Message>(replay = 64, extraBufferCapacity = 1024)
+    /** Messages changed in place: recalled, or a group read count grew. */
+    val updates: SharedFlow<Message> = _updates.asSharedFlow()
 
     init {
         client.setListener(this)
@@ -65,10 +70,29 @@ class ChatRepository(settings: ClientSettings) : TernListener, AutoCloseable {
     fun history(peer: String, before: Long? = null, limit: Int = 50): List<Message> =
         client.messages(ConversationKind.DIRECT, peer, before, limit.toUInt()).reversed()
 
-    fun markRead(peer: String) {
-        client.markRead(ConversationKind.DIRECT, peer)
+    fun markRead(peer: String, kind: ConversationKind = ConversationKind.DIRECT) {
+        client.markRead(kind, peer)
         refreshConversations()
     }
+
+    /** Creates a group (blocks until the server answers: call off the main thread). */
+    fun createGroup(name: String, members: List<String>): GroupInfo = client.createGroup(name, members)
+
+    fun sendToGroup(group: String, text: String): Message = client.sendGroupText(group, text)
+
+    /** A group's messages, oldest first. */
+    fun groupHistory(group: String, limit: Int = 50): List<Message> =
+        client.messages(ConversationKind.GROUP, group, null, limit.toUInt()).reversed()
+
+    /** Recalls an own message (blocks until the server answers). */
+    fun recall(localId: Long) = client.recall(localId)
+
+    /** Older messages, from the device or the server (blocks when it asks the server). */
+    fun loadOlder(peer: String, before: Long?, kind: ConversationKind = ConversationKind.DIRECT) =
+        client.loadHistory(kind, peer, before, 50u)
+
+    /** The app badge. */
+    fun totalUnread(): ULong = client.totalUnread()
 
     /** From ConnectivityManager / NWPathMonitor callbacks. */
     fun networkChanged(label: String) = client.networkChanged(label)
@@ -85,6 +109,7 @@ class ChatRepository(settings: ClientSettings) : TernListener, AutoCloseable {
             is TernEvent.ConnectionStateChanged -> _connection.value = event.state
             is TernEvent.MessageReceived -> _incoming.tryEmit(event.message)
             is TernEvent.MessageStatusChanged -> _statuses.tryEmit(StatusChange(event.localId, event.status))
+            is TernEvent.MessageUpdated -> _updates.tryEmit(event.message)
             is TernEvent.ConversationUpdated -> refreshConversations()
             is TernEvent.SyncProgress -> Unit
         }
