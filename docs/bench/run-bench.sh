@@ -16,3 +16,9 @@ else
   target/release/tern-bench all --out "$out/results.json"
 fi
 target/release/tern-bench report --results "$out/results.json" --out "$out"
+# Group fan-out (write diffusion at 10..10,000 members): its own page.
+if [ "${1:-}" = "--quick" ]; then
+  target/release/tern-bench fanout --quick --out "$out/fanout.md" >/dev/null
+else
+  target/release/tern-bench fanout --online-max 10000 --out "$out/fanout.md" >/dev/null
+fi
