@@ -20,13 +20,23 @@ use super::{StoreError, append_event};
 const EVENT_MEMBERS_MAX: usize = 64;
 use crate::store::{Fanout, GroupOp, GroupOutcome};
 
+/// Whether `group` exists.
+pub(super) fn exists(conn: &Connection, group: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")?
+        .exists(params![group])?)
+}
+
+/// Whether `user` is a member of `group`.
+pub(super) fn is_member(conn: &Connection, group: &str, user: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM group_members WHERE grp = ?1 AND user = ?2")?
+        .exists(params![group, user])?)
+}
+
 /// Members of `group` in join order, or `None` if it does not exist.
 pub(super) fn members(conn: &Connection, group: &str) -> Result<Option<Vec<String>>, StoreError> {
-    let exists = conn
-        .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")?
-        .query_row(params![group], |_| Ok(()))
-        .optional()?;
-    if exists.is_none() {
+    if !exists(conn, group)? {
         return Ok(None);
     }
     let members = conn

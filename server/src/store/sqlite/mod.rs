@@ -541,18 +541,18 @@ fn store_message(
             fanout: vec![],
         });
     }
-    let group_members = if m.kind == pb::ConversationKind::Group {
+    let to_group = m.kind == pb::ConversationKind::Group;
+    if to_group {
         // Membership is checked inside the write, so it is ordered with every
         // membership change: a member removed before this send cannot send into it.
-        let members = groups::members(tx, &m.recipient)?.ok_or(StoreError::GroupNotFound)?;
-        if !m.from_backend && !members.contains(&m.sender) {
+        if !groups::exists(tx, &m.recipient)? {
+            return Err(StoreError::GroupNotFound);
+        }
+        if !m.from_backend && !groups::is_member(tx, &m.recipient, &m.sender)? {
             return Err(StoreError::NotAllowed("not a member of the group"));
         }
-        Some(members)
-    } else {
-        None
-    };
-    if m.require_known_recipient && group_members.is_none() {
+    }
+    if m.require_known_recipient && !to_group {
         let known = tx
             .prepare_cached("SELECT 1 FROM users WHERE user = ?1")?
             .query_row(params![m.recipient], |_| Ok(()))
@@ -613,17 +613,40 @@ fn store_message(
         user: m.sender.clone(),
         entry: entry(sender_seq),
     }];
-    if let Some(members) = group_members {
+    if to_group {
         // Write diffusion: one entry in every member's timeline (the message row is
-        // shared). The conversation is the group for everyone.
-        for member in members.iter().filter(|u| **u != m.sender) {
-            let seq = next_seq(tx, member)?;
-            append_entry(tx, member, seq, kind, &m.recipient, Some(id), None, 1)?;
-            fanout.push(Fanout {
-                user: member.clone(),
-                entry: entry(seq),
-            });
-        }
+        // shared); the conversation is the group for everyone. Three set statements
+        // (next seqs, entries, conversation rows) rather than three per member: the
+        // per-row round trips through the SQLite API were most of a big group's cost.
+        let seqs: Vec<(String, i64)> = tx
+            .prepare_cached(
+                "INSERT INTO users (user, head_seq)
+                 SELECT user, 1 FROM group_members WHERE grp = ?1 AND user != ?2
+                 ON CONFLICT (user) DO UPDATE SET head_seq = head_seq + 1
+                 RETURNING user, head_seq",
+            )?
+            .query_map(params![m.recipient, m.sender], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        tx.prepare_cached(
+            "INSERT INTO timeline (user, seq, conv_kind, conversation, message_id)
+             SELECT gm.user, u.head_seq, ?3, ?1, ?4 FROM group_members gm JOIN users u ON u.user = gm.user
+             WHERE gm.grp = ?1 AND gm.user != ?2",
+        )?
+        .execute(params![m.recipient, m.sender, kind, id as i64])?;
+        tx.prepare_cached(
+            "INSERT INTO conversations (user, conv_kind, conversation, latest_seq, unread)
+             SELECT gm.user, ?3, ?1, u.head_seq, 1 FROM group_members gm JOIN users u ON u.user = gm.user
+             WHERE gm.grp = ?1 AND gm.user != ?2
+             ON CONFLICT (user, conv_kind, conversation)
+             DO UPDATE SET latest_seq = excluded.latest_seq, unread = unread + 1",
+        )?
+        .execute(params![m.recipient, m.sender, kind])?;
+        fanout.extend(seqs.into_iter().map(|(user, seq)| Fanout {
+            user,
+            entry: entry(seq as u64),
+        }));
     } else if m.recipient != m.sender {
         let seq = next_seq(tx, &m.recipient)?;
         append_entry(tx, &m.recipient, seq, kind, &m.sender, Some(id), None, 1)?;
@@ -1163,8 +1186,17 @@ mod tests {
         // Creation is a group event in every member's timeline.
         assert_eq!(store.head_seq("carol").await.unwrap(), 1);
         let sent = store.store_message(group_msg("bob", &g, 1)).await.unwrap();
-        let users: Vec<&str> = sent.fanout.iter().map(|f| f.user.as_str()).collect();
-        assert_eq!(users, vec!["bob", "alice", "carol"]);
+        let mut users: Vec<&str> = sent.fanout.iter().map(|f| f.user.as_str()).collect();
+        users[1..].sort();
+        assert_eq!(
+            users,
+            vec!["bob", "alice", "carol"],
+            "the sender's own entry first"
+        );
+        let seqs: Vec<u64> = sent.fanout.iter().map(|f| f.entry.seq).collect();
+        assert_eq!(seqs, vec![2, 2, 2], "each after the group's creation event");
+        let alice = store.timeline("alice", 1, 0, 10).await.unwrap();
+        assert_eq!(alice.entries.len(), 1);
         let carol = store.summaries("carol", 5, 10).await.unwrap();
         assert_eq!(
             (
