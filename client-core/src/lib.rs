@@ -552,6 +552,12 @@ impl Client {
         Ok(())
     }
 
+    /// Read marks not yet confirmed by the server (they are sent when connected and
+    /// survive restarts; a CLI or a test can wait for 0 before exiting).
+    pub fn unsent_read_marks(&self) -> Result<usize, ClientError> {
+        Ok(self.inner.with_db(|db| db.pending_reads())?.len())
+    }
+
     /// Total unread messages over all conversations (the app badge).
     pub fn total_unread(&self) -> Result<u64, ClientError> {
         self.inner.with_db(|db| db.total_unread())

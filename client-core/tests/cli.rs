@@ -176,3 +176,72 @@ async fn a_sender_killed_with_sigkill_resends_its_outbox_without_duplicates() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_read_marks_and_recall_from_the_command_line() {
+    let (server, _sdir) = start().await;
+    let data = tempfile::tempdir().unwrap();
+    let run = |user: &str, args: &[&str]| -> Result<String, String> {
+        let out = tern(&server, data.path(), user)
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let json_lines = |s: String| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let created = run(
+        "alice",
+        &[
+            "group",
+            "create",
+            "--name",
+            "cli crew",
+            "--members",
+            "bob,carol",
+        ],
+    )
+    .unwrap();
+    assert!(created.contains("3 members: alice,bob,carol"), "{created}");
+    let gid = created.split_whitespace().next().unwrap().to_owned();
+    run(
+        "alice",
+        &["send", "--group", "--to", &gid, "--text", "hello crew"],
+    )
+    .unwrap();
+    let history =
+        json_lines(run("bob", &["history", "--group", "--with", &gid, "--json"]).unwrap());
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (history[0]["text"].as_str(), history[0]["from"].as_str()),
+        (Some("hello crew"), Some("alice"))
+    );
+    let read = run("bob", &["read", "--group", "--with", &gid]).unwrap();
+    assert!(read.contains("total unread now 0"), "{read}");
+    assert!(run("carol", &["group", "list"]).unwrap().contains(&gid));
+    let refused = run(
+        "bob",
+        &["group", "remove", "--group", &gid, "--members", "carol"],
+    )
+    .unwrap_err();
+    assert!(refused.contains("NOT_ALLOWED"), "{refused}");
+
+    run("alice", &["send", "--to", "bob", "--text", "oops"]).unwrap();
+    let mine = json_lines(run("alice", &["history", "--with", "bob", "--json"]).unwrap());
+    let id = mine[0]["local_id"].as_i64().unwrap().to_string();
+    assert!(
+        run("alice", &["recall", "--id", &id])
+            .unwrap()
+            .contains("recalled")
+    );
+    let theirs = json_lines(run("bob", &["history", "--with", "alice", "--json"]).unwrap());
+    assert_eq!(theirs[0]["recalled"], true, "{theirs:?}");
+    assert_eq!(theirs[0]["text"], "");
+}

@@ -9,6 +9,7 @@
 //! | `GET /v1/groups/{id}` | bearer | group info |
 //! | `POST /v1/groups/{id}/members` | bearer | add members `{"members": [...]}` |
 //! | `POST /v1/groups/{id}/members/remove` | bearer | remove members `{"members": [...]}` |
+//! | `POST /v1/groups/{id}/leave` | bearer | `{"user"}` leaves (an owner hands the group on) |
 //! | `GET /v1/users/{id}/groups` | bearer | the user's groups |
 //! | `POST /v1/users/{id}/push-tokens` | bearer | register a device's push token `{"device", "platform", "provider", "token"}` |
 //! | `POST /v1/dev/token` | bearer, `--dev` only | mint a login token |
@@ -90,7 +91,8 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/v1/groups", post(create_group))
         .route("/v1/groups/{id}", get(group_info))
         .route("/v1/groups/{id}/members", post(add_members))
-        .route("/v1/groups/{id}/members/remove", post(remove_members));
+        .route("/v1/groups/{id}/members/remove", post(remove_members))
+        .route("/v1/groups/{id}/leave", post(leave_group));
     if api.shared.config.dev {
         v1 = v1.route("/v1/dev/token", post(dev_token));
     }
@@ -414,6 +416,27 @@ async fn remove_members(
         members: req.members,
     });
     group_call(&api, op).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Leave {
+    user: String,
+}
+
+async fn leave_group(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Json(req): Json<Leave>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use pb::group_request::{Group, Op};
+    let groups = crate::groups::handle(
+        &api.shared,
+        Some(&req.user),
+        Some(Op::Leave(Group { group: id })),
+    )
+    .await?;
+    Ok(Json(groups.first().map(group_json).unwrap_or_default()))
 }
 
 async fn user_groups(

@@ -122,6 +122,17 @@ async fn groups_through_the_http_api_and_the_protocol() {
         .await
         .unwrap();
     assert_eq!(info["members"], json!(["alice", "bob"]));
+    let left: serde_json::Value =
+        post(&format!("/v1/groups/{gid}/leave"), json!({"user": "alice"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        (left["owner"].as_str(), left["members"].clone()),
+        (Some("bob"), json!(["bob"]))
+    );
     let r = http
         .get(s.http("/v1/groups/gmissing"))
         .header("authorization", bearer())

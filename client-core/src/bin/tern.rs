@@ -379,18 +379,7 @@ async fn run(cli: Cli) -> ExitCode {
             limit,
             json,
         } => history(&mut s, kind(*group), with, *limit, *json).await,
-        Cmd::Read { with, group } => {
-            let k = kind(*group);
-            request(&mut s, |c| {
-                c.mark_read(k, with)?;
-                println!(
-                    "marked {with} read (total unread now {})",
-                    c.total_unread()?
-                );
-                Ok(())
-            })
-            .await
-        }
+        Cmd::Read { with, group } => read(&mut s, kind(*group), with).await,
         Cmd::Recall { id } => {
             request(&mut s, |c| {
                 c.recall(*id)?;
@@ -425,6 +414,34 @@ async fn request(
     }
     match f(&s.client) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+async fn read(s: &mut Session, kind: ConversationKind, with: &str) -> ExitCode {
+    if let Err(e) = s.ready(Duration::from_secs(15)).await {
+        return fail(e);
+    }
+    s.synced().await;
+    if let Err(e) = s.client.mark_read(kind, with) {
+        return fail(e);
+    }
+    // The mark is queued durably; wait until the server has it so the other devices
+    // and the sender learn of it now, not at the next login.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.client.unsent_read_marks().unwrap_or(0) > 0 {
+        if tokio::time::Instant::now() > deadline {
+            return fail(
+                "the server did not confirm the read mark (it is sent again at the next login)",
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match s.client.total_unread() {
+        Ok(n) => {
+            println!("marked {with} read (total unread now {n})");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(e),
     }
 }
