@@ -257,3 +257,119 @@ async fn an_online_session_that_does_not_ack_gets_the_push_webhook_after_the_del
     assert_eq!(push["tokens"][0]["token"], "tok-1");
     assert_eq!(push["message"]["preview"], "are you there?");
 }
+
+async fn op_result(c: &mut TestClient) -> pb::OpResult {
+    match c.recv_until(|f| matches!(f, Frame::OpResult(_))).await {
+        Frame::OpResult(r) => r,
+        _ => unreachable!(),
+    }
+}
+
+async fn group_response(c: &mut TestClient) -> pb::GroupResponse {
+    match c.recv_until(|f| matches!(f, Frame::GroupResponse(_))).await {
+        Frame::GroupResponse(r) => r,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_code_and_the_session_goes_on() {
+    let s = TestServer::start(|c| c.max_group_members = 10).await;
+    let mut mallory = s.login("mallory", "m").await;
+    // Read marks for a conversation that does not exist, far beyond the head: no-op.
+    mallory
+        .send(Frame::MarkRead(pb::MarkRead {
+            request_id: 1,
+            kind: pb::ConversationKind::Direct as i32,
+            conversation: "nobody".into(),
+            up_to_seq: u64::MAX,
+        }))
+        .await;
+    assert_eq!(op_result(&mut mallory).await.code, pb::ErrorCode::Ok as i32);
+    // Recalling what does not exist.
+    mallory
+        .send(Frame::RecallRequest(pb::RecallRequest {
+            request_id: 2,
+            server_msg_id: 987_654,
+        }))
+        .await;
+    let r = op_result(&mut mallory).await;
+    assert_eq!(
+        (r.request_id, r.code),
+        (2, pb::ErrorCode::MessageNotFound as i32)
+    );
+    // An oversized push token.
+    mallory
+        .send(Frame::PushTokenRequest(pb::PushTokenRequest {
+            request_id: 3,
+            provider: "apns".into(),
+            token: "x".repeat(5000),
+        }))
+        .await;
+    assert_eq!(
+        op_result(&mut mallory).await.code,
+        pb::ErrorCode::InvalidArgument as i32
+    );
+    // Groups: too many members, a bad member id, a huge name.
+    let create = |id: u64, name: String, members: Vec<String>| {
+        Frame::GroupRequest(pb::GroupRequest {
+            request_id: id,
+            op: Some(pb::group_request::Op::Create(pb::group_request::Create {
+                name,
+                members,
+            })),
+        })
+    };
+    let many: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    mallory.send(create(4, "big".into(), many)).await;
+    assert_eq!(
+        group_response(&mut mallory).await.code,
+        pb::ErrorCode::GroupFull as i32
+    );
+    mallory
+        .send(create(5, "bad".into(), vec!["not valid!".into()]))
+        .await;
+    assert_eq!(
+        group_response(&mut mallory).await.code,
+        pb::ErrorCode::InvalidArgument as i32
+    );
+    mallory.send(create(6, "n".repeat(1000), vec![])).await;
+    assert_eq!(
+        group_response(&mut mallory).await.code,
+        pb::ErrorCode::InvalidArgument as i32
+    );
+    // A history page far too large is capped, not refused.
+    mallory
+        .send(Frame::HistoryRequest(pb::HistoryRequest {
+            request_id: 7,
+            kind: pb::ConversationKind::Group as i32,
+            conversation: "g-none".into(),
+            before_seq: 0,
+            limit: u32::MAX,
+        }))
+        .await;
+    match mallory
+        .recv_until(|f| matches!(f, Frame::HistoryResponse(_)))
+        .await
+    {
+        Frame::HistoryResponse(r) => {
+            assert_eq!((r.code, r.entries.len(), r.more), (0, 0, false))
+        }
+        _ => unreachable!(),
+    }
+    // After all that, the session still works.
+    mallory.chat("mallory", "note to self").await;
+    assert_eq!(mallory.send_result().await.code, pb::ErrorCode::Ok as i32);
+    // A server-to-client frame from a client ends its session with a code.
+    mallory.send(Frame::OpResult(pb::OpResult::default())).await;
+    match mallory.closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, (pb::ErrorCode::UnexpectedFrame as u32).into())
+        }
+        other => panic!("{other:?}"),
+    }
+    // Everyone else is unaffected.
+    let mut bob = s.login("bob", "b").await;
+    bob.chat("bob", "still serving").await;
+    assert_eq!(bob.send_result().await.code, pb::ErrorCode::Ok as i32);
+}
