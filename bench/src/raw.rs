@@ -208,6 +208,7 @@ async fn dispatch(
                 let ack = Frame::DeliveryAck(pb::DeliveryAck {
                     cumulative_seq: cursor,
                     seqs: vec![entry.seq],
+                    ..Default::default()
                 });
                 let _ = conn.send_datagram(ack.to_bytes(0));
                 if let (true, Some(Body::Message(m))) = (first, &entry.body) {

@@ -119,6 +119,7 @@ fn frame_sizes(text: &str) -> Vec<(String, usize)> {
                 server_msg_id: 123_456,
                 seq: 1_000,
                 server_ts_ms: stored.server_ts_ms,
+                ..Default::default()
             }),
         ),
         (
@@ -128,6 +129,7 @@ fn frame_sizes(text: &str) -> Vec<(String, usize)> {
                     seq: 1_000,
                     body: Some(pb::timeline_entry::Body::Message(stored)),
                 }),
+                ..Default::default()
             }),
         ),
         (
@@ -135,6 +137,7 @@ fn frame_sizes(text: &str) -> Vec<(String, usize)> {
             Frame::DeliveryAck(pb::DeliveryAck {
                 cumulative_seq: 1_000,
                 seqs: vec![1_000],
+                ..Default::default()
             }),
         ),
         (
@@ -150,6 +153,7 @@ fn frame_sizes(text: &str) -> Vec<(String, usize)> {
                         ..Default::default()
                     })),
                 }),
+                ..Default::default()
             }),
         ),
         (
@@ -157,6 +161,7 @@ fn frame_sizes(text: &str) -> Vec<(String, usize)> {
             Frame::DeliveryAck(pb::DeliveryAck {
                 cumulative_seq: 1_001,
                 seqs: vec![1_001],
+                ..Default::default()
             }),
         ),
     ];

@@ -398,6 +398,8 @@ struct Session<'a> {
     /// A fresh install that does not download old history: jump to the head once the
     /// summaries are in.
     start_at_head: bool,
+    /// Large groups' logs being synced: group -> request id.
+    log_syncing: HashMap<String, u64>,
 }
 
 impl<'a> Session<'a> {
@@ -420,6 +422,7 @@ impl<'a> Session<'a> {
             calls: HashMap::new(),
             reads: HashMap::new(),
             start_at_head: false,
+            log_syncing: HashMap::new(),
         }
     }
 
@@ -510,6 +513,15 @@ impl<'a> Session<'a> {
             self.pull(m).await?;
         }
         self.send_reads(m).await?;
+        // The large groups' logs: heads, unread counts, last messages; then each log
+        // is pulled above its cursor.
+        let id = self.request_id();
+        self.write(
+            &Frame::LogsRequest(pb::LogsRequest { request_id: id }),
+            0,
+            m,
+        )
+        .await?;
         for id in m.qos.on_reconnect(now) {
             if let Some(chat) = m.pending.get(&id).cloned() {
                 self.write(&Frame::Chat(chat), FLAG_RETRANSMIT, m).await?;
@@ -543,6 +555,7 @@ impl<'a> Session<'a> {
                 after_seq: cursor,
                 until_seq: 0,
                 limit,
+                ..Default::default()
             }),
             0,
             m,
@@ -572,6 +585,7 @@ impl<'a> Session<'a> {
                 after_seq: cursor,
                 until_seq: until,
                 limit,
+                ..Default::default()
             }),
             0,
             m,
@@ -612,6 +626,126 @@ impl<'a> Session<'a> {
             };
             m.pending.insert(id, chat.clone());
             self.write(&Frame::Chat(chat), 0, m).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a pushed entry of a large group's log, acknowledges it, and pulls the log
+    /// if it reveals a gap.
+    async fn on_log_push(
+        &mut self,
+        group: String,
+        entry: pb::TimelineEntry,
+        m: &mut Machines,
+    ) -> Result<(), End> {
+        let seq = entry.seq;
+        let applied = self
+            .inner
+            .with_db(|db| db.apply_log_entries(&group, &[entry]))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        self.publish(applied);
+        let (cursor, max) = self
+            .inner
+            .with_db(|db| Ok((db.log_cursor(&group)?, db.log_max_seq(&group)?)))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        self.write(
+            &Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: cursor,
+                seqs: if seq > cursor { vec![seq] } else { vec![] },
+                log: group.clone(),
+                ..Default::default()
+            }),
+            0,
+            m,
+        )
+        .await?;
+        if max > cursor {
+            self.pull_log(&group, m).await?;
+        }
+        Ok(())
+    }
+
+    /// Requests the next page of a large group's log above its cursor.
+    async fn pull_log(&mut self, group: &str, m: &mut Machines) -> Result<(), End> {
+        if self.log_syncing.contains_key(group) {
+            return Ok(());
+        }
+        let cursor = self
+            .inner
+            .with_db(|db| db.log_cursor(group))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        let id = self.request_id();
+        self.log_syncing.insert(group.to_owned(), id);
+        self.write(
+            &Frame::SyncRequest(pb::SyncRequest {
+                request_id: id,
+                after_seq: cursor,
+                until_seq: 0,
+                limit: self.inner.config.sync_page,
+                log: group.to_owned(),
+                ..Default::default()
+            }),
+            0,
+            m,
+        )
+        .await
+    }
+
+    async fn on_log_page(&mut self, page: pb::SyncResponse, m: &mut Machines) -> Result<(), End> {
+        let group = page.log.clone();
+        self.log_syncing.remove(&group);
+        let before = self
+            .inner
+            .with_db(|db| db.log_cursor(&group))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        let applied = self
+            .inner
+            .with_db(|db| db.apply_log_entries(&group, &page.entries))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        self.publish(applied);
+        let cursor = self
+            .inner
+            .with_db(|db| db.log_cursor(&group))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        self.write(
+            &Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: cursor,
+                seqs: vec![],
+                log: group.clone(),
+                ..Default::default()
+            }),
+            0,
+            m,
+        )
+        .await?;
+        if cursor > before && (page.more || page.head_seq > cursor) {
+            self.pull_log(&group, m).await?;
+        }
+        Ok(())
+    }
+
+    /// The large groups' summaries: applied, then each log is caught up (or, on a fresh
+    /// install without full history, started at its head).
+    async fn on_logs(&mut self, logs: pb::Logs, m: &mut Machines) -> Result<(), End> {
+        let applied = self
+            .inner
+            .with_db(|db| db.apply_log_summaries(&logs.groups, unix_ms()))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        self.publish(applied);
+        for s in &logs.groups {
+            let cursor = self
+                .inner
+                .with_db(|db| db.log_cursor(&s.log))
+                .map_err(|e| End::Lost(e.to_string()))?;
+            if cursor == 0 && !self.inner.config.full_history_sync {
+                let applied = self
+                    .inner
+                    .with_db(|db| db.start_log_at(&s.log, s.latest_seq))
+                    .map_err(|e| End::Lost(e.to_string()))?;
+                self.publish(applied);
+            } else if s.latest_seq > cursor {
+                self.pull_log(&s.log, m).await?;
+            }
         }
         Ok(())
     }
@@ -815,6 +949,7 @@ impl<'a> Session<'a> {
             &Frame::DeliveryAck(pb::DeliveryAck {
                 cumulative_seq: cursor,
                 seqs: above,
+                ..Default::default()
             }),
             0,
             m,
@@ -842,7 +977,9 @@ impl<'a> Session<'a> {
                     m.pending.remove(&id);
                     let local = self
                         .inner
-                        .with_db(|db| db.mark_sent(&id, r.server_msg_id, r.seq, r.server_ts_ms))
+                        .with_db(|db| {
+                            db.mark_sent(&id, r.server_msg_id, r.seq, r.server_ts_ms, r.log_seq)
+                        })
                         .map_err(|e| End::Lost(e.to_string()))?;
                     if let Some((local_id, status, released)) = local {
                         self.inner
@@ -868,6 +1005,12 @@ impl<'a> Session<'a> {
                     Ok(())
                 }
             }
+            Frame::Push(p) if !p.log.is_empty() => {
+                let Some(entry) = p.entry else { return Ok(()) };
+                self.on_log_push(p.log, entry, m).await
+            }
+            Frame::SyncResponse(page) if !page.log.is_empty() => self.on_log_page(page, m).await,
+            Frame::Logs(logs) => self.on_logs(logs, m).await,
             Frame::Push(p) => {
                 let Some(entry) = p.entry else { return Ok(()) };
                 self.head = self.head.max(entry.seq);
@@ -887,6 +1030,7 @@ impl<'a> Session<'a> {
                             &Frame::DeliveryAck(pb::DeliveryAck {
                                 cumulative_seq: cursor,
                                 seqs,
+                                ..Default::default()
                             }),
                             0,
                             m,
@@ -919,6 +1063,7 @@ impl<'a> Session<'a> {
                                 after_seq: last,
                                 until_seq: until,
                                 limit,
+                                ..Default::default()
                             }),
                             0,
                             m,
@@ -1016,6 +1161,7 @@ impl<'a> Session<'a> {
                     self.syncing = None;
                     self.gap_at = Some(Instant::now() + Duration::from_secs(1));
                 }
+                self.log_syncing.retain(|_, id| *id != e.request_id);
                 if let Some(reply) = self.calls.remove(&e.request_id) {
                     let _ = reply.try_send(Ok(Frame::Error(e)));
                 }

@@ -619,10 +619,32 @@ impl Client {
 
     /// Creates a group owned by this user with `members` (needs a connection).
     pub fn create_group(&self, name: &str, members: &[String]) -> Result<GroupInfo, ClientError> {
+        self.create_group_with(name, members, false)
+    }
+
+    /// Creates a **large group** (read diffusion): up to the server's
+    /// `max_large_group_members`; its messages are stored once in a group log that
+    /// members pull, so a message costs the server the same at 100 or 100,000 members.
+    /// No per-member read counts, no offline push webhook.
+    pub fn create_large_group(
+        &self,
+        name: &str,
+        members: &[String],
+    ) -> Result<GroupInfo, ClientError> {
+        self.create_group_with(name, members, true)
+    }
+
+    fn create_group_with(
+        &self,
+        name: &str,
+        members: &[String],
+        large: bool,
+    ) -> Result<GroupInfo, ClientError> {
         use pb::group_request::{Create, Op};
         self.call_group(Op::Create(Create {
             name: name.to_owned(),
             members: members.to_vec(),
+            large,
         }))?
         .pop()
         .ok_or(ClientError::NotFound)

@@ -107,7 +107,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
         hi INTEGER NOT NULL,
         PRIMARY KEY (conv_kind, conversation, lo)
     ) WITHOUT ROWID;
-    CREATE TABLE groups (id TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;"];
+    CREATE TABLE groups (id TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;",
+    // 4: large groups (read diffusion). Their messages are entries of the group's log,
+    // not of the user's timeline: `messages.log` names the log and `seq` is the log's
+    // seq. Each log has its own cursor (`state` keys `cursor:<group>`,
+    // `sync_base:<group>`) and held-above-a-gap set.
+    "ALTER TABLE messages ADD COLUMN log TEXT;
+    CREATE TABLE log_received (log TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (log, seq)) WITHOUT ROWID;
+    CREATE TABLE logs (grp TEXT PRIMARY KEY) WITHOUT ROWID;"];
 
 /// What a store operation changed.
 #[derive(Debug, Default)]
@@ -284,19 +291,36 @@ impl Db {
     }
 
     /// The server stored an outgoing message: record its ids, leave the outbox, and
-    /// count its seq (an entry of our own timeline) as stored.
+    /// count its seq (an entry of our own timeline, or with `log_seq` of a large
+    /// group's log) as stored.
     pub fn mark_sent(
         &mut self,
         id: &ClientMsgId,
         server_msg_id: u64,
         seq: u64,
         server_ts: u64,
+        log_seq: u64,
     ) -> Result<Option<(i64, MessageStatus, Vec<Message>)>, DbError> {
         let tx = self.conn.transaction()?;
         let local = local_id_of(&tx, id)?;
         let Some(local_id) = local else {
             return Ok(None);
         };
+        let group: Option<String> = if log_seq > 0 {
+            Some(tx.query_row(
+                "SELECT conversation FROM messages WHERE local_id = ?1",
+                params![local_id],
+                |r| r.get(0),
+            )?)
+        } else {
+            None
+        };
+        let log = group.as_deref();
+        let seq = if log.is_some() { log_seq } else { seq };
+        tx.execute(
+            "UPDATE messages SET log = ?2 WHERE local_id = ?1",
+            params![local_id, log],
+        )?;
         // Sent, unless a receipt covering this id already arrived (it can overtake).
         tx.execute(
             "UPDATE messages SET server_msg_id = ?2, seq = ?3, server_ts = ?4,
@@ -323,9 +347,9 @@ impl Db {
             |r| Ok(MessageStatus::from_db(r.get(0)?, r.get(1)?)),
         )?;
         tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
-        let before = state(&tx, "cursor")?;
-        record_seq(&tx, seq)?;
-        let released = release(&tx, before)?;
+        let before = state(&tx, &log_key("cursor", log))?;
+        record_seq(&tx, log, seq)?;
+        let released = release(&tx, log, before)?;
         tx.commit()?;
         Ok(Some((local_id, status, released)))
     }
@@ -377,14 +401,32 @@ impl Db {
     /// Stores timeline entries (a push or a sync page) in one transaction and advances
     /// the cursor. Returns what changed, per entry.
     pub fn apply_entries(&mut self, entries: &[pb::TimelineEntry]) -> Result<Applied, DbError> {
+        self.apply_entries_in(None, entries)
+    }
+
+    /// Stores entries of a large group's log (a push or a sync page) and advances that
+    /// log's cursor.
+    pub fn apply_log_entries(
+        &mut self,
+        group: &str,
+        entries: &[pb::TimelineEntry],
+    ) -> Result<Applied, DbError> {
+        self.apply_entries_in(Some(group), entries)
+    }
+
+    fn apply_entries_in(
+        &mut self,
+        log: Log<'_>,
+        entries: &[pb::TimelineEntry],
+    ) -> Result<Applied, DbError> {
         let tx = self.conn.transaction()?;
-        let before = state(&tx, "cursor")?;
+        let before = state(&tx, &log_key("cursor", log))?;
         let mut out = Applied::default();
         for e in entries {
-            apply_entry(&tx, &self.user, e, false, &mut out)?;
-            record_seq(&tx, e.seq)?;
+            apply_entry(&tx, &self.user, e, false, log, &mut out)?;
+            record_seq(&tx, log, e.seq)?;
         }
-        out.new_messages = release(&tx, before)?;
+        out.new_messages = release(&tx, log, before)?;
         tx.commit()?;
         Ok(out)
     }
@@ -393,14 +435,85 @@ impl Db {
     /// holding the timeline at `head` (after the summaries). Older messages come as
     /// history pages. No-op unless the cursor is still 0.
     pub fn start_at(&mut self, head: u64) -> Result<Applied, DbError> {
+        self.start_in(None, head)
+    }
+
+    /// [`start_at`](Self::start_at) for a large group's log.
+    pub fn start_log_at(&mut self, group: &str, head: u64) -> Result<Applied, DbError> {
+        self.start_in(Some(group), head)
+    }
+
+    fn start_in(&mut self, log: Log<'_>, head: u64) -> Result<Applied, DbError> {
         let tx = self.conn.transaction()?;
         let mut out = Applied::default();
-        if state(&tx, "cursor")? == 0 && head > 0 {
-            set_state(&tx, "sync_base", head)?;
-            tx.execute("DELETE FROM received_seqs WHERE seq <= ?1", [head as i64])?;
-            set_state(&tx, "cursor", head - 1)?;
-            record_seq(&tx, head)?;
-            out.new_messages = release(&tx, 0)?;
+        if state(&tx, &log_key("cursor", log))? == 0 && head > 0 {
+            start_log(&tx, log, head)?;
+            out.new_messages = release(&tx, log, 0)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Highest contiguous seq of a large group's log stored here.
+    pub fn log_cursor(&self, group: &str) -> Result<u64, DbError> {
+        Ok(state(&self.conn, &log_key("cursor", Some(group)))?)
+    }
+
+    /// Highest seq of a large group's log stored here (above a gap, if any).
+    pub fn log_max_seq(&self, group: &str) -> Result<u64, DbError> {
+        let above: Option<i64> = self.conn.query_row(
+            "SELECT MAX(seq) FROM log_received WHERE log = ?1",
+            [group],
+            |r| r.get(0),
+        )?;
+        Ok(above.map_or(self.log_cursor(group)?, |s| s as u64))
+    }
+
+    /// Applies the large groups' summaries (`Logs`): registers each log, stores the last
+    /// messages in it, and takes the unread count at the log's head.
+    pub fn apply_log_summaries(
+        &mut self,
+        groups: &[pb::ConversationSummary],
+        now_ms: u64,
+    ) -> Result<Applied, DbError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Applied::default();
+        for s in groups {
+            let log = Some(s.log.as_str());
+            tx.execute(
+                "INSERT OR IGNORE INTO logs (grp) VALUES (?1)",
+                params![s.log],
+            )?;
+            let before = state(&tx, &log_key("cursor", log))?;
+            for e in &s.last {
+                apply_entry(&tx, &self.user, e, false, log, &mut out)?;
+                record_seq(&tx, log, e.seq)?;
+            }
+            tx.execute(
+                "INSERT INTO conversations (conv_kind, conversation, last_activity, latest_seq)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (conv_kind, conversation) DO UPDATE SET latest_seq = MAX(latest_seq, excluded.latest_seq)",
+                params![ConversationKind::Group.to_wire(), s.conversation, now_ms as i64, s.latest_seq as i64],
+            )?;
+            apply_read_mark(
+                &tx,
+                ConversationKind::Group,
+                &s.conversation,
+                s.latest_seq,
+                s.unread,
+            )?;
+            if let Some(lo) = s.last.iter().map(|e| e.seq).min() {
+                add_range(
+                    &tx,
+                    ConversationKind::Group,
+                    &s.conversation,
+                    lo,
+                    s.latest_seq,
+                )?;
+            }
+            out.new_messages.extend(release(&tx, log, before)?);
+            out.conversations
+                .push((ConversationKind::Group, s.conversation.clone()));
         }
         tx.commit()?;
         Ok(out)
@@ -419,8 +532,10 @@ impl Db {
     ) -> Result<Applied, DbError> {
         let tx = self.conn.transaction()?;
         let mut out = Applied::default();
+        let group =
+            (kind == ConversationKind::Group && is_log(&tx, conversation)?).then_some(conversation);
         for e in entries {
-            apply_entry(&tx, &self.user, e, true, &mut out)?;
+            apply_entry(&tx, &self.user, e, true, group, &mut out)?;
         }
         let lo = if more {
             entries.iter().map(|e| e.seq).min()
@@ -519,9 +634,12 @@ impl Db {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
             })?
             .collect::<Result<_, _>>()?;
-        // The timeline itself: everything in (sync_base, cursor] is held.
-        let base = state(&self.conn, "sync_base")?;
-        let cursor = self.cursor()?;
+        // The timeline itself (a large group's: its log): everything in
+        // (sync_base, cursor] is held.
+        let log = (kind == ConversationKind::Group && is_log(&self.conn, conversation)?)
+            .then_some(conversation);
+        let base = state(&self.conn, &log_key("sync_base", log))?;
+        let cursor = state(&self.conn, &log_key("cursor", log))?;
         if cursor > base {
             ranges.push((base + 1, cursor));
         }
@@ -548,8 +666,8 @@ impl Db {
         let mut out = Applied::default();
         for s in summaries {
             for e in &s.last {
-                apply_entry(&tx, &self.user, e, false, &mut out)?;
-                record_seq(&tx, e.seq)?;
+                apply_entry(&tx, &self.user, e, false, None, &mut out)?;
+                record_seq(&tx, None, e.seq)?;
             }
             let kind = ConversationKind::from_wire(s.kind);
             tx.execute(
@@ -566,7 +684,7 @@ impl Db {
             }
             out.conversations.push((kind, s.conversation.clone()));
         }
-        out.new_messages = release(&tx, before)?;
+        out.new_messages = release(&tx, None, before)?;
         tx.commit()?;
         Ok(out)
     }
@@ -823,51 +941,90 @@ fn state(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
         .unwrap_or(0) as u64)
 }
 
+/// Which timeline: the user's own (`None`) or a large group's log (`Some(group)`).
+type Log<'a> = Option<&'a str>;
+
+/// Starts holding a timeline at `head` (a fresh device that does not download older
+/// history, or a member who just joined a large group): cursor and sync base there.
+fn start_log(tx: &Transaction<'_>, log: Log<'_>, head: u64) -> rusqlite::Result<()> {
+    set_state(tx, &log_key("sync_base", log), head)?;
+    match log {
+        None => tx.execute("DELETE FROM received_seqs WHERE seq <= ?1", [head as i64])?,
+        Some(g) => tx.execute(
+            "DELETE FROM log_received WHERE log = ?1 AND seq <= ?2",
+            params![g, head as i64],
+        )?,
+    };
+    set_state(tx, &log_key("cursor", log), head.saturating_sub(1))?;
+    record_seq(tx, log, head)
+}
+
+/// The `state` key of `name` (`cursor`, `sync_base`) for a timeline.
+fn log_key(name: &str, log: Log<'_>) -> String {
+    match log {
+        None => name.to_owned(),
+        Some(g) => format!("{name}:{g}"),
+    }
+}
+
 /// Counts `seq` as stored and advances the cursor over every contiguous stored seq.
-fn record_seq(tx: &Transaction<'_>, seq: u64) -> rusqlite::Result<()> {
-    let mut cursor = state(tx, "cursor")?;
+fn record_seq(tx: &Transaction<'_>, log: Log<'_>, seq: u64) -> rusqlite::Result<()> {
+    let key = log_key("cursor", log);
+    let mut cursor = state(tx, &key)?;
     if seq <= cursor {
         return Ok(());
     }
-    tx.execute(
-        "INSERT OR IGNORE INTO received_seqs (seq) VALUES (?1)",
-        params![seq as i64],
-    )?;
+    let (insert, delete) = match log {
+        None => (
+            "INSERT OR IGNORE INTO received_seqs (seq) VALUES (?1)",
+            "DELETE FROM received_seqs WHERE seq = ?1",
+        ),
+        Some(_) => (
+            "INSERT OR IGNORE INTO log_received (seq, log) VALUES (?1, ?2)",
+            "DELETE FROM log_received WHERE seq = ?1 AND log = ?2",
+        ),
+    };
+    let bind = |sql: &str, seq: u64| -> rusqlite::Result<usize> {
+        match log {
+            None => tx.execute(sql, params![seq as i64]),
+            Some(g) => tx.execute(sql, params![seq as i64, g]),
+        }
+    };
+    bind(insert, seq)?;
     let start = cursor;
-    while tx.execute(
-        "DELETE FROM received_seqs WHERE seq = ?1",
-        params![(cursor + 1) as i64],
-    )? == 1
-    {
+    while bind(delete, cursor + 1)? == 1 {
         cursor += 1;
     }
     if cursor != start {
-        tx.execute(
-            "INSERT INTO state (key, value) VALUES ('cursor', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![cursor as i64],
-        )?;
+        set_state(tx, &key, cursor)?;
     }
     Ok(())
 }
 
-/// Marks incoming messages up to the current cursor as announced and returns them in
+/// Marks new messages of a timeline up to its cursor as announced and returns them in
 /// seq order (`before` is the cursor when the operation began).
-fn release(tx: &Transaction<'_>, before: u64) -> rusqlite::Result<Vec<Message>> {
-    let cursor = state(tx, "cursor")?;
+fn release(tx: &Transaction<'_>, log: Log<'_>, before: u64) -> rusqlite::Result<Vec<Message>> {
+    let cursor = state(tx, &log_key("cursor", log))?;
     if cursor <= before {
         return Ok(vec![]);
     }
     let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE announced = 0 AND seq <= ?1 ORDER BY seq"
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE announced = 0 AND seq <= ?1 AND log IS ?2 ORDER BY seq"
     ))?;
     let released: Vec<Message> = stmt
-        .query_map(params![cursor as i64], row_to_message)?
+        .query_map(params![cursor as i64, log], row_to_message)?
         .collect::<Result<_, _>>()?;
     tx.execute(
-        "UPDATE messages SET announced = 1 WHERE announced = 0 AND seq <= ?1",
-        params![cursor as i64],
+        "UPDATE messages SET announced = 1 WHERE announced = 0 AND seq <= ?1 AND log IS ?2",
+        params![cursor as i64, log],
     )?;
     Ok(released)
+}
+
+/// Whether `group` is a large group this device follows by its log.
+fn is_log(conn: &Connection, group: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM logs WHERE grp = ?1")?
+        .exists(params![group])
 }
 
 fn touch_conversation(
@@ -895,6 +1052,7 @@ fn apply_entry(
     me: &str,
     e: &pb::TimelineEntry,
     historical: bool,
+    log: Log<'_>,
     applied: &mut Applied,
 ) -> Result<(), DbError> {
     match &e.body {
@@ -922,8 +1080,8 @@ fn apply_entry(
             let body: &[u8] = if recalled { &[] } else { &m.body };
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO messages (client_msg_id, server_msg_id, conversation, conv_kind, sender, recipient,
-                     content_type, body, client_ts, server_ts, seq, outgoing, status, announced, recalled)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     content_type, body, client_ts, server_ts, seq, outgoing, status, announced, recalled, log)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     &id.0[..],
                     m.server_msg_id as i64,
@@ -942,7 +1100,8 @@ fn apply_entry(
                     // message this user sent from another device is announced (as
                     // outgoing) like any other new message, in timeline order.
                     historical,
-                    recalled
+                    recalled,
+                    log
                 ],
             )?;
             if inserted == 1 {
@@ -952,8 +1111,8 @@ fn apply_entry(
             } else if outgoing {
                 // Our own message, already known locally (sent from this device).
                 tx.execute(
-                    "UPDATE messages SET server_msg_id = ?2, server_ts = ?3, seq = ?4 WHERE client_msg_id = ?1 AND server_msg_id IS NULL",
-                    params![&id.0[..], m.server_msg_id as i64, m.server_ts_ms as i64, e.seq as i64],
+                    "UPDATE messages SET server_msg_id = ?2, server_ts = ?3, seq = ?4, log = ?5 WHERE client_msg_id = ?1 AND server_msg_id IS NULL",
+                    params![&id.0[..], m.server_msg_id as i64, m.server_ts_ms as i64, e.seq as i64, log],
                 )?;
                 tx.execute("DELETE FROM outbox WHERE local_id = (SELECT local_id FROM messages WHERE client_msg_id = ?1)", params![&id.0[..]])?;
             }
@@ -962,7 +1121,10 @@ fn apply_entry(
             // A read mark made on one of this user's devices (maybe this one).
             let kind = ConversationKind::from_wire(r.kind);
             if r.status == pb::receipt::Status::Read as i32 {
-                apply_read_mark(tx, kind, &r.conversation, e.seq, r.unread)?;
+                // A large group's mark counts at a position of its log, the others at
+                // this entry's own position.
+                let at = if r.log.is_empty() { e.seq } else { r.at_seq };
+                apply_read_mark(tx, kind, &r.conversation, at, r.unread)?;
                 tx.execute(
                     "DELETE FROM pending_reads WHERE conv_kind = ?1 AND conversation = ?2 AND up_to_seq <= ?3",
                     params![kind.to_wire(), r.conversation, r.up_to_seq as i64],
@@ -1074,10 +1236,32 @@ fn apply_entry(
                 "INSERT INTO groups (id, name) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
                 params![g.group, g.name],
             )?;
+            if g.large && log.is_none() {
+                // About this user, in a large group: follow its log from this event on,
+                // or stop following it.
+                use pb::group_event::Type;
+                let joined = matches!(
+                    Type::try_from(g.r#type),
+                    Ok(Type::Created | Type::MembersAdded)
+                );
+                if joined {
+                    let new = tx.execute(
+                        "INSERT OR IGNORE INTO logs (grp) VALUES (?1)",
+                        params![g.group],
+                    )? == 1;
+                    if new && state(tx, &log_key("cursor", Some(&g.group)))? == 0 {
+                        start_log(tx, Some(&g.group), g.log_seq)?;
+                    }
+                } else {
+                    tx.execute("DELETE FROM logs WHERE grp = ?1", params![g.group])?;
+                }
+            }
+            // A large group's positions are its log's.
+            let position = if g.large { g.log_seq } else { e.seq };
             tx.execute(
                 "INSERT INTO conversations (conv_kind, conversation, last_activity, latest_seq) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (conv_kind, conversation) DO UPDATE SET latest_seq = MAX(latest_seq, excluded.latest_seq)",
-                params![ConversationKind::Group.to_wire(), g.group, tern_protocol::unix_ms() as i64, e.seq as i64],
+                params![ConversationKind::Group.to_wire(), g.group, tern_protocol::unix_ms() as i64, position as i64],
             )?;
             applied
                 .conversations
@@ -1192,6 +1376,7 @@ mod tests {
             unread: 3,
             latest_seq: 3,
             last: vec![entry(3, "alice", "bob", 3)],
+            ..Default::default()
         };
         db.apply_summaries(&[summary], 3, 0).unwrap();
         assert_eq!(
@@ -1229,7 +1414,7 @@ mod tests {
             1,
             "the outbox survives a restart"
         );
-        db.mark_sent(&id, 77, 1, 1000).unwrap();
+        db.mark_sent(&id, 77, 1, 1000, 0).unwrap();
         assert!(db.outbox(100).unwrap().is_empty());
         assert_eq!(
             db.cursor().unwrap(),
@@ -1278,7 +1463,7 @@ mod tests {
         let mb = db
             .enqueue(b, "bob", ConversationKind::Direct, 0, b"b", 2)
             .unwrap();
-        db.mark_sent(&a, 10, 1, 1000).unwrap();
+        db.mark_sent(&a, 10, 1, 1000, 0).unwrap();
         let receipt = pb::TimelineEntry {
             seq: 3,
             body: Some(Body::Receipt(pb::Receipt {
@@ -1291,7 +1476,7 @@ mod tests {
             })),
         };
         db.apply_entries(&[receipt]).unwrap();
-        let (local, status, _) = db.mark_sent(&b, 11, 2, 1001).unwrap().unwrap();
+        let (local, status, _) = db.mark_sent(&b, 11, 2, 1001, 0).unwrap().unwrap();
         assert_eq!(
             (local, status.clone()),
             (mb.local_id, MessageStatus::Delivered)
@@ -1302,7 +1487,7 @@ mod tests {
         db.enqueue(c, "bob", ConversationKind::Direct, 0, b"c", 3)
             .unwrap();
         assert_eq!(
-            db.mark_sent(&c, 12, 4, 1002).unwrap().unwrap().1,
+            db.mark_sent(&c, 12, 4, 1002, 0).unwrap().unwrap().1,
             MessageStatus::Sent
         );
     }

@@ -239,6 +239,8 @@ pub struct GroupInfo {
     pub members: Vec<String>,
     /// Creation time, unix ms.
     pub created_ms: u64,
+    /// A large group (read diffusion).
+    pub large: bool,
 }
 
 impl From<tern_protocol::pb::GroupInfo> for GroupInfo {
@@ -249,6 +251,7 @@ impl From<tern_protocol::pb::GroupInfo> for GroupInfo {
             owner: g.owner,
             members: g.members,
             created_ms: g.created_ms,
+            large: g.large,
         }
     }
 }

@@ -102,6 +102,7 @@ impl Model {
                 up_to_server_msg_id: 0,
                 up_to_seq: up_to,
                 unread,
+                ..Default::default()
             })),
         });
     }
@@ -142,6 +143,7 @@ impl Model {
                         .rev()
                         .map(|e| (*e).clone())
                         .collect(),
+                    ..Default::default()
                 })
             })
             .collect()

@@ -112,6 +112,8 @@ pub struct GroupInfo {
     pub members: Vec<String>,
     /// Creation time (unix ms).
     pub created_ms: u64,
+    /// A large group (read diffusion).
+    pub large: bool,
 }
 
 /// A page of history.
@@ -418,6 +420,15 @@ impl TernClient {
         Ok(self.client.create_group(&name, &members)?.into())
     }
 
+    /// Creates a large group (read diffusion: up to the server's large-group limit).
+    pub fn create_large_group(
+        &self,
+        name: String,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, TernError> {
+        Ok(self.client.create_large_group(&name, &members)?.into())
+    }
+
     /// Adds members to a group.
     pub fn add_group_members(
         &self,
@@ -664,6 +675,7 @@ impl From<core::GroupInfo> for GroupInfo {
             owner: g.owner,
             members: g.members,
             created_ms: g.created_ms,
+            large: g.large,
         }
     }
 }

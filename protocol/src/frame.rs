@@ -137,6 +137,10 @@ frames! {
     HistoryRequest = 0x24 => pb::HistoryRequest,
     /// Server -> client: a history page.
     HistoryResponse = 0x25 => pb::HistoryResponse,
+    /// Client -> server: the large groups' logs (heads, unread, last messages).
+    LogsRequest = 0x26 => pb::LogsRequest,
+    /// Server -> client: the large groups' logs.
+    Logs = 0x27 => pb::Logs,
     /// Client -> server: a group operation.
     GroupRequest = 0x30 => pb::GroupRequest,
     /// Server -> client: outcome of a group operation.

@@ -67,6 +67,7 @@ fn entry() -> impl Strategy<Value = pb::TimelineEntry> {
             up_to_server_msg_id: up_to,
             up_to_seq: seq,
             unread: seq % 1000,
+            ..Default::default()
         },
     );
     let recall = (any::<u64>(), 0..3i32, text(), text()).prop_map(
@@ -91,6 +92,7 @@ fn entry() -> impl Strategy<Value = pb::TimelineEntry> {
             members,
             name,
             member_count: t as u32,
+            ..Default::default()
         });
     (
         any::<u64>(),
@@ -174,14 +176,19 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     server_msg_id: sid,
                     seq,
                     server_ts_ms: ts,
+                    ..Default::default()
                 })
             }
         ),
-        entry().prop_map(|e| Frame::Push(pb::Push { entry: Some(e) })),
+        entry().prop_map(|e| Frame::Push(pb::Push {
+            entry: Some(e),
+            ..Default::default()
+        })),
         (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..8)).prop_map(|(c, seqs)| {
             Frame::DeliveryAck(pb::DeliveryAck {
                 cumulative_seq: c,
                 seqs,
+                ..Default::default()
             })
         }),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(r, a, u, l)| {
@@ -190,6 +197,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 after_seq: a,
                 until_seq: u,
                 limit: l,
+                ..Default::default()
             })
         }),
         (
@@ -200,10 +208,15 @@ fn any_frame() -> impl Strategy<Value = Frame> {
         )
             .prop_map(|(request_id, entries, more, head_seq)| Frame::SyncResponse(
                 pb::SyncResponse {
+                    log: if more {
+                        format!("g{head_seq}")
+                    } else {
+                        String::new()
+                    },
                     request_id,
                     entries,
                     more,
-                    head_seq
+                    head_seq,
                 }
             )),
         (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(r, n, l)| Frame::SummariesRequest(
@@ -225,6 +238,11 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 )
                     .prop_map(|(kind, conversation, unread, latest_seq, last)| {
                         pb::ConversationSummary {
+                            log: if unread % 2 == 0 {
+                                conversation.clone()
+                            } else {
+                                String::new()
+                            },
                             kind,
                             conversation,
                             unread,

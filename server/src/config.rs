@@ -126,6 +126,9 @@ pub struct Settings {
     /// Largest group, in members (write diffusion; see docs/bench/fanout.md) [default: 2000]
     #[arg(long, env = "TERN_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
+    /// Largest large group (read diffusion: one log members pull) [default: 100000]
+    #[arg(long, env = "TERN_MAX_LARGE_GROUP_MEMBERS")]
+    pub max_large_group_members: Option<usize>,
     /// Groups up to this size send per-member READ receipts to senders [default: 100]
     #[arg(long, env = "TERN_GROUP_RECEIPTS_MAX_MEMBERS")]
     pub group_receipts_max_members: Option<usize>,
@@ -168,7 +171,7 @@ impl Settings {
         overlay!(self, base; quic, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
             max_concurrent_logins, min_client_version, require_known_recipient, durability,
-            banned_users, log_format, push_qos, max_group_members, group_receipts_max_members,
+            banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
             recall_window_secs, push_webhook_url, push_webhook_delay_ms, service_accounts,
             service_webhook_url, webhook_secret)
     }
@@ -219,6 +222,8 @@ pub struct Config {
     pub push_qos: PushQos,
     /// Largest group.
     pub max_group_members: usize,
+    /// Largest large group.
+    pub max_large_group_members: usize,
     /// Groups up to this size send READ receipts to senders.
     pub group_receipts_max_members: usize,
     /// Recall window.
@@ -311,6 +316,7 @@ impl Config {
             log_format: s.log_format.unwrap_or_default(),
             push_qos: s.push_qos.unwrap_or_default(),
             max_group_members: s.max_group_members.unwrap_or(2000).max(2),
+            max_large_group_members: s.max_large_group_members.unwrap_or(100_000).max(2),
             group_receipts_max_members: s.group_receipts_max_members.unwrap_or(100),
             recall_window: Duration::from_secs(s.recall_window_secs.unwrap_or(120)),
             push_webhook_url: s.push_webhook_url,

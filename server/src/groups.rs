@@ -10,7 +10,7 @@ use tern_protocol::pb;
 use tern_protocol::pb::group_request::Op;
 
 use crate::session::Shared;
-use crate::store::{GroupOp, StoreError};
+use crate::store::{GroupLimits, GroupOp, StoreError};
 
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME: usize = 256;
@@ -27,7 +27,10 @@ pub async fn handle(
     by: Option<&str>,
     op: Option<Op>,
 ) -> Result<Vec<pb::GroupInfo>, StoreError> {
-    let max = shared.config.max_group_members;
+    let limits = GroupLimits {
+        members: shared.config.max_group_members,
+        large_members: shared.config.max_large_group_members,
+    };
     let op = match op.ok_or(StoreError::Invalid("no group operation"))? {
         Op::Create(c) => {
             if c.name.len() > MAX_GROUP_NAME {
@@ -47,6 +50,7 @@ pub async fn handle(
                 name: c.name,
                 owner,
                 members: c.members,
+                large: c.large,
             }
         }
         Op::Add(m) => GroupOp::Add {
@@ -83,7 +87,7 @@ pub async fn handle(
             return shared.store.groups_of(user).await;
         }
     };
-    let outcome = shared.store.group_op(op, max).await?;
+    let outcome = shared.store.group_op(op, limits).await?;
     metrics::counter!("tern_group_ops_total").increment(1);
     shared.fan_out(outcome.fanout, None);
     Ok(vec![outcome.info])

@@ -343,6 +343,9 @@ async fn dev_token(
 struct CreateGroup {
     name: String,
     members: Vec<String>,
+    /// Read diffusion (see docs/operations.md).
+    #[serde(default)]
+    large: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +361,7 @@ fn group_json(g: &pb::GroupInfo) -> serde_json::Value {
         "owner": g.owner,
         "members": g.members,
         "created_ms": g.created_ms,
+        "large": g.large,
     })
 }
 
@@ -379,6 +383,7 @@ async fn create_group(
         Op::Create(Create {
             name: req.name,
             members: req.members,
+            large: req.large,
         }),
     )
     .await

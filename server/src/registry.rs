@@ -35,8 +35,8 @@ pub enum KickPolicy {
 /// Commands a session task receives.
 #[derive(Debug, Clone)]
 pub enum SessionCmd {
-    /// Push this timeline entry.
-    Push(Arc<pb::TimelineEntry>),
+    /// Push this timeline entry (of the user's timeline, or of a large group's log).
+    Push(Push),
     /// End the session with a kickout frame.
     Kick {
         /// Reason code.
@@ -44,6 +44,15 @@ pub enum SessionCmd {
         /// Text for the app.
         text: String,
     },
+}
+
+/// A timeline entry to push, and which timeline it belongs to.
+#[derive(Debug, Clone)]
+pub struct Push {
+    /// `None`: the user's own timeline; `Some(group)`: that large group's log.
+    pub log: Option<Arc<str>>,
+    /// The entry.
+    pub entry: Arc<pb::TimelineEntry>,
 }
 
 /// A live session as the registry sees it.
@@ -166,14 +175,14 @@ impl Registry {
         }
     }
 
-    /// Offers `entry` to `user`'s sessions except `except`. Returns how many took it.
-    pub fn route(&self, user: &str, entry: Arc<pb::TimelineEntry>, except: Option<u64>) -> usize {
+    /// Offers `push` to `user`'s sessions except `except`. Returns how many took it.
+    pub fn route(&self, user: &str, push: &Push, except: Option<u64>) -> usize {
         let Some(list) = self.users.get(user) else {
             return 0;
         };
         let mut n = 0;
         for s in list.iter().filter(|s| Some(s.id) != except) {
-            match s.tx.try_send(SessionCmd::Push(entry.clone())) {
+            match s.tx.try_send(SessionCmd::Push(push.clone())) {
                 Ok(()) => n += 1,
                 Err(_) => metrics::counter!("tern_push_queue_full_total").increment(1),
             }
@@ -270,8 +279,11 @@ mod tests {
         let (b, mut rb) = info(2, "phone-b", pb::Platform::Android);
         r.register(a);
         assert!(r.register(b).is_empty());
-        let entry = Arc::new(pb::TimelineEntry { seq: 1, body: None });
-        assert_eq!(r.route("alice", entry, Some(1)), 1);
+        let push = Push {
+            log: None,
+            entry: Arc::new(pb::TimelineEntry { seq: 1, body: None }),
+        };
+        assert_eq!(r.route("alice", &push, Some(1)), 1);
         assert!(matches!(rb.try_recv(), Ok(SessionCmd::Push(_))));
     }
 }

@@ -29,7 +29,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::auth::{LoginRequest, TokenVerifier};
 use crate::config::Config;
-use crate::registry::{Registry, SessionCmd, SessionInfo};
+use crate::registry::{Push, Registry, SessionCmd, SessionInfo};
 use crate::store::{Fanout, NewMessage, Store, StoreError};
 
 /// Time allowed from handshake to a complete `Login` frame.
@@ -79,10 +79,28 @@ impl Shared {
         }
     }
 
-    /// Routes new timeline entries to online sessions (except the one that caused them).
+    /// Routes new timeline entries to online sessions (except the one that caused them):
+    /// an entry of a user's timeline to that user's sessions, an entry of a large group's
+    /// log to the sessions of every member.
     pub fn fan_out(&self, fanout: Vec<Fanout>, except: Option<u64>) {
         for f in fanout {
-            let n = self.registry.route(&f.user, Arc::new(f.entry), except);
+            let entry = Arc::new(f.entry);
+            let n = match f.log {
+                None => self
+                    .registry
+                    .route(&f.user, &Push { log: None, entry }, except),
+                Some(route) => {
+                    let push = Push {
+                        log: Some(Arc::from(route.group.as_str())),
+                        entry,
+                    };
+                    route
+                        .members
+                        .iter()
+                        .map(|m| self.registry.route(m, &push, except))
+                        .sum()
+                }
+            };
             metrics::counter!("tern_pushes_routed_total").increment(n as u64);
         }
     }
@@ -389,6 +407,7 @@ async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session>
         inbound: in_rx,
         push_qos: Sender::new(shared.config.push_qos.config(), now.into_std()),
         pending_pushes: HashMap::new(),
+        logs: Vec::new(),
         tasks: FuturesUnordered::new(),
         last_rx: now,
     })
@@ -439,8 +458,12 @@ struct Session {
     platform: pb::Platform,
     cmd_rx: mpsc::Receiver<SessionCmd>,
     inbound: mpsc::Receiver<Inbound>,
-    push_qos: Sender<u64>,
-    pending_pushes: HashMap<u64, Arc<pb::TimelineEntry>>,
+    /// Keyed by (log number, seq).
+    push_qos: Sender<PushKey>,
+    /// Large groups whose log entries this session pushed; a group's number is its
+    /// index + 1.
+    logs: Vec<Arc<str>>,
+    pending_pushes: HashMap<PushKey, Arc<pb::TimelineEntry>>,
     bucket: TokenBucket,
     tasks: FuturesUnordered<BoxFuture<'static, Option<Frame>>>,
     last_rx: Instant,
@@ -540,7 +563,7 @@ impl Session {
 
     async fn on_command(&mut self, cmd: Option<SessionCmd>) -> Result<(), End> {
         match cmd {
-            Some(SessionCmd::Push(entry)) => self.push(entry).await,
+            Some(SessionCmd::Push(p)) => self.push(p).await,
             Some(SessionCmd::Kick { reason, text }) => {
                 metrics::counter!("tern_kickouts_total", "reason" => reason.as_str_name())
                     .increment(1);
@@ -558,14 +581,38 @@ impl Session {
         }
     }
 
-    async fn push(&mut self, entry: Arc<pb::TimelineEntry>) -> Result<(), End> {
-        let seq = entry.seq;
-        if self.push_qos.is_pending(&seq) {
+    /// The number of a log (0 = the user's timeline), assigned on first use.
+    fn log_number(&mut self, log: Option<&str>) -> u32 {
+        let Some(log) = log else { return 0 };
+        match self.logs.iter().position(|l| &**l == log) {
+            Some(i) => i as u32 + 1,
+            None => {
+                self.logs.push(Arc::from(log));
+                self.logs.len() as u32
+            }
+        }
+    }
+
+    fn push_frame(&self, key: PushKey, entry: &pb::TimelineEntry) -> Frame {
+        let log = match key.0 {
+            0 => String::new(),
+            n => self.logs[n as usize - 1].to_string(),
+        };
+        Frame::Push(pb::Push {
+            entry: Some(entry.clone()),
+            log,
+            ..Default::default()
+        })
+    }
+
+    async fn push(&mut self, p: Push) -> Result<(), End> {
+        let key: PushKey = (self.log_number(p.log.as_deref()), p.entry.seq);
+        if self.push_qos.is_pending(&key) {
             return Ok(());
         }
         if self
             .push_qos
-            .try_send(seq, Instant::now().into_std())
+            .try_send(key, Instant::now().into_std())
             .is_err()
         {
             // Window full: the client sees the gap at the next push and syncs it.
@@ -573,10 +620,8 @@ impl Session {
             return Ok(());
         }
         metrics::counter!("tern_pushes_total").increment(1);
-        let frame = Frame::Push(pb::Push {
-            entry: Some((*entry).clone()),
-        });
-        self.pending_pushes.insert(seq, entry);
+        let frame = self.push_frame(key, &p.entry);
+        self.pending_pushes.insert(key, p.entry);
         self.write(&frame, 0).await
     }
 
@@ -584,16 +629,11 @@ impl Session {
         self.push_qos.handle_timeout(Instant::now().into_std());
         while let Some(ev) = self.push_qos.poll_event() {
             match ev {
-                SenderEvent::Retransmit(seq) => {
-                    if let Some(entry) = self.pending_pushes.get(&seq).cloned() {
+                SenderEvent::Retransmit(key) => {
+                    if let Some(entry) = self.pending_pushes.get(&key).cloned() {
                         metrics::counter!("tern_push_retransmissions_total").increment(1);
-                        self.write(
-                            &Frame::Push(pb::Push {
-                                entry: Some((*entry).clone()),
-                            }),
-                            FLAG_RETRANSMIT,
-                        )
-                        .await?;
+                        let frame = self.push_frame(key, &entry);
+                        self.write(&frame, FLAG_RETRANSMIT).await?;
                     }
                 }
                 SenderEvent::Failed {
@@ -601,7 +641,7 @@ impl Session {
                 } => {
                     self.pending_pushes.remove(&key);
                     metrics::counter!("tern_push_failed_total").increment(1);
-                    tracing::warn!(user = %self.user, seq = key, transmissions, "push never acknowledged; left for sync");
+                    tracing::warn!(user = %self.user, log = key.0, seq = key.1, transmissions, "push never acknowledged; left for sync");
                 }
             }
         }
@@ -642,6 +682,10 @@ impl Session {
             }
             Frame::SummariesRequest(r) => {
                 self.on_summaries(r);
+                Ok(())
+            }
+            Frame::LogsRequest(r) => {
+                self.on_logs(r);
                 Ok(())
             }
             Frame::MarkRead(r) => {
@@ -743,6 +787,8 @@ impl Session {
                         server_msg_id: stored.server_msg_id,
                         seq: stored.sender_seq,
                         server_ts_ms: stored.server_ts_ms,
+                        log_seq: stored.log_seq,
+                        ..Default::default()
                     })
                 }
                 Err(e) => send_result(client_msg_id, store_failure(e).0),
@@ -753,19 +799,22 @@ impl Session {
 
     fn on_delivery_ack(&mut self, a: pb::DeliveryAck) {
         let now = Instant::now().into_std();
-        let acked: Vec<u64> = self
+        let log = (!a.log.is_empty()).then_some(a.log.as_str());
+        let number = self.log_number(log);
+        let acked: Vec<PushKey> = self
             .push_qos
             .pending()
+            .filter(|(l, s)| *l == number && (*s <= a.cumulative_seq || a.seqs.contains(s)))
             .copied()
-            .filter(|s| *s <= a.cumulative_seq || a.seqs.contains(s))
             .collect();
-        for seq in acked {
-            if let Some(ack) = self.push_qos.on_ack(seq, now) {
+        for key in acked {
+            if let Some(ack) = self.push_qos.on_ack(key, now) {
                 metrics::histogram!("tern_push_ack_seconds").record(ack.elapsed.as_secs_f64());
             }
-            self.pending_pushes.remove(&seq);
+            self.pending_pushes.remove(&key);
         }
-        if a.cumulative_seq == 0 {
+        // A group log's ACK only settles the pushes: no cursor or receipts on the server.
+        if a.cumulative_seq == 0 || log.is_some() {
             return;
         }
         let shared = self.shared.clone();
@@ -919,17 +968,57 @@ impl Session {
         let (store, user) = (self.shared.store.clone(), self.user.clone());
         self.tasks.push(Box::pin(async move {
             metrics::counter!("tern_sync_pages_total").increment(1);
+            // The user's timeline, or (members only) a large group's log.
+            let owner = if r.log.is_empty() {
+                user.clone()
+            } else {
+                match store.log_member(&user, &r.log).await {
+                    Ok(true) => crate::store::log_key(&r.log),
+                    Ok(false) => {
+                        return Some(Frame::error(
+                            ErrorCode::NotAllowed,
+                            "not a member of this large group",
+                            r.request_id,
+                        ));
+                    }
+                    Err(e) => {
+                        return Some(Frame::error(
+                            store_failure(e).0,
+                            "sync failed",
+                            r.request_id,
+                        ));
+                    }
+                }
+            };
             Some(
-                match store.timeline(&user, r.after_seq, r.until_seq, limit).await {
+                match store
+                    .timeline(&owner, r.after_seq, r.until_seq, limit)
+                    .await
+                {
                     Ok(page) => Frame::SyncResponse(pb::SyncResponse {
                         request_id: r.request_id,
                         entries: page.entries,
                         more: page.more,
                         head_seq: page.head_seq,
+                        log: r.log,
+                        ..Default::default()
                     }),
                     Err(e) => Frame::error(store_failure(e).0, "sync failed", r.request_id),
                 },
             )
+        }));
+    }
+
+    fn on_logs(&mut self, r: pb::LogsRequest) {
+        let (store, user) = (self.shared.store.clone(), self.user.clone());
+        self.tasks.push(Box::pin(async move {
+            Some(match store.logs(&user, 5).await {
+                Ok(groups) => Frame::Logs(pb::Logs {
+                    request_id: r.request_id,
+                    groups,
+                }),
+                Err(e) => Frame::error(store_failure(e).0, "logs failed", r.request_id),
+            })
         }));
     }
 
@@ -954,6 +1043,10 @@ impl Session {
         }));
     }
 }
+
+/// What a session's push QoS tracks: (log number, seq). Log 0 is the user's own
+/// timeline; large groups' logs get numbers 1, 2, ... per session ([`Session::logs`]).
+type PushKey = (u32, u64);
 
 fn send_result(client_msg_id: bytes::Bytes, code: ErrorCode) -> Frame {
     Frame::SendResult(pb::SendResult {

@@ -199,7 +199,12 @@ impl Webhooks {
         if shared.config.push_webhook_url.is_none() {
             return;
         }
-        for f in fanout.iter().filter(|f| f.user != sender) {
+        // Not for large groups' logs: a push per member of a huge group per message is
+        // what read diffusion avoids (their apps poll or use their own notifications).
+        for f in fanout
+            .iter()
+            .filter(|f| f.user != sender && f.log.is_none())
+        {
             let Some(pb::timeline_entry::Body::Message(m)) = &f.entry.body else {
                 continue;
             };

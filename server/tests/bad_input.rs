@@ -20,6 +20,7 @@ async fn still_serving(s: &TestServer, alice: &mut TestClient, bob: &mut TestCli
     bob.send(Frame::DeliveryAck(pb::DeliveryAck {
         cumulative_seq: e.seq,
         seqs: vec![],
+        ..Default::default()
     }))
     .await;
     assert!(s.handle.shared.registry.len() >= 2);

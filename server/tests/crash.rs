@@ -155,6 +155,7 @@ async fn sync_all(c: &mut TestClient) -> Vec<ClientMsgId> {
             after_seq: cursor,
             until_seq: 0,
             limit: 500,
+            ..Default::default()
         }))
         .await;
         let page = match c.recv_until(|f| matches!(f, Frame::SyncResponse(_))).await {

@@ -317,6 +317,7 @@ async fn bad_requests_get_a_code_and_the_session_goes_on() {
             op: Some(pb::group_request::Op::Create(pb::group_request::Create {
                 name,
                 members,
+                large: false,
             })),
         })
     };

@@ -68,6 +68,7 @@ async fn nothing_but_login_is_accepted_before_login() {
         after_seq: 0,
         until_seq: 0,
         limit: 10,
+        ..Default::default()
     }))
     .await;
     match c.recv().await {
@@ -170,6 +171,7 @@ async fn c2c_online_push_ack_and_delivered_receipt() {
     bob.send(Frame::DeliveryAck(pb::DeliveryAck {
         cumulative_seq: 1,
         seqs: vec![],
+        ..Default::default()
     }))
     .await;
     let receipt = alice.push().await;
@@ -200,6 +202,7 @@ async fn unacknowledged_pushes_are_retransmitted() {
     bob.send(Frame::DeliveryAck(pb::DeliveryAck {
         cumulative_seq: first.seq,
         seqs: vec![],
+        ..Default::default()
     }))
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -267,6 +270,7 @@ async fn offline_recipient_gets_summaries_then_syncs_in_pages() {
             after_seq: cursor,
             until_seq: 0,
             limit: 10,
+            ..Default::default()
         }))
         .await;
         let page = match bob.recv().await {
@@ -296,6 +300,7 @@ async fn offline_recipient_gets_summaries_then_syncs_in_pages() {
         after_seq: 4,
         until_seq: 6,
         limit: 100,
+        ..Default::default()
     }))
     .await;
     match bob.recv().await {

@@ -205,7 +205,7 @@ pub fn run(s: &QosScenario) -> QosReport {
                         code: pb::ErrorCode::Ok as i32,
                         server_msg_id: i + 1,
                         seq: i + 1,
-                        server_ts_ms: 0,
+                        ..Default::default()
                     })
                     .to_bytes(0);
                     for arrive in down.transmit(now, ack.len()) {

@@ -59,6 +59,8 @@ pub enum GroupOp {
         owner: String,
         /// Initial members.
         members: Vec<String>,
+        /// Read diffusion: messages go to one group log that members pull.
+        large: bool,
     },
     /// `by` (a member, or `None` for the HTTP API) adds `members`.
     Add {
@@ -136,10 +138,37 @@ pub struct PushToken {
 /// A timeline entry that must be pushed to a user's online sessions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fanout {
-    /// Whose timeline it is in.
+    /// Whose timeline it is in (for a large group's log: the group id).
     pub user: String,
     /// The entry.
     pub entry: pb::TimelineEntry,
+    /// Set for an entry of a large group's log: push it to these members' sessions,
+    /// tagged with the group.
+    pub log: Option<std::sync::Arc<LogRoute>>,
+}
+
+/// Where the entries of a large group's log go: every member's sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRoute {
+    /// The group (the log's name on the wire).
+    pub group: String,
+    /// Its members when the entry was written.
+    pub members: Vec<String>,
+}
+
+/// The key of a large group's log in the timeline tables: `#` cannot start a user id,
+/// so a log never collides with a user's timeline.
+pub fn log_key(group: &str) -> String {
+    format!("#{group}")
+}
+
+/// Group size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLimits {
+    /// Largest group with write diffusion.
+    pub members: usize,
+    /// Largest large group (read diffusion).
+    pub large_members: usize,
 }
 
 /// Result of [`Store::store_message`].
@@ -147,8 +176,10 @@ pub struct Fanout {
 pub struct StoredMessage {
     /// The server's id (defines order together with `server_ts_ms`).
     pub server_msg_id: u64,
-    /// Seq of the entry in the sender's timeline.
+    /// Seq of the entry in the sender's timeline (0 for a large group).
     pub sender_seq: u64,
+    /// Large group: seq of the entry in the group's log (else 0).
+    pub log_seq: u64,
     /// Server timestamp.
     pub server_ts_ms: u64,
     /// `true` when this id was stored before: nothing new was written.
@@ -269,7 +300,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a group membership change (ordered with messages, like every write);
     /// `max_members` caps the group's size.
-    async fn group_op(&self, op: GroupOp, max_members: usize) -> Result<GroupOutcome, StoreError>;
+    async fn group_op(&self, op: GroupOp, limits: GroupLimits) -> Result<GroupOutcome, StoreError>;
+
+    /// Whether `user` is a member of `group` and it is a large group (may read its log).
+    async fn log_member(&self, user: &str, group: &str) -> Result<bool, StoreError>;
+
+    /// The large groups `user` is in, as summaries in their logs' positions.
+    async fn logs(
+        &self,
+        user: &str,
+        last_messages: u32,
+    ) -> Result<Vec<pb::ConversationSummary>, StoreError>;
 
     /// A group, if it exists.
     async fn group_info(&self, group: &str) -> Result<Option<pb::GroupInfo>, StoreError>;

@@ -7,6 +7,13 @@
 //! change plus those removed), which is how a device learns it joined a group, on any
 //! device, online or not.
 //!
+//! A **large group** (created as such: read diffusion) differs in one way: its messages,
+//! recalls and membership events are entries of one *log* (the timeline of the
+//! pseudo-user `#<group>`, see [`crate::store::log_key`]) that members pull and that is
+//! pushed to online members, instead of an entry in each member's timeline. Only the
+//! members a change concerns (added, removed, leaving; everyone at creation) get a group
+//! event in their own timeline, carrying the log position to start from.
+//!
 //! Rules: any member may add members; only the owner removes others; anyone may leave;
 //! when the owner leaves, the longest-standing member becomes owner. The HTTP API
 //! (business backend, `by = None`) may do everything.
@@ -14,17 +21,60 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tern_protocol::pb;
 
-use super::{StoreError, append_event};
+use std::sync::Arc;
+
+use super::{StoreError, append_event, next_seq};
+use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, LogRoute, log_key};
 
 /// Most member ids listed in one group event (every member gets a copy).
 const EVENT_MEMBERS_MAX: usize = 64;
-use crate::store::{Fanout, GroupOp, GroupOutcome};
 
 /// Whether `group` exists.
 pub(super) fn exists(conn: &Connection, group: &str) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")?
         .exists(params![group])?)
+}
+
+/// Whether `group` exists and is a large group (read diffusion).
+pub(super) fn is_large(conn: &Connection, group: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT large FROM groups WHERE id = ?1")?
+        .query_row(params![group], |r| r.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
+/// An entry of `group`'s log, routed to its current members.
+pub(super) fn log_fanout(
+    conn: &Connection,
+    group: &str,
+    entry: pb::TimelineEntry,
+) -> Result<Fanout, StoreError> {
+    Ok(Fanout {
+        user: group.to_owned(),
+        entry,
+        log: Some(Arc::new(LogRoute {
+            group: group.to_owned(),
+            members: members(conn, group)?.unwrap_or_default(),
+        })),
+    })
+}
+
+/// Appends a non-message entry (recall, group event) to `group`'s log.
+pub(super) fn append_to_log(
+    tx: &Transaction<'_>,
+    group: &str,
+    body: pb::timeline_entry::Body,
+) -> Result<Fanout, StoreError> {
+    let f = append_event(
+        tx,
+        &log_key(group),
+        pb::ConversationKind::Group as i32,
+        group,
+        body,
+    )?;
+    log_fanout(tx, group, f.entry)
 }
 
 /// Whether `user` is a member of `group`.
@@ -48,11 +98,13 @@ pub(super) fn members(conn: &Connection, group: &str) -> Result<Option<Vec<Strin
 
 /// The group's description, if it exists.
 pub(super) fn info(conn: &Connection, group: &str) -> Result<Option<pb::GroupInfo>, StoreError> {
-    let row: Option<(String, String, i64)> = conn
-        .prepare_cached("SELECT name, owner, created_ms FROM groups WHERE id = ?1")?
-        .query_row(params![group], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    let row: Option<(String, String, i64, bool)> = conn
+        .prepare_cached("SELECT name, owner, created_ms, large FROM groups WHERE id = ?1")?
+        .query_row(params![group], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    let Some((name, owner, created)) = row else {
+    let Some((name, owner, created, large)) = row else {
         return Ok(None);
     };
     Ok(Some(pb::GroupInfo {
@@ -61,6 +113,8 @@ pub(super) fn info(conn: &Connection, group: &str) -> Result<Option<pb::GroupInf
         owner,
         members: members(conn, group)?.unwrap_or_default(),
         created_ms: created as u64,
+        large,
+        ..Default::default()
     }))
 }
 
@@ -97,7 +151,7 @@ fn next_join(tx: &Transaction<'_>, group: &str) -> Result<i64, StoreError> {
 pub(super) fn apply(
     tx: &Transaction<'_>,
     op: &GroupOp,
-    max_members: usize,
+    limits: GroupLimits,
 ) -> Result<GroupOutcome, StoreError> {
     use pb::group_event::Type;
     let (group, by, kind, changed, mut notify) = match op {
@@ -106,8 +160,14 @@ pub(super) fn apply(
             name,
             owner,
             members,
+            large,
         } => {
             valid_members(members)?;
+            let max_members = if *large {
+                limits.large_members
+            } else {
+                limits.members
+            };
             let mut all = vec![owner.clone()];
             for m in members {
                 if !all.contains(m) {
@@ -119,9 +179,9 @@ pub(super) fn apply(
             }
             let inserted = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO groups (id, name, owner, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT OR IGNORE INTO groups (id, name, owner, created_ms, large) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![id, name, owner, tern_protocol::unix_ms() as i64])?;
+                .execute(params![id, name, owner, tern_protocol::unix_ms() as i64, large])?;
             if inserted == 0 {
                 return Err(StoreError::Invalid("group id already exists"));
             }
@@ -147,6 +207,11 @@ pub(super) fn apply(
                     added.push(m.clone());
                 }
             }
+            let max_members = if is_large(tx, group)? {
+                limits.large_members
+            } else {
+                limits.members
+            };
             if current.len() + added.len() > max_members {
                 return Err(StoreError::GroupFull);
             }
@@ -229,11 +294,52 @@ pub(super) fn apply(
         members: if kind == Type::Created || changed.len() > EVENT_MEMBERS_MAX {
             vec![]
         } else {
-            changed
+            changed.clone()
         },
         name: info.name.clone(),
         member_count: info.members.len() as u32,
+        large: info.large,
+        log_seq: 0,
+        ..Default::default()
     };
+    if info.large {
+        // One entry in the log for the members; an event in the own timeline of each
+        // member concerned, with the log position (a new member starts there).
+        let log_seq = next_seq(tx, &log_key(group))?;
+        let event = pb::GroupEvent { log_seq, ..event };
+        let body = |e: &pb::GroupEvent| pb::timeline_entry::Body::Group(e.clone());
+        tx.prepare_cached(
+            "INSERT INTO timeline (user, seq, conv_kind, conversation, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            log_key(group),
+            log_seq as i64,
+            pb::ConversationKind::Group as i32,
+            group,
+            prost::Message::encode_to_vec(&pb::TimelineEntry {
+                seq: 0,
+                body: Some(body(&event)),
+            })
+        ])?;
+        let mut fanout = vec![log_fanout(
+            tx,
+            group,
+            pb::TimelineEntry {
+                seq: log_seq,
+                body: Some(body(&event)),
+            },
+        )?];
+        for user in &changed {
+            fanout.push(append_event(
+                tx,
+                user,
+                pb::ConversationKind::Group as i32,
+                group,
+                body(&event),
+            )?);
+        }
+        return Ok(GroupOutcome { info, fanout });
+    }
     notify.extend(info.members.iter().cloned());
     let mut fanout: Vec<Fanout> = Vec::with_capacity(notify.len());
     for user in &notify {

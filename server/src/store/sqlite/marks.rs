@@ -13,7 +13,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tern_protocol::pb;
 
-use crate::store::Fanout;
+use crate::store::{Fanout, log_key};
 
 use super::{
     ENTRY_COLUMNS, StoreError, append_event, append_receipt, groups, head_seq, row_to_entry,
@@ -28,6 +28,9 @@ pub(super) fn mark_read(
     group_receipts_max: usize,
 ) -> Result<Vec<Fanout>, StoreError> {
     let kind_i = kind as i32;
+    if kind == pb::ConversationKind::Group && groups::is_large(tx, conversation)? {
+        return mark_read_log(tx, user, conversation, up_to_seq);
+    }
     let up_to = up_to_seq.min(head_seq(tx, user)?);
     let prev: u64 = tx
         .prepare_cached(
@@ -81,6 +84,7 @@ pub(super) fn mark_read(
             up_to_server_msg_id: up_to_msg,
             up_to_seq: up_to,
             unread: unread as u64,
+            ..Default::default()
         },
     )?];
     let tell_senders = match kind {
@@ -103,13 +107,113 @@ pub(super) fn mark_read(
                 },
                 by_user: user.to_owned(),
                 up_to_server_msg_id: id as u64,
-                up_to_seq: 0,
-                unread: 0,
+                ..Default::default()
             };
             fanout.push(append_receipt(tx, &sender, receipt)?);
         }
     }
     Ok(fanout)
+}
+
+/// Incoming messages of a large group's log above `mark` (the user's unread count there).
+fn log_unread(conn: &Connection, user: &str, group: &str, mark: u64) -> Result<u64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM timeline t JOIN messages m ON m.id = t.message_id
+             WHERE t.user = ?1 AND t.seq > ?2 AND m.sender != ?3",
+        )?
+        .query_row(params![log_key(group), mark as i64, user], |r| {
+            r.get::<_, i64>(0)
+        })? as u64)
+}
+
+fn read_mark(
+    conn: &Connection,
+    user: &str,
+    kind: i32,
+    conversation: &str,
+) -> Result<u64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT up_to_seq FROM read_marks WHERE user = ?1 AND conv_kind = ?2 AND conversation = ?3",
+        )?
+        .query_row(params![user, kind, conversation], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
+/// A read mark in a large group: positions are in the group's log. The mark goes to the
+/// user's own timeline (their other devices) with the count at the log's head; senders
+/// get no receipts (a large group has no read counts).
+fn mark_read_log(
+    tx: &Transaction<'_>,
+    user: &str,
+    group: &str,
+    up_to_seq: u64,
+) -> Result<Vec<Fanout>, StoreError> {
+    let kind = pb::ConversationKind::Group as i32;
+    if !groups::is_member(tx, group, user)? {
+        return Err(StoreError::NotAllowed("not a member of the group"));
+    }
+    let head = head_seq(tx, &log_key(group))?;
+    let up_to = up_to_seq.min(head);
+    if up_to <= read_mark(tx, user, kind, group)? {
+        return Ok(vec![]);
+    }
+    tx.prepare_cached(
+        "INSERT INTO read_marks (user, conv_kind, conversation, up_to_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user, conv_kind, conversation) DO UPDATE SET up_to_seq = excluded.up_to_seq",
+    )?
+    .execute(params![user, kind, group, up_to as i64])?;
+    Ok(vec![append_receipt(
+        tx,
+        user,
+        pb::Receipt {
+            status: pb::receipt::Status::Read as i32,
+            kind,
+            conversation: group.to_owned(),
+            by_user: user.to_owned(),
+            up_to_seq: up_to,
+            unread: log_unread(tx, user, group, up_to)?,
+            log: group.to_owned(),
+            at_seq: head,
+            ..Default::default()
+        },
+    )?])
+}
+
+/// The large groups `user` is in: head, unread at the head and the last messages of
+/// each log, as conversation summaries in log positions.
+pub(super) fn logs(
+    conn: &Connection,
+    user: &str,
+    last_messages: u32,
+) -> Result<Vec<pb::ConversationSummary>, StoreError> {
+    let kind = pb::ConversationKind::Group as i32;
+    let groups: Vec<String> = conn
+        .prepare_cached(
+            "SELECT gm.grp FROM group_members gm JOIN groups g ON g.id = gm.grp
+             WHERE gm.user = ?1 AND g.large ORDER BY gm.grp",
+        )?
+        .query_map(params![user], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let head = head_seq(conn, &log_key(&group))?;
+        let mark = read_mark(conn, user, kind, &group)?;
+        let (mut last, _) = history_of(conn, &log_key(&group), kind, &group, 0, last_messages)?;
+        last.reverse();
+        out.push(pb::ConversationSummary {
+            kind,
+            conversation: group.clone(),
+            unread: log_unread(conn, user, &group, mark)?,
+            latest_seq: head,
+            last,
+            log: group,
+            ..Default::default()
+        });
+    }
+    Ok(out)
 }
 
 pub(super) fn recall(
@@ -142,6 +246,22 @@ pub(super) fn recall(
         "UPDATE messages SET body = x'', content_type = 0, recalled = 1 WHERE id = ?1",
     )?
     .execute(params![server_msg_id as i64])?;
+    let recall_body = |conversation: &str| {
+        pb::timeline_entry::Body::Recall(pb::Recall {
+            server_msg_id,
+            kind,
+            conversation: conversation.to_owned(),
+            by_user: user.to_owned(),
+        })
+    };
+    if kind == pb::ConversationKind::Group as i32 && groups::is_large(tx, &recipient)? {
+        // One entry in the group's log; every member (the sender too) applies it.
+        return Ok(vec![groups::append_to_log(
+            tx,
+            &recipient,
+            recall_body(&recipient),
+        )?]);
+    }
     // Who holds it: both sides of a direct chat; the sender and the current members of
     // a group (someone who left since keeps the original, like a copy already read).
     let mut holders: Vec<(String, String)> = vec![];
@@ -165,12 +285,7 @@ pub(super) fn recall(
             &holder,
             kind,
             &conversation,
-            pb::timeline_entry::Body::Recall(pb::Recall {
-                server_msg_id,
-                kind,
-                conversation: conversation.clone(),
-                by_user: user.to_owned(),
-            }),
+            recall_body(&conversation),
         )?);
     }
     Ok(fanout)
@@ -180,6 +295,32 @@ pub(super) fn history(
     conn: &Connection,
     user: &str,
     kind: pb::ConversationKind,
+    conversation: &str,
+    before_seq: u64,
+    limit: u32,
+) -> Result<(Vec<pb::TimelineEntry>, bool), StoreError> {
+    if kind == pb::ConversationKind::Group && groups::is_large(conn, conversation)? {
+        // A large group's history is its log (positions in the log), for members.
+        if !groups::is_member(conn, conversation, user)? {
+            return Err(StoreError::NotAllowed("not a member of the group"));
+        }
+        return history_of(
+            conn,
+            &log_key(conversation),
+            kind as i32,
+            conversation,
+            before_seq,
+            limit,
+        );
+    }
+    history_of(conn, user, kind as i32, conversation, before_seq, limit)
+}
+
+/// Message entries of `conversation` in the timeline `owner` below `before_seq`.
+fn history_of(
+    conn: &Connection,
+    owner: &str,
+    kind: i32,
     conversation: &str,
     before_seq: u64,
     limit: u32,
@@ -196,7 +337,7 @@ pub(super) fn history(
     ))?;
     let mut entries = stmt
         .query_map(
-            params![user, kind as i32, conversation, before, limit as i64 + 1],
+            params![owner, kind, conversation, before, limit as i64 + 1],
             row_to_entry,
         )?
         .collect::<Result<Vec<_>, _>>()?

@@ -32,8 +32,8 @@ use tern_protocol::pb;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Fanout, GroupOp, GroupOutcome, NewMessage, PushTarget, Store, StoreError, StoreFuture,
-    StoredMessage, SummaryPage, TimelinePage, WebhookJob,
+    Fanout, GroupLimits, GroupOp, GroupOutcome, NewMessage, PushTarget, Store, StoreError,
+    StoreFuture, StoredMessage, SummaryPage, TimelinePage, WebhookJob, log_key,
 };
 
 mod groups;
@@ -154,6 +154,9 @@ const MIGRATIONS: &[&str] = &[
         next_at_ms INTEGER NOT NULL
     );
     CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at_ms);",
+    // 3: large groups keep one log (the timeline of the pseudo-user `#<group>`) instead
+    // of an entry per member.
+    "ALTER TABLE groups ADD COLUMN large INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -204,7 +207,7 @@ enum WriteOp {
         device: String,
     },
     Flush,
-    Group(GroupOp, usize),
+    Group(GroupOp, GroupLimits),
     MarkRead {
         user: String,
         kind: pb::ConversationKind,
@@ -414,6 +417,7 @@ fn append_event(
     Ok(Fanout {
         user: user.to_owned(),
         entry,
+        log: None,
     })
 }
 
@@ -436,6 +440,7 @@ fn append_receipt(
     )?;
     Ok(Fanout {
         user: user.to_owned(),
+        log: None,
         entry: pb::TimelineEntry {
             seq,
             body: Some(pb::timeline_entry::Body::Receipt(receipt)),
@@ -484,7 +489,7 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteR
             Ok(WriteReply::Done)
         }
         WriteOp::Flush => Ok(WriteReply::Done),
-        WriteOp::Group(op, max) => groups::apply(tx, op, *max).map(WriteReply::Group),
+        WriteOp::Group(op, limits) => groups::apply(tx, op, *limits).map(WriteReply::Group),
         WriteOp::MarkRead {
             user,
             kind,
@@ -526,22 +531,27 @@ fn store_message(
     m: &NewMessage,
     last_ts: &mut u64,
 ) -> Result<StoredMessage, StoreError> {
-    let existing: Option<(i64, i64, i64)> = tx
-        .prepare_cached("SELECT id, sender_seq, server_ts FROM messages WHERE sender = ?1 AND client_msg_id = ?2")?
+    let existing: Option<(i64, i64, i64, i32, String)> = tx
+        .prepare_cached("SELECT id, sender_seq, server_ts, kind, recipient FROM messages WHERE sender = ?1 AND client_msg_id = ?2")?
 .query_row(params![m.sender, &m.client_msg_id.0[..]],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    if let Some((id, seq, ts)) = existing {
+    if let Some((id, seq, ts, kind, recipient)) = existing {
+        // For a large group's message `sender_seq` holds its seq in the group's log.
+        let in_log =
+            kind == pb::ConversationKind::Group as i32 && groups::is_large(tx, &recipient)?;
         return Ok(StoredMessage {
             server_msg_id: id as u64,
-            sender_seq: seq as u64,
+            sender_seq: if in_log { 0 } else { seq as u64 },
+            log_seq: if in_log { seq as u64 } else { 0 },
             server_ts_ms: ts as u64,
             duplicate: true,
             fanout: vec![],
         });
     }
     let to_group = m.kind == pb::ConversationKind::Group;
+    let large = to_group && groups::is_large(tx, &m.recipient)?;
     if to_group {
         // Membership is checked inside the write, so it is ordered with every
         // membership change: a member removed before this send cannot send into it.
@@ -564,7 +574,13 @@ fn store_message(
     let ts = tern_protocol::unix_ms().max(*last_ts);
     *last_ts = ts;
     let kind = m.kind as i32;
-    let sender_seq = next_seq(tx, &m.sender)?;
+    // A large group's message goes to the group's log only (read diffusion); the seq
+    // column keeps its log seq. Otherwise the sender's timeline gets the first entry.
+    let sender_seq = if large {
+        next_seq(tx, &log_key(&m.recipient))?
+    } else {
+        next_seq(tx, &m.sender)?
+    };
     tx.prepare_cached("INSERT INTO messages (sender, client_msg_id, recipient, kind, content_type, body, client_ts, server_ts, sender_seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?
 .execute(params![
@@ -599,6 +615,20 @@ fn store_message(
         seq,
         body: Some(pb::timeline_entry::Body::Message(stored.clone())),
     };
+    if large {
+        tx.prepare_cached(
+            "INSERT INTO timeline (user, seq, conv_kind, conversation, message_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![log_key(&m.recipient), sender_seq as i64, kind, m.recipient, id as i64])?;
+        return Ok(StoredMessage {
+            server_msg_id: id,
+            sender_seq: 0,
+            log_seq: sender_seq,
+            server_ts_ms: ts,
+            duplicate: false,
+            fanout: vec![groups::log_fanout(tx, &m.recipient, entry(sender_seq))?],
+        });
+    }
     append_entry(
         tx,
         &m.sender,
@@ -612,6 +642,7 @@ fn store_message(
     let mut fanout = vec![Fanout {
         user: m.sender.clone(),
         entry: entry(sender_seq),
+        log: None,
     }];
     if to_group {
         // Write diffusion: one entry in every member's timeline (the message row is
@@ -646,6 +677,7 @@ fn store_message(
         fanout.extend(seqs.into_iter().map(|(user, seq)| Fanout {
             user,
             entry: entry(seq as u64),
+            log: None,
         }));
     } else if m.recipient != m.sender {
         let seq = next_seq(tx, &m.recipient)?;
@@ -653,11 +685,13 @@ fn store_message(
         fanout.push(Fanout {
             user: m.recipient.clone(),
             entry: entry(seq),
+            log: None,
         });
     }
     Ok(StoredMessage {
         server_msg_id: id,
         sender_seq,
+        log_seq: 0,
         server_ts_ms: ts,
         duplicate: false,
         fanout,
@@ -717,8 +751,7 @@ fn ack_delivered(
             conversation: user.to_owned(),
             by_user: user.to_owned(),
             up_to_server_msg_id: up_to as u64,
-            up_to_seq: 0,
-            unread: 0,
+            ..Default::default()
         };
         fanout.push(append_receipt(tx, &sender, receipt)?);
     }
@@ -836,6 +869,8 @@ fn read_summaries(
             unread: unread as u64,
             latest_seq: latest_seq as u64,
             last,
+            log: String::new(),
+            ..Default::default()
         });
     }
     Ok(SummaryPage {
@@ -933,11 +968,30 @@ impl Store for SqliteStore {
         self.write(WriteOp::Flush).await.map(|_| ())
     }
 
-    async fn group_op(&self, op: GroupOp, max_members: usize) -> Result<GroupOutcome, StoreError> {
-        match self.write(WriteOp::Group(op, max_members)).await? {
+    async fn group_op(&self, op: GroupOp, limits: GroupLimits) -> Result<GroupOutcome, StoreError> {
+        match self.write(WriteOp::Group(op, limits)).await? {
             WriteReply::Group(g) => Ok(g),
             _ => unreachable!("group job replies Group"),
         }
+    }
+
+    async fn log_member(&self, user: &str, group: &str) -> Result<bool, StoreError> {
+        let (user, group) = (user.to_owned(), group.to_owned());
+        self.read(move |c| Ok(groups::is_large(c, &group)? && groups::is_member(c, &group, &user)?))
+            .await
+    }
+
+    async fn logs(
+        &self,
+        user: &str,
+        last_messages: u32,
+    ) -> Result<Vec<pb::ConversationSummary>, StoreError> {
+        let user = user.to_owned();
+        self.read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            marks::logs(&tx, &user, last_messages)
+        })
+        .await
     }
 
     async fn group_info(&self, group: &str) -> Result<Option<pb::GroupInfo>, StoreError> {
@@ -1154,6 +1208,11 @@ mod tests {
         assert_eq!(page.entries.len(), 4);
     }
 
+    const LIMITS: GroupLimits = GroupLimits {
+        members: 10,
+        large_members: 100,
+    };
+
     fn group_msg(from: &str, group: &str, n: u8) -> NewMessage {
         NewMessage {
             kind: pb::ConversationKind::Group,
@@ -1169,8 +1228,9 @@ mod tests {
                     name: "team".into(),
                     owner: members[0].into(),
                     members: members.iter().map(|m| m.to_string()).collect(),
+                    large: false,
                 },
-                10,
+                LIMITS,
             )
             .await
             .unwrap()
@@ -1220,10 +1280,10 @@ mod tests {
             members: vec!["carol".into()],
         };
         assert!(matches!(
-            store.group_op(remove("bob"), 10).await,
+            store.group_op(remove("bob"), LIMITS).await,
             Err(StoreError::NotAllowed(_))
         ));
-        let out = store.group_op(remove("alice"), 10).await.unwrap();
+        let out = store.group_op(remove("alice"), LIMITS).await.unwrap();
         assert_eq!(out.info.members, vec!["alice", "bob"]);
         assert_eq!(out.fanout.len(), 3, "the removed member is told too");
         assert!(matches!(
@@ -1237,7 +1297,7 @@ mod tests {
             members: (0..9).map(|i| format!("u{i}")).collect(),
         };
         assert!(matches!(
-            store.group_op(add, 10).await,
+            store.group_op(add, LIMITS).await,
             Err(StoreError::GroupFull)
         ));
         let left = store
@@ -1246,13 +1306,101 @@ mod tests {
                     group: g.clone(),
                     user: "alice".into(),
                 },
-                10,
+                LIMITS,
             )
             .await
             .unwrap();
         assert_eq!(left.info.owner, "bob");
         assert_eq!(store.groups_of("bob").await.unwrap().len(), 1);
         assert!(store.groups_of("alice").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_large_group_writes_one_log_entry_per_message_not_one_per_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let members: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
+        let created = store
+            .group_op(
+                GroupOp::Create {
+                    id: "big".into(),
+                    name: "town hall".into(),
+                    owner: "u0".into(),
+                    members: members.clone(),
+                    large: true,
+                },
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        assert!(created.info.large);
+        // The log's creation event, and one own-timeline event per (initial) member.
+        assert_eq!(created.fanout.len(), 51);
+        assert!(created.fanout[0].log.is_some());
+        assert_eq!(store.head_seq("u7").await.unwrap(), 1);
+        let sent = store
+            .store_message(group_msg("u3", "big", 1))
+            .await
+            .unwrap();
+        assert_eq!((sent.sender_seq, sent.log_seq), (0, 2));
+        assert_eq!(sent.fanout.len(), 1);
+        assert_eq!(sent.fanout[0].log.as_ref().unwrap().members.len(), 50);
+        assert_eq!(
+            store.head_seq("u7").await.unwrap(),
+            1,
+            "no entry per member"
+        );
+        assert_eq!(store.head_seq("u3").await.unwrap(), 1, "nor for the sender");
+        let again = store
+            .store_message(group_msg("u3", "big", 1))
+            .await
+            .unwrap();
+        assert_eq!((again.duplicate, again.log_seq), (true, 2));
+        assert!(store.log_member("u7", "big").await.unwrap());
+        assert!(!store.log_member("mallory", "big").await.unwrap());
+        let page = store.timeline("#big", 0, 0, 10).await.unwrap();
+        assert_eq!(page.entries.len(), 2);
+        // Summaries in log positions; read marks in log positions.
+        let logs = store.logs("u7", 5).await.unwrap();
+        assert_eq!(
+            (logs[0].latest_seq, logs[0].unread, logs[0].last.len()),
+            (2, 1, 1)
+        );
+        let fan = store
+            .mark_read("u7", pb::ConversationKind::Group, "big", 2, 100)
+            .await
+            .unwrap();
+        match &fan[0].entry.body {
+            Some(pb::timeline_entry::Body::Receipt(r)) => {
+                assert_eq!(
+                    (r.log.as_str(), r.up_to_seq, r.at_seq, r.unread),
+                    ("big", 2, 2, 0)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.logs("u7", 5).await.unwrap()[0].unread, 0);
+        let (hist, more) = store
+            .history("u7", pb::ConversationKind::Group, "big", 0, 10)
+            .await
+            .unwrap();
+        assert_eq!((hist.len(), more), (1, false));
+        // A recall is one log entry.
+        let fan = store
+            .recall("u3", sent.server_msg_id, 60_000)
+            .await
+            .unwrap();
+        assert_eq!((fan.len(), fan[0].entry.seq), (1, 3));
+        // Over the large limit.
+        let add = GroupOp::Add {
+            group: "big".into(),
+            by: Some("u1".into()),
+            members: (0..60).map(|i| format!("x{i}")).collect(),
+        };
+        assert!(matches!(
+            store.group_op(add, LIMITS).await,
+            Err(StoreError::GroupFull)
+        ));
     }
 
     #[tokio::test]
