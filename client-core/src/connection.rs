@@ -639,6 +639,26 @@ impl<'a> Session<'a> {
         m: &mut Machines,
     ) -> Result<(), End> {
         let seq = entry.seq;
+        let follows = self
+            .inner
+            .with_db(|db| db.follows_log(&group))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        if !follows {
+            // Not (yet) a member as far as this device knows: the group event in the
+            // user's timeline (with the position to start from) comes next. Settle the
+            // push, store nothing.
+            return self
+                .write(
+                    &Frame::DeliveryAck(pb::DeliveryAck {
+                        cumulative_seq: 0,
+                        seqs: vec![seq],
+                        log: group,
+                    }),
+                    0,
+                    m,
+                )
+                .await;
+        }
         let applied = self
             .inner
             .with_db(|db| db.apply_log_entries(&group, &[entry]))
@@ -737,12 +757,23 @@ impl<'a> Session<'a> {
                 .inner
                 .with_db(|db| db.log_cursor(&s.log))
                 .map_err(|e| End::Lost(e.to_string()))?;
-            if cursor == 0 && !self.inner.config.full_history_sync {
+            if cursor == 0 {
+                // First sight of this log on this device: from where the user joined
+                // (what write diffusion would have given them), or, without full
+                // history, from the head (older messages come as history pages).
+                let start = if self.inner.config.full_history_sync {
+                    s.joined_at
+                } else {
+                    s.latest_seq
+                };
                 let applied = self
                     .inner
-                    .with_db(|db| db.start_log_at(&s.log, s.latest_seq))
+                    .with_db(|db| db.start_log_at(&s.log, start))
                     .map_err(|e| End::Lost(e.to_string()))?;
                 self.publish(applied);
+                if s.latest_seq > start {
+                    self.pull_log(&s.log, m).await?;
+                }
             } else if s.latest_seq > cursor {
                 self.pull_log(&s.log, m).await?;
             }

@@ -114,7 +114,8 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
     // `sync_base:<group>`) and held-above-a-gap set.
     "ALTER TABLE messages ADD COLUMN log TEXT;
     CREATE TABLE log_received (log TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (log, seq)) WITHOUT ROWID;
-    CREATE TABLE logs (grp TEXT PRIMARY KEY) WITHOUT ROWID;"];
+    CREATE TABLE logs (grp TEXT PRIMARY KEY) WITHOUT ROWID;
+    ALTER TABLE conversations ADD COLUMN base_mark INTEGER NOT NULL DEFAULT 0;"];
 
 /// What a store operation changed.
 #[derive(Debug, Default)]
@@ -454,6 +455,11 @@ impl Db {
         Ok(out)
     }
 
+    /// Whether this device follows a large group's log (it learned it is a member).
+    pub fn follows_log(&self, group: &str) -> Result<bool, DbError> {
+        Ok(is_log(&self.conn, group)?)
+    }
+
     /// Highest contiguous seq of a large group's log stored here.
     pub fn log_cursor(&self, group: &str) -> Result<u64, DbError> {
         Ok(state(&self.conn, &log_key("cursor", Some(group)))?)
@@ -499,6 +505,7 @@ impl Db {
                 &tx,
                 ConversationKind::Group,
                 &s.conversation,
+                s.read_up_to,
                 s.latest_seq,
                 s.unread,
             )?;
@@ -677,7 +684,14 @@ impl Db {
                 params![kind.to_wire(), s.conversation, now_ms as i64, s.latest_seq as i64],
             )?;
             // The server's unread count is a snapshot at its head seq.
-            apply_read_mark(&tx, kind, &s.conversation, head.max(s.latest_seq), s.unread)?;
+            apply_read_mark(
+                &tx,
+                kind,
+                &s.conversation,
+                0,
+                head.max(s.latest_seq),
+                s.unread,
+            )?;
             // The last messages are the conversation's newest: held without a hole.
             if let Some(lo) = s.last.iter().map(|e| e.seq).min() {
                 add_range(&tx, kind, &s.conversation, lo, head.max(s.latest_seq))?;
@@ -813,7 +827,12 @@ impl Db {
         if up_to == 0 {
             return Ok(None);
         }
-        apply_read_mark(&tx, kind, conversation, up_to as u64, 0)?;
+        let mark = if kind == ConversationKind::Group && is_log(&tx, conversation)? {
+            up_to as u64
+        } else {
+            0
+        };
+        apply_read_mark(&tx, kind, conversation, mark, up_to as u64, 0)?;
         tx.execute(
             "INSERT INTO pending_reads (conv_kind, conversation, up_to_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT (conv_kind, conversation) DO UPDATE SET up_to_seq = MAX(up_to_seq, excluded.up_to_seq)",
@@ -1123,8 +1142,12 @@ fn apply_entry(
             if r.status == pb::receipt::Status::Read as i32 {
                 // A large group's mark counts at a position of its log, the others at
                 // this entry's own position.
-                let at = if r.log.is_empty() { e.seq } else { r.at_seq };
-                apply_read_mark(tx, kind, &r.conversation, at, r.unread)?;
+                let (mark, at) = if r.log.is_empty() {
+                    (0, e.seq)
+                } else {
+                    (r.up_to_seq, r.at_seq)
+                };
+                apply_read_mark(tx, kind, &r.conversation, mark, at, r.unread)?;
                 tx.execute(
                     "DELETE FROM pending_reads WHERE conv_kind = ?1 AND conversation = ?2 AND up_to_seq <= ?3",
                     params![kind.to_wire(), r.conversation, r.up_to_seq as i64],
@@ -1249,7 +1272,8 @@ fn apply_entry(
                         "INSERT OR IGNORE INTO logs (grp) VALUES (?1)",
                         params![g.group],
                     )? == 1;
-                    if new && state(tx, &log_key("cursor", Some(&g.group)))? == 0 {
+                    // A (re)joined member starts where they joined, not earlier.
+                    if new && state(tx, &log_key("cursor", Some(&g.group)))? < g.log_seq {
                         start_log(tx, Some(&g.group), g.log_seq)?;
                     }
                 } else {
@@ -1276,20 +1300,29 @@ fn apply_entry(
 /// the server's count of unread messages with seq <= `at`. Later messages are counted
 /// locally. Only a later position wins, so summaries and read marks can arrive in any
 /// order and every device ends with the same count.
+///
+/// In a large group's log a read mark is not itself an entry, so a mark and a summary
+/// can share a position; there the base is ordered by (`mark`, position): the read mark
+/// it reflects first (marks only grow, and a base with a later mark was computed after
+/// it), then the position. In the user's timeline `mark` is 0 and only the position counts.
 fn apply_read_mark(
     tx: &Transaction<'_>,
     kind: ConversationKind,
     conversation: &str,
+    mark: u64,
     at: u64,
     unread: u64,
 ) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO conversations (conv_kind, conversation, last_activity, base_unread, base_seq, latest_seq)
-         VALUES (?1, ?2, 0, ?3, ?4, 0)
+        "INSERT INTO conversations (conv_kind, conversation, last_activity, base_unread, base_seq, base_mark, latest_seq)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, 0)
          ON CONFLICT (conv_kind, conversation) DO UPDATE SET
-             base_unread = CASE WHEN excluded.base_seq > base_seq THEN excluded.base_unread ELSE base_unread END,
-             base_seq = MAX(base_seq, excluded.base_seq)",
-        params![kind.to_wire(), conversation, unread as i64, at as i64],
+             base_unread = CASE WHEN (excluded.base_mark, excluded.base_seq) > (base_mark, base_seq)
+                 THEN excluded.base_unread ELSE base_unread END,
+             base_seq = CASE WHEN (excluded.base_mark, excluded.base_seq) > (base_mark, base_seq)
+                 THEN excluded.base_seq ELSE base_seq END,
+             base_mark = MAX(base_mark, excluded.base_mark)",
+        params![kind.to_wire(), conversation, unread as i64, at as i64, mark as i64],
     )?;
     Ok(())
 }

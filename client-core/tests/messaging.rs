@@ -613,3 +613,156 @@ async fn messages_to_a_service_account_reach_the_backend_once_across_failures_an
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_group_is_one_log_that_members_pull() {
+    let sdir = tempfile::tempdir().unwrap();
+    // Small groups are capped at 5 here; large groups are not.
+    let s = server_with(sdir.path(), |c| c.max_group_members = 5).await;
+    let names: Vec<String> = (0..40).map(|i| format!("l{i:02}")).collect();
+    let dirs: Vec<_> = (0..44).map(|_| tempfile::tempdir().unwrap()).collect();
+    let online: Vec<_> = (0..8)
+        .map(|i| client(&s, dirs[i].path(), &names[i], "phone"))
+        .collect();
+    for (c, _) in &online {
+        connected(c).await;
+    }
+    assert!(matches!(
+        blocking(|| online[0].0.create_group("too big", &names[1..])),
+        Err(ClientError::Refused { code, .. }) if code == "GROUP_FULL"
+    ));
+    let g = blocking(|| online[0].0.create_large_group("town hall", &names[1..])).unwrap();
+    assert!(g.large);
+    assert_eq!(g.members.len(), 40);
+    let gid = g.id.clone();
+    until("every online member to follow the group", || {
+        online
+            .iter()
+            .all(|(c, _)| c.group_name(&gid).unwrap().as_deref() == Some("town hall"))
+    })
+    .await;
+    for i in 0..5 {
+        for (n, (c, _)) in online.iter().take(3).enumerate() {
+            c.send_group_text(&gid, &format!("{n}:{i}")).unwrap();
+        }
+    }
+    until("15 messages on every online member", || {
+        online.iter().all(|(c, _)| group_texts(c, &gid).len() == 15)
+    })
+    .await;
+    let reference = group_texts(&online[0].0, &gid);
+    for (c, _) in &online {
+        assert_eq!(group_texts(c, &gid), reference, "same order everywhere");
+    }
+    // Read diffusion: members' own timelines hold only the group's creation event.
+    assert_eq!(s.shared.store.head_seq(&names[5]).await.unwrap(), 1);
+    assert_eq!(s.shared.store.head_seq(&names[0]).await.unwrap(), 1);
+    assert_eq!(unread(&online[5].0, ConversationKind::Group, &gid), 15);
+    assert_eq!(unread(&online[1].0, ConversationKind::Group, &gid), 10);
+
+    // A second device of l05, a fresh install without full history: the log's summary
+    // (unread, last messages), then history paged from the server.
+    let (tablet, _) = client_with(&s, dirs[40].path(), &names[5], "tablet", |c| {
+        c.platform = Platform::Desktop;
+        c.full_history_sync = false;
+    });
+    connected(&tablet).await;
+    until("the tablet's unread count", || {
+        unread(&tablet, ConversationKind::Group, &gid) == 15
+    })
+    .await;
+    let mut seen = vec![];
+    let mut before = None;
+    loop {
+        let page =
+            blocking(|| tablet.load_history(ConversationKind::Group, &gid, before, 4)).unwrap();
+        seen.extend(page.messages.iter().map(|m| m.text().unwrap().to_owned()));
+        if page.at_beginning {
+            break;
+        }
+        before = page.messages.last().map(|m| m.local_id);
+    }
+    seen.reverse();
+    let texts: Vec<String> = reference.iter().map(|(_, t)| t.clone()).collect();
+    assert_eq!(seen, texts, "the whole log, no false beginning");
+    // Read on the phone: the tablet follows.
+    online[5]
+        .0
+        .mark_read(ConversationKind::Group, &gid)
+        .unwrap();
+    until("the tablet to apply the phone's read mark", || {
+        unread(&tablet, ConversationKind::Group, &gid) == 0
+    })
+    .await;
+
+    // An offline member catches up by pulling the log.
+    let (late, _) = client(&s, dirs[41].path(), &names[30], "phone");
+    until("the offline member to pull the log", || {
+        group_texts(&late, &gid).len() == 15
+    })
+    .await;
+    assert_eq!(group_texts(&late, &gid), reference);
+    assert_eq!(unread(&late, ConversationKind::Group, &gid), 15);
+
+    // Recall: one log entry, applied by every member.
+    let first = online[0]
+        .0
+        .messages(ConversationKind::Group, &gid, None, 100)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|m| m.outgoing)
+        .unwrap();
+    blocking(|| online[0].0.recall(first.local_id)).unwrap();
+    until("the recall everywhere", || {
+        [&online[3].0, &late].iter().all(|c| {
+            c.messages(ConversationKind::Group, &gid, None, 100)
+                .unwrap()
+                .iter()
+                .any(|m| m.recalled)
+        })
+    })
+    .await;
+
+    // Membership still decides: a removed member cannot send; a new member starts at
+    // the join point.
+    blocking(|| online[0].0.remove_group_members(&gid, &[names[7].clone()])).unwrap();
+    let m = online[7].0.send_group_text(&gid, "still here?").unwrap();
+    until("the removed member's send to fail", || {
+        matches!(
+            online[7].0.message(m.local_id).unwrap().unwrap().status,
+            MessageStatus::Failed { .. }
+        )
+    })
+    .await;
+    let (newbie, _) = client(&s, dirs[42].path(), "newbie", "phone");
+    connected(&newbie).await;
+    blocking(|| online[1].0.add_group_members(&gid, &["newbie".to_owned()])).unwrap();
+    until("the new member to follow the group", || {
+        newbie.group_name(&gid).unwrap().is_some()
+    })
+    .await;
+    online[2].0.send_group_text(&gid, "welcome").unwrap();
+    until("the new member to get it", || {
+        group_texts(&newbie, &gid)
+            .iter()
+            .any(|(_, t)| t == "welcome")
+    })
+    .await;
+    assert_eq!(
+        group_texts(&newbie, &gid).len(),
+        1,
+        "nothing from before the join"
+    );
+    until("the new member's unread count", || {
+        unread(&newbie, ConversationKind::Group, &gid) == 1
+    })
+    .await;
+    for (c, _) in &online {
+        c.shutdown();
+    }
+    for c in [&tablet, &late, &newbie] {
+        c.shutdown();
+    }
+    s.shutdown().await;
+}

@@ -238,6 +238,8 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 )
                     .prop_map(|(kind, conversation, unread, latest_seq, last)| {
                         pb::ConversationSummary {
+                            read_up_to: latest_seq / 2,
+                            joined_at: latest_seq / 3,
                             log: if unread % 2 == 0 {
                                 conversation.clone()
                             } else {

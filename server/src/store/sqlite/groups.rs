@@ -321,6 +321,15 @@ pub(super) fn apply(
                 body: Some(body(&event)),
             })
         ])?;
+        if matches!(kind, Type::Created | Type::MembersAdded) {
+            for user in &changed {
+                tx.prepare_cached(
+                    "INSERT INTO log_joins (grp, user, seq) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (grp, user) DO UPDATE SET seq = excluded.seq",
+                )?
+                .execute(params![group, user, log_seq as i64])?;
+            }
+        }
         let mut fanout = vec![log_fanout(
             tx,
             group,

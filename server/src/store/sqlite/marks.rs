@@ -127,6 +127,15 @@ fn log_unread(conn: &Connection, user: &str, group: &str, mark: u64) -> Result<u
         })? as u64)
 }
 
+/// The log position where `user` joined large group `group` (0 if unknown).
+fn joined_at(conn: &Connection, group: &str, user: &str) -> Result<u64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM log_joins WHERE grp = ?1 AND user = ?2")?
+        .query_row(params![group, user], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
 fn read_mark(
     conn: &Connection,
     user: &str,
@@ -174,7 +183,7 @@ fn mark_read_log(
             conversation: group.to_owned(),
             by_user: user.to_owned(),
             up_to_seq: up_to,
-            unread: log_unread(tx, user, group, up_to)?,
+            unread: log_unread(tx, user, group, up_to.max(joined_at(tx, group, user)?))?,
             log: group.to_owned(),
             at_seq: head,
             ..Default::default()
@@ -201,16 +210,20 @@ pub(super) fn logs(
     for group in groups {
         let head = head_seq(conn, &log_key(&group))?;
         let mark = read_mark(conn, user, kind, &group)?;
+        let joined_at = joined_at(conn, &group, user)?;
         let (mut last, _) = history_of(conn, &log_key(&group), kind, &group, 0, last_messages)?;
+        // What a member sees by default starts where they joined.
+        last.retain(|e| e.seq > joined_at);
         last.reverse();
         out.push(pb::ConversationSummary {
             kind,
             conversation: group.clone(),
-            unread: log_unread(conn, user, &group, mark)?,
+            unread: log_unread(conn, user, &group, mark.max(joined_at))?,
             latest_seq: head,
             last,
             log: group,
-            ..Default::default()
+            read_up_to: mark,
+            joined_at,
         });
     }
     Ok(out)

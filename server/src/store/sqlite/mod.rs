@@ -156,7 +156,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at_ms);",
     // 3: large groups keep one log (the timeline of the pseudo-user `#<group>`) instead
     // of an entry per member.
-    "ALTER TABLE groups ADD COLUMN large INTEGER NOT NULL DEFAULT 0;",
+    "ALTER TABLE groups ADD COLUMN large INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE log_joins (
+        grp TEXT NOT NULL,
+        user TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (grp, user)
+    ) WITHOUT ROWID;",
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
