@@ -1,5 +1,6 @@
 //! Group fan-out: what one group message costs the server at 10, 100, 1,000 and
-//! 10,000 members, against a 1:1 message in the same run.
+//! 10,000 members with write diffusion, and at 1,000 to 100,000 members as a large group
+//! (read diffusion: one log entry per message), against a 1:1 message in the same run.
 //!
 //! Groups are created through the HTTP API (as a business backend would). One raw
 //! client, a member, sends into each group:
@@ -33,9 +34,12 @@ use crate::ui;
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Group sizes (members, sender included).
+    /// Group sizes (members, sender included), write diffusion.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
     pub sizes: Vec<usize>,
+    /// Large-group sizes (read diffusion).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub large_sizes: Vec<usize>,
     /// Messages sent one at a time per size.
     #[arg(long, default_value_t = 30)]
     pub sequential: usize,
@@ -58,6 +62,9 @@ pub struct Args {
 pub struct Row {
     /// Members (2 = the 1:1 baseline).
     pub members: usize,
+    /// A large group (read diffusion).
+    #[serde(default)]
+    pub large: bool,
     /// Send -> SendResult, one message at a time, members offline.
     pub commit: Latency,
     /// Pipelined: messages per second.
@@ -96,11 +103,12 @@ async fn create_group(
     http: &reqwest::Client,
     server: &ServerProc,
     members: Vec<String>,
+    large: bool,
 ) -> anyhow::Result<String> {
     let resp: serde_json::Value = http
         .post(format!("http://{}/v1/groups", server.http))
         .bearer_auth(tern_server::config::DEV_API_KEY)
-        .json(&serde_json::json!({ "name": "bench", "members": members }))
+        .json(&serde_json::json!({ "name": "bench", "members": members, "large": large }))
         .send()
         .await?
         .error_for_status()?
@@ -129,14 +137,32 @@ async fn next_ok(rx: &mut mpsc::UnboundedReceiver<pb::SendResult>) -> anyhow::Re
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     let q = args.quick;
-    let sizes: Vec<usize> = if q { vec![10, 100] } else { args.sizes.clone() };
-    let max = sizes.iter().copied().max().unwrap_or(2).max(2);
-    let max_s = max.to_string();
-    let server = ServerProc::start(&["--max-group-members", &max_s])?;
+    let (sizes, large_sizes): (Vec<usize>, Vec<usize>) = if q {
+        (vec![10, 100], vec![100])
+    } else {
+        (args.sizes.clone(), args.large_sizes.clone())
+    };
+    let max = sizes.iter().copied().max().unwrap_or(2).max(2).to_string();
+    let max_large = large_sizes
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        .to_string();
+    let server = ServerProc::start(&[
+        "--max-group-members",
+        &max,
+        "--max-large-group-members",
+        &max_large,
+    ])?;
     let endpoints = raw::endpoints(&server.cert, 4)?;
     let http = reqwest::Client::new();
     let mut rows = vec![];
-    for (run, members) in std::iter::once(2).chain(sizes).enumerate() {
+    let runs = std::iter::once((2, false))
+        .chain(sizes.into_iter().map(|n| (n, false)))
+        .chain(large_sizes.into_iter().map(|n| (n, true)));
+    for (run, (members, large)) in runs.enumerate() {
         let (res_tx, mut results) = mpsc::unbounded_channel();
         let (arr_tx, _arrivals) = mpsc::unbounded_channel();
         let sink = Arc::new(Events {
@@ -154,7 +180,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             all.extend::<Vec<String>>(names);
             (
                 pb::ConversationKind::Group,
-                create_group(&http, &server, all).await?,
+                create_group(&http, &server, all, large).await?,
             )
         };
         // Write cost, members offline.
@@ -192,12 +218,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         sender.close();
         let online_last_delivery =
             if members <= args.online_max.max(if q { 10 } else { 0 }) && members > 2 {
-                Some(online(&server, &endpoints, &http, members, run, q).await?)
+                Some(online(&server, &endpoints, &http, members, run, q, large).await?)
             } else {
                 None
             };
         rows.push(Row {
             members,
+            large,
             commit,
             burst_msgs_per_sec: burst as f64 / secs,
             burst_entries_per_sec: (burst * members) as f64 / secs,
@@ -224,6 +251,7 @@ async fn online(
     members: usize,
     run: usize,
     q: bool,
+    large: bool,
 ) -> anyhow::Result<Latency> {
     let (res_tx, mut results) = mpsc::unbounded_channel();
     let (arr_tx, mut arrivals) = mpsc::unbounded_channel();
@@ -250,6 +278,7 @@ async fn online(
         http,
         server,
         (0..members).map(|i| format!("o{run}_{i}")).collect(),
+        large,
     )
     .await?;
     // The group-created event reaches everyone first; drain it.
@@ -297,13 +326,13 @@ async fn online(
 
 fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    s.push_str("# Group fan-out (write diffusion)\n\n");
+    s.push_str("# Group fan-out: write diffusion and large groups (read diffusion)\n\n");
     s.push_str("Generated by `tern-bench fanout`; analysis in [analysis.md](analysis.md#group-fan-out).\n\n");
     s.push_str(&format!(
         "- command: `{}`\n- machine: {}\n- date: {}, commit {}\n- quick: {}\n- wall time: {:.0} s\n\n",
         r.meta.command, r.meta.machine, r.meta.date, r.meta.commit, r.meta.quick, r.meta.secs
     ));
-    s.push_str("Members offline: one message at a time (commit of the message and its N timeline entries, send to SendResult), then a pipelined burst. Members online: send to the last member's first receipt. The first row is a 1:1 message in the same run (baseline).\n\n");
+    s.push_str("Members offline: one message at a time (commit of the message and its N timeline entries, send to SendResult), then a pipelined burst. Members online: send to the last member's first receipt. The first row is a 1:1 message in the same run (baseline). Rows marked large are large groups (read diffusion): one log entry per message whatever the size; their entries/s column counts members reached, not rows written.\n\n");
     s.push_str("| members | commit p50 ms | commit p99 ms | burst msg/s | burst entries/s | online: last delivery p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in &r.rows {
         let (p50, p99) = row
@@ -315,7 +344,13 @@ fn markdown(r: &Report) -> String {
         s.push_str(&format!(
             "| {}{} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} |\n",
             row.members,
-            if row.members == 2 { " (1:1)" } else { "" },
+            if row.members == 2 {
+                " (1:1)"
+            } else if row.large {
+                " large"
+            } else {
+                ""
+            },
             row.commit.p50_ms,
             row.commit.p99_ms,
             row.burst_msgs_per_sec,

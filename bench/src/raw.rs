@@ -202,6 +202,19 @@ async fn dispatch(
             return;
         };
         match *frame {
+            Frame::Push(p) if !p.log.is_empty() => {
+                // A large group's log entry: settle it (no per-log cursor kept here).
+                let Some(entry) = p.entry else { continue };
+                let ack = Frame::DeliveryAck(pb::DeliveryAck {
+                    seqs: vec![entry.seq],
+                    log: p.log,
+                    ..Default::default()
+                });
+                let _ = conn.send_datagram(ack.to_bytes(0));
+                if let Some(Body::Message(m)) = &entry.body {
+                    sink.on_message(index, m);
+                }
+            }
             Frame::Push(p) => {
                 let Some(entry) = p.entry else { continue };
                 let first = hold(entry.seq, &mut cursor);

@@ -87,7 +87,16 @@ pub async fn handle(
             return shared.store.groups_of(user).await;
         }
     };
-    let outcome = shared.store.group_op(op, limits).await?;
+    let group = match &op {
+        GroupOp::Create { id, .. } => id.clone(),
+        GroupOp::Add { group, .. }
+        | GroupOp::Remove { group, .. }
+        | GroupOp::Leave { group, .. } => group.clone(),
+    };
+    let outcome = shared.store.group_op(op, limits).await;
+    // Whatever happened, the routing cache must not outlive a membership change.
+    shared.log_members.remove(&group);
+    let outcome = outcome?;
     metrics::counter!("tern_group_ops_total").increment(1);
     shared.fan_out(outcome.fanout, None);
     Ok(vec![outcome.info])

@@ -61,6 +61,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// Offline push and c2s webhooks.
     pub webhooks: crate::webhook::Webhooks,
+    /// Members of large groups, for routing their log entries (see [`Shared::fan_out`]).
+    pub log_members: dashmap::DashMap<String, Arc<Vec<String>>>,
     next_id: AtomicU64,
 }
 
@@ -72,6 +74,7 @@ impl Shared {
             login_permits: Semaphore::new(config.max_concurrent_logins),
             shutting_down: AtomicBool::new(false),
             webhooks: crate::webhook::Webhooks::new(),
+            log_members: dashmap::DashMap::new(),
             next_id: AtomicU64::new(1),
             config,
             store,
@@ -81,28 +84,54 @@ impl Shared {
 
     /// Routes new timeline entries to online sessions (except the one that caused them):
     /// an entry of a user's timeline to that user's sessions, an entry of a large group's
-    /// log to the sessions of every member.
-    pub fn fan_out(&self, fanout: Vec<Fanout>, except: Option<u64>) {
+    /// log to the sessions of every member. A large group's members come from a cache
+    /// (filled by a read on a miss, emptied by every membership change): the log, not the
+    /// push, is the truth, so a push that misses a member who just joined is caught up
+    /// by that member's next pull.
+    pub fn fan_out(self: &Arc<Self>, fanout: Vec<Fanout>, except: Option<u64>) {
         for f in fanout {
             let entry = Arc::new(f.entry);
-            let n = match f.log {
-                None => self
+            let Some(route) = f.log else {
+                let n = self
                     .registry
-                    .route(&f.user, &Push { log: None, entry }, except),
-                Some(route) => {
-                    let push = Push {
-                        log: Some(Arc::from(route.group.as_str())),
-                        entry,
-                    };
-                    route
-                        .members
-                        .iter()
-                        .map(|m| self.registry.route(m, &push, except))
-                        .sum()
-                }
+                    .route(&f.user, &Push { log: None, entry }, except);
+                metrics::counter!("tern_pushes_routed_total").increment(n as u64);
+                continue;
             };
-            metrics::counter!("tern_pushes_routed_total").increment(n as u64);
+            let push = Push {
+                log: Some(Arc::from(route.group.as_str())),
+                entry,
+            };
+            let cached = self.log_members.get(&route.group).map(|m| m.clone());
+            if let Some(members) = cached {
+                self.route_log(&members, &push, except);
+                continue;
+            }
+            let shared = self.clone();
+            tokio::spawn(async move {
+                match shared.store.group_info(&route.group).await {
+                    Ok(Some(info)) => {
+                        let members = Arc::new(info.members);
+                        shared
+                            .log_members
+                            .insert(route.group.clone(), members.clone());
+                        shared.route_log(&members, &push, except);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(group = %route.group, error = %e, "members not read; log entry left for pulls")
+                    }
+                }
+            });
         }
+    }
+
+    fn route_log(&self, members: &[String], push: &Push, except: Option<u64>) {
+        let n: usize = members
+            .iter()
+            .map(|m| self.registry.route(m, push, except))
+            .sum();
+        metrics::counter!("tern_pushes_routed_total").increment(n as u64);
     }
 }
 

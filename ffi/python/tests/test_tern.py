@@ -95,6 +95,11 @@ def test_groups_read_marks_across_devices_and_recall(make_client):
     alice_ev.wait_for(lambda e: isinstance(e, tern.TernEvent.MESSAGE_UPDATED)
                       and e.message.local_id == sent.local_id and e.message.read_count == 2)
     assert [x.id for x in carol.groups()] == [g.id]
+    big = alice.create_large_group("py town hall", ["bob", "carol"])
+    assert big.large and len(big.members) == 3
+    alice.send_group_text(big.id, "to everyone")
+    for ev in (bob_ev, carol_ev):
+        ev.wait_for(is_received(lambda m: m.text == "to everyone" and m.conversation == big.id))
     with pytest.raises(tern.TernError.Refused) as refused:
         bob.remove_group_members(g.id, ["carol"])
     assert "NOT_ALLOWED" in str(refused.value)

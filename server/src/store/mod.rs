@@ -147,13 +147,13 @@ pub struct Fanout {
     pub log: Option<std::sync::Arc<LogRoute>>,
 }
 
-/// Where the entries of a large group's log go: every member's sessions.
+/// Where the entries of a large group's log go: every member's sessions. The members
+/// are looked up by the router (from its cache or a read), never by the store writer:
+/// reading 100,000 member ids inside the write would cost what read diffusion saves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRoute {
     /// The group (the log's name on the wire).
     pub group: String,
-    /// Its members when the entry was written.
-    pub members: Vec<String>,
 }
 
 /// The key of a large group's log in the timeline tables: `#` cannot start a user id,

@@ -45,20 +45,15 @@ pub(super) fn is_large(conn: &Connection, group: &str) -> Result<bool, StoreErro
         .unwrap_or(false))
 }
 
-/// An entry of `group`'s log, routed to its current members.
-pub(super) fn log_fanout(
-    conn: &Connection,
-    group: &str,
-    entry: pb::TimelineEntry,
-) -> Result<Fanout, StoreError> {
-    Ok(Fanout {
+/// An entry of `group`'s log, to be routed to its members.
+pub(super) fn log_fanout(group: &str, entry: pb::TimelineEntry) -> Fanout {
+    Fanout {
         user: group.to_owned(),
         entry,
         log: Some(Arc::new(LogRoute {
             group: group.to_owned(),
-            members: members(conn, group)?.unwrap_or_default(),
         })),
-    })
+    }
 }
 
 /// Appends a non-message entry (recall, group event) to `group`'s log.
@@ -74,7 +69,7 @@ pub(super) fn append_to_log(
         group,
         body,
     )?;
-    log_fanout(tx, group, f.entry)
+    Ok(log_fanout(group, f.entry))
 }
 
 /// Whether `user` is a member of `group`.
@@ -331,13 +326,12 @@ pub(super) fn apply(
             }
         }
         let mut fanout = vec![log_fanout(
-            tx,
             group,
             pb::TimelineEntry {
                 seq: log_seq,
                 body: Some(body(&event)),
             },
-        )?];
+        )];
         for user in &changed {
             fanout.push(append_event(
                 tx,

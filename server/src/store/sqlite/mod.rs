@@ -632,7 +632,7 @@ fn store_message(
             log_seq: sender_seq,
             server_ts_ms: ts,
             duplicate: false,
-            fanout: vec![groups::log_fanout(tx, &m.recipient, entry(sender_seq))?],
+            fanout: vec![groups::log_fanout(&m.recipient, entry(sender_seq))],
         });
     }
     append_entry(
@@ -1350,7 +1350,7 @@ mod tests {
             .unwrap();
         assert_eq!((sent.sender_seq, sent.log_seq), (0, 2));
         assert_eq!(sent.fanout.len(), 1);
-        assert_eq!(sent.fanout[0].log.as_ref().unwrap().members.len(), 50);
+        assert_eq!(sent.fanout[0].log.as_ref().unwrap().group, "big");
         assert_eq!(
             store.head_seq("u7").await.unwrap(),
             1,
