@@ -673,7 +673,6 @@ impl<'a> Session<'a> {
                 cumulative_seq: cursor,
                 seqs: if seq > cursor { vec![seq] } else { vec![] },
                 log: group.clone(),
-                ..Default::default()
             }),
             0,
             m,
@@ -703,7 +702,6 @@ impl<'a> Session<'a> {
                 until_seq: 0,
                 limit: self.inner.config.sync_page,
                 log: group.to_owned(),
-                ..Default::default()
             }),
             0,
             m,
@@ -732,7 +730,6 @@ impl<'a> Session<'a> {
                 cumulative_seq: cursor,
                 seqs: vec![],
                 log: group.clone(),
-                ..Default::default()
             }),
             0,
             m,

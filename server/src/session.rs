@@ -630,7 +630,6 @@ impl Session {
         Frame::Push(pb::Push {
             entry: Some(entry.clone()),
             log,
-            ..Default::default()
         })
     }
 
@@ -817,7 +816,6 @@ impl Session {
                         seq: stored.sender_seq,
                         server_ts_ms: stored.server_ts_ms,
                         log_seq: stored.log_seq,
-                        ..Default::default()
                     })
                 }
                 Err(e) => send_result(client_msg_id, store_failure(e).0),
@@ -1030,7 +1028,6 @@ impl Session {
                         more: page.more,
                         head_seq: page.head_seq,
                         log: r.log,
-                        ..Default::default()
                     }),
                     Err(e) => Frame::error(store_failure(e).0, "sync failed", r.request_id),
                 },

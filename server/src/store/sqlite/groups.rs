@@ -109,7 +109,6 @@ pub(super) fn info(conn: &Connection, group: &str) -> Result<Option<pb::GroupInf
         members: members(conn, group)?.unwrap_or_default(),
         created_ms: created as u64,
         large,
-        ..Default::default()
     }))
 }
 
@@ -295,7 +294,6 @@ pub(super) fn apply(
         member_count: info.members.len() as u32,
         large: info.large,
         log_seq: 0,
-        ..Default::default()
     };
     if info.large {
         // One entry in the log for the members; an event in the own timeline of each
