@@ -226,6 +226,20 @@ async fn groups_read_marks_and_recall_from_the_command_line() {
     let read = run("bob", &["read", "--group", "--with", &gid]).unwrap();
     assert!(read.contains("total unread now 0"), "{read}");
     assert!(run("carol", &["group", "list"]).unwrap().contains(&gid));
+    let large = run(
+        "carol",
+        &[
+            "group",
+            "create",
+            "--large",
+            "--name",
+            "all",
+            "--members",
+            "alice",
+        ],
+    )
+    .unwrap();
+    assert!(large.contains("2 members (large)"), "{large}");
     let refused = run(
         "bob",
         &["group", "remove", "--group", &gid, "--members", "carol"],

@@ -164,6 +164,9 @@ enum GroupCmd {
         /// Members (comma-separated)
         #[arg(long, value_delimiter = ',')]
         members: Vec<String>,
+        /// A large group (read diffusion: beyond the server's normal group limit)
+        #[arg(long)]
+        large: bool,
     },
     /// Add members
     Add {
@@ -448,11 +451,12 @@ async fn read(s: &mut Session, kind: ConversationKind, with: &str) -> ExitCode {
 
 fn print_group(g: &tern_client::GroupInfo) {
     println!(
-        "{}  {:?}  owner {}  {} members: {}",
+        "{}  {:?}  owner {}  {} members{}: {}",
         g.id,
         g.name,
         g.owner,
         g.members.len(),
+        if g.large { " (large)" } else { "" },
         g.members.join(",")
     );
 }
@@ -460,7 +464,16 @@ fn print_group(g: &tern_client::GroupInfo) {
 async fn group(s: &mut Session, cmd: &GroupCmd) -> ExitCode {
     request(s, |c| {
         match cmd {
-            GroupCmd::Create { name, members } => print_group(&c.create_group(name, members)?),
+            GroupCmd::Create {
+                name,
+                members,
+                large: false,
+            } => print_group(&c.create_group(name, members)?),
+            GroupCmd::Create {
+                name,
+                members,
+                large: true,
+            } => print_group(&c.create_large_group(name, members)?),
             GroupCmd::Add { group, members } => print_group(&c.add_group_members(group, members)?),
             GroupCmd::Remove { group, members } => {
                 print_group(&c.remove_group_members(group, members)?)
