@@ -245,3 +245,210 @@ proptest! {
         }
     }
 }
+
+/// The same property for a large group, whose messages are entries of the group's log
+/// and whose read marks are entries of the user's timeline carrying log positions.
+mod large_group {
+    use super::*;
+
+    const G: &str = "big";
+
+    #[derive(Default)]
+    struct LogModel {
+        /// The user's timeline: the join event, then read marks.
+        user: Vec<pb::TimelineEntry>,
+        /// The group's log.
+        log: Vec<pb::TimelineEntry>,
+        incoming: Vec<u64>,
+        mark: u64,
+        /// (log head, mark) after each step, for summaries taken at any moment.
+        history: Vec<(u64, u64)>,
+    }
+
+    impl LogModel {
+        fn new() -> Self {
+            let mut m = LogModel::default();
+            m.user.push(pb::TimelineEntry {
+                seq: 1,
+                body: Some(Body::Group(pb::GroupEvent {
+                    r#type: pb::group_event::Type::Created as i32,
+                    group: G.into(),
+                    name: "big".into(),
+                    large: true,
+                    log_seq: 0,
+                    ..Default::default()
+                })),
+            });
+            m
+        }
+
+        fn head(&self) -> u64 {
+            self.log.len() as u64
+        }
+
+        fn message(&mut self, outgoing: bool) {
+            let seq = self.head() + 1;
+            if !outgoing {
+                self.incoming.push(seq);
+            }
+            let mut id = vec![0u8; 16];
+            id[..8].copy_from_slice(&seq.to_be_bytes());
+            id[8] = 7;
+            self.log.push(pb::TimelineEntry {
+                seq,
+                body: Some(Body::Message(pb::StoredMessage {
+                    server_msg_id: 10_000 + seq,
+                    client_msg_id: id.into(),
+                    sender: if outgoing { ME.into() } else { "dave".into() },
+                    recipient: G.into(),
+                    kind: ConversationKind::Group.to_wire(),
+                    body: b"m".to_vec().into(),
+                    server_ts_ms: 1_000 + seq,
+                    ..Default::default()
+                })),
+            });
+            self.history.push((self.head(), self.mark));
+        }
+
+        fn unread_above(&self, mark: u64, head: u64) -> u64 {
+            self.incoming
+                .iter()
+                .filter(|s| **s > mark && **s <= head)
+                .count() as u64
+        }
+
+        /// The server's `mark_read_log`.
+        fn read(&mut self, up_to: u64) {
+            let up_to = up_to.min(self.head());
+            if up_to <= self.mark {
+                return;
+            }
+            self.mark = up_to;
+            let seq = self.user.len() as u64 + 1;
+            self.user.push(pb::TimelineEntry {
+                seq,
+                body: Some(Body::Receipt(pb::Receipt {
+                    status: pb::receipt::Status::Read as i32,
+                    kind: ConversationKind::Group.to_wire(),
+                    conversation: G.into(),
+                    by_user: ME.into(),
+                    up_to_seq: up_to,
+                    unread: self.unread_above(up_to, self.head()),
+                    log: G.into(),
+                    at_seq: self.head(),
+                    ..Default::default()
+                })),
+            });
+            self.history.push((self.head(), self.mark));
+        }
+
+        /// `Logs` as the server answers it at a moment of the history.
+        fn summary(&self, (head, mark): (u64, u64)) -> pb::ConversationSummary {
+            let last: Vec<pb::TimelineEntry> = self.log[..head as usize]
+                .iter()
+                .rev()
+                .take(2)
+                .rev()
+                .cloned()
+                .collect();
+            pb::ConversationSummary {
+                kind: ConversationKind::Group.to_wire(),
+                conversation: G.into(),
+                unread: self.unread_above(mark, head),
+                latest_seq: head,
+                last,
+                log: G.into(),
+                read_up_to: mark,
+                joined_at: 0,
+            }
+        }
+
+        fn truth(&self) -> u64 {
+            self.unread_above(self.mark, u64::MAX)
+        }
+    }
+
+    fn play(db: &mut Db, model: &LogModel, seed: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // The join event first (as the server sends it before any log entry is pushed
+        // to this member), then user and log entries shuffled together.
+        db.apply_entries(&model.user[..1]).unwrap();
+        let mut order: Vec<(bool, usize)> = (1..model.user.len())
+            .map(|i| (true, i))
+            .chain((0..model.log.len()).map(|i| (false, i)))
+            .collect();
+        order.shuffle(&mut rng);
+        let summary_at = rng.random_range(0..=order.len());
+        for (i, (user, j)) in order.into_iter().enumerate() {
+            if i == summary_at && !model.history.is_empty() {
+                let at = model.history[rng.random_range(0..model.history.len())];
+                db.apply_log_summaries(&[model.summary(at)], 0).unwrap();
+            }
+            if rng.random_bool(0.15) {
+                db.mark_read(ConversationKind::Group, G).unwrap();
+            }
+            if user {
+                db.apply_entries(&model.user[j..j + 1]).unwrap();
+            } else {
+                db.apply_log_entries(G, &model.log[j..j + 1]).unwrap();
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum LogOp {
+        In,
+        Out,
+        Read(f64),
+    }
+
+    fn log_op() -> impl Strategy<Value = LogOp> {
+        prop_oneof![
+            4 => Just(LogOp::In),
+            1 => Just(LogOp::Out),
+            2 => (0.0..=1.0f64).prop_map(LogOp::Read),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn large_group_unread_counts_agree_on_every_device(
+            ops in proptest::collection::vec(log_op(), 1..40),
+            seeds in proptest::collection::vec(any::<u64>(), 3),
+        ) {
+            let mut model = LogModel::new();
+            for op in &ops {
+                match op {
+                    LogOp::In => model.message(false),
+                    LogOp::Out => model.message(true),
+                    LogOp::Read(f) => {
+                        let up_to = (model.head() as f64 * f) as u64;
+                        model.read(up_to);
+                    }
+                }
+            }
+            let dirs: Vec<_> = seeds.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+            let mut dbs: Vec<Db> = dirs.iter().map(|d| Db::open(d.path(), ME).unwrap()).collect();
+            let before = model.user.len();
+            for (db, seed) in dbs.iter_mut().zip(&seeds) {
+                play(db, &model, *seed);
+            }
+            for db in &dbs {
+                for (kind, id, up_to) in db.pending_reads().unwrap() {
+                    prop_assert_eq!((kind, id.as_str()), (ConversationKind::Group, G));
+                    model.read(up_to);
+                }
+            }
+            let new: Vec<pb::TimelineEntry> = model.user[before..].to_vec();
+            for db in dbs.iter_mut() {
+                db.apply_entries(&new).unwrap();
+            }
+            for (d, db) in dbs.iter().enumerate() {
+                let unread = db.conversation(ConversationKind::Group, G).unwrap().map_or(0, |c| c.unread);
+                prop_assert_eq!(unread, model.truth(), "device {}", d);
+            }
+        }
+    }
+}
