@@ -32,21 +32,11 @@ pub(super) fn mark_read(
         return mark_read_log(tx, user, conversation, up_to_seq);
     }
     let up_to = up_to_seq.min(head_seq(tx, user)?);
-    let prev: u64 = tx
-        .prepare_cached(
-            "SELECT up_to_seq FROM read_marks WHERE user = ?1 AND conv_kind = ?2 AND conversation = ?3",
-        )?
-        .query_row(params![user, kind_i, conversation], |r| r.get::<_, i64>(0))
-        .optional()?
-        .unwrap_or(0) as u64;
+    let prev = read_mark(tx, user, kind_i, conversation)?;
     if up_to <= prev {
         return Ok(vec![]);
     }
-    tx.prepare_cached(
-        "INSERT INTO read_marks (user, conv_kind, conversation, up_to_seq) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (user, conv_kind, conversation) DO UPDATE SET up_to_seq = excluded.up_to_seq",
-    )?
-    .execute(params![user, kind_i, conversation, up_to as i64])?;
+    set_read_mark(tx, user, kind_i, conversation, up_to)?;
     let unread: i64 = tx
         .prepare_cached(
             "SELECT COUNT(*) FROM timeline t JOIN messages m ON m.id = t.message_id
@@ -151,6 +141,21 @@ fn read_mark(
         .unwrap_or(0) as u64)
 }
 
+fn set_read_mark(
+    tx: &Transaction<'_>,
+    user: &str,
+    kind: i32,
+    conversation: &str,
+    up_to: u64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO read_marks (user, conv_kind, conversation, up_to_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user, conv_kind, conversation) DO UPDATE SET up_to_seq = excluded.up_to_seq",
+    )?
+    .execute(params![user, kind, conversation, up_to as i64])?;
+    Ok(())
+}
+
 /// A read mark in a large group: positions are in the group's log. The mark goes to the
 /// user's own timeline (their other devices) with the count at the log's head; senders
 /// get no receipts (a large group has no read counts).
@@ -169,11 +174,7 @@ fn mark_read_log(
     if up_to <= read_mark(tx, user, kind, group)? {
         return Ok(vec![]);
     }
-    tx.prepare_cached(
-        "INSERT INTO read_marks (user, conv_kind, conversation, up_to_seq) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (user, conv_kind, conversation) DO UPDATE SET up_to_seq = excluded.up_to_seq",
-    )?
-    .execute(params![user, kind, group, up_to as i64])?;
+    set_read_mark(tx, user, kind, group, up_to)?;
     Ok(vec![append_receipt(
         tx,
         user,
