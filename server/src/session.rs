@@ -827,7 +827,15 @@ impl Session {
     fn on_delivery_ack(&mut self, a: pb::DeliveryAck) {
         let now = Instant::now().into_std();
         let log = (!a.log.is_empty()).then_some(a.log.as_str());
-        let number = self.log_number(log);
+        // Only logs this session pushed have pending entries: an ACK naming any other
+        // log settles nothing (and must not grow the session's log table).
+        let number = match log {
+            None => 0,
+            Some(l) => match self.logs.iter().position(|x| &**x == l) {
+                Some(i) => i as u32 + 1,
+                None => return,
+            },
+        };
         let acked: Vec<PushKey> = self
             .push_qos
             .pending()
