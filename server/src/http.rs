@@ -242,7 +242,7 @@ async fn send_message(
         .shared
         .store
         .store_message(NewMessage {
-            sender: req.from,
+            sender: req.from.clone(),
             client_msg_id: id,
             recipient: req.to,
             kind: if req.group {
@@ -261,7 +261,7 @@ async fn send_message(
     metrics::counter!("tern_http_messages_total").increment(1);
     let duplicate = stored.duplicate;
     if !duplicate {
-        crate::webhook::Webhooks::message_stored(&api.shared, "", &stored.fanout);
+        crate::webhook::Webhooks::message_stored(&api.shared, &req.from, &stored.fanout);
     }
     api.shared.fan_out(stored.fanout, None);
     Ok(Json(SendResponse {
