@@ -106,9 +106,13 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn sign(secret: &[u8], payload: &str) -> HmacSha256 {
+/// HMAC-SHA256 of the concatenated `parts` under `secret`: what signs login tokens and
+/// webhook requests.
+pub(crate) fn sign(secret: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(payload.as_bytes());
+    for p in parts {
+        mac.update(p);
+    }
     mac
 }
 
@@ -126,7 +130,7 @@ pub fn mint(secret: &[u8], user: &str, device: Option<&str>, ttl_secs: u64) -> S
 /// Mints a token carrying exactly `claims`.
 pub fn mint_claims(secret: &[u8], claims: &Claims) -> String {
     let payload = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
-    let sig = B64.encode(sign(secret, &payload).finalize().into_bytes());
+    let sig = B64.encode(sign(secret, &[payload.as_bytes()]).finalize().into_bytes());
     format!("{payload}.{sig}")
 }
 
@@ -138,7 +142,7 @@ pub fn decode(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, AuthE
     let sig = B64
         .decode(sig)
         .map_err(|_| AuthError::BadToken("signature is not base64url"))?;
-    sign(secret, payload)
+    sign(secret, &[payload.as_bytes()])
         .verify_slice(&sig)
         .map_err(|_| AuthError::BadToken("signature mismatch"))?;
     let json = B64

@@ -22,8 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 use tern_protocol::backoff::BackoffConfig;
 use tern_protocol::pb;
 use tokio::sync::Notify;
@@ -40,11 +39,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Hex HMAC-SHA256 of `"<timestamp>.<body>"`: the `v1=` value of `X-Tern-Signature`.
 pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.finalize()
+    let ts = timestamp.to_string();
+    crate::auth::sign(secret, &[ts.as_bytes(), b".", body])
+        .finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
