@@ -491,36 +491,8 @@ impl Db {
                 params![s.log],
             )?;
             let before = state(&tx, &log_key("cursor", log))?;
-            for e in &s.last {
-                apply_entry(&tx, &self.user, e, false, log, &mut out)?;
-                record_seq(&tx, log, e.seq)?;
-            }
-            tx.execute(
-                "INSERT INTO conversations (conv_kind, conversation, last_activity, latest_seq)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (conv_kind, conversation) DO UPDATE SET latest_seq = MAX(latest_seq, excluded.latest_seq)",
-                params![ConversationKind::Group.to_wire(), s.conversation, now_ms as i64, s.latest_seq as i64],
-            )?;
-            apply_read_mark(
-                &tx,
-                ConversationKind::Group,
-                &s.conversation,
-                s.read_up_to,
-                s.latest_seq,
-                s.unread,
-            )?;
-            if let Some(lo) = s.last.iter().map(|e| e.seq).min() {
-                add_range(
-                    &tx,
-                    ConversationKind::Group,
-                    &s.conversation,
-                    lo,
-                    s.latest_seq,
-                )?;
-            }
+            apply_summary(&tx, &self.user, s, log, 0, now_ms, &mut out)?;
             out.new_messages.extend(release(&tx, log, before)?);
-            out.conversations
-                .push((ConversationKind::Group, s.conversation.clone()));
         }
         tx.commit()?;
         Ok(out)
@@ -672,31 +644,7 @@ impl Db {
         let before = state(&tx, "cursor")?;
         let mut out = Applied::default();
         for s in summaries {
-            for e in &s.last {
-                apply_entry(&tx, &self.user, e, false, None, &mut out)?;
-                record_seq(&tx, None, e.seq)?;
-            }
-            let kind = ConversationKind::from_wire(s.kind);
-            tx.execute(
-                "INSERT INTO conversations (conv_kind, conversation, last_activity, latest_seq)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (conv_kind, conversation) DO UPDATE SET latest_seq = MAX(latest_seq, excluded.latest_seq)",
-                params![kind.to_wire(), s.conversation, now_ms as i64, s.latest_seq as i64],
-            )?;
-            // The server's unread count is a snapshot at its head seq.
-            apply_read_mark(
-                &tx,
-                kind,
-                &s.conversation,
-                0,
-                head.max(s.latest_seq),
-                s.unread,
-            )?;
-            // The last messages are the conversation's newest: held without a hole.
-            if let Some(lo) = s.last.iter().map(|e| e.seq).min() {
-                add_range(&tx, kind, &s.conversation, lo, head.max(s.latest_seq))?;
-            }
-            out.conversations.push((kind, s.conversation.clone()));
+            apply_summary(&tx, &self.user, s, None, head, now_ms, &mut out)?;
         }
         out.new_messages = release(&tx, None, before)?;
         tx.commit()?;
@@ -1293,6 +1241,42 @@ fn apply_entry(
         }
         None => {}
     }
+    Ok(())
+}
+
+/// Applies one conversation summary taken when the timeline `log` (the user's, or a large
+/// group's log) had reached `head` (0 for a log: its head is the summary's `latest_seq`):
+/// stores its last messages, and takes the server's unread count as a base at that
+/// position.
+fn apply_summary(
+    tx: &Transaction<'_>,
+    me: &str,
+    s: &pb::ConversationSummary,
+    log: Log<'_>,
+    head: u64,
+    now_ms: u64,
+    out: &mut Applied,
+) -> Result<(), DbError> {
+    for e in &s.last {
+        apply_entry(tx, me, e, false, log, out)?;
+        record_seq(tx, log, e.seq)?;
+    }
+    let kind = ConversationKind::from_wire(s.kind);
+    let at = head.max(s.latest_seq);
+    tx.execute(
+        "INSERT INTO conversations (conv_kind, conversation, last_activity, latest_seq)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (conv_kind, conversation) DO UPDATE SET latest_seq = MAX(latest_seq, excluded.latest_seq)",
+        params![kind.to_wire(), s.conversation, now_ms as i64, s.latest_seq as i64],
+    )?;
+    // The server's unread count is a snapshot at that position (with the user's mark
+    // in a log).
+    apply_read_mark(tx, kind, &s.conversation, s.read_up_to, at, s.unread)?;
+    // The last messages are the conversation's newest: held without a hole.
+    if let Some(lo) = s.last.iter().map(|e| e.seq).min() {
+        add_range(tx, kind, &s.conversation, lo, at)?;
+    }
+    out.conversations.push((kind, s.conversation.clone()));
     Ok(())
 }
 
