@@ -23,7 +23,7 @@ use tern_protocol::pb;
 
 use std::sync::Arc;
 
-use super::{StoreError, append_event, next_seq};
+use super::{StoreError, append_event, insert_event, next_seq};
 use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, LogRoute, log_key};
 
 /// Most member ids listed in one group event (every member gets a copy).
@@ -301,19 +301,14 @@ pub(super) fn apply(
         let log_seq = next_seq(tx, &log_key(group))?;
         let event = pb::GroupEvent { log_seq, ..event };
         let body = |e: &pb::GroupEvent| pb::timeline_entry::Body::Group(e.clone());
-        tx.prepare_cached(
-            "INSERT INTO timeline (user, seq, conv_kind, conversation, event) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            log_key(group),
-            log_seq as i64,
+        let logged = insert_event(
+            tx,
+            &log_key(group),
+            log_seq,
             pb::ConversationKind::Group as i32,
             group,
-            prost::Message::encode_to_vec(&pb::TimelineEntry {
-                seq: 0,
-                body: Some(body(&event)),
-            })
-        ])?;
+            body(&event),
+        )?;
         if matches!(kind, Type::Created | Type::MembersAdded) {
             for user in &changed {
                 tx.prepare_cached(
@@ -323,13 +318,7 @@ pub(super) fn apply(
                 .execute(params![group, user, log_seq as i64])?;
             }
         }
-        let mut fanout = vec![log_fanout(
-            group,
-            pb::TimelineEntry {
-                seq: log_seq,
-                body: Some(body(&event)),
-            },
-        )];
+        let mut fanout = vec![log_fanout(group, logged.entry)];
         for user in &changed {
             fanout.push(append_event(
                 tx,

@@ -413,6 +413,19 @@ fn append_event(
     body: pb::timeline_entry::Body,
 ) -> Result<Fanout, StoreError> {
     let seq = next_seq(tx, user)?;
+    insert_event(tx, user, seq, kind, conversation, body)
+}
+
+/// Writes an event entry at a seq already taken with [`next_seq`] (for an event that
+/// must carry its own position).
+fn insert_event(
+    tx: &Transaction<'_>,
+    user: &str,
+    seq: u64,
+    kind: i32,
+    conversation: &str,
+    body: pb::timeline_entry::Body,
+) -> Result<Fanout, StoreError> {
     let mut entry = pb::TimelineEntry {
         seq: 0,
         body: Some(body),
