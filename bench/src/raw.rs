@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
-use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::CertificateDer;
 use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, Frame};
 use tern_protocol::io::{Inbound, read_frame, spawn_session_readers};
@@ -61,19 +60,13 @@ pub fn age_of(body: &[u8]) -> Option<Duration> {
 pub fn endpoint(cert: &CertificateDer<'static>) -> anyhow::Result<quinn::Endpoint> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![b"tern/1".to_vec()];
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(
         600,
     ))?));
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto)?));
+    let mut config = tern_protocol::io::client_config(roots).map_err(|e| anyhow::anyhow!(e))?;
     config.transport_config(Arc::new(transport));
     let (socket, _) =
         tern_protocol::io::udp_socket("127.0.0.1:0".parse()?, tern_protocol::io::UDP_BUFFER_BYTES)?;

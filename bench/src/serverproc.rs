@@ -202,7 +202,7 @@ pub async fn serve_echo(cert_out: &Path) -> anyhow::Result<()> {
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![ck.cert.der().clone()], key)?;
-    crypto.alpn_protocols = vec![b"tern/1".to_vec()];
+    crypto.alpn_protocols = vec![tern_protocol::ALPN.to_vec()];
     let mut config =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
     let mut transport = quinn::TransportConfig::default();

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use quinn::crypto::rustls::QuicClientConfig;
 use tern_protocol::backoff::Backoff;
 use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
 use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, FLAG_RETRANSMIT, Frame};
@@ -36,7 +35,6 @@ use tern_protocol::unix_ms;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const ALPN: &[u8] = b"tern/1";
 /// Pause before resending a message the server deferred (rate limited, busy).
 const SERVER_DEFERRAL: Duration = Duration::from_secs(1);
 
@@ -113,16 +111,7 @@ fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let mut client = quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?,
-    ));
+    let mut client = tern_protocol::io::client_config(roots)?;
     let mut transport = quinn::TransportConfig::default();
     // Liveness is the smart heartbeat's job; QUIC must outlast its longest interval.
     let idle = cfg.heartbeat.background.max + Duration::from_secs(120);

@@ -218,6 +218,65 @@ pub fn send_as_datagram(conn: &quinn::Connection, frame: &Frame, bytes: &bytes::
     }
 }
 
+/// Why [`write_frame`] could not send a frame: the session is over.
+#[cfg(feature = "quinn")]
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The stream or connection failed.
+    #[error("write failed: {0}")]
+    Failed(#[from] quinn::WriteError),
+    /// The peer did not take the bytes within the write timeout (flow control stalled).
+    #[error("write timed out")]
+    TimedOut,
+}
+
+/// Writes one frame the way both ends do: in a datagram when its kind prefers one and
+/// it fits ([`send_as_datagram`]), otherwise on the session stream, giving up after
+/// `write_timeout` without progress (a peer that stops reading cannot hold a session).
+#[cfg(feature = "quinn")]
+pub async fn write_frame(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    frame: &Frame,
+    flags: u8,
+    write_timeout: std::time::Duration,
+) -> Result<(), WriteError> {
+    let bytes = frame.to_bytes(flags);
+    if send_as_datagram(conn, frame, &bytes) {
+        return Ok(());
+    }
+    write_stream(send, &bytes, write_timeout).await
+}
+
+/// Writes encoded bytes on a stream, with the same timeout rule as [`write_frame`].
+#[cfg(feature = "quinn")]
+pub async fn write_stream(
+    send: &mut quinn::SendStream,
+    bytes: &[u8],
+    write_timeout: std::time::Duration,
+) -> Result<(), WriteError> {
+    match tokio::time::timeout(write_timeout, send.write_all(bytes)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(WriteError::TimedOut),
+    }
+}
+
+/// The TLS 1.3 client configuration of a Tern client over QUIC: ring, TLS 1.3 only,
+/// ALPN [`crate::ALPN`], trusting `roots`. Transport settings are the caller's.
+#[cfg(feature = "quinn")]
+pub fn client_config(roots: rustls::RootCertStore) -> Result<quinn::ClientConfig, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![crate::ALPN.to_vec()];
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?;
+    Ok(quinn::ClientConfig::new(std::sync::Arc::new(quic)))
+}
+
 /// Socket buffer size Tern asks for on its UDP sockets (the kernel may cap it, e.g. at
 /// `net.core.rmem_max`).
 pub const UDP_BUFFER_BYTES: usize = 4 << 20;

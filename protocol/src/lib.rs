@@ -40,4 +40,7 @@ pub mod pb {
 
 pub use frame::{Decoded, Frame, FrameError, FrameKind, Header, WIRE_VERSION};
 pub use ids::{ClientMsgId, is_valid_user_id, unix_ms};
+
+/// ALPN protocol id of Tern over TLS (QUIC today): both ends offer exactly this.
+pub const ALPN: &[u8] = b"tern/1";
 pub use pb::ErrorCode;

@@ -238,7 +238,10 @@ pub enum SendError {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
+struct Entry<P> {
+    /// What the caller retransmits (the encoded-to-be frame); `()` when the caller
+    /// keeps it elsewhere.
+    payload: P,
     serial: u64,
     first_sent: Instant,
     transmissions: u32,
@@ -253,13 +256,15 @@ struct Entry {
 /// Tracks unacknowledged messages to one peer and schedules their retransmission.
 ///
 /// `K` is the message key: the client message id for client sends, the inbox seq
-/// for server pushes, a counter in the simulator.
+/// for server pushes, a counter in the simulator. `P` is the payload the engine keeps
+/// for each pending message ([`Sender::payload`]), so a driver needs no side map that
+/// must be updated in step with the engine's.
 #[derive(Debug)]
-pub struct Sender<K> {
+pub struct Sender<K, P = ()> {
     config: QosConfig,
     rtt: RttEstimator,
     recovery_hint: Option<Duration>,
-    entries: HashMap<K, Entry>,
+    entries: HashMap<K, Entry<P>>,
     /// Insertion order (serial -> key): scans and reconnect resends keep send order.
     order: BTreeMap<u64, K>,
     /// Adaptive timers, earliest first.
@@ -285,7 +290,15 @@ pub struct SenderStats {
     pub failed: u64,
 }
 
-impl<K: Copy + Eq + Hash + Debug> Sender<K> {
+impl<K: Copy + Eq + Hash + Debug> Sender<K, ()> {
+    /// Registers a message the caller is transmitting now for the first time (no payload
+    /// kept: see [`Sender::try_send_with`]).
+    pub fn try_send(&mut self, key: K, now: Instant) -> Result<(), SendError> {
+        self.try_send_with(key, (), now)
+    }
+}
+
+impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
     /// A sender with no RTT knowledge yet. `now` anchors the fixed schedule's scans.
     pub fn new(config: QosConfig, now: Instant) -> Self {
         let next_scan = match &config.schedule {
@@ -327,6 +340,12 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
         self.entries.contains_key(key)
     }
 
+    /// The payload of a pending message (what to retransmit for a
+    /// [`SenderEvent::Retransmit`] or after [`Sender::on_reconnect`]).
+    pub fn payload(&self, key: &K) -> Option<&P> {
+        self.entries.get(key).map(|e| &e.payload)
+    }
+
     /// The pending keys, in send order (for cumulative ACKs such as `DeliveryAck`).
     pub fn pending(&self) -> impl Iterator<Item = &K> {
         self.order.values()
@@ -360,8 +379,9 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
         self.rtt.on_sample(rtt);
     }
 
-    /// Registers a message the caller is transmitting now for the first time.
-    pub fn try_send(&mut self, key: K, now: Instant) -> Result<(), SendError> {
+    /// Registers a message the caller is transmitting now for the first time, keeping
+    /// `payload` until it is acknowledged, cancelled or failed.
+    pub fn try_send_with(&mut self, key: K, payload: P, now: Instant) -> Result<(), SendError> {
         if self.entries.contains_key(&key) {
             return Err(SendError::AlreadyPending);
         }
@@ -371,6 +391,7 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
         let serial = self.next_serial;
         self.next_serial += 1;
         let mut entry = Entry {
+            payload,
             serial,
             first_sent: now,
             transmissions: 1,
@@ -474,7 +495,7 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
         }
     }
 
-    fn forget(&mut self, entry: &Entry) {
+    fn forget(&mut self, entry: &Entry<P>) {
         self.order.remove(&entry.serial);
         if let Some(d) = entry.deadline {
             self.timers.remove(&(d, entry.serial));
@@ -482,7 +503,7 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K> {
     }
 
     /// Sets the entry's next deadline after a transmission at `now`.
-    fn arm(&mut self, entry: &mut Entry, now: Instant) {
+    fn arm(&mut self, entry: &mut Entry<P>, now: Instant) {
         let Schedule::Adaptive(a) = &self.config.schedule else {
             return;
         };

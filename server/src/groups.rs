@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tern_protocol::pb;
 use tern_protocol::pb::group_request::Op;
 
-use crate::session::Shared;
+use crate::state::Shared;
 use crate::store::{GroupLimits, GroupOp, StoreError};
 
 /// Longest group name, in bytes.

@@ -36,7 +36,7 @@ use serde_json::json;
 use tern_protocol::{ClientMsgId, ErrorCode, is_valid_user_id, pb};
 
 use crate::registry::SessionCmd;
-use crate::session::Shared;
+use crate::state::Shared;
 use crate::store::{NewMessage, StoreError};
 
 #[derive(Clone)]
@@ -60,7 +60,7 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let (code, message) = crate::session::store_failure(e);
+        let (code, message) = crate::store::store_failure(e);
         let status = match code {
             ErrorCode::RecipientNotFound
             | ErrorCode::GroupNotFound
@@ -261,9 +261,9 @@ async fn send_message(
     metrics::counter!("tern_http_messages_total").increment(1);
     let duplicate = stored.duplicate;
     if !duplicate {
-        crate::webhook::Webhooks::message_stored(&api.shared, &req.from, &stored.fanout);
+        api.shared
+            .message_stored(&req.from, false, stored.fanout, None);
     }
-    api.shared.fan_out(stored.fanout, None);
     Ok(Json(SendResponse {
         server_msg_id: stored.server_msg_id,
         server_ts_ms: stored.server_ts_ms,

@@ -6,7 +6,9 @@
 //! * [`auth`]: HMAC-signed login tokens and the pluggable [`auth::TokenVerifier`];
 //! * [`store`]: the [`store::Store`] trait and its SQLite implementation (durable before ACK);
 //! * [`registry`]: who is online, kickout policy, routing of pushes to sessions;
-//! * [`session`]: one QUIC connection: login, frames, heartbeats, push QoS, rate limit;
+//! * [`state`]: what sessions, groups and the HTTP API share ([`state::Shared`]) and
+//!   the routing of committed writes to online sessions;
+//! * [`session`]: one QUIC connection: login, requests, push QoS, rate limit;
 //! * [`http`]: the HTTP API for business backends and operators, `/metrics`;
 //! * [`webhook`]: the offline push bridge and c2s deliveries (durable outbox, signed);
 //! * [`server`]: wiring it together, TLS, start-up and graceful shutdown.
@@ -21,6 +23,7 @@ pub mod http;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod webhook;
 

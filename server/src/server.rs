@@ -5,7 +5,9 @@
 //!
 //! Shutdown ([`ServerHandle::shutdown`]): stop accepting, tell every session
 //! `Kickout { SERVER_SHUTDOWN }` (clients reconnect with backoff, to another node if
-//! there is one), wait briefly for them to leave, flush the store, close the endpoint.
+//! there is one), wait briefly for them to leave, flush the store, close the endpoint,
+//! and wait for every task the server started (accept loop, HTTP listener, webhook
+//! worker) to end: a broadcast (`watch`) plus waiting, as in mini-redis.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,12 +26,13 @@ use tokio::task::JoinHandle;
 use crate::auth::HmacVerifier;
 use crate::config::Config;
 use crate::registry::SessionCmd;
-use crate::session::{Shared, handle_incoming};
+use crate::session::handle_incoming;
+use crate::state::Shared;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
-/// ALPN protocol id of Tern over QUIC.
-pub const ALPN: &[u8] = b"tern/1";
+/// ALPN protocol id of Tern (defined once, in `tern-protocol`).
+pub use tern_protocol::ALPN;
 
 /// The process-wide Prometheus recorder (installed once; `None` if another recorder
 /// was installed first by an embedding application).
@@ -244,7 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let http_addr = http.local_addr()?;
     let shared = Arc::new(Shared::new(config, store, verifier));
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(crate::webhook::Webhooks::run(shared.clone()));
+    let webhooks = tokio::spawn(shared.webhooks.clone().run(stop_rx.clone()));
 
     let accept = {
         let (endpoint, shared, mut stop_rx) = (endpoint.clone(), shared.clone(), stop_rx.clone());
@@ -284,7 +287,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         shared,
         endpoint,
         stop,
-        tasks: vec![accept, http_task],
+        tasks: vec![accept, http_task, webhooks],
     })
 }
 
@@ -311,8 +314,15 @@ impl ServerHandle {
             b"server shutdown",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        for t in self.tasks {
-            let _ = t.await;
+        for mut t in self.tasks {
+            // A webhook POST under way may take its full request timeout: wait a
+            // little, then stop it (its job stays in the durable outbox).
+            if tokio::time::timeout(Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
         }
         tracing::info!("shutdown complete");
     }

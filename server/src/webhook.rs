@@ -25,10 +25,11 @@ use std::time::Duration;
 use hmac::Mac;
 use tern_protocol::backoff::BackoffConfig;
 use tern_protocol::pb;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
-use crate::session::Shared;
-use crate::store::{Fanout, StoreError};
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::store::{Fanout, Store, StoreError};
 
 /// Longest text in a push preview, in characters.
 pub const PREVIEW_CHARS: usize = 100;
@@ -56,25 +57,47 @@ fn retry_backoff() -> BackoffConfig {
     }
 }
 
+/// The part of the configuration webhooks need.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Offline push endpoint (none: no pushes).
+    pub push_url: Option<String>,
+    /// c2s endpoint for messages to service accounts.
+    pub service_url: Option<String>,
+    /// HMAC key of `X-Tern-Signature`.
+    pub secret: Vec<u8>,
+    /// How long an online recipient has to ACK before the push goes anyway.
+    pub push_delay: Duration,
+}
+
+impl From<&Config> for WebhookSettings {
+    fn from(c: &Config) -> Self {
+        WebhookSettings {
+            push_url: c.push_webhook_url.clone(),
+            service_url: c.service_webhook_url.clone(),
+            secret: c.webhook_secret.clone(),
+            push_delay: c.push_webhook_delay,
+        }
+    }
+}
+
 /// The webhook side of a server: schedules offline pushes and runs the worker.
 pub struct Webhooks {
+    settings: WebhookSettings,
+    store: Arc<dyn Store>,
     wake: Notify,
     http: reqwest::Client,
 }
 
-impl Default for Webhooks {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Webhooks {
     /// A worker handle (not started).
-    pub fn new() -> Self {
+    pub fn new(settings: WebhookSettings, store: Arc<dyn Store>) -> Self {
         // reqwest is built without a bundled provider: use ring, like quinn. (Already
         // installed is fine.)
         let _ = rustls::crypto::ring::default_provider().install_default();
         Webhooks {
+            settings,
+            store,
             wake: Notify::new(),
             http: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
@@ -88,18 +111,15 @@ impl Webhooks {
         self.wake.notify_one();
     }
 
-    /// Runs the delivery worker until the process ends.
-    pub async fn run(shared: Arc<Shared>) {
-        let cfg = &shared.config;
-        if cfg.push_webhook_url.is_none() && cfg.service_webhook_url.is_none() {
+    /// Runs the delivery worker until `stop` turns true (a delivery under way is
+    /// finished or times out first; what is left stays in the durable outbox).
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let cfg = &self.settings;
+        if cfg.push_url.is_none() && cfg.service_url.is_none() {
             return;
         }
-        loop {
-            let due = match shared
-                .store
-                .webhooks_due(tern_protocol::unix_ms(), 64)
-                .await
-            {
+        while !*stop.borrow() {
+            let due = match self.store.webhooks_due(tern_protocol::unix_ms(), 64).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "webhook outbox unreadable");
@@ -109,27 +129,22 @@ impl Webhooks {
             let idle = due.is_empty();
             for job in due {
                 let url = match job.hook.as_str() {
-                    "c2s" => cfg.service_webhook_url.as_deref(),
-                    _ => cfg.push_webhook_url.as_deref(),
+                    "c2s" => cfg.service_url.as_deref(),
+                    _ => cfg.push_url.as_deref(),
                 };
                 let outcome = match url {
-                    Some(url) => {
-                        shared
-                            .webhooks
-                            .post(&shared, url, &job.hook, &job.payload)
-                            .await
-                    }
+                    Some(url) => self.post(url, &job.hook, &job.payload).await,
                     None => Err("no URL configured for this hook".into()),
                 };
                 let result = match outcome {
                     Ok(()) => {
                         metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "ok").increment(1);
-                        shared.store.webhook_done(job.id).await
+                        self.store.webhook_done(job.id).await
                     }
                     Err(why) if job.hook == "push" && job.attempts + 1 >= PUSH_MAX_ATTEMPTS => {
                         tracing::warn!(id = job.id, %why, attempts = job.attempts + 1, "push webhook dropped after retries");
                         metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "dropped").increment(1);
-                        shared.store.webhook_done(job.id).await
+                        self.store.webhook_done(job.id).await
                     }
                     Err(why) => {
                         let delay = retry_backoff().ceiling(job.attempts);
@@ -140,8 +155,7 @@ impl Webhooks {
                             ));
                         tracing::info!(id = job.id, hook = %job.hook, %why, retry_in_ms = delay.as_millis() as u64, "webhook failed; will retry");
                         metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "retry").increment(1);
-                        shared
-                            .store
+                        self.store
                             .webhook_retry(
                                 job.id,
                                 tern_protocol::unix_ms() + delay.as_millis() as u64,
@@ -152,26 +166,23 @@ impl Webhooks {
                 if let Err(e) = result {
                     tracing::error!(id = job.id, error = %e, "webhook outbox not updated");
                 }
+                if *stop.borrow() {
+                    break;
+                }
             }
             if idle {
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    shared.webhooks.wake.notified(),
-                )
-                .await;
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_millis(500), self.wake.notified()) => {}
+                    _ = stop.changed() => {}
+                }
             }
         }
+        tracing::debug!("webhook worker stopped");
     }
 
-    async fn post(
-        &self,
-        shared: &Shared,
-        url: &str,
-        hook: &str,
-        body: &[u8],
-    ) -> Result<(), String> {
+    async fn post(&self, url: &str, hook: &str, body: &[u8]) -> Result<(), String> {
         let ts = tern_protocol::unix_ms() / 1000;
-        let sig = signature(&shared.config.webhook_secret, ts, body);
+        let sig = signature(&self.settings.secret, ts, body);
         let resp = self
             .http
             .post(url)
@@ -191,9 +202,9 @@ impl Webhooks {
     }
 
     /// Called with the fan-out of a newly stored message (`sender` excluded): schedules
-    /// the offline push for every recipient entry.
-    pub fn message_stored(shared: &Arc<Shared>, sender: &str, fanout: &[Fanout]) {
-        if shared.config.push_webhook_url.is_none() {
+    /// the offline push for every recipient entry (`registry` tells who is online).
+    pub fn message_stored(self: &Arc<Self>, registry: &Registry, sender: &str, fanout: &[Fanout]) {
+        if self.settings.push_url.is_none() {
             return;
         }
         // Not for large groups' logs: a push per member of a huge group per message is
@@ -205,63 +216,62 @@ impl Webhooks {
             let Some(pb::timeline_entry::Body::Message(m)) = &f.entry.body else {
                 continue;
             };
-            let (shared, user, seq, m) = (shared.clone(), f.user.clone(), f.entry.seq, m.clone());
-            let online = shared.registry.is_online(&user);
+            let (hooks, user, seq, m) = (self.clone(), f.user.clone(), f.entry.seq, m.clone());
+            let online = registry.is_online(&user);
             tokio::spawn(async move {
                 if online {
-                    tokio::time::sleep(shared.config.push_webhook_delay).await;
+                    tokio::time::sleep(hooks.settings.push_delay).await;
                 }
-                if let Err(e) = queue_push(&shared, &user, seq, &m).await {
+                if let Err(e) = hooks.queue_push(&user, seq, &m).await {
                     tracing::warn!(%user, seq, error = %e, "offline push not queued");
                 }
             });
         }
     }
-}
 
-async fn queue_push(
-    shared: &Arc<Shared>,
-    user: &str,
-    seq: u64,
-    m: &pb::StoredMessage,
-) -> Result<(), StoreError> {
-    let target = shared.store.push_target(user).await?;
-    if target.delivered_seq >= seq {
-        return Ok(()); // a device has it
+    async fn queue_push(
+        &self,
+        user: &str,
+        seq: u64,
+        m: &pb::StoredMessage,
+    ) -> Result<(), StoreError> {
+        let target = self.store.push_target(user).await?;
+        if target.delivered_seq >= seq {
+            return Ok(()); // a device has it
+        }
+        if target.tokens.is_empty() {
+            metrics::counter!("tern_push_webhook_skipped_total", "why" => "no_token").increment(1);
+            return Ok(());
+        }
+        let text = std::str::from_utf8(&m.body)
+            .ok()
+            .filter(|_| m.content_type == 0)
+            .map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
+        let kind = pb::ConversationKind::try_from(m.kind).unwrap_or(pb::ConversationKind::Direct);
+        let payload = serde_json::json!({
+            "type": "push",
+            "user": user,
+            "badge": target.badge,
+            "tokens": target.tokens,
+            "seq": seq,
+            "message": {
+                "server_msg_id": m.server_msg_id,
+                "sender": m.sender,
+                "conversation_kind": kind.as_str_name(),
+                "conversation": if kind == pb::ConversationKind::Group { &m.recipient } else { &m.sender },
+                "content_type": m.content_type,
+                "preview": text,
+            },
+        });
+        self.store
+            .webhook_enqueue(
+                "push",
+                serde_json::to_vec(&payload).expect("JSON serialises"),
+            )
+            .await?;
+        self.kick();
+        Ok(())
     }
-    if target.tokens.is_empty() {
-        metrics::counter!("tern_push_webhook_skipped_total", "why" => "no_token").increment(1);
-        return Ok(());
-    }
-    let text = std::str::from_utf8(&m.body)
-        .ok()
-        .filter(|_| m.content_type == 0)
-        .map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
-    let kind = pb::ConversationKind::try_from(m.kind).unwrap_or(pb::ConversationKind::Direct);
-    let payload = serde_json::json!({
-        "type": "push",
-        "user": user,
-        "badge": target.badge,
-        "tokens": target.tokens,
-        "seq": seq,
-        "message": {
-            "server_msg_id": m.server_msg_id,
-            "sender": m.sender,
-            "conversation_kind": kind.as_str_name(),
-            "conversation": if kind == pb::ConversationKind::Group { &m.recipient } else { &m.sender },
-            "content_type": m.content_type,
-            "preview": text,
-        },
-    });
-    shared
-        .store
-        .webhook_enqueue(
-            "push",
-            serde_json::to_vec(&payload).expect("JSON serialises"),
-        )
-        .await?;
-    shared.webhooks.kick();
-    Ok(())
 }
 
 #[cfg(test)]

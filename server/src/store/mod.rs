@@ -12,11 +12,13 @@
 //! seq. Per-conversation rows keep unread counts and the latest seq for summaries.
 
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tern_protocol::ClientMsgId;
 use tern_protocol::pb;
+use tern_protocol::{ClientMsgId, ErrorCode};
 
 /// A message to store, already validated by the session.
 #[derive(Debug, Clone)]
@@ -216,9 +218,17 @@ pub type StoreFuture<T> = futures_util::future::BoxFuture<'static, Result<T, Sto
 /// Why a storage operation failed. Nothing was acknowledged when this is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite reported an error (disk full, I/O error, corruption).
+    /// The database refused a statement for a reason that is not the disk's (a
+    /// constraint, a lock held too long, a bug).
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(String),
+    /// The disk failed: full, an I/O error, read-only, or the file could not be opened
+    /// or created. Nothing was stored.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// A batch's commit failed: nothing in it was stored or acknowledged.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     /// The writer thread is gone (the store was shut down).
     #[error("store is shut down")]
     Closed,
@@ -246,9 +256,50 @@ pub enum StoreError {
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
-    /// A stored row could not be decoded.
-    #[error("corrupt row: {0}")]
+    /// Stored data could not be decoded, or the database file is damaged.
+    #[error("corrupt data: {0}")]
     Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Sorts SQLite's errors by cause: the disk, damaged data, or the database itself.
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DiskFull | C::SystemIoFailure | C::CannotOpen | C::ReadOnly) => {
+                StoreError::Io(e.to_string())
+            }
+            Some(C::DatabaseCorrupt | C::NotADatabase) => StoreError::Corrupt(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+/// The wire code for a failed store operation. Refusals (not a member, recall too
+/// late, ...) are answers, not faults; only real storage trouble is logged as an error.
+pub fn store_failure(e: StoreError) -> (ErrorCode, String) {
+    let refused = |code| (code, e.to_string());
+    match e {
+        StoreError::UnknownRecipient => refused(ErrorCode::RecipientNotFound),
+        StoreError::GroupNotFound => refused(ErrorCode::GroupNotFound),
+        StoreError::NotAllowed(_) => refused(ErrorCode::NotAllowed),
+        StoreError::GroupFull => refused(ErrorCode::GroupFull),
+        StoreError::MessageNotFound => refused(ErrorCode::MessageNotFound),
+        StoreError::RecallExpired => refused(ErrorCode::RecallExpired),
+        StoreError::Invalid(_) => refused(ErrorCode::InvalidArgument),
+        // Overload, not a fault: the client is told SERVER_BUSY and resends. Counted,
+        // logged at debug (one line per refused frame would flood the log exactly
+        // when the server is busiest).
+        StoreError::Busy => {
+            metrics::counter!("tern_store_busy_total").increment(1);
+            tracing::debug!(error = %e, "store busy");
+            (ErrorCode::ServerBusy, e.to_string())
+        }
+        _ => {
+            tracing::error!(error = %e, "store failure");
+            (ErrorCode::StoreUnavailable, e.to_string())
+        }
+    }
 }
 
 /// The storage interface the server needs.

@@ -23,7 +23,8 @@ use tern_protocol::pb;
 
 use std::sync::Arc;
 
-use super::{StoreError, append_event, insert_event, next_seq};
+use super::StoreError;
+use super::timeline::{append_event, insert_event, next_seq};
 use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, LogRoute, log_key};
 
 /// Most member ids listed in one group event (every member gets a copy).

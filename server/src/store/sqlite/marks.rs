@@ -16,7 +16,8 @@ use tern_protocol::pb;
 use crate::store::{Fanout, log_key};
 
 use super::{
-    ENTRY_COLUMNS, StoreError, append_event, append_receipt, groups, head_seq, row_to_entry,
+    StoreError, groups,
+    timeline::{ENTRY_COLUMNS, append_event, append_receipt, head_seq, row_to_entry},
 };
 
 pub(super) fn mark_read(

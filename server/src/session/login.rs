@@ -1,0 +1,274 @@
+//! From handshake to a registered session: the `Login` frame, token check, kick policy,
+//! `LoginResult`. Refusals answer with a code and close the connection.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesUnordered;
+use tern_protocol::frame::Frame;
+use tern_protocol::io::{ReadError, read_frame, spawn_session_readers, write_stream};
+use tern_protocol::qos::Sender;
+use tern_protocol::{ErrorCode, is_valid_user_id, pb};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+use super::rate::TokenBucket;
+use super::{LOGIN_TIMEOUT, Session, WRITE_TIMEOUT, code_name};
+use crate::auth::LoginRequest;
+use crate::registry::SessionInfo;
+use crate::state::Shared;
+use crate::store::store_failure;
+
+/// Dotted-number comparison: "1.10.0" > "1.9.3". Non-numeric parts count as 0.
+fn version_lt(have: &str, min: &str) -> bool {
+    let parse = |v: &str| {
+        v.split('.')
+            .map(|p| p.trim().parse::<u64>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    let (mut a, mut b) = (parse(have), parse(min));
+    let n = a.len().max(b.len());
+    a.resize(n, 0);
+    b.resize(n, 0);
+    a < b
+}
+
+async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), String> {
+    write_stream(send, &frame.to_bytes(0), WRITE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Answers with an error frame and closes the connection.
+async fn reject(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    frame: Frame,
+    code: ErrorCode,
+) {
+    let _ = write(send, &frame).await;
+    let _ = send.finish();
+    // Give the frame a moment to leave before the close overtakes it.
+    let _ = timeout(Duration::from_millis(300), conn.closed()).await;
+    conn.close(
+        quinn::VarInt::from_u32(code as u32),
+        code_name(code).as_bytes(),
+    );
+}
+
+pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session> {
+    let remote = conn.remote_address();
+    let (mut send, mut recv) = match timeout(LOGIN_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::NotLoggedIn as u32),
+                b"no session stream",
+            );
+            return None;
+        }
+    };
+    let mut buf = BytesMut::with_capacity(1024);
+    let max_frame = tern_protocol::frame::DEFAULT_MAX_FRAME_BODY;
+    let login = match timeout(LOGIN_TIMEOUT, read_frame(&mut recv, &mut buf, max_frame)).await {
+        Ok(Ok(Some((_, Frame::Login(l))))) => l,
+        Ok(Ok(Some((_, other)))) => {
+            tracing::info!(%remote, kind = ?other.kind(), "first frame was not Login");
+            metrics::counter!("tern_logins_total", "result" => "UNEXPECTED_FRAME").increment(1);
+            let f = Frame::error(
+                ErrorCode::UnexpectedFrame,
+                "the first frame must be Login",
+                0,
+            );
+            reject(&conn, &mut send, f, ErrorCode::UnexpectedFrame).await;
+            return None;
+        }
+        Ok(Err(ReadError::Frame(e))) => {
+            tracing::info!(%remote, error = %e, "bad frame before login");
+            metrics::counter!("tern_frames_rejected_total", "code" => code_name(e.code()))
+                .increment(1);
+            reject(
+                &conn,
+                &mut send,
+                Frame::error(e.code(), e.to_string(), 0),
+                e.code(),
+            )
+            .await;
+            return None;
+        }
+        Ok(_) | Err(_) => {
+            tracing::debug!(%remote, "no login frame");
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::NotLoggedIn as u32),
+                b"login timeout",
+            );
+            return None;
+        }
+    };
+    let refuse = |code: ErrorCode, message: String| {
+        metrics::counter!("tern_logins_total", "result" => code_name(code)).increment(1);
+        tracing::info!(%remote, user = %login.user_id, code = code_name(code), %message, "login refused");
+        Frame::LoginResult(pb::LoginResult {
+            code: code as i32,
+            message,
+            server_time_ms: tern_protocol::unix_ms(),
+            ..Default::default()
+        })
+    };
+    let outcome: Result<(), (ErrorCode, String)> = async {
+        let cfg = &shared.config;
+        if shared.shutting_down.load(Ordering::Relaxed) {
+            return Err((ErrorCode::ShuttingDown, "server is shutting down".into()));
+        }
+        if !is_valid_user_id(&login.user_id)
+            || login.device_id.is_empty()
+            || login.device_id.len() > 128
+        {
+            return Err((
+                ErrorCode::InvalidArgument,
+                "invalid user_id or device_id".into(),
+            ));
+        }
+        if let Some(min) = &cfg.min_client_version {
+            if version_lt(&login.client_version, min) {
+                return Err((
+                    ErrorCode::UpgradeRequired,
+                    format!("client version {min} or newer required"),
+                ));
+            }
+        }
+        shared
+            .verifier
+            .verify(LoginRequest {
+                user: &login.user_id,
+                device: &login.device_id,
+                platform: pb::Platform::try_from(login.platform)
+                    .unwrap_or(pb::Platform::Unspecified),
+                token: &login.token,
+            })
+            .await
+            .map_err(|e| (e.code(), e.to_string()))?;
+        shared
+            .store
+            .record_login(&login.user_id, &login.device_id)
+            .await
+            .map_err(store_failure)?;
+        Ok(())
+    }
+    .await;
+    // Held until the login result is written: bounds concurrent login work.
+    let Ok(_permit) = shared.login_permits.try_acquire() else {
+        let code = ErrorCode::ServerBusy;
+        reject(
+            &conn,
+            &mut send,
+            refuse(code, "too many logins in progress".into()),
+            code,
+        )
+        .await;
+        return None;
+    };
+    if let Err((code, message)) = outcome {
+        reject(&conn, &mut send, refuse(code, message), code).await;
+        return None;
+    }
+    let head = match shared.store.head_seq(&login.user_id).await {
+        Ok(h) => h,
+        Err(e) => {
+            let (code, message) = store_failure(e);
+            reject(&conn, &mut send, refuse(code, message), code).await;
+            return None;
+        }
+    };
+
+    let id = shared.next_session_id();
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let platform = pb::Platform::try_from(login.platform).unwrap_or(pb::Platform::Unspecified);
+    let info = SessionInfo {
+        id,
+        user: login.user_id.clone(),
+        device: login.device_id.clone(),
+        platform,
+        remote,
+        since: SystemTime::now(),
+        tx: cmd_tx,
+    };
+    let Some(displaced) = shared
+        .registry
+        .try_register(info, shared.config.max_sessions)
+    else {
+        let code = ErrorCode::ServerBusy;
+        reject(
+            &conn,
+            &mut send,
+            refuse(code, "session limit reached".into()),
+            code,
+        )
+        .await;
+        return None;
+    };
+    for (old, cmd) in displaced {
+        tracing::info!(user = %old.user, old_device = %old.device, new_device = %login.device_id, "session displaced");
+        tokio::spawn(async move {
+            let _ = old.tx.send(cmd).await;
+        });
+    }
+    metrics::gauge!("tern_sessions").set(shared.registry.len() as f64);
+    let result = Frame::LoginResult(pb::LoginResult {
+        code: ErrorCode::Ok as i32,
+        message: String::new(),
+        server_time_ms: tern_protocol::unix_ms(),
+        session_id: format!("{id:x}"),
+        heartbeat_timeout_ms: shared.config.heartbeat_timeout.as_millis() as u32,
+        inbox_head_seq: head,
+        max_body_bytes: shared.config.max_body_bytes,
+    });
+    if let Err(e) = write(&mut send, &result).await {
+        tracing::debug!(%remote, error = %e, "login result not delivered");
+        shared.registry.unregister(&login.user_id, id);
+        return None;
+    }
+    metrics::counter!("tern_logins_total", "result" => "OK").increment(1);
+    tracing::info!(%remote, user = %login.user_id, device = %login.device_id, session = id, "logged in");
+
+    let (in_tx, in_rx) = mpsc::channel(256);
+    spawn_session_readers(
+        conn.clone(),
+        recv,
+        buf,
+        tern_protocol::frame::DEFAULT_MAX_FRAME_BODY,
+        in_tx,
+    );
+    let now = Instant::now();
+    Some(Session {
+        bucket: TokenBucket::new(shared.config.rate_per_sec, shared.config.rate_burst, now),
+        shared: shared.clone(),
+        conn,
+        send,
+        id,
+        user: login.user_id,
+        device: login.device_id,
+        platform,
+        cmd_rx,
+        inbound: in_rx,
+        push_qos: Sender::new(shared.config.push_qos.config(), now.into_std()),
+        logs: Vec::new(),
+        tasks: FuturesUnordered::new(),
+        last_rx: now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_lt("1.9.3", "1.10.0"));
+        assert!(!version_lt("1.10.0", "1.10"));
+        assert!(version_lt("", "0.1"));
+        assert!(!version_lt("2", "1.99.99"));
+    }
+}

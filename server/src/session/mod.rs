@@ -1,0 +1,295 @@
+//! One client connection, from handshake to close.
+//!
+//! A session is one task that owns the connection's send side and a small amount of
+//! state: the push QoS engine ([`tern_protocol::qos::Sender`] keyed by inbox seq), the
+//! rate limiter, and the requests in flight. Everything that can be slow happens
+//! off the loop: frames are read by a reader task (stream and datagrams), and store
+//! operations and reads run as futures the loop polls alongside its queues. So a slow
+//! disk never stalls heartbeats, and a session never blocks another one.
+//!
+//! Order of a session's sends is kept by queueing each store write when its frame is
+//! handled ([`crate::store::Store::store_message`] is ordered at call time), even though results may
+//! come back to the client in any order (they carry the client message id).
+//!
+//! The files: `login` (handshake to registered session), `requests` (what the client
+//! asks), `push` (push QoS and delivery ACKs), `rate` (the frame rate limit); this file
+//! holds the loop that multiplexes them.
+
+mod login;
+mod push;
+mod rate;
+mod requests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use tern_protocol::frame::Frame;
+use tern_protocol::io::{Inbound, write_frame, write_stream};
+use tern_protocol::qos::Sender;
+use tern_protocol::{ErrorCode, pb};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use self::push::PushKey;
+use self::rate::TokenBucket;
+use self::requests::send_result;
+use crate::registry::SessionCmd;
+use crate::state::Shared;
+
+/// Time allowed from handshake to a complete `Login` frame.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write that cannot make progress for this long ends the session.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest sync page.
+pub const MAX_SYNC_PAGE: u32 = 500;
+/// Sync page size when the client asks for 0.
+const DEFAULT_SYNC_PAGE: u32 = 200;
+/// Most conversations per summaries response.
+pub const MAX_SUMMARIES: u32 = 200;
+/// Most recent messages per conversation summary.
+pub const MAX_SUMMARY_MESSAGES: u32 = 20;
+
+fn code_name(code: ErrorCode) -> &'static str {
+    code.as_str_name()
+}
+
+/// Accepts one connection and runs its session to the end.
+pub async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            metrics::counter!("tern_handshake_failures_total").increment(1);
+            return;
+        }
+    };
+    // Boxed: the login future is large and short-lived; inline, it would size the task
+    // of every session for its whole life.
+    if let Some(session) = Box::pin(login::login(&shared, conn)).await {
+        session.run().await;
+    }
+}
+
+/// Why a session loop ended.
+enum End {
+    /// Connection or stream gone.
+    Gone(String),
+    /// The session must close with this code (frame already sent).
+    Close(ErrorCode, &'static str),
+}
+
+/// One logged-in session (see the module docs).
+struct Session {
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    id: u64,
+    user: String,
+    device: String,
+    platform: pb::Platform,
+    cmd_rx: mpsc::Receiver<SessionCmd>,
+    inbound: mpsc::Receiver<Inbound>,
+    /// Keyed by (log number, seq).
+    push_qos: Sender<PushKey, Arc<pb::TimelineEntry>>,
+    /// Large groups whose log entries this session pushed; a group's number is its
+    /// index + 1.
+    logs: Vec<Arc<str>>,
+    bucket: TokenBucket,
+    tasks: FuturesUnordered<BoxFuture<'static, Option<Frame>>>,
+    last_rx: Instant,
+}
+
+impl Session {
+    async fn run(mut self) {
+        let end = self.run_loop().await;
+        self.shared.registry.unregister(&self.user, self.id);
+        metrics::gauge!("tern_sessions").set(self.shared.registry.len() as f64);
+        match end {
+            End::Gone(why) => {
+                tracing::info!(user = %self.user, device = %self.device, session = self.id, %why, "session ended");
+                self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+            }
+            End::Close(code, why) => {
+                tracing::info!(user = %self.user, session = self.id, code = code_name(code), why, "session closed");
+                // Replies already under way (e.g. results of messages the store has
+                // committed) still go out before the close.
+                let drain = async {
+                    while let Some(reply) = self.tasks.next().await {
+                        if let Some(frame) = reply {
+                            let bytes = frame.to_bytes(0);
+                            if write_stream(&mut self.send, &bytes, WRITE_TIMEOUT)
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                };
+                let _ = timeout(Duration::from_secs(2), drain).await;
+                let _ = self.send.finish();
+                let _ = timeout(Duration::from_millis(500), self.conn.closed()).await;
+                self.conn
+                    .close(quinn::VarInt::from_u32(code as u32), why.as_bytes());
+            }
+        }
+    }
+
+    /// Sends a frame: in a datagram when it is a QoS frame that fits (see
+    /// [`FrameKind::prefers_datagram`](tern_protocol::FrameKind::prefers_datagram)),
+    /// otherwise on the session stream.
+    async fn write(&mut self, frame: &Frame, flags: u8) -> Result<(), End> {
+        write_frame(&self.conn, &mut self.send, frame, flags, WRITE_TIMEOUT)
+            .await
+            .map_err(|e| End::Gone(e.to_string()))
+    }
+
+    async fn run_loop(&mut self) -> End {
+        let hb_timeout = self.shared.config.heartbeat_timeout;
+        loop {
+            let qos_at = self.push_qos.poll_timeout().map(Instant::from_std);
+            let idle_at = self.last_rx + hb_timeout;
+            let step = tokio::select! {
+                // Handlers are boxed: inline, their futures made every session's task
+                // (idle ones included) as large as the largest handler.
+                cmd = self.cmd_rx.recv() => Box::pin(self.on_command(cmd)).await,
+                inbound = self.inbound.recv() => match inbound {
+                    Some(Inbound::Frame(f)) => {
+                        self.last_rx = Instant::now();
+                        Box::pin(self.on_frame(*f)).await
+                    }
+                    Some(Inbound::Invalid(e)) => {
+                        tracing::info!(user = %self.user, error = %e, "bad frame");
+                        metrics::counter!("tern_frames_rejected_total", "code" => code_name(e.code())).increment(1);
+                        let f = Frame::error(e.code(), e.to_string(), 0);
+                        match Box::pin(self.write(&f, 0)).await {
+                            Ok(()) => Err(End::Close(e.code(), "bad frame")),
+                            Err(end) => Err(end),
+                        }
+                    }
+
+                    Some(Inbound::Closed(why)) => Err(End::Gone(why)),
+                    None => Err(End::Gone("reader stopped".into())),
+                },
+                Some(reply) = self.tasks.next(), if !self.tasks.is_empty() => match reply {
+                    Some(frame) => Box::pin(self.write(&frame, 0)).await,
+                    None => Ok(()),
+                },
+                _ = sleep_until(qos_at.unwrap_or(idle_at)), if qos_at.is_some() => Box::pin(self.on_qos_timer()).await,
+                _ = sleep_until(idle_at) => {
+                    tracing::info!(user = %self.user, session = self.id, "heartbeat timeout");
+                    metrics::counter!("tern_sessions_expired_total").increment(1);
+                    let kick = Frame::Kickout(pb::Kickout {
+                        reason: pb::KickReason::IdleTimeout as i32,
+                        text: "no heartbeat".into(),
+                    });
+                    let _ = Box::pin(self.write(&kick, 0)).await;
+                    Err(End::Close(ErrorCode::Ok, "idle timeout"))
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Option<SessionCmd>) -> Result<(), End> {
+        match cmd {
+            Some(SessionCmd::Push(p)) => self.push(p).await,
+            Some(SessionCmd::Kick { reason, text }) => {
+                metrics::counter!("tern_kickouts_total", "reason" => reason.as_str_name())
+                    .increment(1);
+                self.write(
+                    &Frame::Kickout(pb::Kickout {
+                        reason: reason as i32,
+                        text,
+                    }),
+                    0,
+                )
+                .await?;
+                Err(End::Close(ErrorCode::Ok, "kicked out"))
+            }
+            None => Err(End::Close(ErrorCode::Ok, "session queue closed")),
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
+        if !self.bucket.take(Instant::now()) {
+            metrics::counter!("tern_rate_limited_total").increment(1);
+            if self.bucket.refused > self.shared.config.rate_burst {
+                tracing::warn!(user = %self.user, session = self.id, "flood: closing session");
+                let f = Frame::error(ErrorCode::RateLimited, "too many frames", 0);
+                self.write(&f, 0).await?;
+                return Err(End::Close(ErrorCode::RateLimited, "flood"));
+            }
+            if let Frame::Chat(m) = frame {
+                let r = send_result(m.client_msg_id, ErrorCode::RateLimited);
+                return self.write(&r, 0).await;
+            }
+            return Ok(());
+        }
+        match frame {
+            Frame::Chat(m) => self.on_chat(m).await,
+            Frame::DeliveryAck(a) => {
+                self.on_delivery_ack(a);
+                Ok(())
+            }
+            Frame::Heartbeat(_) => {
+                let reply = Frame::HeartbeatReply(pb::HeartbeatReply {
+                    observed_addr: self.conn.remote_address().to_string(),
+                    server_time_ms: tern_protocol::unix_ms(),
+                });
+                self.write(&reply, 0).await
+            }
+            Frame::SyncRequest(r) => {
+                self.on_sync(r);
+                Ok(())
+            }
+            Frame::SummariesRequest(r) => {
+                self.on_summaries(r);
+                Ok(())
+            }
+            Frame::LogsRequest(r) => {
+                self.on_logs(r);
+                Ok(())
+            }
+            Frame::MarkRead(r) => {
+                self.on_mark_read(r);
+                Ok(())
+            }
+            Frame::RecallRequest(r) => {
+                self.on_recall(r);
+                Ok(())
+            }
+            Frame::PushTokenRequest(r) => {
+                self.on_push_token(r);
+                Ok(())
+            }
+            Frame::HistoryRequest(r) => {
+                self.on_history(r);
+                Ok(())
+            }
+            Frame::GroupRequest(r) => {
+                self.on_group(r);
+                Ok(())
+            }
+            Frame::Logout(_) => Err(End::Close(ErrorCode::Ok, "logout")),
+            other => {
+                tracing::info!(user = %self.user, kind = ?other.kind(), "unexpected frame");
+                metrics::counter!("tern_frames_rejected_total", "code" => "UNEXPECTED_FRAME")
+                    .increment(1);
+                let f = Frame::error(
+                    ErrorCode::UnexpectedFrame,
+                    format!("{:?} is not valid here", other.kind()),
+                    0,
+                );
+                self.write(&f, 0).await?;
+                Err(End::Close(ErrorCode::UnexpectedFrame, "unexpected frame"))
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The push side of a session: timeline and log entries pushed under the adaptive
+//! push QoS (`qos::Sender` keyed by (log number, seq), keeping the entry it resends),
+//! and the client's `DeliveryAck`s that settle them and advance the device's cursor.
+
+use std::sync::Arc;
+
+use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
+use tern_protocol::pb;
+use tern_protocol::qos::SenderEvent;
+use tokio::time::Instant;
+
+use super::{End, Session};
+use crate::registry::Push;
+use crate::store::{StoreError, store_failure};
+
+/// What a session's push QoS tracks: (log number, seq). Log 0 is the user's own
+/// timeline; large groups' logs get numbers 1, 2, ... per session ([`Session::logs`]).
+pub(super) type PushKey = (u32, u64);
+
+impl Session {
+    /// The number of a log (0 = the user's timeline), assigned on first use.
+    pub(super) fn log_number(&mut self, log: Option<&str>) -> u32 {
+        let Some(log) = log else { return 0 };
+        match self.logs.iter().position(|l| &**l == log) {
+            Some(i) => i as u32 + 1,
+            None => {
+                self.logs.push(Arc::from(log));
+                self.logs.len() as u32
+            }
+        }
+    }
+
+    pub(super) fn push_frame(&self, key: PushKey, entry: &pb::TimelineEntry) -> Frame {
+        let log = match key.0 {
+            0 => String::new(),
+            n => self.logs[n as usize - 1].to_string(),
+        };
+        Frame::Push(pb::Push {
+            entry: Some(entry.clone()),
+            log,
+        })
+    }
+
+    pub(super) async fn push(&mut self, p: Push) -> Result<(), End> {
+        let key: PushKey = (self.log_number(p.log.as_deref()), p.entry.seq);
+        if self.push_qos.is_pending(&key) {
+            return Ok(());
+        }
+        let frame = self.push_frame(key, &p.entry);
+        if self
+            .push_qos
+            .try_send_with(key, p.entry, Instant::now().into_std())
+            .is_err()
+        {
+            // Window full: the client sees the gap at the next push and syncs it.
+            metrics::counter!("tern_pushes_skipped_total").increment(1);
+            return Ok(());
+        }
+        metrics::counter!("tern_pushes_total").increment(1);
+        self.write(&frame, 0).await
+    }
+
+    pub(super) async fn on_qos_timer(&mut self) -> Result<(), End> {
+        self.push_qos.handle_timeout(Instant::now().into_std());
+        while let Some(ev) = self.push_qos.poll_event() {
+            match ev {
+                SenderEvent::Retransmit(key) => {
+                    if let Some(entry) = self.push_qos.payload(&key).cloned() {
+                        metrics::counter!("tern_push_retransmissions_total").increment(1);
+                        let frame = self.push_frame(key, &entry);
+                        self.write(&frame, FLAG_RETRANSMIT).await?;
+                    }
+                }
+                SenderEvent::Failed {
+                    key, transmissions, ..
+                } => {
+                    metrics::counter!("tern_push_failed_total").increment(1);
+                    tracing::warn!(user = %self.user, log = key.0, seq = key.1, transmissions, "push never acknowledged; left for sync");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_delivery_ack(&mut self, a: pb::DeliveryAck) {
+        let now = Instant::now().into_std();
+        let log = (!a.log.is_empty()).then_some(a.log.as_str());
+        // Only logs this session pushed have pending entries: an ACK naming any other
+        // log settles nothing (and must not grow the session's log table).
+        let number = match log {
+            None => 0,
+            Some(l) => match self.logs.iter().position(|x| &**x == l) {
+                Some(i) => i as u32 + 1,
+                None => return,
+            },
+        };
+        let acked: Vec<PushKey> = self
+            .push_qos
+            .pending()
+            .filter(|(l, s)| *l == number && (*s <= a.cumulative_seq || a.seqs.contains(s)))
+            .copied()
+            .collect();
+        for key in acked {
+            if let Some(ack) = self.push_qos.on_ack(key, now) {
+                metrics::histogram!("tern_push_ack_seconds").record(ack.elapsed.as_secs_f64());
+            }
+        }
+        // A group log's ACK only settles the pushes: no cursor or receipts on the server.
+        if a.cumulative_seq == 0 || log.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let (user, device, seq) = (self.user.clone(), self.device.clone(), a.cumulative_seq);
+        // Spawned, not tied to the session: the cursor and receipts must advance even if
+        // the connection drops right after the ACK.
+        tokio::spawn(async move {
+            match shared.store.ack_delivered(&user, &device, seq).await {
+                Ok(fanout) => shared.fan_out(fanout, None),
+                // Busy (counted like every refused write): the next ACK's cumulative
+                // seq covers this one.
+                Err(e @ StoreError::Busy) => {
+                    store_failure(e);
+                }
+                Err(e) => tracing::error!(%user, error = %e, "delivery ack not recorded"),
+            }
+        });
+    }
+}

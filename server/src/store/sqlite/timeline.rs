@@ -1,0 +1,473 @@
+//! Timelines: per-user contiguous seqs, storing a message once with an entry in every
+//! timeline it concerns, delivery cursors and receipts, and the reads of pages and
+//! summaries.
+
+use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tern_protocol::pb;
+
+use super::{StoreError, groups, outbox};
+use crate::store::{Fanout, NewMessage, StoredMessage, SummaryPage, TimelinePage, log_key};
+
+pub(super) fn next_seq(tx: &Transaction<'_>, user: &str) -> Result<u64, StoreError> {
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO users (user, head_seq) VALUES (?1, 1)
+         ON CONFLICT (user) DO UPDATE SET head_seq = head_seq + 1
+         RETURNING head_seq",
+        )?
+        .query_row(params![user], |r| r.get(0))?;
+    Ok(seq as u64)
+}
+
+pub(super) fn head_seq(conn: &Connection, user: &str) -> Result<u64, StoreError> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT head_seq FROM users WHERE user = ?1")?
+        .query_row(params![user], |r| r.get(0))
+        .optional()?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+/// Appends an entry that is neither a message nor a receipt (a recall, a group event)
+/// to `user`'s timeline and returns it.
+pub(super) fn append_event(
+    tx: &Transaction<'_>,
+    user: &str,
+    kind: i32,
+    conversation: &str,
+    body: pb::timeline_entry::Body,
+) -> Result<Fanout, StoreError> {
+    let seq = next_seq(tx, user)?;
+    insert_event(tx, user, seq, kind, conversation, body)
+}
+
+/// Writes an event entry at a seq already taken with [`next_seq`] (for an event that
+/// must carry its own position).
+pub(super) fn insert_event(
+    tx: &Transaction<'_>,
+    user: &str,
+    seq: u64,
+    kind: i32,
+    conversation: &str,
+    body: pb::timeline_entry::Body,
+) -> Result<Fanout, StoreError> {
+    let mut entry = pb::TimelineEntry {
+        seq: 0,
+        body: Some(body),
+    };
+    tx.prepare_cached("INSERT INTO timeline (user, seq, conv_kind, conversation, event) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![user, seq as i64, kind, conversation, entry.encode_to_vec()])?;
+    entry.seq = seq;
+    Ok(Fanout {
+        user: user.to_owned(),
+        entry,
+        log: None,
+    })
+}
+
+/// Appends a receipt to `user`'s timeline and returns it.
+pub(super) fn append_receipt(
+    tx: &Transaction<'_>,
+    user: &str,
+    receipt: pb::Receipt,
+) -> Result<Fanout, StoreError> {
+    let seq = next_seq(tx, user)?;
+    append_entry(
+        tx,
+        user,
+        seq,
+        receipt.kind,
+        &receipt.conversation,
+        None,
+        Some(&receipt.encode_to_vec()),
+        0,
+    )?;
+    Ok(Fanout {
+        user: user.to_owned(),
+        log: None,
+        entry: pb::TimelineEntry {
+            seq,
+            body: Some(pb::timeline_entry::Body::Receipt(receipt)),
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn append_entry(
+    tx: &Transaction<'_>,
+    user: &str,
+    seq: u64,
+    kind: i32,
+    conversation: &str,
+    message_id: Option<u64>,
+    receipt: Option<&[u8]>,
+    unread: u64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO timeline (user, seq, conv_kind, conversation, message_id, receipt) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+.execute(params![user, seq as i64, kind, conversation, message_id.map(|i| i as i64), receipt],
+    )?;
+    if message_id.is_some() {
+        tx.prepare_cached("INSERT INTO conversations (user, conv_kind, conversation, latest_seq, unread) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (user, conv_kind, conversation)
+             DO UPDATE SET latest_seq = excluded.latest_seq, unread = unread + excluded.unread")?
+.execute(params![user, kind, conversation, seq as i64, unread as i64],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn store_message(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    last_ts: &mut u64,
+) -> Result<StoredMessage, StoreError> {
+    let existing: Option<(i64, i64, i64, i32, String)> = tx
+        .prepare_cached("SELECT id, sender_seq, server_ts, kind, recipient FROM messages WHERE sender = ?1 AND client_msg_id = ?2")?
+.query_row(params![m.sender, &m.client_msg_id.0[..]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    if let Some((id, seq, ts, kind, recipient)) = existing {
+        // For a large group's message `sender_seq` holds its seq in the group's log.
+        let in_log =
+            kind == pb::ConversationKind::Group as i32 && groups::is_large(tx, &recipient)?;
+        return Ok(StoredMessage {
+            server_msg_id: id as u64,
+            sender_seq: if in_log { 0 } else { seq as u64 },
+            log_seq: if in_log { seq as u64 } else { 0 },
+            server_ts_ms: ts as u64,
+            duplicate: true,
+            fanout: vec![],
+        });
+    }
+    let to_group = m.kind == pb::ConversationKind::Group;
+    let large = to_group && groups::is_large(tx, &m.recipient)?;
+    if to_group {
+        // Membership is checked inside the write, so it is ordered with every
+        // membership change: a member removed before this send cannot send into it.
+        if !groups::exists(tx, &m.recipient)? {
+            return Err(StoreError::GroupNotFound);
+        }
+        if !m.from_backend && !groups::is_member(tx, &m.recipient, &m.sender)? {
+            return Err(StoreError::NotAllowed("not a member of the group"));
+        }
+    }
+    if m.require_known_recipient && !to_group {
+        let known = tx
+            .prepare_cached("SELECT 1 FROM users WHERE user = ?1")?
+            .query_row(params![m.recipient], |_| Ok(()))
+            .optional()?;
+        if known.is_none() {
+            return Err(StoreError::UnknownRecipient);
+        }
+    }
+    let ts = tern_protocol::unix_ms().max(*last_ts);
+    *last_ts = ts;
+    let kind = m.kind as i32;
+    // A large group's message goes to the group's log only (read diffusion); the seq
+    // column keeps its log seq. Otherwise the sender's timeline gets the first entry.
+    let sender_seq = if large {
+        next_seq(tx, &log_key(&m.recipient))?
+    } else {
+        next_seq(tx, &m.sender)?
+    };
+    tx.prepare_cached("INSERT INTO messages (sender, client_msg_id, recipient, kind, content_type, body, client_ts, server_ts, sender_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?
+.execute(params![
+            m.sender,
+            &m.client_msg_id.0[..],
+            m.recipient,
+            kind,
+            m.content_type,
+            &m.body[..],
+            m.client_ts_ms as i64,
+            ts as i64,
+            sender_seq as i64
+        ],
+    )?;
+    let id = tx.last_insert_rowid() as u64;
+    let stored = pb::StoredMessage {
+        server_msg_id: id,
+        client_msg_id: bytes::Bytes::copy_from_slice(&m.client_msg_id.0),
+        sender: m.sender.clone(),
+        recipient: m.recipient.clone(),
+        kind,
+        content_type: m.content_type,
+        body: m.body.clone(),
+        client_ts_ms: m.client_ts_ms,
+        server_ts_ms: ts,
+        recalled: false,
+    };
+    if m.to_service {
+        outbox::enqueue(tx, "c2s", &outbox::c2s_payload(&stored))?;
+    }
+    let entry = |seq| pb::TimelineEntry {
+        seq,
+        body: Some(pb::timeline_entry::Body::Message(stored.clone())),
+    };
+    if large {
+        tx.prepare_cached(
+            "INSERT INTO timeline (user, seq, conv_kind, conversation, message_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![log_key(&m.recipient), sender_seq as i64, kind, m.recipient, id as i64])?;
+        return Ok(StoredMessage {
+            server_msg_id: id,
+            sender_seq: 0,
+            log_seq: sender_seq,
+            server_ts_ms: ts,
+            duplicate: false,
+            fanout: vec![groups::log_fanout(&m.recipient, entry(sender_seq))],
+        });
+    }
+    append_entry(
+        tx,
+        &m.sender,
+        sender_seq,
+        kind,
+        &m.recipient,
+        Some(id),
+        None,
+        0,
+    )?;
+    let mut fanout = vec![Fanout {
+        user: m.sender.clone(),
+        entry: entry(sender_seq),
+        log: None,
+    }];
+    if to_group {
+        // Write diffusion: one entry in every member's timeline (the message row is
+        // shared); the conversation is the group for everyone. Three set statements
+        // (next seqs, entries, conversation rows) rather than three per member: the
+        // per-row round trips through the SQLite API were most of a big group's cost.
+        let seqs: Vec<(String, i64)> = tx
+            .prepare_cached(
+                "INSERT INTO users (user, head_seq)
+                 SELECT user, 1 FROM group_members WHERE grp = ?1 AND user != ?2
+                 ON CONFLICT (user) DO UPDATE SET head_seq = head_seq + 1
+                 RETURNING user, head_seq",
+            )?
+            .query_map(params![m.recipient, m.sender], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        tx.prepare_cached(
+            "INSERT INTO timeline (user, seq, conv_kind, conversation, message_id)
+             SELECT gm.user, u.head_seq, ?3, ?1, ?4 FROM group_members gm JOIN users u ON u.user = gm.user
+             WHERE gm.grp = ?1 AND gm.user != ?2",
+        )?
+        .execute(params![m.recipient, m.sender, kind, id as i64])?;
+        tx.prepare_cached(
+            "INSERT INTO conversations (user, conv_kind, conversation, latest_seq, unread)
+             SELECT gm.user, ?3, ?1, u.head_seq, 1 FROM group_members gm JOIN users u ON u.user = gm.user
+             WHERE gm.grp = ?1 AND gm.user != ?2
+             ON CONFLICT (user, conv_kind, conversation)
+             DO UPDATE SET latest_seq = excluded.latest_seq, unread = unread + 1",
+        )?
+        .execute(params![m.recipient, m.sender, kind])?;
+        fanout.extend(seqs.into_iter().map(|(user, seq)| Fanout {
+            user,
+            entry: entry(seq as u64),
+            log: None,
+        }));
+    } else if m.recipient != m.sender {
+        let seq = next_seq(tx, &m.recipient)?;
+        append_entry(tx, &m.recipient, seq, kind, &m.sender, Some(id), None, 1)?;
+        fanout.push(Fanout {
+            user: m.recipient.clone(),
+            entry: entry(seq),
+            log: None,
+        });
+    }
+    Ok(StoredMessage {
+        server_msg_id: id,
+        sender_seq,
+        log_seq: 0,
+        server_ts_ms: ts,
+        duplicate: false,
+        fanout,
+    })
+}
+
+pub(super) fn ack_delivered(
+    tx: &Transaction<'_>,
+    user: &str,
+    device: &str,
+    seq: u64,
+) -> Result<Vec<Fanout>, StoreError> {
+    let seq = seq.min(head_seq(tx, user)?);
+    let device_seq: i64 = tx
+        .prepare_cached("SELECT delivered_seq FROM devices WHERE user = ?1 AND device = ?2")?
+        .query_row(params![user, device], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if seq <= device_seq as u64 {
+        return Ok(vec![]);
+    }
+    tx.prepare_cached(
+        "INSERT INTO devices (user, device, delivered_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user, device) DO UPDATE SET delivered_seq = excluded.delivered_seq",
+    )?
+    .execute(params![user, device, seq as i64])?;
+    // Receipts only for what no device of this user had acknowledged before.
+    let user_seq: i64 = tx
+        .prepare_cached("SELECT delivered_seq FROM users WHERE user = ?1")?
+        .query_row(params![user], |r| r.get(0))?;
+    if seq <= user_seq as u64 {
+        return Ok(vec![]);
+    }
+    tx.prepare_cached("UPDATE users SET delivered_seq = ?2 WHERE user = ?1")?
+        .execute(params![user, seq as i64])?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT m.sender, MAX(m.id) FROM timeline t JOIN messages m ON m.id = t.message_id
+         WHERE t.user = ?1 AND t.seq > ?2 AND t.seq <= ?3 AND t.conv_kind = ?4 AND m.sender != ?1
+         GROUP BY m.sender",
+    )?;
+    let senders: Vec<(String, i64)> = stmt
+        .query_map(
+            params![
+                user,
+                user_seq,
+                seq as i64,
+                pb::ConversationKind::Direct as i32
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut fanout = vec![];
+    for (sender, up_to) in senders {
+        let receipt = pb::Receipt {
+            status: pb::receipt::Status::Delivered as i32,
+            kind: pb::ConversationKind::Direct as i32,
+            conversation: user.to_owned(),
+            by_user: user.to_owned(),
+            up_to_server_msg_id: up_to as u64,
+            ..Default::default()
+        };
+        fanout.push(append_receipt(tx, &sender, receipt)?);
+    }
+    Ok(fanout)
+}
+
+pub(super) const ENTRY_COLUMNS: &str =
+    "t.seq, t.receipt, m.id, m.client_msg_id, m.sender, m.recipient, m.kind, m.content_type,
+     m.body, m.client_ts, m.server_ts, t.event, m.recalled";
+
+pub(super) fn row_to_entry(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<pb::TimelineEntry, StoreError>> {
+    let seq: i64 = r.get(0)?;
+    let receipt: Option<Vec<u8>> = r.get(1)?;
+    if let Some(event) = r.get::<_, Option<Vec<u8>>>(11)? {
+        return Ok(match pb::TimelineEntry::decode(&event[..]) {
+            Ok(e) => Ok(pb::TimelineEntry {
+                seq: seq as u64,
+                body: e.body,
+            }),
+            Err(e) => Err(StoreError::Corrupt(format!("event at seq {seq}: {e}"))),
+        });
+    }
+    let body = match receipt {
+        Some(bytes) => match pb::Receipt::decode(&bytes[..]) {
+            Ok(rc) => pb::timeline_entry::Body::Receipt(rc),
+            Err(e) => {
+                return Ok(Err(StoreError::Corrupt(format!(
+                    "receipt at seq {seq}: {e}"
+                ))));
+            }
+        },
+        None => pb::timeline_entry::Body::Message(pb::StoredMessage {
+            server_msg_id: r.get::<_, i64>(2)? as u64,
+            client_msg_id: r.get::<_, Vec<u8>>(3)?.into(),
+            sender: r.get(4)?,
+            recipient: r.get(5)?,
+            kind: r.get(6)?,
+            content_type: r.get(7)?,
+            body: r.get::<_, Vec<u8>>(8)?.into(),
+            client_ts_ms: r.get::<_, i64>(9)? as u64,
+            server_ts_ms: r.get::<_, i64>(10)? as u64,
+            recalled: r.get(12)?,
+        }),
+    };
+    Ok(Ok(pb::TimelineEntry {
+        seq: seq as u64,
+        body: Some(body),
+    }))
+}
+
+pub(super) fn read_timeline(
+    conn: &Connection,
+    user: &str,
+    after: u64,
+    until: u64,
+    limit: u32,
+) -> Result<TimelinePage, StoreError> {
+    let head = head_seq(conn, user)?;
+    let upper = if until == 0 { head } else { until.min(head) };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM timeline t LEFT JOIN messages m ON m.id = t.message_id
+         WHERE t.user = ?1 AND t.seq > ?2 AND t.seq <= ?3 ORDER BY t.seq LIMIT ?4"
+    ))?;
+    let entries = stmt
+        .query_map(
+            params![user, after as i64, upper as i64, limit as i64],
+            row_to_entry,
+        )?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let last = entries.last().map_or(after, |e| e.seq);
+    Ok(TimelinePage {
+        more: last < upper,
+        entries,
+        head_seq: head,
+    })
+}
+
+pub(super) fn read_summaries(
+    conn: &Connection,
+    user: &str,
+    last_messages: u32,
+    limit: u32,
+) -> Result<SummaryPage, StoreError> {
+    let head = head_seq(conn, user)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT conv_kind, conversation, latest_seq, unread FROM conversations
+         WHERE user = ?1 ORDER BY latest_seq DESC LIMIT ?2",
+    )?;
+    let rows: Vec<(i32, String, i64, i64)> = stmt
+        .query_map(params![user, limit as i64 + 1], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let more = rows.len() > limit as usize;
+    let mut last_stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM timeline t JOIN messages m ON m.id = t.message_id
+         WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 ORDER BY t.seq DESC LIMIT ?4"
+    ))?;
+    let mut conversations = Vec::with_capacity(rows.len().min(limit as usize));
+    for (kind, conversation, latest_seq, unread) in rows.into_iter().take(limit as usize) {
+        let mut last = last_stmt
+            .query_map(
+                params![user, kind, conversation, last_messages as i64],
+                row_to_entry,
+            )?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        last.reverse();
+        conversations.push(pb::ConversationSummary {
+            kind,
+            conversation,
+            unread: unread as u64,
+            latest_seq: latest_seq as u64,
+            last,
+            log: String::new(),
+            ..Default::default()
+        });
+    }
+    Ok(SummaryPage {
+        conversations,
+        more,
+        head_seq: head,
+    })
+}

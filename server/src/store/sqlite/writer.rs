@@ -1,0 +1,170 @@
+//! The group-commit writer: one thread owns the write connection, takes every job
+//! that is waiting (up to [`MAX_BATCH`]), runs them in one transaction (each in its own
+//! savepoint, so one bad job does not sink the others), commits, and only then replies.
+
+use std::time::Instant;
+
+use rusqlite::{Connection, Transaction, params};
+use tern_protocol::pb;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{StoreError, groups, marks, outbox, timeline};
+use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, NewMessage, StoredMessage};
+
+/// Most jobs committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+pub(super) enum WriteOp {
+    Store(NewMessage),
+    Ack {
+        user: String,
+        device: String,
+        seq: u64,
+    },
+    Login {
+        user: String,
+        device: String,
+    },
+    Flush,
+    Group(GroupOp, GroupLimits),
+    MarkRead {
+        user: String,
+        kind: pb::ConversationKind,
+        conversation: String,
+        up_to_seq: u64,
+        group_receipts_max: usize,
+    },
+    Recall {
+        user: String,
+        server_msg_id: u64,
+        window_ms: u64,
+    },
+    PushToken {
+        user: String,
+        device: String,
+        platform: pb::Platform,
+        provider: String,
+        token: String,
+    },
+    WebhookEnqueue(String, Vec<u8>),
+    WebhookDone(u64),
+    WebhookRetry(u64, u64),
+}
+
+pub(super) enum WriteReply {
+    Stored(StoredMessage),
+    Fanout(Vec<Fanout>),
+    Group(GroupOutcome),
+    Done,
+}
+
+pub(super) struct Job {
+    pub(super) op: WriteOp,
+    pub(super) reply: oneshot::Sender<Result<WriteReply, StoreError>>,
+}
+
+pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut last_ts = 0u64;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let outcome = (|| -> Result<Vec<Result<WriteReply, StoreError>>, rusqlite::Error> {
+            let tx = conn.transaction()?;
+            let mut results = Vec::with_capacity(batch.len());
+            for job in &batch {
+                tx.prepare_cached("SAVEPOINT job")?.execute([])?;
+                let r = apply(&tx, &job.op, &mut last_ts);
+                if r.is_err() {
+                    tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
+                }
+                tx.prepare_cached("RELEASE job")?.execute([])?;
+                results.push(r);
+            }
+            tx.commit()?;
+            Ok(results)
+        })();
+        metrics::histogram!("tern_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tern_store_batch_size").record(batch.len() as f64);
+        match outcome {
+            Ok(results) => {
+                for (job, r) in batch.into_iter().zip(results) {
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "store job failed");
+                    }
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "store commit failed; nothing in the batch was acknowledged");
+                metrics::counter!("tern_store_commit_failures_total").increment(1);
+                // The cause (a full disk, say) is in the log line above; every caller
+                // gets the same answer: not stored.
+                let cause = StoreError::from(e).to_string();
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::CommitFailed(cause.clone())));
+                }
+            }
+        }
+    }
+    tracing::info!("store writer stopped");
+}
+
+fn apply(tx: &Transaction<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteReply, StoreError> {
+    match op {
+        WriteOp::Store(m) => timeline::store_message(tx, m, last_ts).map(WriteReply::Stored),
+        WriteOp::Ack { user, device, seq } => {
+            timeline::ack_delivered(tx, user, device, *seq).map(WriteReply::Fanout)
+        }
+        WriteOp::Login { user, device } => {
+            tx.prepare_cached(
+                "INSERT INTO users (user, last_login_ms) VALUES (?1, ?2)
+                 ON CONFLICT (user) DO UPDATE SET last_login_ms = excluded.last_login_ms",
+            )?
+            .execute(params![user, tern_protocol::unix_ms() as i64])?;
+            tx.prepare_cached("INSERT OR IGNORE INTO devices (user, device) VALUES (?1, ?2)")?
+                .execute(params![user, device])?;
+            Ok(WriteReply::Done)
+        }
+        WriteOp::Flush => Ok(WriteReply::Done),
+        WriteOp::Group(op, limits) => groups::apply(tx, op, *limits).map(WriteReply::Group),
+        WriteOp::MarkRead {
+            user,
+            kind,
+            conversation,
+            up_to_seq,
+            group_receipts_max,
+        } => marks::mark_read(
+            tx,
+            user,
+            *kind,
+            conversation,
+            *up_to_seq,
+            *group_receipts_max,
+        )
+        .map(WriteReply::Fanout),
+        WriteOp::Recall {
+            user,
+            server_msg_id,
+            window_ms,
+        } => marks::recall(tx, user, *server_msg_id, *window_ms).map(WriteReply::Fanout),
+        WriteOp::PushToken {
+            user,
+            device,
+            platform,
+            provider,
+            token,
+        } => outbox::set_push_token(tx, user, device, *platform, provider, token)
+            .map(|_| WriteReply::Done),
+        WriteOp::WebhookEnqueue(hook, payload) => {
+            outbox::enqueue(tx, hook, payload).map(|_| WriteReply::Done)
+        }
+        WriteOp::WebhookDone(id) => outbox::done(tx, *id).map(|_| WriteReply::Done),
+        WriteOp::WebhookRetry(id, at) => outbox::retry(tx, *id, *at).map(|_| WriteReply::Done),
+    }
+}
