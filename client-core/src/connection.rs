@@ -8,10 +8,12 @@
 //!           kickout → KickedOut (stop) · logout → Disconnected (stop)
 //! ```
 //!
-//! During a session the task drives the protocol crate's sans-IO machines: the send
-//! [`Sender`] (retransmission of unacknowledged chats), the [`SmartHeartbeat`], the
-//! [`DuplicateFilter`] for pushes, and the [`Backoff`] between sessions. Local writes
-//! happen before anything is acknowledged to the server (store, then `DeliveryAck`).
+//! The task is a thin driver, like `quinn` over `quinn-proto`: it moves frames between
+//! the QUIC connection and the sans-IO machines and fires their timers, and makes no
+//! protocol decision itself. The machines: [`SyncMachine`] (sends and their
+//! retransmission, sync, gaps, read marks, large-group logs; see `sync.rs`), the
+//! [`SmartHeartbeat`], and the [`Backoff`] between sessions. Local writes happen before
+//! anything is acknowledged to the server (store, then `DeliveryAck`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,24 +21,20 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_protocol::backoff::Backoff;
-use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
-use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, FLAG_RETRANSMIT, Frame};
+use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, Frame};
 use tern_protocol::heartbeat::{HeartbeatAction, SmartHeartbeat};
-use tern_protocol::io::{Inbound, read_frame, send_as_datagram, spawn_session_readers};
-use tern_protocol::qos::{Sender, SenderEvent};
-use tern_protocol::{ClientMsgId, ErrorCode, pb};
+use tern_protocol::io::{Inbound, read_frame, spawn_session_readers, write_frame, write_stream};
+use tern_protocol::{ErrorCode, pb};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Inner;
-use crate::store::Applied;
-use crate::types::{ClientEvent, ConnectionState, MessageStatus};
-use tern_protocol::unix_ms;
+use crate::store::{Applied, Db, DbError};
+use crate::sync::{SyncConfig, SyncEvent, SyncMachine};
+use crate::types::{ClientEvent, ConnectionState};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause before resending a message the server deferred (rate limited, busy).
-const SERVER_DEFERRAL: Duration = Duration::from_secs(1);
 
 /// What the API asks the connection task to do.
 #[derive(Debug)]
@@ -226,18 +224,6 @@ fn fatal(code: ErrorCode) -> bool {
     )
 }
 
-/// Send results after which resending the same message cannot succeed.
-fn permanent(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::MessageTooLarge
-            | ErrorCode::NotAllowed
-            | ErrorCode::GroupNotFound
-            | ErrorCode::RecipientNotFound
-            | ErrorCode::InvalidArgument
-    )
-}
-
 /// The connection task of one logged-in client.
 pub(crate) async fn run(
     inner: Arc<Inner>,
@@ -248,13 +234,18 @@ pub(crate) async fn run(
     let cfg = inner.config.clone();
     let now = Instant::now().into_std();
     let mut state = Machines {
-        qos: Sender::new(cfg.qos.clone(), now),
+        sync: SyncMachine::new(
+            SyncConfig {
+                qos: cfg.qos.clone(),
+                gap_wait: cfg.gap_wait,
+                sync_page: cfg.sync_page,
+                full_history_sync: cfg.full_history_sync,
+            },
+            now,
+        ),
         heartbeat: SmartHeartbeat::new(cfg.heartbeat.clone(), &cfg.network_label, now),
-        filter: DuplicateFilter::new(DedupConfig::default()),
         backoff: Backoff::new(cfg.backoff.clone(), rand::random()),
-        pending: HashMap::new(),
         heartbeats_sent: 0,
-        deferred: HashMap::new(),
     };
     let endpoint = match endpoint(&inner) {
         Ok(e) => e,
@@ -282,6 +273,7 @@ pub(crate) async fn run(
                 let mut session =
                     Session::new(&inner, &endpoint, conn, send, result.inbox_head_seq);
                 let end = session.run(recv, buf, &mut state, &mut commands).await;
+                state.sync.on_disconnected();
                 session.conn.close(0u32.into(), b"bye");
                 state.backoff.on_disconnected(Instant::now().into_std());
                 end
@@ -356,39 +348,29 @@ pub(crate) async fn run(
 
 /// The sans-IO state that lives across connections.
 struct Machines {
-    qos: Sender<ClientMsgId>,
+    /// Sends, sync, gaps, read marks, large-group logs.
+    sync: SyncMachine,
     heartbeat: SmartHeartbeat,
-    filter: DuplicateFilter<u64>,
     backoff: Backoff,
-    /// Chat frames of unacknowledged sends, for retransmission.
-    pending: HashMap<ClientMsgId, pb::ChatMessage>,
     /// Heartbeats sent (diagnostics).
     heartbeats_sent: u64,
-    /// Sends the server deferred (rate limited, busy): not before this time.
-    deferred: HashMap<ClientMsgId, Instant>,
 }
 
+/// One connection: moves frames between the QUIC connection and the machines, and
+/// fires their timers. No protocol decision is made here.
 struct Session<'a> {
     inner: &'a Arc<Inner>,
     endpoint: &'a quinn::Endpoint,
     conn: quinn::Connection,
     send: quinn::SendStream,
     head: u64,
-    next_request: u64,
-    /// The sync in progress: (request id, until seq).
-    syncing: Option<(u64, u64)>,
-    /// When an open gap will be pulled.
-    gap_at: Option<Instant>,
-    /// Requests waiting for their answer, by request id. Dropped with the session,
-    /// which tells each caller the connection was lost.
+    /// Requests of the app waiting for their answer, by request id. Dropped with the
+    /// session, which tells each caller the connection was lost.
     calls: HashMap<u64, std::sync::mpsc::SyncSender<Result<Frame, String>>>,
-    /// Read marks sent, by request id.
-    reads: HashMap<u64, (crate::ConversationKind, String, u64)>,
-    /// A fresh install that does not download old history: jump to the head once the
-    /// summaries are in.
-    start_at_head: bool,
-    /// Large groups' logs being synced: group -> request id.
-    log_syncing: HashMap<String, u64>,
+}
+
+fn lost(e: impl std::fmt::Display) -> End {
+    End::Lost(e.to_string())
 }
 
 impl<'a> Session<'a> {
@@ -405,13 +387,7 @@ impl<'a> Session<'a> {
             conn,
             send,
             head,
-            next_request: 1,
-            syncing: None,
-            gap_at: None,
             calls: HashMap::new(),
-            reads: HashMap::new(),
-            start_at_head: false,
-            log_syncing: HashMap::new(),
         }
     }
 
@@ -419,20 +395,54 @@ impl<'a> Session<'a> {
         if !matches!(frame, Frame::Heartbeat(_)) {
             m.heartbeat.on_sent(Instant::now().into_std());
         }
-        let bytes = frame.to_bytes(flags);
-        if send_as_datagram(&self.conn, frame, &bytes) {
-            return Ok(());
-        }
-        match timeout(WRITE_TIMEOUT, self.send.write_all(&bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Lost(format!("write failed: {e}"))),
-            Err(_) => Err(End::Lost("write timed out".into())),
-        }
+        write_frame(&self.conn, &mut self.send, frame, flags, WRITE_TIMEOUT)
+            .await
+            .map_err(lost)
     }
 
-    fn request_id(&mut self) -> u64 {
-        self.next_request += 1;
-        self.next_request
+    /// Writes on the stream whatever the frame's kind prefers.
+    async fn write_reliable(
+        &mut self,
+        frame: &Frame,
+        flags: u8,
+        m: &mut Machines,
+    ) -> Result<(), End> {
+        m.heartbeat.on_sent(Instant::now().into_std());
+        write_stream(&mut self.send, &frame.to_bytes(flags), WRITE_TIMEOUT)
+            .await
+            .map_err(lost)
+    }
+
+    /// Runs one step of the sync machine against the store.
+    fn step<T>(
+        &self,
+        m: &mut Machines,
+        f: impl FnOnce(&mut SyncMachine, &mut Db) -> Result<T, DbError>,
+    ) -> Result<T, End> {
+        self.inner.with_db(|db| f(&mut m.sync, db)).map_err(lost)
+    }
+
+    /// Sends what the machine wants sent and tells the app what it wants told.
+    async fn drain(&mut self, m: &mut Machines) -> Result<(), End> {
+        while let Some(t) = m.sync.poll_transmit() {
+            if t.reliable {
+                self.write_reliable(&t.frame, t.flags, m).await?;
+            } else {
+                self.write(&t.frame, t.flags, m).await?;
+            }
+        }
+        while let Some(event) = m.sync.poll_event() {
+            match event {
+                SyncEvent::Applied(applied) => self.publish(applied),
+                SyncEvent::Status { local_id, status } => self
+                    .inner
+                    .emit(ClientEvent::MessageStatusChanged { local_id, status }),
+                SyncEvent::Progress { stored, head } => {
+                    self.inner.emit(ClientEvent::SyncProgress { stored, head })
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn run(
@@ -444,30 +454,32 @@ impl<'a> Session<'a> {
     ) -> End {
         let (tx, mut inbound) = mpsc::channel(256);
         spawn_session_readers(self.conn.clone(), recv, buf, DEFAULT_MAX_FRAME_BODY, tx);
-        match self.start(m).await {
-            Ok(()) => {}
-            Err(end) => return end,
+        let now = Instant::now().into_std();
+        m.heartbeat.on_connected(now);
+        let head = self.head;
+        if let Err(end) = self.step(m, |sync, db| sync.on_connected(head, now, db)) {
+            return end;
         }
         loop {
-            let qos_at = m.qos.poll_timeout().map(Instant::from_std);
-            let retry_at = m.deferred.values().min().copied();
+            if let Err(end) = self.drain(m).await {
+                return end;
+            }
+            let sync_at = m.sync.poll_timeout().map(Instant::from_std);
             let hb_at = Instant::from_std(m.heartbeat.poll_timeout());
             let far = Instant::now() + Duration::from_secs(3600);
             let step = tokio::select! {
                 cmd = commands.recv() => self.on_command(cmd, m).await,
                 frame = inbound.recv() => match frame {
-                    Some(Inbound::Frame(f)) => self.on_frame(*f, m).await,
-                                        Some(Inbound::Closed(why)) => Err(End::Lost(why)),
+                    Some(Inbound::Frame(f)) => self.on_frame(*f, m),
+                    Some(Inbound::Closed(why)) => Err(End::Lost(why)),
                     Some(Inbound::Invalid(e)) => Err(End::Lost(format!("bad frame from server: {e}"))),
                     None => Err(End::Lost("reader stopped".into())),
                 },
-                _ = sleep_until(qos_at.unwrap_or(far)), if qos_at.is_some() => self.on_qos_timer(m).await,
-                                _ = sleep_until(hb_at) => self.on_heartbeat_timer(m).await,
-                _ = sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => self.flush(m).await,
-                                _ = sleep_until(self.gap_at.unwrap_or(far)), if self.gap_at.is_some() => {
-                    self.gap_at = None;
-                    self.pull_gap(m).await
+                _ = sleep_until(sync_at.unwrap_or(far)), if sync_at.is_some() => {
+                    let now = Instant::now().into_std();
+                    self.step(m, |sync, db| sync.handle_timeout(now, db))
                 }
+                _ = sleep_until(hb_at) => self.on_heartbeat_timer(m).await,
             };
             if let Err(end) = step {
                 return end;
@@ -475,335 +487,13 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// After login: summaries first (so a large backlog shows at once), then the
-    /// timeline above the cursor page by page, then everything unacknowledged.
-    async fn start(&mut self, m: &mut Machines) -> Result<(), End> {
-        let now = Instant::now().into_std();
-        m.heartbeat.on_connected(now);
-        let cursor = self
-            .inner
-            .with_db(|db| db.cursor())
-            .map_err(|e| End::Lost(e.to_string()))?;
-        if self.head > cursor {
-            self.start_at_head = cursor == 0 && !self.inner.config.full_history_sync;
-            let id = self.request_id();
-            self.write(
-                &Frame::SummariesRequest(pb::SummariesRequest {
-                    request_id: id,
-                    last_messages: 5,
-                    limit: 100,
-                }),
-                0,
-                m,
-            )
-            .await?;
-        }
-        if !self.start_at_head {
-            self.pull(m).await?;
-        }
-        self.send_reads(m).await?;
-        // The large groups' logs: heads, unread counts, last messages; then each log
-        // is pulled above its cursor.
-        let id = self.request_id();
-        self.write(
-            &Frame::LogsRequest(pb::LogsRequest { request_id: id }),
-            0,
-            m,
-        )
-        .await?;
-        for id in m.qos.on_reconnect(now) {
-            if let Some(chat) = m.pending.get(&id).cloned() {
-                self.write(&Frame::Chat(chat), FLAG_RETRANSMIT, m).await?;
-            }
-        }
-        self.flush(m).await
-    }
-
-    /// Requests the next sync page above the cursor (if none is in flight).
-    async fn pull(&mut self, m: &mut Machines) -> Result<(), End> {
-        if self.syncing.is_some() {
-            return Ok(());
-        }
-        let cursor = self
-            .inner
-            .with_db(|db| db.cursor())
-            .map_err(|e| End::Lost(e.to_string()))?;
-        let max_seen = self
-            .inner
-            .with_db(|db| db.max_seq())
-            .map_err(|e| End::Lost(e.to_string()))?;
-        if cursor >= self.head.max(max_seen) {
-            return Ok(());
-        }
-        let id = self.request_id();
-        self.syncing = Some((id, 0));
-        let limit = self.inner.config.sync_page;
-        self.write(
-            &Frame::SyncRequest(pb::SyncRequest {
-                request_id: id,
-                after_seq: cursor,
-                until_seq: 0,
-                limit,
-                ..Default::default()
-            }),
-            0,
-            m,
-        )
-        .await
-    }
-
-    /// Requests exactly the first missing range: above the cursor, below the first entry
-    /// already held. (Asking for everything above the cursor would re-send, on every
-    /// lost push, entries the device already has.)
-    async fn pull_gap(&mut self, m: &mut Machines) -> Result<(), End> {
-        if self.syncing.is_some() {
-            return Ok(());
-        }
-        let (cursor, held) = self
-            .inner
-            .with_db(|db| Ok((db.cursor()?, db.first_held_seq()?)))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        let Some(held) = held else { return Ok(()) };
-        let id = self.request_id();
-        let until = held - 1;
-        self.syncing = Some((id, until));
-        let limit = self.inner.config.sync_page;
-        self.write(
-            &Frame::SyncRequest(pb::SyncRequest {
-                request_id: id,
-                after_seq: cursor,
-                until_seq: until,
-                limit,
-                ..Default::default()
-            }),
-            0,
-            m,
-        )
-        .await
-    }
-
-    /// Sends outbox messages that are not in flight yet, in order, while the window allows.
-    async fn flush(&mut self, m: &mut Machines) -> Result<(), End> {
-        if !m.qos.has_room() {
-            return Ok(());
-        }
-        let limit = (m.qos.in_flight() + m.qos.config().window) as u32;
-        let outbox = self
-            .inner
-            .with_db(|db| db.outbox(limit))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        let now = Instant::now();
-        m.deferred.retain(|_, at| *at > now);
-        for msg in outbox {
-            let Ok(id) = ClientMsgId::from_hex(&msg.client_msg_id).ok_or(()) else {
-                continue;
-            };
-            if m.qos.is_pending(&id) || m.deferred.contains_key(&id) {
-                continue;
-            }
-            if m.qos.try_send(id, Instant::now().into_std()).is_err() {
-                break;
-            }
-            let chat = pb::ChatMessage {
-                client_msg_id: bytes::Bytes::copy_from_slice(&id.0),
-                sender: String::new(),
-                recipient: msg.recipient.clone(),
-                kind: msg.kind.to_wire(),
-                content_type: msg.content_type,
-                body: msg.body.clone().into(),
-                client_ts_ms: msg.client_ts_ms,
-            };
-            m.pending.insert(id, chat.clone());
-            self.write(&Frame::Chat(chat), 0, m).await?;
-        }
-        Ok(())
-    }
-
-    /// Stores a pushed entry of a large group's log, acknowledges it, and pulls the log
-    /// if it reveals a gap.
-    async fn on_log_push(
-        &mut self,
-        group: String,
-        entry: pb::TimelineEntry,
-        m: &mut Machines,
-    ) -> Result<(), End> {
-        let seq = entry.seq;
-        let follows = self
-            .inner
-            .with_db(|db| db.follows_log(&group))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        if !follows {
-            // Not (yet) a member as far as this device knows: the group event in the
-            // user's timeline (with the position to start from) comes next. Settle the
-            // push, store nothing.
-            return self
-                .write(
-                    &Frame::DeliveryAck(pb::DeliveryAck {
-                        cumulative_seq: 0,
-                        seqs: vec![seq],
-                        log: group,
-                    }),
-                    0,
-                    m,
-                )
-                .await;
-        }
-        let applied = self
-            .inner
-            .with_db(|db| db.apply_log_entries(&group, &[entry]))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        self.publish(applied);
-        let (cursor, max) = self
-            .inner
-            .with_db(|db| Ok((db.log_cursor(&group)?, db.log_max_seq(&group)?)))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        self.write(
-            &Frame::DeliveryAck(pb::DeliveryAck {
-                cumulative_seq: cursor,
-                seqs: if seq > cursor { vec![seq] } else { vec![] },
-                log: group.clone(),
-            }),
-            0,
-            m,
-        )
-        .await?;
-        if max > cursor {
-            self.pull_log(&group, m).await?;
-        }
-        Ok(())
-    }
-
-    /// Requests the next page of a large group's log above its cursor.
-    async fn pull_log(&mut self, group: &str, m: &mut Machines) -> Result<(), End> {
-        if self.log_syncing.contains_key(group) {
-            return Ok(());
-        }
-        let cursor = self
-            .inner
-            .with_db(|db| db.log_cursor(group))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        let id = self.request_id();
-        self.log_syncing.insert(group.to_owned(), id);
-        self.write(
-            &Frame::SyncRequest(pb::SyncRequest {
-                request_id: id,
-                after_seq: cursor,
-                until_seq: 0,
-                limit: self.inner.config.sync_page,
-                log: group.to_owned(),
-            }),
-            0,
-            m,
-        )
-        .await
-    }
-
-    async fn on_log_page(&mut self, page: pb::SyncResponse, m: &mut Machines) -> Result<(), End> {
-        let group = page.log.clone();
-        self.log_syncing.remove(&group);
-        let before = self
-            .inner
-            .with_db(|db| db.log_cursor(&group))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        let applied = self
-            .inner
-            .with_db(|db| db.apply_log_entries(&group, &page.entries))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        self.publish(applied);
-        let cursor = self
-            .inner
-            .with_db(|db| db.log_cursor(&group))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        self.write(
-            &Frame::DeliveryAck(pb::DeliveryAck {
-                cumulative_seq: cursor,
-                seqs: vec![],
-                log: group.clone(),
-            }),
-            0,
-            m,
-        )
-        .await?;
-        if cursor > before && (page.more || page.head_seq > cursor) {
-            self.pull_log(&group, m).await?;
-        }
-        Ok(())
-    }
-
-    /// The large groups' summaries: applied, then each log is caught up (or, on a fresh
-    /// install without full history, started at its head).
-    async fn on_logs(&mut self, logs: pb::Logs, m: &mut Machines) -> Result<(), End> {
-        let applied = self
-            .inner
-            .with_db(|db| db.apply_log_summaries(&logs.groups, unix_ms()))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        self.publish(applied);
-        for s in &logs.groups {
-            let cursor = self
-                .inner
-                .with_db(|db| db.log_cursor(&s.log))
-                .map_err(|e| End::Lost(e.to_string()))?;
-            if cursor == 0 {
-                // First sight of this log on this device: from where the user joined
-                // (what write diffusion would have given them), or, without full
-                // history, from the head (older messages come as history pages).
-                let start = if self.inner.config.full_history_sync {
-                    s.joined_at
-                } else {
-                    s.latest_seq
-                };
-                let applied = self
-                    .inner
-                    .with_db(|db| db.start_log_at(&s.log, start))
-                    .map_err(|e| End::Lost(e.to_string()))?;
-                self.publish(applied);
-                if s.latest_seq > start {
-                    self.pull_log(&s.log, m).await?;
-                }
-            } else if s.latest_seq > cursor {
-                self.pull_log(&s.log, m).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends every read mark the server has not confirmed.
-    async fn send_reads(&mut self, m: &mut Machines) -> Result<(), End> {
-        let pending = self
-            .inner
-            .with_db(|db| db.pending_reads())
-            .map_err(|e| End::Lost(e.to_string()))?;
-        for (kind, conversation, up_to) in pending {
-            if self
-                .reads
-                .values()
-                .any(|(k, c, u)| *k == kind && *c == conversation && *u >= up_to)
-            {
-                continue;
-            }
-            let id = self.request_id();
-            self.reads.insert(id, (kind, conversation.clone(), up_to));
-            self.write(
-                &Frame::MarkRead(pb::MarkRead {
-                    request_id: id,
-                    kind: kind.to_wire(),
-                    conversation,
-                    up_to_seq: up_to,
-                }),
-                0,
-                m,
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
     async fn on_command(&mut self, cmd: Option<Command>, m: &mut Machines) -> Result<(), End> {
+        let now = Instant::now().into_std();
         match cmd {
-            Some(Command::Flush) => self.flush(m).await,
-            Some(Command::SendReads) => self.send_reads(m).await,
+            Some(Command::Flush) => self.step(m, |sync, db| sync.flush(now, db)),
+            Some(Command::SendReads) => self.step(m, |sync, db| sync.send_reads(db)),
             Some(Command::Call(mut call)) => {
-                let id = self.request_id();
+                let id = m.sync.next_request_id();
                 if !set_request_id(&mut call.frame, id) {
                     let _ = call.reply.try_send(Err("not a request frame".into()));
                     return Ok(());
@@ -839,35 +529,6 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn on_qos_timer(&mut self, m: &mut Machines) -> Result<(), End> {
-        m.qos.handle_timeout(Instant::now().into_std());
-        let mut freed = false;
-        while let Some(ev) = m.qos.poll_event() {
-            match ev {
-                SenderEvent::Retransmit(id) => {
-                    if let Some(chat) = m.pending.get(&id).cloned() {
-                        self.write(&Frame::Chat(chat), FLAG_RETRANSMIT, m).await?;
-                    }
-                }
-                SenderEvent::Failed {
-                    key,
-                    transmissions,
-                    elapsed,
-                } => {
-                    m.pending.remove(&key);
-                    freed = true;
-                    let reason = format!(
-                        "not acknowledged after {transmissions} attempts in {}s",
-                        elapsed.as_secs()
-                    );
-                    tracing::warn!(id = %key, %reason, "send failed");
-                    self.fail(&key, reason);
-                }
-            }
-        }
-        if freed { self.flush(m).await } else { Ok(()) }
-    }
-
     fn update_diagnostics(&self, m: &Machines) {
         let net = m.heartbeat.network().to_owned();
         let locked = m.heartbeat.network_state(&net).is_some_and(|s| s.locked);
@@ -879,19 +540,10 @@ impl<'a> Session<'a> {
             heartbeat_interval_ms: m.heartbeat.interval().as_millis() as u64,
             heartbeat_locked: locked,
             heartbeats_sent: m.heartbeats_sent,
-            srtt_ms: m.qos.rtt().srtt().map(|d| d.as_millis() as u64),
-            in_flight: m.qos.in_flight() as u64,
+            srtt_ms: m.sync.qos().rtt().srtt().map(|d| d.as_millis() as u64),
+            in_flight: m.sync.qos().in_flight() as u64,
             network: net,
         };
-    }
-
-    fn fail(&self, id: &ClientMsgId, reason: String) {
-        if let Ok(Some(local_id)) = self.inner.with_db(|db| db.mark_failed(id, &reason)) {
-            self.inner.emit(ClientEvent::MessageStatusChanged {
-                local_id,
-                status: MessageStatus::Failed { reason },
-            });
-        }
     }
 
     async fn on_heartbeat_timer(&mut self, m: &mut Machines) -> Result<(), End> {
@@ -941,254 +593,46 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Stores entries, then acknowledges them (never before the commit), and opens or
-    /// closes the gap timer.
-    async fn store_and_ack(
-        &mut self,
-        entries: &[pb::TimelineEntry],
-        m: &mut Machines,
-    ) -> Result<(), End> {
-        let applied = self
-            .inner
-            .with_db(|db| db.apply_entries(entries))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        self.publish(applied);
-        let (cursor, max_seen) = self
-            .inner
-            .with_db(|db| Ok((db.cursor()?, db.max_seq()?)))
-            .map_err(|e| End::Lost(e.to_string()))?;
-        let above: Vec<u64> = entries
-            .iter()
-            .map(|e| e.seq)
-            .filter(|s| *s > cursor)
-            .collect();
-        self.write(
-            &Frame::DeliveryAck(pb::DeliveryAck {
-                cumulative_seq: cursor,
-                seqs: above,
-                ..Default::default()
-            }),
-            0,
-            m,
-        )
-        .await?;
-        if max_seen > cursor {
-            if self.gap_at.is_none() && self.syncing.is_none() {
-                self.gap_at = Some(Instant::now() + self.inner.config.gap_wait);
+    /// A frame from the server: the sync machine's first; what it hands back is the
+    /// link's (heartbeat replies, kickouts) or the answer to an app request.
+    fn on_frame(&mut self, frame: Frame, m: &mut Machines) -> Result<(), End> {
+        let now = Instant::now().into_std();
+        let Some(frame) = self.step(m, |sync, db| sync.handle_frame(frame, now, db))? else {
+            return Ok(());
+        };
+        let answer = |calls: &mut HashMap<_, std::sync::mpsc::SyncSender<_>>, id, f| {
+            if let Some(reply) = calls.remove(&id) {
+                let _ = reply.try_send(Ok(f));
             }
-        } else {
-            self.gap_at = None;
-        }
-        Ok(())
-    }
-
-    async fn on_frame(&mut self, frame: Frame, m: &mut Machines) -> Result<(), End> {
+        };
         match frame {
-            Frame::SendResult(r) => {
-                let Ok(id) = ClientMsgId::from_slice(&r.client_msg_id) else {
-                    return Ok(());
-                };
-                let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Internal);
-                if code == ErrorCode::Ok {
-                    m.qos.on_ack(id, Instant::now().into_std());
-                    m.pending.remove(&id);
-                    let local = self
-                        .inner
-                        .with_db(|db| {
-                            db.mark_sent(&id, r.server_msg_id, r.seq, r.server_ts_ms, r.log_seq)
-                        })
-                        .map_err(|e| End::Lost(e.to_string()))?;
-                    if let Some((local_id, status, released)) = local {
-                        self.inner
-                            .emit(ClientEvent::MessageStatusChanged { local_id, status });
-                        self.publish(Applied {
-                            new_messages: released,
-                            ..Applied::default()
-                        });
-                    }
-                    self.flush(m).await
-                } else if permanent(code) {
-                    m.qos.cancel(&id);
-                    m.pending.remove(&id);
-                    self.fail(&id, code.as_str_name().to_owned());
-                    self.flush(m).await
-                } else {
-                    // Transient (rate limited, busy, storage): not a loss. Take it out of
-                    // flight and send it again from the outbox after a pause.
-                    tracing::debug!(id = %id, code = code.as_str_name(), "send deferred by the server");
-                    m.qos.cancel(&id);
-                    m.pending.remove(&id);
-                    m.deferred.insert(id, Instant::now() + SERVER_DEFERRAL);
-                    Ok(())
-                }
-            }
-            Frame::Push(p) if !p.log.is_empty() => {
-                let Some(entry) = p.entry else { return Ok(()) };
-                self.on_log_push(p.log, entry, m).await
-            }
-            Frame::SyncResponse(page) if !page.log.is_empty() => self.on_log_page(page, m).await,
-            Frame::Logs(logs) => self.on_logs(logs, m).await,
-            Frame::Push(p) => {
-                let Some(entry) = p.entry else { return Ok(()) };
-                self.head = self.head.max(entry.seq);
-                if !m.filter.insert(entry.seq, Instant::now().into_std()) {
-                    // Seen: our ACK was lost. Acknowledge again, store nothing.
-                    let cursor = self
-                        .inner
-                        .with_db(|db| db.cursor())
-                        .map_err(|e| End::Lost(e.to_string()))?;
-                    let seqs = if entry.seq > cursor {
-                        vec![entry.seq]
-                    } else {
-                        vec![]
-                    };
-                    return self
-                        .write(
-                            &Frame::DeliveryAck(pb::DeliveryAck {
-                                cumulative_seq: cursor,
-                                seqs,
-                                ..Default::default()
-                            }),
-                            0,
-                            m,
-                        )
-                        .await;
-                }
-                self.store_and_ack(&[entry], m).await
-            }
-            Frame::SyncResponse(page) => {
-                self.head = self.head.max(page.head_seq);
-                let last = page.entries.last().map(|e| e.seq);
-                self.store_and_ack(&page.entries, m).await?;
-                let cursor = self
-                    .inner
-                    .with_db(|db| db.cursor())
-                    .map_err(|e| End::Lost(e.to_string()))?;
-                self.inner.emit(ClientEvent::SyncProgress {
-                    stored: cursor,
-                    head: self.head,
-                });
-                let until = self.syncing.map_or(0, |(_, u)| u);
-                match (page.more, last) {
-                    (true, Some(last)) => {
-                        let id = self.request_id();
-                        self.syncing = Some((id, until));
-                        let limit = self.inner.config.sync_page;
-                        self.write(
-                            &Frame::SyncRequest(pb::SyncRequest {
-                                request_id: id,
-                                after_seq: last,
-                                until_seq: until,
-                                limit,
-                                ..Default::default()
-                            }),
-                            0,
-                            m,
-                        )
-                        .await
-                    }
-                    _ => {
-                        self.syncing = None;
-                        // Another gap (pushes lost while we synced) is pulled next, after the
-                        // usual wait; a backlog beyond everything held is caught up now.
-                        let max_seen = self
-                            .inner
-                            .with_db(|db| db.max_seq())
-                            .map_err(|e| End::Lost(e.to_string()))?;
-                        if max_seen > cursor {
-                            self.gap_at = Some(Instant::now() + self.inner.config.gap_wait);
-                            Ok(())
-                        } else if self.head > cursor {
-                            self.pull(m).await
-                        } else {
-                            Ok(())
-                        }
-                    }
-                }
-            }
-            Frame::Summaries(s) => {
-                self.head = self.head.max(s.head_seq);
-                let applied = self
-                    .inner
-                    .with_db(|db| db.apply_summaries(&s.conversations, s.head_seq, unix_ms()))
-                    .map_err(|e| End::Lost(e.to_string()))?;
-                self.publish(applied);
-                if std::mem::take(&mut self.start_at_head) {
-                    let applied = self
-                        .inner
-                        .with_db(|db| db.start_at(s.head_seq))
-                        .map_err(|e| End::Lost(e.to_string()))?;
-                    tracing::info!(
-                        head = s.head_seq,
-                        "fresh install: history stays on the server until paged"
-                    );
-                    self.publish(applied);
-                    self.pull(m).await?;
-                }
-                Ok(())
-            }
-            Frame::OpResult(r) => {
-                if let Some((kind, conversation, up_to)) = self.reads.remove(&r.request_id) {
-                    let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Internal);
-                    // Done, or refused for good: forget it. Busy/unavailable: it stays
-                    // queued and goes again on the next connection.
-                    if !matches!(code, ErrorCode::ServerBusy | ErrorCode::StoreUnavailable) {
-                        if code != ErrorCode::Ok {
-                            tracing::warn!(%conversation, code = code.as_str_name(), "read mark refused");
-                        }
-                        self.inner
-                            .with_db(|db| db.drop_pending_read(kind, &conversation, up_to))
-                            .map_err(|e| End::Lost(e.to_string()))?;
-                    }
-                } else if let Some(reply) = self.calls.remove(&r.request_id) {
-                    let _ = reply.try_send(Ok(Frame::OpResult(r)));
-                }
-                Ok(())
-            }
-            Frame::GroupResponse(r) => {
-                if let Some(reply) = self.calls.remove(&r.request_id) {
-                    let _ = reply.try_send(Ok(Frame::GroupResponse(r)));
-                }
-                Ok(())
-            }
-            Frame::HistoryResponse(r) => {
-                if let Some(reply) = self.calls.remove(&r.request_id) {
-                    let _ = reply.try_send(Ok(Frame::HistoryResponse(r)));
-                }
-                Ok(())
-            }
             Frame::HeartbeatReply(r) => {
-                if let Some(rtt) = m
-                    .heartbeat
-                    .on_reply(Instant::now().into_std(), &r.observed_addr)
-                {
-                    m.qos.on_rtt_sample(rtt);
+                if let Some(rtt) = m.heartbeat.on_reply(now, &r.observed_addr) {
+                    m.sync.on_rtt_sample(rtt);
                 }
                 self.update_diagnostics(m);
-                Ok(())
             }
-            Frame::Kickout(k) => Err(End::Kicked(
-                pb::KickReason::try_from(k.reason).unwrap_or_default(),
-                k.text,
-            )),
+            Frame::Kickout(k) => {
+                return Err(End::Kicked(
+                    pb::KickReason::try_from(k.reason).unwrap_or_default(),
+                    k.text,
+                ));
+            }
+            Frame::OpResult(r) => answer(&mut self.calls, r.request_id, Frame::OpResult(r)),
+            Frame::GroupResponse(r) => {
+                answer(&mut self.calls, r.request_id, Frame::GroupResponse(r))
+            }
+            Frame::HistoryResponse(r) => {
+                answer(&mut self.calls, r.request_id, Frame::HistoryResponse(r))
+            }
             Frame::Error(e) => {
                 let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal);
                 tracing::warn!(code = code.as_str_name(), message = %e.message, request = e.request_id, "server error");
-                if self.syncing.is_some_and(|(id, _)| id == e.request_id) {
-                    self.syncing = None;
-                    self.gap_at = Some(Instant::now() + Duration::from_secs(1));
-                }
-                self.log_syncing.retain(|_, id| *id != e.request_id);
-                if let Some(reply) = self.calls.remove(&e.request_id) {
-                    let _ = reply.try_send(Ok(Frame::Error(e)));
-                }
-                Ok(())
+                answer(&mut self.calls, e.request_id, Frame::Error(e));
             }
-            other => {
-                tracing::debug!(kind = ?other.kind(), "ignored frame");
-                Ok(())
-            }
+            other => tracing::debug!(kind = ?other.kind(), "ignored frame"),
         }
+        Ok(())
     }
 }
 

@@ -11,8 +11,10 @@
 //! it returns, so no callback can reach a foreign runtime that is exiting.
 //!
 //! * [`store`]: the local database (messages, persisted outbox, conversations, cursor);
-//! * `connection`: the connection manager: connect, log in, smart heartbeat, reconnect
-//!   with backoff, resend the outbox, sync by seq gap;
+//! * [`sync`]: the sans-IO sync machine: outbox and its retransmission, deferred sends,
+//!   read marks, summaries, sync pages, gap detection, large-group log cursors;
+//! * `connection`: the connection manager that drives it: connect, log in, smart
+//!   heartbeat, reconnect with backoff;
 //! * [`types`]: messages, statuses, conversations, connection states, events.
 //!
 //! Methods are synchronous and quick (a local SQLite write at most): a send is durable
@@ -21,6 +23,7 @@
 
 mod connection;
 pub mod store;
+pub mod sync;
 pub mod types;
 
 use std::path::PathBuf;

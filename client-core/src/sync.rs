@@ -1,0 +1,733 @@
+//! The client's sync logic as a sans-IO state machine.
+//!
+//! Everything that decides *what* a client sends and stores lives here: the outbox and
+//! its retransmission (a [`qos::Sender`] that keeps each unacknowledged `Chat`), sends
+//! the server deferred, the read-mark queue, summaries before sync, sync pages above
+//! the cursor, gap detection with its short wait and the exact-range gap pull, and the
+//! large groups' log cursors. Like `quinn-proto`'s `Connection`, the machine is told the
+//! time (`now`), fed inputs ([`SyncMachine::on_connected`], [`SyncMachine::handle_frame`],
+//! [`SyncMachine::flush`], [`SyncMachine::handle_timeout`]), and asked what to send
+//! ([`SyncMachine::poll_transmit`]), what to tell the app ([`SyncMachine::poll_event`])
+//! and when to wake it ([`SyncMachine::poll_timeout`]). It owns no socket, no clock and
+//! no task; the async driver in `connection.rs` moves bytes and timers, and the tests
+//! in `tests/sync_sim.rs` drive it against a model server through `protocol::sim`
+//! links in virtual time.
+//!
+//! It reads and writes the device's own SQLite store ([`Db`]) directly rather than
+//! emitting database effects: every decision here depends on the store's answer right
+//! after a write (the cursor once a page is applied, the first held seq above a gap),
+//! and the store is local, synchronous and deterministic, so the machine stays
+//! replayable in a test with a real store in a temporary directory.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
+use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
+use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
+use tern_protocol::{ClientMsgId, ErrorCode, pb, unix_ms};
+
+use crate::store::{Applied, Db, DbError};
+use crate::types::{ConversationKind, MessageStatus};
+
+/// Pause before resending a message the server deferred (rate limited, busy).
+pub const SERVER_DEFERRAL: Duration = Duration::from_secs(1);
+/// Pause before pulling again after the server answered a sync request with an error.
+const SYNC_RETRY: Duration = Duration::from_secs(1);
+
+/// What the machine needs from the client configuration.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Retransmission of sends.
+    pub qos: QosConfig,
+    /// How long a gap may stay open before it is pulled (a reordered push usually
+    /// fills it sooner).
+    pub gap_wait: Duration,
+    /// Entries per sync page.
+    pub sync_page: u32,
+    /// A fresh install downloads the whole timeline (else it starts at the head once
+    /// the summaries are in; older history is paged from the server on demand).
+    pub full_history_sync: bool,
+}
+
+/// A frame to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    /// The frame.
+    pub frame: Frame,
+    /// Wire flags ([`FLAG_RETRANSMIT`]).
+    pub flags: u8,
+    /// Must go on the reliable stream even if its kind prefers a datagram: the ACK of a
+    /// sync page, which nothing would resend if it were lost (the pushes that would
+    /// have prompted a new ACK belonged to an older connection), so the sender's
+    /// receipts for the tail of a catch-up would wait for the next message.
+    pub reliable: bool,
+}
+
+/// What the app must be told (the driver turns these into `ClientEvent`s).
+#[derive(Debug)]
+pub enum SyncEvent {
+    /// The store changed: new messages, receipts, updates, conversations.
+    Applied(Applied),
+    /// An outgoing message's status changed.
+    Status {
+        /// The message.
+        local_id: i64,
+        /// Its new status.
+        status: MessageStatus,
+    },
+    /// A sync page was stored.
+    Progress {
+        /// The cursor (highest contiguous seq stored).
+        stored: u64,
+        /// The server's head as far as known.
+        head: u64,
+    },
+}
+
+/// Send results after which resending the same message cannot succeed.
+pub fn permanent(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::MessageTooLarge
+            | ErrorCode::NotAllowed
+            | ErrorCode::GroupNotFound
+            | ErrorCode::RecipientNotFound
+            | ErrorCode::InvalidArgument
+    )
+}
+
+/// The per-connection part: forgotten when the connection ends.
+#[derive(Debug, Default)]
+struct Link {
+    /// The server's head as far as known.
+    head: u64,
+    /// The sync in progress: (request id, until seq).
+    syncing: Option<(u64, u64)>,
+    /// When an open gap will be pulled.
+    gap_at: Option<Instant>,
+    /// Read marks sent, by request id.
+    reads: HashMap<u64, (ConversationKind, String, u64)>,
+    /// A fresh install that does not download old history: jump to the head once the
+    /// summaries are in.
+    start_at_head: bool,
+    /// Large groups' logs being synced: group -> request id.
+    log_syncing: HashMap<String, u64>,
+}
+
+/// The client's sync and send logic (see the module docs).
+#[derive(Debug)]
+pub struct SyncMachine {
+    config: SyncConfig,
+    /// Unacknowledged sends, each with the `Chat` it retransmits.
+    qos: Sender<ClientMsgId, pb::ChatMessage>,
+    /// Pushes already stored (their ACK may have been lost).
+    filter: DuplicateFilter<u64>,
+    /// Sends the server deferred (rate limited, busy): not before this time.
+    deferred: HashMap<ClientMsgId, Instant>,
+    next_request: u64,
+    /// `None` while disconnected.
+    link: Option<Link>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SyncEvent>,
+}
+
+impl SyncMachine {
+    /// A machine with nothing in flight; `now` anchors the QoS schedule.
+    pub fn new(config: SyncConfig, now: Instant) -> Self {
+        SyncMachine {
+            qos: Sender::new(config.qos.clone(), now),
+            config,
+            filter: DuplicateFilter::new(DedupConfig::default()),
+            deferred: HashMap::new(),
+            next_request: 1,
+            link: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The send QoS engine (RTT, messages in flight: diagnostics).
+    pub fn qos(&self) -> &Sender<ClientMsgId, pb::ChatMessage> {
+        &self.qos
+    }
+
+    /// Whether a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// The server's head as far as this connection knows.
+    pub fn head(&self) -> u64 {
+        self.link.as_ref().map_or(0, |l| l.head)
+    }
+
+    /// A fresh request id (also for the app's own requests, so ids never collide).
+    pub fn next_request_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    /// An RTT measured elsewhere (a heartbeat round trip).
+    pub fn on_rtt_sample(&mut self, rtt: Duration) {
+        self.qos.on_rtt_sample(rtt);
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next thing to tell the app.
+    pub fn poll_event(&mut self) -> Option<SyncEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let link = self.link.as_ref()?;
+        [
+            self.qos.poll_timeout(),
+            self.deferred.values().min().copied(),
+            link.gap_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn send(&mut self, frame: Frame) {
+        self.push_transmit(frame, 0, false);
+    }
+
+    fn push_transmit(&mut self, frame: Frame, flags: u8, reliable: bool) {
+        self.transmits.push_back(Transmit {
+            frame,
+            flags,
+            reliable,
+        });
+    }
+
+    fn publish(&mut self, applied: Applied) {
+        let empty = applied.new_messages.is_empty()
+            && applied.status_changes.is_empty()
+            && applied.updated.is_empty()
+            && applied.conversations.is_empty();
+        if !empty {
+            self.events.push_back(SyncEvent::Applied(applied));
+        }
+    }
+
+    /// Logged in with the server's head `head`: summaries first (so a large backlog
+    /// shows at once), then the timeline above the cursor page by page, the read marks
+    /// not yet confirmed, the large groups' logs, everything unacknowledged in the
+    /// original order, then the rest of the outbox.
+    pub fn on_connected(&mut self, head: u64, now: Instant, db: &mut Db) -> Result<(), DbError> {
+        self.link = Some(Link {
+            head,
+            ..Link::default()
+        });
+        let cursor = db.cursor()?;
+        if head > cursor {
+            let start_at_head = cursor == 0 && !self.config.full_history_sync;
+            self.link_mut().start_at_head = start_at_head;
+            let request_id = self.next_request_id();
+            self.send(Frame::SummariesRequest(pb::SummariesRequest {
+                request_id,
+                last_messages: 5,
+                limit: 100,
+            }));
+        }
+        if !self.link_mut().start_at_head {
+            self.pull(db)?;
+        }
+        self.send_reads(db)?;
+        let request_id = self.next_request_id();
+        self.send(Frame::LogsRequest(pb::LogsRequest { request_id }));
+        for id in self.qos.on_reconnect(now) {
+            if let Some(chat) = self.qos.payload(&id).cloned() {
+                self.push_transmit(Frame::Chat(chat), FLAG_RETRANSMIT, false);
+            }
+        }
+        self.flush(now, db)
+    }
+
+    /// The connection ended: what was in flight on it is forgotten (sends stay tracked
+    /// and go again on the next connection).
+    pub fn on_disconnected(&mut self) {
+        self.link = None;
+        self.transmits.clear();
+    }
+
+    fn link_mut(&mut self) -> &mut Link {
+        self.link.get_or_insert_with(Link::default)
+    }
+
+    /// Sends outbox messages that are not in flight yet, in order, while the window
+    /// allows (call when the app queued new messages).
+    pub fn flush(&mut self, now: Instant, db: &mut Db) -> Result<(), DbError> {
+        if self.link.is_none() || !self.qos.has_room() {
+            return Ok(());
+        }
+        let limit = (self.qos.in_flight() + self.qos.config().window) as u32;
+        let outbox = db.outbox(limit)?;
+        self.deferred.retain(|_, at| *at > now);
+        for msg in outbox {
+            let Some(id) = ClientMsgId::from_hex(&msg.client_msg_id) else {
+                continue;
+            };
+            if self.qos.is_pending(&id) || self.deferred.contains_key(&id) {
+                continue;
+            }
+            let chat = pb::ChatMessage {
+                client_msg_id: bytes::Bytes::copy_from_slice(&id.0),
+                sender: String::new(),
+                recipient: msg.recipient.clone(),
+                kind: msg.kind.to_wire(),
+                content_type: msg.content_type,
+                body: msg.body.clone().into(),
+                client_ts_ms: msg.client_ts_ms,
+            };
+            if self.qos.try_send_with(id, chat.clone(), now).is_err() {
+                break;
+            }
+            self.send(Frame::Chat(chat));
+        }
+        Ok(())
+    }
+
+    /// Sends every read mark the server has not confirmed (call when the app marked a
+    /// conversation read).
+    pub fn send_reads(&mut self, db: &mut Db) -> Result<(), DbError> {
+        if self.link.is_none() {
+            return Ok(());
+        }
+        for (kind, conversation, up_to) in db.pending_reads()? {
+            let in_flight = self
+                .link_mut()
+                .reads
+                .values()
+                .any(|(k, c, u)| *k == kind && *c == conversation && *u >= up_to);
+            if in_flight {
+                continue;
+            }
+            let request_id = self.next_request_id();
+            self.link_mut()
+                .reads
+                .insert(request_id, (kind, conversation.clone(), up_to));
+            self.send(Frame::MarkRead(pb::MarkRead {
+                request_id,
+                kind: kind.to_wire(),
+                conversation,
+                up_to_seq: up_to,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Timers due at `now`: retransmissions and give-ups, deferred sends, the gap wait.
+    pub fn handle_timeout(&mut self, now: Instant, db: &mut Db) -> Result<(), DbError> {
+        if self.link.is_none() {
+            return Ok(());
+        }
+        self.qos.handle_timeout(now);
+        let mut freed = false;
+        while let Some(ev) = self.qos.poll_event() {
+            match ev {
+                SenderEvent::Retransmit(id) => {
+                    if let Some(chat) = self.qos.payload(&id).cloned() {
+                        self.push_transmit(Frame::Chat(chat), FLAG_RETRANSMIT, false);
+                    }
+                }
+                SenderEvent::Failed {
+                    key,
+                    transmissions,
+                    elapsed,
+                } => {
+                    freed = true;
+                    let reason = format!(
+                        "not acknowledged after {transmissions} attempts in {}s",
+                        elapsed.as_secs()
+                    );
+                    tracing::warn!(id = %key, %reason, "send failed");
+                    self.fail(&key, reason, db)?;
+                }
+            }
+        }
+        let retry_due = self.deferred.values().any(|at| *at <= now);
+        if freed || retry_due {
+            self.flush(now, db)?;
+        }
+        let gap_due = self
+            .link
+            .as_ref()
+            .and_then(|l| l.gap_at)
+            .is_some_and(|at| at <= now);
+        if gap_due {
+            self.link_mut().gap_at = None;
+            self.pull_gap(db)?;
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, id: &ClientMsgId, reason: String, db: &mut Db) -> Result<(), DbError> {
+        if let Some(local_id) = db.mark_failed(id, &reason)? {
+            self.events.push_back(SyncEvent::Status {
+                local_id,
+                status: MessageStatus::Failed { reason },
+            });
+        }
+        Ok(())
+    }
+
+    /// Requests the next sync page above the cursor (if none is in flight).
+    fn pull(&mut self, db: &mut Db) -> Result<(), DbError> {
+        if self.link.as_ref().is_none_or(|l| l.syncing.is_some()) {
+            return Ok(());
+        }
+        let cursor = db.cursor()?;
+        let max_seen = db.max_seq()?;
+        if cursor >= self.head().max(max_seen) {
+            return Ok(());
+        }
+        self.request_page(cursor, 0);
+        Ok(())
+    }
+
+    fn request_page(&mut self, after_seq: u64, until_seq: u64) {
+        let request_id = self.next_request_id();
+        self.link_mut().syncing = Some((request_id, until_seq));
+        let limit = self.config.sync_page;
+        self.send(Frame::SyncRequest(pb::SyncRequest {
+            request_id,
+            after_seq,
+            until_seq,
+            limit,
+            ..Default::default()
+        }));
+    }
+
+    /// Requests exactly the first missing range: above the cursor, below the first entry
+    /// already held. (Asking for everything above the cursor would re-send, on every
+    /// lost push, entries the device already has.)
+    fn pull_gap(&mut self, db: &mut Db) -> Result<(), DbError> {
+        if self.link.as_ref().is_none_or(|l| l.syncing.is_some()) {
+            return Ok(());
+        }
+        let cursor = db.cursor()?;
+        let Some(held) = db.first_held_seq()? else {
+            return Ok(());
+        };
+        self.request_page(cursor, held - 1);
+        Ok(())
+    }
+
+    /// Stores entries, then acknowledges them (never before the commit; `reliable` for
+    /// a page, see [`Transmit::reliable`]), and opens or closes the gap timer.
+    fn store_and_ack(
+        &mut self,
+        entries: &[pb::TimelineEntry],
+        reliable: bool,
+        now: Instant,
+        db: &mut Db,
+    ) -> Result<(), DbError> {
+        let applied = db.apply_entries(entries)?;
+        self.publish(applied);
+        let cursor = db.cursor()?;
+        let max_seen = db.max_seq()?;
+        let seqs = entries
+            .iter()
+            .map(|e| e.seq)
+            .filter(|s| *s > cursor)
+            .collect();
+        let ack = Frame::DeliveryAck(pb::DeliveryAck {
+            cumulative_seq: cursor,
+            seqs,
+            ..Default::default()
+        });
+        self.push_transmit(ack, 0, reliable);
+        let gap_wait = self.config.gap_wait;
+        let link = self.link_mut();
+        if max_seen > cursor {
+            if link.gap_at.is_none() && link.syncing.is_none() {
+                link.gap_at = Some(now + gap_wait);
+            }
+        } else {
+            link.gap_at = None;
+        }
+        Ok(())
+    }
+
+    /// Feeds a frame from the server. Frames that are not the machine's business (or
+    /// answer a request the app made: `OpResult`, `GroupResponse`, `HistoryResponse`,
+    /// an `Error` naming a request, `HeartbeatReply`, `Kickout`) are handed back.
+    pub fn handle_frame(
+        &mut self,
+        frame: Frame,
+        now: Instant,
+        db: &mut Db,
+    ) -> Result<Option<Frame>, DbError> {
+        if self.link.is_none() {
+            return Ok(Some(frame));
+        }
+        match frame {
+            Frame::SendResult(r) => self.on_send_result(r, now, db)?,
+            Frame::Push(p) if !p.log.is_empty() => {
+                if let Some(entry) = p.entry {
+                    self.on_log_push(p.log, entry, db)?;
+                }
+            }
+            Frame::SyncResponse(page) if !page.log.is_empty() => self.on_log_page(page, db)?,
+            Frame::Logs(logs) => self.on_logs(logs, db)?,
+            Frame::Push(p) => {
+                if let Some(entry) = p.entry {
+                    self.on_push(entry, now, db)?;
+                }
+            }
+            Frame::SyncResponse(page) => self.on_page(page, now, db)?,
+            Frame::Summaries(s) => self.on_summaries(s, db)?,
+            Frame::OpResult(r) => {
+                let Some((kind, conversation, up_to)) = self.link_mut().reads.remove(&r.request_id)
+                else {
+                    return Ok(Some(Frame::OpResult(r)));
+                };
+                let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Internal);
+                // Done, or refused for good: forget it. Busy/unavailable: it stays
+                // queued and goes again on the next connection.
+                if !matches!(code, ErrorCode::ServerBusy | ErrorCode::StoreUnavailable) {
+                    if code != ErrorCode::Ok {
+                        tracing::warn!(%conversation, code = code.as_str_name(), "read mark refused");
+                    }
+                    db.drop_pending_read(kind, &conversation, up_to)?;
+                }
+            }
+            Frame::Error(e) => {
+                let link = self.link_mut();
+                if link.syncing.is_some_and(|(id, _)| id == e.request_id) {
+                    link.syncing = None;
+                    link.gap_at = Some(now + SYNC_RETRY);
+                }
+                link.log_syncing.retain(|_, id| *id != e.request_id);
+                return Ok(Some(Frame::Error(e)));
+            }
+            other => return Ok(Some(other)),
+        }
+        Ok(None)
+    }
+
+    fn on_send_result(
+        &mut self,
+        r: pb::SendResult,
+        now: Instant,
+        db: &mut Db,
+    ) -> Result<(), DbError> {
+        let Ok(id) = ClientMsgId::from_slice(&r.client_msg_id) else {
+            return Ok(());
+        };
+        let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Internal);
+        if code == ErrorCode::Ok {
+            self.qos.on_ack(id, now);
+            if let Some((local_id, status, released)) =
+                db.mark_sent(&id, r.server_msg_id, r.seq, r.server_ts_ms, r.log_seq)?
+            {
+                self.events
+                    .push_back(SyncEvent::Status { local_id, status });
+                self.publish(Applied {
+                    new_messages: released,
+                    ..Applied::default()
+                });
+            }
+            self.flush(now, db)
+        } else if permanent(code) {
+            self.qos.cancel(&id);
+            self.fail(&id, code.as_str_name().to_owned(), db)?;
+            self.flush(now, db)
+        } else {
+            // Transient (rate limited, busy, storage): not a loss. Take it out of
+            // flight and send it again from the outbox after a pause.
+            tracing::debug!(id = %id, code = code.as_str_name(), "send deferred by the server");
+            self.qos.cancel(&id);
+            self.deferred.insert(id, now + SERVER_DEFERRAL);
+            Ok(())
+        }
+    }
+
+    fn on_push(
+        &mut self,
+        entry: pb::TimelineEntry,
+        now: Instant,
+        db: &mut Db,
+    ) -> Result<(), DbError> {
+        let link = self.link_mut();
+        link.head = link.head.max(entry.seq);
+        if !self.filter.insert(entry.seq, now) {
+            // Seen: our ACK was lost. Acknowledge again, store nothing.
+            let cursor = db.cursor()?;
+            let seqs = if entry.seq > cursor {
+                vec![entry.seq]
+            } else {
+                vec![]
+            };
+            self.send(Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: cursor,
+                seqs,
+                ..Default::default()
+            }));
+            return Ok(());
+        }
+        self.store_and_ack(&[entry], false, now, db)
+    }
+
+    fn on_page(
+        &mut self,
+        page: pb::SyncResponse,
+        now: Instant,
+        db: &mut Db,
+    ) -> Result<(), DbError> {
+        let link = self.link_mut();
+        link.head = link.head.max(page.head_seq);
+        let last = page.entries.last().map(|e| e.seq);
+        self.store_and_ack(&page.entries, true, now, db)?;
+        let cursor = db.cursor()?;
+        let head = self.head();
+        self.events.push_back(SyncEvent::Progress {
+            stored: cursor,
+            head,
+        });
+        let until = self.link_mut().syncing.map_or(0, |(_, u)| u);
+        match (page.more, last) {
+            (true, Some(last)) => self.request_page(last, until),
+            _ => {
+                self.link_mut().syncing = None;
+                // Another gap (pushes lost while we synced) is pulled next, after the
+                // usual wait; a backlog beyond everything held is caught up now.
+                if db.max_seq()? > cursor {
+                    self.link_mut().gap_at = Some(now + self.config.gap_wait);
+                } else if head > cursor {
+                    self.pull(db)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_summaries(&mut self, s: pb::Summaries, db: &mut Db) -> Result<(), DbError> {
+        let link = self.link_mut();
+        link.head = link.head.max(s.head_seq);
+        let applied = db.apply_summaries(&s.conversations, s.head_seq, unix_ms())?;
+        self.publish(applied);
+        if std::mem::take(&mut self.link_mut().start_at_head) {
+            let applied = db.start_at(s.head_seq)?;
+            tracing::info!(
+                head = s.head_seq,
+                "fresh install: history stays on the server until paged"
+            );
+            self.publish(applied);
+            self.pull(db)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a pushed entry of a large group's log, acknowledges it, and pulls the log
+    /// if it reveals a gap.
+    fn on_log_push(
+        &mut self,
+        group: String,
+        entry: pb::TimelineEntry,
+        db: &mut Db,
+    ) -> Result<(), DbError> {
+        let seq = entry.seq;
+        if !db.follows_log(&group)? {
+            // Not (yet) a member as far as this device knows: the group event in the
+            // user's timeline (with the position to start from) comes next. Settle the
+            // push, store nothing.
+            self.send(Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: 0,
+                seqs: vec![seq],
+                log: group,
+            }));
+            return Ok(());
+        }
+        let applied = db.apply_log_entries(&group, &[entry])?;
+        self.publish(applied);
+        let cursor = db.log_cursor(&group)?;
+        let max = db.log_max_seq(&group)?;
+        self.send(Frame::DeliveryAck(pb::DeliveryAck {
+            cumulative_seq: cursor,
+            seqs: if seq > cursor { vec![seq] } else { vec![] },
+            log: group.clone(),
+        }));
+        if max > cursor {
+            self.pull_log(&group, db)?;
+        }
+        Ok(())
+    }
+
+    /// Requests the next page of a large group's log above its cursor.
+    fn pull_log(&mut self, group: &str, db: &mut Db) -> Result<(), DbError> {
+        if self.link_mut().log_syncing.contains_key(group) {
+            return Ok(());
+        }
+        let cursor = db.log_cursor(group)?;
+        let request_id = self.next_request_id();
+        self.link_mut()
+            .log_syncing
+            .insert(group.to_owned(), request_id);
+        let limit = self.config.sync_page;
+        self.send(Frame::SyncRequest(pb::SyncRequest {
+            request_id,
+            after_seq: cursor,
+            until_seq: 0,
+            limit,
+            log: group.to_owned(),
+        }));
+        Ok(())
+    }
+
+    fn on_log_page(&mut self, page: pb::SyncResponse, db: &mut Db) -> Result<(), DbError> {
+        let group = page.log.clone();
+        self.link_mut().log_syncing.remove(&group);
+        let before = db.log_cursor(&group)?;
+        let applied = db.apply_log_entries(&group, &page.entries)?;
+        self.publish(applied);
+        let cursor = db.log_cursor(&group)?;
+        let ack = Frame::DeliveryAck(pb::DeliveryAck {
+            cumulative_seq: cursor,
+            seqs: vec![],
+            log: group.clone(),
+        });
+        self.push_transmit(ack, 0, true);
+        if cursor > before && (page.more || page.head_seq > cursor) {
+            self.pull_log(&group, db)?;
+        }
+        Ok(())
+    }
+
+    /// The large groups' summaries: applied, then each log is caught up (or, on a fresh
+    /// install without full history, started at its head).
+    fn on_logs(&mut self, logs: pb::Logs, db: &mut Db) -> Result<(), DbError> {
+        let applied = db.apply_log_summaries(&logs.groups, unix_ms())?;
+        self.publish(applied);
+        for s in &logs.groups {
+            let cursor = db.log_cursor(&s.log)?;
+            if cursor == 0 {
+                // First sight of this log on this device: from where the user joined
+                // (what write diffusion would have given them), or, without full
+                // history, from the head (older messages come as history pages).
+                let start = if self.config.full_history_sync {
+                    s.joined_at
+                } else {
+                    s.latest_seq
+                };
+                let applied = db.start_log_at(&s.log, start)?;
+                self.publish(applied);
+                if s.latest_seq > start {
+                    self.pull_log(&s.log, db)?;
+                }
+            } else if s.latest_seq > cursor {
+                self.pull_log(&s.log, db)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,740 @@
+//! The client's sync machine against the server's real store, in virtual time.
+//!
+//! Both ends' logic, no sockets and no clock (the quinn way, after `quinn-proto`'s
+//! `Pair`): each device is a [`SyncMachine`] over its own SQLite store; the server is a
+//! model session over the real [`SqliteStore`] (the same store, sync pages, summaries,
+//! logs, receipts and read marks the server uses). Frames cross `protocol::sim` links:
+//! datagram frames (`Push`, `DeliveryAck`) are lost, duplicated and reordered; stream
+//! frames arrive in order, held back behind a lost packet (head-of-line blocking);
+//! blackouts drop the connection and the device reconnects after them. The server
+//! pushes each entry once and never retransmits, so every lost push must be recovered
+//! by the client's gap logic. Each test compares the receiver's sequence with the
+//! sender's, not counts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_client::store::Db;
+use tern_client::sync::{SyncConfig, SyncEvent, SyncMachine};
+use tern_client::{ConversationKind, MessageStatus};
+use tern_protocol::frame::FLAG_RETRANSMIT;
+use tern_protocol::frame::Frame;
+use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
+use tern_protocol::sim::{EventQueue, Link, LinkConfig};
+use tern_protocol::{ClientMsgId, ErrorCode, pb};
+use tern_server::store::sqlite::{Durability, SqliteStore};
+use tern_server::store::{Fanout, GroupLimits, GroupOp, NewMessage, Store, log_key};
+
+enum Ev {
+    ToServer {
+        dev: usize,
+        epoch: u64,
+        frame: Frame,
+    },
+    ToClient {
+        dev: usize,
+        epoch: u64,
+        frame: Frame,
+    },
+    Timer {
+        dev: usize,
+    },
+    ServerTimer {
+        dev: usize,
+    },
+    Drop {
+        dev: usize,
+    },
+    Connect {
+        dev: usize,
+    },
+}
+
+struct Device {
+    user: String,
+    device: String,
+    db: Db,
+    _dir: tempfile::TempDir,
+    sync: SyncMachine,
+    /// Connection generation: frames of an older connection are discarded.
+    epoch: u64,
+    online: bool,
+    up: Link,
+    down: Link,
+    up_stream_free: Instant,
+    down_stream_free: Instant,
+    /// Message bodies announced to the app, in announcement order.
+    announced: Vec<String>,
+    /// The server session's push QoS for this device (the server's own engine and
+    /// schedule), keyed by (log number, seq) and keeping the push it resends; new for
+    /// every connection, like a server session.
+    push_qos: Sender<(u32, u64), Frame>,
+    /// Large groups' logs pushed on this connection; a log's number is its index + 1.
+    logs: Vec<String>,
+}
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    store: Arc<dyn Store>,
+    _server_dir: tempfile::TempDir,
+    start: Instant,
+    now: Instant,
+    q: EventQueue<Ev>,
+    devs: Vec<Device>,
+    /// Downlink stream frames wait this much longer (a stream stalled behind a loss
+    /// while datagrams pass): lets receipts overtake their `SendResult`.
+    down_stream_extra: Duration,
+    rng: rand::rngs::SmallRng,
+}
+
+fn stream_frame(f: &Frame) -> bool {
+    !f.kind().prefers_datagram()
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
+        let now = Instant::now();
+        World {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            store,
+            _server_dir: dir,
+            start: now,
+            now,
+            q: EventQueue::default(),
+            devs: vec![],
+            down_stream_extra: Duration::ZERO,
+            rng: rand::SeedableRng::seed_from_u64(42),
+        }
+    }
+
+    fn add_device(&mut self, user: &str, link: LinkConfig, seed: u64, full_history: bool) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), user).unwrap();
+        let config = SyncConfig {
+            qos: QosConfig::over_reliable_stream(),
+            gap_wait: Duration::from_millis(300),
+            sync_page: 20,
+            full_history_sync: full_history,
+        };
+        self.devs.push(Device {
+            user: user.into(),
+            device: format!("{user}-phone"),
+            db,
+            _dir: dir,
+            sync: SyncMachine::new(config, self.now),
+            epoch: 0,
+            online: false,
+            up: Link::new(link.clone(), self.start, seed),
+            down: Link::new(link, self.start, seed ^ 0x9e37_79b9),
+            up_stream_free: self.now,
+            down_stream_free: self.now,
+            announced: vec![],
+            push_qos: Sender::new(QosConfig::default(), self.now),
+            logs: vec![],
+        });
+        self.devs.len() - 1
+    }
+
+    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    /// Drains what a device's machine wants sent or told, and arms its timer.
+    fn drain(&mut self, dev: usize) {
+        let now = self.now;
+        let d = &mut self.devs[dev];
+        while let Some(t) = d.sync.poll_transmit() {
+            let (frame, flags) = (t.frame, t.flags);
+            let len = frame.to_bytes(flags).len();
+            let arrivals = d.up.transmit(now, len);
+            let ev = |frame| Ev::ToServer {
+                dev,
+                epoch: d.epoch,
+                frame,
+            };
+            if stream_frame(&frame) || t.reliable {
+                // Reliable and ordered: a lost packet is resent by the transport, and
+                // everything behind it waits.
+                let base = arrivals
+                    .first()
+                    .copied()
+                    .unwrap_or(now + Duration::from_millis(400));
+                let at = base.max(d.up_stream_free);
+                d.up_stream_free = at;
+                self.q.push(at, ev(frame));
+            } else {
+                for at in arrivals {
+                    self.q.push(at, ev(frame.clone()));
+                }
+            }
+        }
+        while let Some(event) = d.sync.poll_event() {
+            if let SyncEvent::Applied(applied) = event {
+                for m in applied.new_messages {
+                    d.announced.push(String::from_utf8(m.body).unwrap());
+                }
+            }
+        }
+        if let Some(at) = d.sync.poll_timeout() {
+            self.q.push(at.max(now), Ev::Timer { dev });
+        }
+    }
+
+    fn push_down(&mut self, dev: usize, frame: Frame) {
+        self.push_down_flags(dev, frame, 0)
+    }
+
+    fn push_down_flags(&mut self, dev: usize, frame: Frame, flags: u8) {
+        let now = self.now;
+        let extra = self.down_stream_extra;
+        let d = &mut self.devs[dev];
+        if !d.online {
+            return;
+        }
+        let len = frame.to_bytes(flags).len();
+        let arrivals = d.down.transmit(now, len);
+        let epoch = d.epoch;
+        if stream_frame(&frame) {
+            let base = arrivals
+                .first()
+                .copied()
+                .unwrap_or(now + Duration::from_millis(400));
+            let at = (base + extra).max(d.down_stream_free);
+            d.down_stream_free = at;
+            self.q.push(at, Ev::ToClient { dev, epoch, frame });
+        } else {
+            for at in arrivals {
+                self.q.push(
+                    at,
+                    Ev::ToClient {
+                        dev,
+                        epoch,
+                        frame: frame.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Pushes new entries once (no server retransmission) to the online devices of
+    /// their owner, or of every member for a large group's log, except `except`.
+    fn fan_out(&mut self, fanout: Vec<Fanout>, except: Option<usize>) {
+        for f in fanout {
+            let (users, log) = match &f.log {
+                None => (vec![f.user.clone()], String::new()),
+                Some(route) => {
+                    let info = self.block(self.store.group_info(&route.group)).unwrap();
+                    (
+                        info.map(|i| i.members).unwrap_or_default(),
+                        route.group.clone(),
+                    )
+                }
+            };
+            for dev in 0..self.devs.len() {
+                let d = &mut self.devs[dev];
+                if Some(dev) == except || !d.online || !users.contains(&d.user) {
+                    continue;
+                }
+                let number = if log.is_empty() {
+                    0
+                } else {
+                    match d.logs.iter().position(|l| *l == log) {
+                        Some(i) => i as u32 + 1,
+                        None => {
+                            d.logs.push(log.clone());
+                            d.logs.len() as u32
+                        }
+                    }
+                };
+                let push = Frame::Push(pb::Push {
+                    entry: Some(f.entry.clone()),
+                    log: log.clone(),
+                });
+                if d.push_qos
+                    .try_send_with((number, f.entry.seq), push.clone(), self.now)
+                    .is_err()
+                {
+                    continue; // window full or already pending: left to the gap sync
+                }
+                self.arm_server(dev);
+                self.push_down(dev, push);
+            }
+        }
+    }
+
+    fn arm_server(&mut self, dev: usize) {
+        if let Some(at) = self.devs[dev].push_qos.poll_timeout() {
+            self.q.push(at.max(self.now), Ev::ServerTimer { dev });
+        }
+    }
+
+    /// The model server session: the real store's answers to one frame.
+    fn on_server(&mut self, dev: usize, frame: Frame) {
+        let (user, device) = (self.devs[dev].user.clone(), self.devs[dev].device.clone());
+        let store = self.store.clone();
+        match frame {
+            Frame::Chat(m) => {
+                let kind = pb::ConversationKind::try_from(m.kind).unwrap();
+                let stored = self.block(store.store_message(NewMessage {
+                    sender: user,
+                    client_msg_id: ClientMsgId::from_slice(&m.client_msg_id).unwrap(),
+                    recipient: m.recipient,
+                    kind,
+                    content_type: m.content_type,
+                    body: m.body,
+                    client_ts_ms: m.client_ts_ms,
+                    require_known_recipient: false,
+                    to_service: false,
+                    from_backend: false,
+                }));
+                let result = match stored {
+                    Ok(s) => {
+                        let r = pb::SendResult {
+                            client_msg_id: m.client_msg_id,
+                            code: ErrorCode::Ok as i32,
+                            server_msg_id: s.server_msg_id,
+                            seq: s.sender_seq,
+                            server_ts_ms: s.server_ts_ms,
+                            log_seq: s.log_seq,
+                        };
+                        self.fan_out(s.fanout, Some(dev));
+                        r
+                    }
+                    Err(e) => panic!("store refused a send: {e}"),
+                };
+                self.push_down(dev, Frame::SendResult(result));
+            }
+            Frame::DeliveryAck(a) => {
+                let d = &mut self.devs[dev];
+                let number = if a.log.is_empty() {
+                    Some(0)
+                } else {
+                    d.logs
+                        .iter()
+                        .position(|l| *l == a.log)
+                        .map(|i| i as u32 + 1)
+                };
+                if let Some(number) = number {
+                    let acked: Vec<(u32, u64)> = d
+                        .push_qos
+                        .pending()
+                        .filter(|(l, s)| {
+                            *l == number && (*s <= a.cumulative_seq || a.seqs.contains(s))
+                        })
+                        .copied()
+                        .collect();
+                    for key in acked {
+                        d.push_qos.on_ack(key, self.now);
+                    }
+                }
+                if a.log.is_empty() && a.cumulative_seq > 0 {
+                    let fanout = self
+                        .block(store.ack_delivered(&user, &device, a.cumulative_seq))
+                        .unwrap();
+                    self.fan_out(fanout, None);
+                }
+            }
+            Frame::SyncRequest(r) => {
+                let owner = if r.log.is_empty() {
+                    user
+                } else {
+                    assert!(self.block(store.log_member(&user, &r.log)).unwrap());
+                    log_key(&r.log)
+                };
+                let page = self
+                    .block(store.timeline(&owner, r.after_seq, r.until_seq, r.limit))
+                    .unwrap();
+                self.push_down(
+                    dev,
+                    Frame::SyncResponse(pb::SyncResponse {
+                        request_id: r.request_id,
+                        entries: page.entries,
+                        more: page.more,
+                        head_seq: page.head_seq,
+                        log: r.log,
+                    }),
+                );
+            }
+            Frame::SummariesRequest(r) => {
+                let page = self
+                    .block(store.summaries(&user, r.last_messages, r.limit))
+                    .unwrap();
+                self.push_down(
+                    dev,
+                    Frame::Summaries(pb::Summaries {
+                        request_id: r.request_id,
+                        conversations: page.conversations,
+                        head_seq: page.head_seq,
+                        more: page.more,
+                    }),
+                );
+            }
+            Frame::LogsRequest(r) => {
+                let groups = self.block(store.logs(&user, 5)).unwrap();
+                self.push_down(
+                    dev,
+                    Frame::Logs(pb::Logs {
+                        request_id: r.request_id,
+                        groups,
+                    }),
+                );
+            }
+            Frame::MarkRead(r) => {
+                let kind = pb::ConversationKind::try_from(r.kind).unwrap();
+                let fanout = self
+                    .block(store.mark_read(&user, kind, &r.conversation, r.up_to_seq, 100))
+                    .unwrap();
+                self.push_down(
+                    dev,
+                    Frame::OpResult(pb::OpResult {
+                        request_id: r.request_id,
+                        code: ErrorCode::Ok as i32,
+                        message: String::new(),
+                    }),
+                );
+                self.fan_out(fanout, None);
+            }
+            other => panic!("the model server got an unexpected {:?}", other.kind()),
+        }
+    }
+
+    fn connect_at(&mut self, dev: usize, at: Duration) {
+        self.q.push(self.start + at, Ev::Connect { dev });
+    }
+
+    /// A blackout: the connection drops at `at` and the device reconnects after `len`.
+    fn blackout(&mut self, dev: usize, at: Duration, len: Duration) {
+        self.q.push(self.start + at, Ev::Drop { dev });
+        self.q.push(self.start + at + len, Ev::Connect { dev });
+    }
+
+    fn run_until(&mut self, t: Duration) {
+        let deadline = self.start + t;
+        while let Some(at) = self.q.peek_time() {
+            if at > deadline {
+                break;
+            }
+            let (at, ev) = self.q.pop().unwrap();
+            self.now = self.now.max(at);
+            let now = self.now;
+            match ev {
+                Ev::ToServer { dev, epoch, frame } => {
+                    if epoch == self.devs[dev].epoch && self.devs[dev].online {
+                        self.on_server(dev, frame);
+                    }
+                }
+                Ev::ToClient { dev, epoch, frame } => {
+                    let d = &mut self.devs[dev];
+                    if epoch == d.epoch && d.online {
+                        let rest = d.sync.handle_frame(frame, now, &mut d.db).unwrap();
+                        assert!(
+                            rest.is_none_or(|f| matches!(f, Frame::OpResult(_))),
+                            "the machine handed back a frame it owns"
+                        );
+                        self.drain(dev);
+                    }
+                }
+                Ev::Timer { dev } => {
+                    let d = &mut self.devs[dev];
+                    if d.sync.poll_timeout().is_some_and(|t| t <= now) {
+                        d.sync.handle_timeout(now, &mut d.db).unwrap();
+                        self.drain(dev);
+                    }
+                }
+                Ev::ServerTimer { dev } => {
+                    let d = &mut self.devs[dev];
+                    if !d.online || d.push_qos.poll_timeout().is_none_or(|t| t > now) {
+                        continue;
+                    }
+                    d.push_qos.handle_timeout(now);
+                    let mut resend = vec![];
+                    while let Some(ev) = d.push_qos.poll_event() {
+                        if let SenderEvent::Retransmit(key) = ev {
+                            resend.extend(d.push_qos.payload(&key).cloned());
+                        }
+                    }
+                    for frame in resend {
+                        self.push_down_flags(dev, frame, FLAG_RETRANSMIT);
+                    }
+                    self.arm_server(dev);
+                }
+                Ev::Drop { dev } => {
+                    let d = &mut self.devs[dev];
+                    d.online = false;
+                    d.push_qos = Sender::new(QosConfig::default(), now);
+                    d.logs.clear();
+                    d.epoch += 1;
+                    d.sync.on_disconnected();
+                }
+                Ev::Connect { dev } => {
+                    let user = self.devs[dev].user.clone();
+                    let head = self.block(self.store.head_seq(&user)).unwrap();
+                    let d = &mut self.devs[dev];
+                    d.online = true;
+                    d.epoch += 1;
+                    d.up_stream_free = now;
+                    d.down_stream_free = now;
+                    d.sync.on_connected(head, now, &mut d.db).unwrap();
+                    self.drain(dev);
+                }
+            }
+        }
+        self.now = self.now.max(deadline);
+    }
+
+    /// Queues `text` in a device's outbox and lets the machine send it.
+    fn send(&mut self, dev: usize, to: &str, kind: ConversationKind, text: &str) {
+        let now = self.now;
+        let id = ClientMsgId::generate(1, &mut self.rng);
+        let d = &mut self.devs[dev];
+        d.db.enqueue(id, to, kind, 0, text.as_bytes(), 1).unwrap();
+        d.sync.flush(now, &mut d.db).unwrap();
+        self.drain(dev);
+    }
+
+    /// A conversation as the device shows it, oldest first.
+    fn shown(
+        &self,
+        dev: usize,
+        kind: ConversationKind,
+        with: &str,
+    ) -> Vec<(String, MessageStatus)> {
+        let mut m = self.devs[dev]
+            .db
+            .messages(kind, with, None, 100_000)
+            .unwrap();
+        m.reverse();
+        m.into_iter()
+            .map(|m| (String::from_utf8(m.body).unwrap(), m.status))
+            .collect()
+    }
+
+    fn head(&self, user: &str) -> u64 {
+        self.block(self.store.head_seq(user)).unwrap()
+    }
+}
+
+fn texts(n: std::ops::Range<usize>) -> Vec<String> {
+    n.map(|i| format!("m {i}")).collect()
+}
+
+fn lossy() -> LinkConfig {
+    LinkConfig {
+        loss: 0.2,
+        delay: Duration::from_millis(40),
+        jitter: Duration::from_millis(30),
+        reorder: 0.1,
+        reorder_delay: Duration::from_millis(80),
+        duplicate: 0.05,
+        ..LinkConfig::default()
+    }
+}
+
+/// 200 messages through loss, reordering, duplication and two blackouts of the
+/// receiver: the receiver shows exactly the sender's sequence, its cursor reaches the
+/// server's head, and every sent message ends Sent or Delivered at the sender.
+#[test]
+fn a_burst_arrives_once_in_order_through_loss_and_blackouts() {
+    for seed in [1u64, 2, 3] {
+        let mut w = World::new();
+        let alice = w.add_device("alice", lossy(), seed, true);
+        let bob = w.add_device("bob", lossy(), seed + 100, true);
+        w.connect_at(alice, Duration::ZERO);
+        w.connect_at(bob, Duration::ZERO);
+        w.blackout(bob, Duration::from_secs(3), Duration::from_secs(4));
+        w.blackout(bob, Duration::from_secs(12), Duration::from_secs(2));
+        w.run_until(Duration::from_millis(500));
+        let want = texts(0..200);
+        for (i, t) in want.iter().enumerate() {
+            w.send(alice, "bob", ConversationKind::Direct, t);
+            w.run_until(Duration::from_millis(500 + 60 * i as u64));
+        }
+        w.run_until(Duration::from_secs(60));
+        let got: Vec<String> = w
+            .shown(bob, ConversationKind::Direct, "alice")
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(got, want, "seed {seed}: bob's order is alice's order, once");
+        assert_eq!(
+            w.devs[bob].announced, want,
+            "seed {seed}: announced once each, in order"
+        );
+        assert_eq!(
+            w.devs[bob].db.cursor().unwrap(),
+            w.head("bob"),
+            "seed {seed}"
+        );
+        let sent = w.shown(alice, ConversationKind::Direct, "bob");
+        assert_eq!(sent.len(), 200);
+        // The receipts of the tail too: the ACK of the last sync page is reliable.
+        let not_delivered: Vec<&String> = sent
+            .iter()
+            .filter(|(_, s)| *s != MessageStatus::Delivered)
+            .map(|(t, _)| t)
+            .collect();
+        assert!(
+            not_delivered.is_empty(),
+            "seed {seed}: still not delivered: {not_delivered:?}"
+        );
+    }
+}
+
+/// The delivered receipt (a datagram push) overtakes the `SendResult` (on a stalled
+/// stream): the late `SendResult` must land on Delivered, not Sent.
+#[test]
+fn a_receipt_that_overtakes_its_send_result_is_kept() {
+    let mut w = World::new();
+    w.down_stream_extra = Duration::from_millis(500);
+    let clean = LinkConfig::lossy(0.0, Duration::from_millis(20));
+    let alice = w.add_device("alice", clean.clone(), 7, true);
+    let bob = w.add_device("bob", clean, 8, true);
+    w.connect_at(alice, Duration::ZERO);
+    w.connect_at(bob, Duration::ZERO);
+    w.run_until(Duration::from_secs(2));
+    for t in texts(0..20) {
+        w.send(alice, "bob", ConversationKind::Direct, &t);
+    }
+    w.run_until(Duration::from_secs(10));
+    let sent = w.shown(alice, ConversationKind::Direct, "bob");
+    assert_eq!(sent.len(), 20);
+    assert!(
+        sent.iter().all(|(_, s)| *s == MessageStatus::Delivered),
+        "{sent:?}"
+    );
+}
+
+/// Summaries come before sync. A fresh install without full history starts at the head
+/// (nothing old downloaded, nothing missed after it); one with full history gets the
+/// whole backlog, in order, once.
+#[test]
+fn summaries_before_sync_on_a_fresh_install() {
+    for full in [false, true] {
+        let mut w = World::new();
+        let link = lossy();
+        let alice = w.add_device("alice", link.clone(), 5, true);
+        let bob = w.add_device("bob", link, 6, full);
+        w.connect_at(alice, Duration::ZERO);
+        w.run_until(Duration::from_millis(200));
+        let backlog = texts(0..50);
+        for t in &backlog {
+            w.send(alice, "bob", ConversationKind::Direct, t);
+        }
+        w.run_until(Duration::from_secs(10));
+        assert_eq!(w.head("bob"), 50);
+        w.connect_at(bob, Duration::from_secs(10));
+        w.run_until(Duration::from_secs(15));
+        let later = texts(50..70);
+        for t in &later {
+            w.send(alice, "bob", ConversationKind::Direct, t);
+            w.run_until(w.now - w.start + Duration::from_millis(50));
+        }
+        w.run_until(Duration::from_secs(40));
+        let got: Vec<String> = w
+            .shown(bob, ConversationKind::Direct, "alice")
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        if full {
+            let all: Vec<String> = backlog.iter().chain(&later).cloned().collect();
+            assert_eq!(got, all, "full history: the whole backlog, in order, once");
+        } else {
+            // The summary's last messages are shown; everything after the head arrives.
+            assert!(got.ends_with(&later), "{got:?}");
+            let before: Vec<&String> = got.iter().take(got.len() - later.len()).collect();
+            assert!(
+                before.len() <= 5,
+                "only the summary's last messages: {before:?}"
+            );
+            assert!(
+                before
+                    .iter()
+                    .zip(backlog.iter().rev().take(5).rev())
+                    .all(|(a, b)| *a == b),
+                "{before:?}"
+            );
+        }
+        assert_eq!(w.devs[bob].db.cursor().unwrap(), w.head("bob"));
+        let conv = w.devs[bob]
+            .db
+            .conversation(ConversationKind::Direct, "alice")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            conv.unread, 70,
+            "unread counts the whole backlog either way"
+        );
+    }
+}
+
+/// A large group's log: bob is added while offline, alice keeps writing; at login the
+/// `Logs` answer (with bob's join position) arrives before the join event in his
+/// timeline. Bob gets every message from his join on, once, in order, and none from
+/// before it; the log cursor reaches the log's head.
+#[test]
+fn a_large_group_join_event_after_the_log_answer() {
+    let mut w = World::new();
+    let link = lossy();
+    let alice = w.add_device("alice", link.clone(), 9, true);
+    let bob = w.add_device("bob", link, 10, true);
+    let limits = GroupLimits {
+        members: 10,
+        large_members: 100,
+    };
+    let group = w
+        .block(w.store.group_op(
+            GroupOp::Create {
+                id: "gbig".into(),
+                name: "town".into(),
+                owner: "alice".into(),
+                members: vec!["alice".into(), "carol".into()],
+                large: true,
+            },
+            limits,
+        ))
+        .unwrap()
+        .info
+        .group;
+    w.connect_at(alice, Duration::ZERO);
+    w.run_until(Duration::from_millis(200));
+    let before = texts(0..30);
+    for t in &before {
+        w.send(alice, &group, ConversationKind::Group, t);
+    }
+    w.run_until(Duration::from_secs(5));
+    w.block(w.store.group_op(
+        GroupOp::Add {
+            group: group.clone(),
+            by: Some("alice".into()),
+            members: vec!["bob".into()],
+        },
+        limits,
+    ))
+    .unwrap();
+    let after = texts(30..60);
+    for t in &after[..10] {
+        w.send(alice, &group, ConversationKind::Group, t);
+    }
+    w.run_until(Duration::from_secs(8));
+    w.connect_at(bob, Duration::from_secs(8));
+    w.run_until(Duration::from_millis(8_050));
+    for (i, t) in after[10..].iter().enumerate() {
+        w.send(alice, &group, ConversationKind::Group, t);
+        w.run_until(Duration::from_millis(8_100 + 40 * i as u64));
+    }
+    w.run_until(Duration::from_secs(40));
+    let got: Vec<String> = w
+        .shown(bob, ConversationKind::Group, &group)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(got, after, "from the join on, once, in order");
+    let log_head = w.head(&log_key(&group));
+    assert_eq!(w.devs[bob].db.log_cursor(&group).unwrap(), log_head);
+}
