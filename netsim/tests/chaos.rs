@@ -3,70 +3,22 @@
 //! (TERN_CHAOS_MESSAGES=2000, longer blackouts).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_client::{
-    Client, ClientConfig, ClientEvent, ConnectionState, ConversationKind, EventListener,
-    MessageStatus,
-};
+use tern_client::{Client, ClientConfig, ConnectionState, ConversationKind, MessageStatus};
 use tern_netsim::{RelayConfig, RelayHandle};
 use tern_protocol::sim::LinkConfig;
-use tern_server::config::{Config, DEV_TOKEN_SECRET};
 use tern_server::server::ServerHandle;
+use tern_testkit::client::{Recorder, client_at};
+use tern_testkit::server::server;
+use tern_testkit::until_within;
 
 fn messages() -> usize {
     std::env::var("TERN_CHAOS_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300)
-}
-
-#[derive(Default)]
-struct Events(Mutex<Vec<ClientEvent>>);
-
-impl EventListener for Events {
-    fn on_event(&self, e: ClientEvent) {
-        self.0.lock().unwrap().push(e);
-    }
-}
-
-impl Events {
-    fn texts(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::MessageReceived(m) => Some(m.text().unwrap().to_owned()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn failures(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| {
-                matches!(
-                    e,
-                    ClientEvent::MessageStatusChanged {
-                        status: MessageStatus::Failed { .. },
-                        ..
-                    }
-                )
-            })
-            .count()
-    }
-}
-
-async fn server(dir: &Path) -> ServerHandle {
-    let mut config = Config::dev_loopback(dir);
-    config.rate_per_sec = 100_000;
-    config.rate_burst = 100_000;
-    tern_server::server::start(config).await.unwrap()
 }
 
 async fn relay(server: &ServerHandle, up: LinkConfig, down: LinkConfig, seed: u64) -> RelayHandle {
@@ -82,30 +34,10 @@ fn client(
     via: &RelayHandle,
     data: &Path,
     user: &str,
-) -> (Client, Arc<Events>) {
-    let mut config =
-        ClientConfig::new(via.local_addr().to_string(), data, format!("{user}-device"));
-    config.ca_pem = Some(std::fs::read(&server.cert_path).unwrap());
-    let c = Client::new(config).unwrap();
-    let events = Arc::new(Events::default());
-    c.set_listener(events.clone());
-    c.login(
-        user,
-        &tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), user, None, 3600),
-    )
-    .unwrap();
-    (c, events)
-}
-
-async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+) -> (Client, Arc<Recorder>) {
+    let pem = std::fs::read(&server.cert_path).unwrap();
+    let addr = via.local_addr().to_string();
+    client_at(&addr, &pem, data, user, &format!("{user}-device"), |_| {})
 }
 
 fn all_sent(c: &Client, peer: &str, n: usize) -> bool {
@@ -149,11 +81,11 @@ async fn heavy_loss_jitter_reordering_and_duplication_deliver_exactly_once_in_or
         alice.send_text("bob", &format!("m{i}")).unwrap();
     }
     let limit = Duration::from_secs(60 + n as u64 / 5);
-    until("bob to receive everything", limit, || {
+    until_within("bob to receive everything", limit, || {
         bob_events.texts().len() >= n
     })
     .await;
-    until("alice to see every message stored", limit, || {
+    until_within("alice to see every message stored", limit, || {
         all_sent(&alice, "bob", n)
     })
     .await;
@@ -218,13 +150,13 @@ async fn a_blackout_while_sending_delays_but_loses_nothing() {
             pending_during_blackout = pending_during_blackout.max(outbox);
         }
     }
-    until(
+    until_within(
         "everything to arrive after the path returned",
         Duration::from_secs(60),
         || bob_events.texts().len() >= total,
     )
     .await;
-    until(
+    until_within(
         "alice's statuses to settle",
         Duration::from_secs(30),
         || all_sent(&alice, "bob", total),
@@ -292,13 +224,9 @@ async fn an_idle_client_behind_a_nat_learns_to_stay_reachable() {
         max_networks: 4,
     };
     let bob = Client::new(config).unwrap();
-    let bob_events = Arc::new(Events::default());
+    let bob_events = Arc::new(Recorder::default());
     bob.set_listener(bob_events.clone());
-    bob.login(
-        "bob",
-        &tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), "bob", None, 3600),
-    )
-    .unwrap();
+    bob.login("bob", &tern_testkit::token("bob")).unwrap();
     for c in [&alice, &bob] {
         assert_eq!(
             c.wait_for_state(Duration::from_secs(20), |s| *s
@@ -334,7 +262,7 @@ async fn an_idle_client_behind_a_nat_learns_to_stay_reachable() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let sent = Instant::now();
     alice.send_text("bob", "are you still there?").unwrap();
-    until(
+    until_within(
         "the push to the idle client",
         Duration::from_secs(5),
         || bob_events.texts().len() == 1,

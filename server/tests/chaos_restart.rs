@@ -7,61 +7,30 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::spawn_server;
-use tern_client::{
-    Client, ClientConfig, ClientEvent, ConnectionState, ConversationKind, EventListener,
-    MessageStatus,
-};
+use tern_client::{Client, ConnectionState, ConversationKind, MessageStatus};
 use tern_netsim::RelayConfig;
 use tern_protocol::sim::LinkConfig;
-
-#[derive(Default)]
-struct Seen {
-    texts: Mutex<Vec<String>>,
-    failed: Mutex<usize>,
-}
-
-impl EventListener for Seen {
-    fn on_event(&self, e: ClientEvent) {
-        match e {
-            ClientEvent::MessageReceived(m) => self
-                .texts
-                .lock()
-                .unwrap()
-                .push(m.text().unwrap().to_owned()),
-            ClientEvent::MessageStatusChanged {
-                status: MessageStatus::Failed { .. },
-                ..
-            } => *self.failed.lock().unwrap() += 1,
-            _ => {}
-        }
-    }
-}
+use tern_testkit::client::{Recorder, client_at};
+use tern_testkit::until_within;
 
 fn client(
     via: std::net::SocketAddr,
     pem: &[u8],
     dir: &std::path::Path,
     user: &str,
-) -> (Client, Arc<Seen>) {
-    let mut config = ClientConfig::new(via.to_string(), dir, format!("{user}-phone"));
-    config.ca_pem = Some(pem.to_vec());
-    let c = Client::new(config).unwrap();
-    let seen = Arc::new(Seen::default());
-    c.set_listener(seen.clone());
-    c.login(user, &common::token(user)).unwrap();
-    (c, seen)
-}
-
-async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+) -> (Client, Arc<Recorder>) {
+    client_at(
+        &via.to_string(),
+        pem,
+        dir,
+        user,
+        &format!("{user}-phone"),
+        |_| {},
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,11 +91,11 @@ async fn server_killed_and_restarted_mid_send_loses_and_duplicates_nothing() {
     // The restarted server answers the clients' next packets with valid stateless
     // resets (persisted keys), so both reconnect at once instead of after their
     // heartbeat timeouts (~55 s before the keys were persisted).
-    until("bob to have everything", Duration::from_secs(20), || {
-        bob_seen.texts.lock().unwrap().len() >= TOTAL
+    until_within("bob to have everything", Duration::from_secs(20), || {
+        bob_seen.texts().len() >= TOTAL
     })
     .await;
-    until(
+    until_within(
         "alice's messages all acknowledged",
         Duration::from_secs(60),
         || {
@@ -140,11 +109,7 @@ async fn server_killed_and_restarted_mid_send_loses_and_duplicates_nothing() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let expected: Vec<String> = (0..TOTAL).map(|i| format!("k{i}")).collect();
-    assert_eq!(
-        *bob_seen.texts.lock().unwrap(),
-        expected,
-        "exactly once, in order"
-    );
+    assert_eq!(bob_seen.texts(), expected, "exactly once, in order");
     assert_eq!(
         alice
             .messages(ConversationKind::Direct, "bob", None, TOTAL as u32 + 10)
@@ -153,11 +118,7 @@ async fn server_killed_and_restarted_mid_send_loses_and_duplicates_nothing() {
         TOTAL,
         "no duplicate on the sender's side"
     );
-    assert_eq!(
-        *alice_seen.failed.lock().unwrap(),
-        0,
-        "none reported failed"
-    );
+    assert_eq!(alice_seen.failures(), 0, "none reported failed");
     println!(
         "kill -9 after message {KILL_AT}, restart after {}: all {TOTAL} once, in order, {:.1?} after the restart\n{}",
         KILL_AT + 40,

@@ -9,7 +9,8 @@ use tern_protocol::{ClientMsgId, pb};
 
 use super::{GroupLimits, GroupOp, NewMessage, Store, StoreError};
 
-fn msg(from: &str, to: &str, n: u8) -> NewMessage {
+/// A direct message `hello <n>` with client id `[n; 16]`.
+pub(crate) fn msg(from: &str, to: &str, n: u8) -> NewMessage {
     NewMessage {
         sender: from.into(),
         client_msg_id: ClientMsgId([n; 16]),

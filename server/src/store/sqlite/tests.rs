@@ -4,27 +4,13 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::store::suite::msg;
 
 crate::store::suite::store_suite!(|| async {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), Durability::Full).unwrap());
     (dir, store)
 });
-
-fn msg(from: &str, to: &str, n: u8) -> NewMessage {
-    NewMessage {
-        sender: from.into(),
-        client_msg_id: tern_protocol::ClientMsgId([n; 16]),
-        recipient: to.into(),
-        kind: pb::ConversationKind::Direct,
-        content_type: 0,
-        body: bytes::Bytes::from(format!("hello {n}")),
-        client_ts_ms: 1,
-        require_known_recipient: false,
-        to_service: false,
-        from_backend: false,
-    }
-}
 
 #[tokio::test]
 async fn online_backup_is_a_complete_store() {

@@ -1,0 +1,153 @@
+//! Servers for tests: in process on ephemeral loopback ports ([`TestServer`],
+//! [`server_with`]), or the `tern-server` binary as a child process that a test can
+//! kill ([`spawn_server`]).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use rustls::pki_types::CertificateDer;
+use tern_protocol::pb;
+use tern_server::config::{Config, DEV_API_KEY};
+use tern_server::server::{ServerHandle, start};
+
+use crate::raw::TestClient;
+
+/// An in-process dev server with its own data directory.
+pub struct TestServer {
+    /// The running server.
+    pub handle: ServerHandle,
+    /// Its data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a dev server on loopback with `tweak` applied to its configuration.
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::dev_loopback(dir.path());
+        tweak(&mut config);
+        let handle = start(config).await.expect("server starts");
+        TestServer { handle, dir }
+    }
+
+    /// The QUIC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.quic_addr
+    }
+
+    /// The certificate to trust.
+    pub fn cert(&self) -> CertificateDer<'static> {
+        self.handle.cert_der.clone()
+    }
+
+    /// The URL of an HTTP API path.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.handle.http_addr, path)
+    }
+
+    /// A raw client logged in as `user` on `device` (asserts the login succeeded).
+    pub async fn login(&self, user: &str, device: &str) -> TestClient {
+        let (c, r) = TestClient::login(
+            self.addr(),
+            self.cert(),
+            user,
+            device,
+            pb::Platform::Android,
+        )
+        .await;
+        assert_eq!(r.code, pb::ErrorCode::Ok as i32, "login of {user}: {r:?}");
+        c
+    }
+}
+
+/// A dev server in `dir` whose rate limits do not get in a test's way.
+pub async fn server(dir: &Path) -> ServerHandle {
+    server_with(dir, |_| {}).await
+}
+
+/// A dev server with test-friendly rate limits and `tune` applied to its config.
+pub async fn server_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> ServerHandle {
+    let mut config = Config::dev_loopback(dir);
+    config.rate_per_sec = 100_000;
+    config.rate_burst = 100_000;
+    tune(&mut config);
+    start(config).await.unwrap()
+}
+
+/// An HTTP client for the API.
+pub fn api() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// The dev API key as an `Authorization` value.
+pub fn bearer() -> String {
+    format!("Bearer {DEV_API_KEY}")
+}
+
+/// A `tern-server --dev` child process (for tests that kill it).
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its dev certificate.
+    pub cert: CertificateDer<'static>,
+    /// The same, PEM.
+    pub cert_pem: Vec<u8>,
+}
+
+/// Starts the server binary `bin` (a test passes `env!("CARGO_BIN_EXE_tern-server")`)
+/// on `quic` with data in `data`; returns once it listens.
+pub fn spawn_server(bin: &str, data: &Path, quic: &str) -> Proc {
+    let mut child = Command::new(bin)
+        .args([
+            "--dev",
+            "--quic",
+            quic,
+            "--http",
+            "127.0.0.1:0",
+            "--rate-per-sec",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ])
+        .arg("--data")
+        .arg(data)
+        .env(
+            "RUST_LOG",
+            std::env::var("TERN_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tern-server");
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = None;
+    let mut cert_path = None;
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("quic listening on ") {
+            addr = Some(a.parse().unwrap());
+        }
+        if let Some(p) = line.strip_prefix("dev certificate: ") {
+            cert_path = Some(p.to_owned());
+            break;
+        }
+    }
+    // Keep draining stdout so the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let pem = std::fs::read(cert_path.expect("server printed its certificate path")).unwrap();
+    let cert = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .unwrap()
+        .unwrap();
+    Proc {
+        child,
+        addr: addr.expect("server printed its address"),
+        cert,
+        cert_pem: pem,
+    }
+}
