@@ -17,7 +17,7 @@ use crate::serverproc::ServerProc;
 
 /// What a client's listener saw.
 #[derive(Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// First arrival time of each received text.
     pub received: Mutex<HashMap<String, Instant>>,
     /// Outgoing messages reported failed.
@@ -66,13 +66,13 @@ impl EventListener for Seen {
 
 impl Seen {
     /// Texts received so far.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.received.lock().expect("lock").len()
     }
 }
 
 /// A logged-in client and what it saw.
-pub struct App {
+pub(crate) struct App {
     /// The client.
     pub client: Client,
     /// Its events.
@@ -83,7 +83,7 @@ impl App {
     /// A client for `user` talking to `via` (the server or a relay in front of it),
     /// data in `dir`, configured by `tweak`; logs in and waits up to `connect` for the
     /// connection.
-    pub async fn start(
+    pub(crate) async fn start(
         server: &ServerProc,
         via: SocketAddr,
         dir: &Path,
@@ -116,7 +116,7 @@ impl Drop for App {
 }
 
 /// Polls `f` every 20 ms until it holds or `limit` passes; returns whether it held.
-pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     loop {
         if f() {

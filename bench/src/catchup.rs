@@ -21,7 +21,7 @@ use crate::ui;
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Messages waiting for the user.
     #[arg(long, default_value_t = 100_000)]
     pub messages: usize,
@@ -32,7 +32,7 @@ pub struct Args {
 
 /// Result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Messages stored.
     pub messages: usize,
     /// Conversations.
@@ -64,7 +64,7 @@ impl Sink for Acks {
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let server = ServerProc::start(&[])?;
     let endpoints = raw::endpoints(&server.cert, 4)?;
     let acks = Arc::new(Acks::default());

@@ -33,7 +33,7 @@ use crate::ui;
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Group sizes (members, sender included), write diffusion.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
     pub sizes: Vec<usize>,
@@ -59,7 +59,7 @@ pub struct Args {
 
 /// One group size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// Members (2 = the 1:1 baseline).
     pub members: usize,
     /// A large group (read diffusion).
@@ -77,7 +77,7 @@ pub struct Row {
 
 /// Result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Provenance.
     pub meta: Meta,
     /// Per size, the 1:1 baseline first.
@@ -134,7 +134,7 @@ async fn next_ok(rx: &mut mpsc::UnboundedReceiver<pb::SendResult>) -> anyhow::Re
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     let q = args.quick;
     let (sizes, large_sizes): (Vec<usize>, Vec<usize>) = if q {

@@ -20,7 +20,7 @@ use crate::ui;
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Session counts to measure at (ascending; each step adds sessions).
     #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
     pub sessions: Vec<usize>,
@@ -34,7 +34,7 @@ pub struct Args {
 
 /// One measurement point.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Point {
+pub(crate) struct Point {
     /// Idle sessions held.
     pub sessions: usize,
     /// Server RSS with them, bytes.
@@ -45,7 +45,7 @@ pub struct Point {
 
 /// Result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Server RSS before any login, bytes.
     pub baseline_rss: u64,
     /// Memory at each session count.
@@ -71,7 +71,7 @@ async fn settle_rss(server: &ServerProc) -> anyhow::Result<u64> {
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let max = args.sessions.iter().copied().max().unwrap_or(0);
     let server = ServerProc::start(&["--max-sessions", &(max + 10).to_string()])?;
     let endpoints = raw::endpoints(&server.cert, args.endpoints)?;

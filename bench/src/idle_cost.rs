@@ -23,7 +23,7 @@ use crate::ui;
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Time compression factor.
     #[arg(long, default_value_t = 10.0)]
     pub compress: f64,
@@ -34,7 +34,7 @@ pub struct Args {
 
 /// One client.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Case {
+pub(crate) struct Case {
     /// What it is.
     pub name: String,
     /// NAT timeout (uncompressed), s.
@@ -59,7 +59,7 @@ pub struct Case {
 
 /// Result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Compression used.
     pub compress: f64,
     /// Uncompressed seconds covered.
@@ -86,7 +86,7 @@ fn scaled(c: &HeartbeatConfig, k: f64) -> HeartbeatConfig {
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let k = args.compress;
     let secs = args.secs.unwrap_or(3600.0 / k);
     let server = ServerProc::start(&[])?;

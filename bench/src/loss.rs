@@ -25,7 +25,7 @@ use crate::ui;
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Messages per run.
     #[arg(long, default_value_t = 100)]
     pub messages: usize,
@@ -48,7 +48,7 @@ pub struct Args {
 
 /// One run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Run {
+pub(crate) struct Run {
     /// "adaptive" or "mobileimsdk".
     pub profile: String,
     /// Loss each way, %.
@@ -75,7 +75,7 @@ pub struct Run {
 
 /// Result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Messages per run.
     pub messages: usize,
     /// Send rate.
@@ -85,7 +85,7 @@ pub struct Report {
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let mut runs = vec![];
     for &rtt in &args.rtt {
         for &loss in &args.loss {

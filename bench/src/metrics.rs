@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The metrics page's text.
-pub async fn scrape(http: SocketAddr) -> anyhow::Result<String> {
+pub(crate) async fn scrape(http: SocketAddr) -> anyhow::Result<String> {
     let mut s = tokio::net::TcpStream::connect(http).await?;
     let req = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
@@ -16,7 +16,7 @@ pub async fn scrape(http: SocketAddr) -> anyhow::Result<String> {
 }
 
 /// Sum of every sample of metric `name` (all label sets); 0 if absent.
-pub fn value(page: &str, name: &str) -> f64 {
+pub(crate) fn value(page: &str, name: &str) -> f64 {
     page.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {

@@ -24,7 +24,7 @@ use tern_protocol::{ClientMsgId, pb};
 use tokio::sync::mpsc;
 
 /// Receives what a raw client sees.
-pub trait Sink: Send + Sync + 'static {
+pub(crate) trait Sink: Send + Sync + 'static {
     /// First arrival of a timeline entry carrying a message (receipts are acknowledged
     /// but not reported).
     fn on_message(&self, _client: usize, _message: &pb::StoredMessage) {}
@@ -33,31 +33,31 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// A sink that ignores everything.
-pub struct Ignore;
+pub(crate) struct Ignore;
 impl Sink for Ignore {}
 
 /// The instant all benchmark timestamps are relative to.
-pub fn epoch() -> Instant {
+pub(crate) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
 /// A 20-byte body whose first 8 bytes are the send time (ns since [`epoch`]).
-pub fn timed_body() -> Vec<u8> {
+pub(crate) fn timed_body() -> Vec<u8> {
     let mut body = (epoch().elapsed().as_nanos() as u64).to_le_bytes().to_vec();
     body.resize(20, b'.');
     body
 }
 
 /// Send-to-now time of a body made by [`timed_body`].
-pub fn age_of(body: &[u8]) -> Option<Duration> {
+pub(crate) fn age_of(body: &[u8]) -> Option<Duration> {
     let sent = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
     Some(epoch().elapsed().saturating_sub(Duration::from_nanos(sent)))
 }
 
 /// A client endpoint trusting `cert`, with a long idle timeout (idle sessions must not
 /// be closed by QUIC while a benchmark holds them).
-pub fn endpoint(cert: &CertificateDer<'static>) -> anyhow::Result<quinn::Endpoint> {
+pub(crate) fn endpoint(cert: &CertificateDer<'static>) -> anyhow::Result<quinn::Endpoint> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone())?;
     let mut transport = quinn::TransportConfig::default();
@@ -82,12 +82,15 @@ pub fn endpoint(cert: &CertificateDer<'static>) -> anyhow::Result<quinn::Endpoin
 
 /// `n` (at least one) client endpoints trusting `cert`: load is spread over several UDP
 /// sockets, as it would come from many hosts.
-pub fn endpoints(cert: &CertificateDer<'static>, n: usize) -> anyhow::Result<Vec<quinn::Endpoint>> {
+pub(crate) fn endpoints(
+    cert: &CertificateDer<'static>,
+    n: usize,
+) -> anyhow::Result<Vec<quinn::Endpoint>> {
     (0..n.max(1)).map(|_| endpoint(cert)).collect()
 }
 
 /// A dev-mode login token for `user`.
-pub fn token(user: &str) -> String {
+pub(crate) fn token(user: &str) -> String {
     tern_server::auth::mint(
         tern_server::config::DEV_TOKEN_SECRET.as_bytes(),
         user,
@@ -97,7 +100,7 @@ pub fn token(user: &str) -> String {
 }
 
 /// One logged-in session.
-pub struct RawClient {
+pub(crate) struct RawClient {
     /// The QUIC connection.
     pub conn: quinn::Connection,
     writer: mpsc::UnboundedSender<Bytes>,
@@ -105,7 +108,7 @@ pub struct RawClient {
 
 impl RawClient {
     /// Connects, logs in as `user`, and starts the reader and writer tasks.
-    pub async fn login(
+    pub(crate) async fn login(
         endpoint: &quinn::Endpoint,
         server: SocketAddr,
         user: &str,
@@ -146,12 +149,12 @@ impl RawClient {
     }
 
     /// Queues a text message to user `to` (written by the writer task, in order).
-    pub fn send(&self, to: &str, body: Vec<u8>) {
+    pub(crate) fn send(&self, to: &str, body: Vec<u8>) {
         self.send_to(pb::ConversationKind::Direct, to, body);
     }
 
     /// Queues a text message to a user or group.
-    pub fn send_to(&self, kind: pb::ConversationKind, to: &str, body: Vec<u8>) {
+    pub(crate) fn send_to(&self, kind: pb::ConversationKind, to: &str, body: Vec<u8>) {
         let frame = Frame::Chat(pb::ChatMessage {
             kind: kind as i32,
             client_msg_id: Bytes::copy_from_slice(
@@ -166,7 +169,7 @@ impl RawClient {
     }
 
     /// Closes the connection.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.conn.close(0u32.into(), b"bench done");
     }
 }
@@ -237,7 +240,7 @@ async fn dispatch(
 /// Logs in users `first..first + n` (named by `name`) with at most `concurrency`
 /// handshakes in flight, spread over `endpoints`; the progress bar counts logins.
 /// Returns the clients in index order and the time the logins took.
-pub async fn login_many(
+pub(crate) async fn login_many(
     endpoints: &[quinn::Endpoint],
     server: SocketAddr,
     name: impl Fn(usize) -> String,

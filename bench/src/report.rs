@@ -12,7 +12,7 @@ use crate::suite::Results;
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Results written by `tern-bench all`.
     #[arg(long, default_value = "target/bench/results.json")]
     pub results: PathBuf,
@@ -52,7 +52,7 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 /// Writes the report.
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let r: Results = serde_json::from_str(
         &std::fs::read_to_string(&args.results)
             .with_context(|| format!("read {}", args.results.display()))?,

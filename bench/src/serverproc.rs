@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use rustls::pki_types::CertificateDer;
 
 /// A running `tern-server --dev`.
-pub struct ServerProc {
+pub(crate) struct ServerProc {
     child: Child,
     /// QUIC address.
     pub addr: SocketAddr,
@@ -46,7 +46,7 @@ fn server_bin() -> anyhow::Result<PathBuf> {
 impl ServerProc {
     /// Starts a dev server on loopback with a fresh data directory, no rate limits to
     /// speak of, and `extra` flags.
-    pub fn start(extra: &[&str]) -> anyhow::Result<ServerProc> {
+    pub(crate) fn start(extra: &[&str]) -> anyhow::Result<ServerProc> {
         let dir = tempfile::Builder::new().prefix("tern-bench-").tempdir()?;
         let mut p = Self::start_in(dir.path(), extra)?;
         p._dir = Some(dir);
@@ -54,7 +54,7 @@ impl ServerProc {
     }
 
     /// Like [`start`](Self::start) with a given data directory (kept afterwards).
-    pub fn start_in(data: &Path, extra: &[&str]) -> anyhow::Result<ServerProc> {
+    pub(crate) fn start_in(data: &Path, extra: &[&str]) -> anyhow::Result<ServerProc> {
         let bin = server_bin()?;
         let mut child = Command::new(&bin)
             .args(["--dev", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
@@ -102,12 +102,12 @@ impl ServerProc {
     }
 
     /// Resident set size of the server process, in bytes.
-    pub fn rss(&self) -> anyhow::Result<u64> {
+    pub(crate) fn rss(&self) -> anyhow::Result<u64> {
         rss_of(self.child.id())
     }
 
     /// The PEM of the dev certificate (for `tern-client`'s `ca_pem`).
-    pub fn cert_pem(&self) -> Vec<u8> {
+    pub(crate) fn cert_pem(&self) -> Vec<u8> {
         std::fs::read(&self.cert_path).unwrap_or_default()
     }
 }
@@ -135,7 +135,7 @@ fn rss_of(pid: u32) -> anyhow::Result<u64> {
 /// and stream limits as `tern-server`) that returns every datagram and does nothing
 /// else. Its throughput is the QUIC ceiling, its memory per idle connection the QUIC
 /// floor.
-pub struct EchoProc {
+pub(crate) struct EchoProc {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -146,7 +146,7 @@ pub struct EchoProc {
 
 impl EchoProc {
     /// Starts the echo server.
-    pub fn start() -> anyhow::Result<EchoProc> {
+    pub(crate) fn start() -> anyhow::Result<EchoProc> {
         let dir = tempfile::Builder::new().prefix("tern-echo-").tempdir()?;
         let cert_path = dir.path().join("cert.der");
         let mut child = Command::new(std::env::current_exe()?)
@@ -176,7 +176,7 @@ impl EchoProc {
     }
 
     /// Resident set size, bytes.
-    pub fn rss(&self) -> anyhow::Result<u64> {
+    pub(crate) fn rss(&self) -> anyhow::Result<u64> {
         rss_of(self.child.id())
     }
 }
@@ -189,7 +189,7 @@ impl Drop for EchoProc {
 }
 
 /// The `echo-server` subcommand: serves until killed.
-pub async fn serve_echo(cert_out: &Path) -> anyhow::Result<()> {
+pub(crate) async fn serve_echo(cert_out: &Path) -> anyhow::Result<()> {
     use std::sync::Arc;
 
     use quinn::crypto::rustls::QuicServerConfig;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A latency distribution, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// Samples.
     pub count: usize,
     /// Median.
@@ -23,7 +23,7 @@ pub struct Latency {
 
 impl Latency {
     /// Summarises `samples` (any order).
-    pub fn of(mut samples: Vec<Duration>) -> Latency {
+    pub(crate) fn of(mut samples: Vec<Duration>) -> Latency {
         samples.sort_unstable();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let at = |p: f64| {

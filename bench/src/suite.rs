@@ -11,7 +11,7 @@ use crate::{catchup, idle, idle_cost, loss, throughput, ui, wire};
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Tiny sizes: proves the programs run, measures nothing.
     #[arg(long)]
     pub quick: bool,
@@ -22,7 +22,7 @@ pub struct Args {
 
 /// Where and how the suite ran.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// UTC date.
     pub date: String,
     /// The command line.
@@ -39,7 +39,7 @@ pub struct Meta {
 
 /// Everything measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Results {
+pub(crate) struct Results {
     /// Provenance.
     pub meta: Meta,
     /// 1.
@@ -58,7 +58,7 @@ pub struct Results {
 
 impl Meta {
     /// This machine and command, for a run that started at `started`.
-    pub fn now(quick: bool, started: std::time::Instant) -> Meta {
+    pub(crate) fn now(quick: bool, started: std::time::Instant) -> Meta {
         Meta {
             date: sh("date -u +%Y-%m-%d"),
             command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -85,7 +85,7 @@ fn sh(cmd: &str) -> String {
 }
 
 /// Runs all six benchmarks and writes the results.
-pub async fn run(args: &Args) -> anyhow::Result<Results> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Results> {
     let q = args.quick;
     let started = std::time::Instant::now();
     ui::say("== 1/6 throughput");

@@ -25,7 +25,7 @@ use crate::ui;
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Connected clients.
     #[arg(long, default_value_t = 1000)]
     pub clients: usize,
@@ -45,7 +45,7 @@ pub struct Args {
 
 /// One latency phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoadPoint {
+pub(crate) struct LoadPoint {
     /// % of capacity offered.
     pub pct: u32,
     /// Messages/s offered.
@@ -62,7 +62,7 @@ pub struct LoadPoint {
 
 /// Result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Connected clients.
     pub clients: usize,
     /// End-to-end deliveries per second, closed loop.
@@ -182,7 +182,7 @@ async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::R
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let n = args.clients.max(2);
     let (server, clients, sink, capacity, server_rss, refused_in_capacity) =
         measure_capacity(args, &[], "durability full").await?;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A counting bar.
-pub fn bar(len: u64, msg: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, msg: &str) -> ProgressBar {
     let b = ProgressBar::new(len);
     b.set_style(
         ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
@@ -17,7 +17,7 @@ pub fn bar(len: u64, msg: &str) -> ProgressBar {
 }
 
 /// A spinner with elapsed time, for timed phases.
-pub fn spinner(msg: &str) -> ProgressBar {
+pub(crate) fn spinner(msg: &str) -> ProgressBar {
     let b = ProgressBar::new_spinner();
     b.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
     b.set_message(msg.to_owned());
@@ -25,7 +25,7 @@ pub fn spinner(msg: &str) -> ProgressBar {
 }
 
 /// Sleeps for `d`, ticking `bar`.
-pub async fn tick_for(bar: &ProgressBar, d: Duration) {
+pub(crate) async fn tick_for(bar: &ProgressBar, d: Duration) {
     let end = Instant::now() + d;
     while Instant::now() < end {
         bar.tick();
@@ -34,12 +34,12 @@ pub async fn tick_for(bar: &ProgressBar, d: Duration) {
 }
 
 /// Prints a line that survives the bars (also when they are hidden).
-pub fn say(line: impl AsRef<str>) {
+pub(crate) fn say(line: impl AsRef<str>) {
     eprintln!("{}", line.as_ref());
 }
 
 /// Finishes `bar` with `msg`, printing it as a line when bars are hidden.
-pub fn done(bar: &ProgressBar, msg: String) {
+pub(crate) fn done(bar: &ProgressBar, msg: String) {
     if bar.is_hidden() {
         say(&msg);
     }

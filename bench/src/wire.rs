@@ -24,7 +24,7 @@ use crate::ui;
 
 /// Parameters.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Messages sent one at a time.
     #[arg(long, default_value_t = 100)]
     pub single: usize,
@@ -35,7 +35,7 @@ pub struct Args {
 
 /// Per-message traffic of one phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Phase {
+pub(crate) struct Phase {
     /// Messages.
     pub messages: usize,
     /// Sender -> server bytes per message.
@@ -54,7 +54,7 @@ pub struct Phase {
 
 /// Result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Body bytes of each message.
     pub body_bytes: usize,
     /// One at a time.
@@ -172,7 +172,7 @@ fn frame_sizes(text: &str) -> Vec<(String, usize)> {
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let server = ServerProc::start(&[])?;
     let ra = tern_netsim::start(RelayConfig::new("127.0.0.1:0".parse()?, server.addr)).await?;
     let rb = tern_netsim::start(RelayConfig::new("127.0.0.1:0".parse()?, server.addr)).await?;

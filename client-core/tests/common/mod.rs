@@ -2,6 +2,6 @@
 //! server on loopback, real clients with an event recorder, and polling waits.
 #![allow(unused_imports)]
 
-pub use tern_testkit::client::*;
-pub use tern_testkit::server::{server, server_with};
-pub use tern_testkit::{WAIT, until};
+pub(crate) use tern_testkit::client::*;
+pub(crate) use tern_testkit::server::{server, server_with};
+pub(crate) use tern_testkit::{WAIT, until};

@@ -4,7 +4,7 @@ use tokio::time::Instant;
 
 /// A token bucket: `rate` tokens per second, at most `burst` stored.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(super) struct TokenBucket {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -15,7 +15,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+    pub(super) fn new(rate: u32, burst: u32, now: Instant) -> Self {
         TokenBucket {
             tokens: burst as f64,
             rate: rate as f64,
@@ -26,7 +26,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub(super) fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-pub use tern_testkit::raw::*;
-pub use tern_testkit::server::{Proc, TestServer, api, bearer};
-pub use tern_testkit::token;
+pub(crate) use tern_testkit::raw::*;
+pub(crate) use tern_testkit::server::{Proc, TestServer, api, bearer};
+pub(crate) use tern_testkit::token;
 
 /// The `tern-server` binary of this package as a child process on `quic`.
-pub fn spawn_server(data: &Path, quic: &str) -> Proc {
+pub(crate) fn spawn_server(data: &Path, quic: &str) -> Proc {
     tern_testkit::server::spawn_server(env!("CARGO_BIN_EXE_tern-server"), data, quic)
 }
