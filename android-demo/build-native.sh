@@ -16,6 +16,8 @@ cargo ndk -t arm64-v8a -t armeabi-v7a -t x86_64 -o "$here/app/src/main/jniLibs" 
 ffi/generate-bindings.sh release target/bindings >/dev/null
 mkdir -p "$here/app/src/main/java/dev/tern"
 cp target/bindings/kotlin/dev/tern/tern_ffi.kt "$here/app/src/main/java/dev/tern/tern_ffi.kt"
+mkdir -p "$here/app/src/main/java/dev/tern/client"
+cp target/bindings/kotlin/dev/tern/client/tern_client.kt "$here/app/src/main/java/dev/tern/client/tern_client.kt"
 if [ -f tern-data/dev-cert.pem ]; then
   mkdir -p "$here/app/src/main/assets"
   cp tern-data/dev-cert.pem "$here/app/src/main/assets/dev-cert.pem"

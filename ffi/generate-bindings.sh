@@ -27,6 +27,6 @@ for lang in kotlin swift python; do
   "target/$dir/uniffi-bindgen" generate "$lib" --language "$lang" --out-dir "$out/$lang" --no-format >/dev/null
 done
 cp "$lib" "$out/"
-cp "$out/python/tern_ffi.py" ffi/python/tern/tern_ffi.py
+cp "$out/python/tern_ffi.py" "$out/python/tern_client.py" ffi/python/tern/
 cp "$lib" ffi/python/tern/
 echo "bindings in $out (library: $lib, $(du -h "$lib" | cut -f1))"

@@ -34,6 +34,7 @@ cp="/usr/share/java/jna.jar:/usr/share/java/junit-jupiter-api.jar:/usr/share/jav
 echo "== compiling (kotlinc)"
 "$kotlinc" -nowarn -jvm-target 17 -cp "$cp" -d "$out/classes" \
   target/bindings/kotlin/dev/tern/tern_ffi.kt \
+  target/bindings/kotlin/dev/tern/client/tern_client.kt \
   android-demo/app/src/main/java/dev/tern/demo/data/ChatRepository.kt \
   android-demo/app/src/main/java/dev/tern/demo/data/DevToken.kt \
   android-demo/app/src/test/java/dev/tern/demo/ChatRepositoryTest.kt 2>&1 | grep -v '^warning:' || true

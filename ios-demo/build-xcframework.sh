@@ -19,9 +19,11 @@ ffi/generate-bindings.sh release target/bindings >/dev/null
 
 work=target/ios
 rm -rf "$work" && mkdir -p "$work/headers" "$work/sim"
-cp target/bindings/swift/TernFFI.h "$work/headers/"
-# An xcframework wants the module map named module.modulemap.
-cp target/bindings/swift/TernFFI.modulemap "$work/headers/module.modulemap"
+cp target/bindings/swift/TernFFI.h target/bindings/swift/TernClientFFI.h "$work/headers/"
+# An xcframework wants one module map named module.modulemap: both C modules (tern-ffi's
+# and the one for the types tern-client derives uniffi on) go in it.
+cat target/bindings/swift/TernFFI.modulemap target/bindings/swift/TernClientFFI.modulemap \
+  >"$work/headers/module.modulemap"
 lipo -create target/aarch64-apple-ios-sim/mobile/libtern_ffi.a target/x86_64-apple-ios/mobile/libtern_ffi.a \
   -output "$work/sim/libtern_ffi.a"
 rm -rf "$here/TernKit/TernFFI.xcframework"
@@ -29,7 +31,7 @@ xcodebuild -create-xcframework \
   -library target/aarch64-apple-ios/mobile/libtern_ffi.a -headers "$work/headers" \
   -library "$work/sim/libtern_ffi.a" -headers "$work/headers" \
   -output "$here/TernKit/TernFFI.xcframework"
-cp target/bindings/swift/Tern.swift "$here/TernKit/Sources/Tern/Tern.swift"
+cp target/bindings/swift/Tern.swift target/bindings/swift/TernClient.swift "$here/TernKit/Sources/Tern/"
 if [ -f tern-data/dev-cert.pem ]; then cp tern-data/dev-cert.pem "$here/TernDemo/dev-cert.pem"; fi
 du -sh "$here/TernKit/TernFFI.xcframework"
 echo "TernKit is ready: add ios-demo/TernKit as a local Swift package (or run xcodegen in ios-demo/)."

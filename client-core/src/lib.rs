@@ -21,6 +21,9 @@
 //! in the outbox when [`Client::send`] returns, and the network work happens on the
 //! client's own runtime.
 
+#[cfg(feature = "uniffi")]
+uniffi::setup_scaffolding!();
+
 mod connection;
 mod requests;
 pub mod store;

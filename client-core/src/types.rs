@@ -4,6 +4,7 @@
 use tern_protocol::pb;
 
 /// What a conversation is with.
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConversationKind {
@@ -37,6 +38,7 @@ impl ConversationKind {
 
 /// Where an outgoing message is (incoming messages are `Delivered`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 #[serde(rename_all = "lowercase", tag = "state")]
 pub enum MessageStatus {
     /// Stored locally, in the outbox, not yet acknowledged by the server.
@@ -228,6 +230,7 @@ pub struct Diagnostics {
 
 /// A group as the server describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct GroupInfo {
     /// Group id (the conversation id of its messages).
     pub id: String,

@@ -31,34 +31,9 @@ pub enum Platform {
     Web,
 }
 
-/// What a conversation is with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum ConversationKind {
-    /// One-to-one with a user.
-    Direct,
-    /// A group.
-    Group,
-    /// Messages from the business backend.
-    System,
-}
-
-/// Delivery status of a message.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum MessageStatus {
-    /// In the outbox, not yet stored by the server.
-    Pending,
-    /// Stored by the server.
-    Sent,
-    /// Stored on a device of the recipient.
-    Delivered,
-    /// Read by the recipient.
-    Read,
-    /// Could not be sent; `retry` resends it with the same id.
-    Failed {
-        /// Why.
-        reason: String,
-    },
-}
+// Types that cross the boundary unchanged: uniffi derives on the client core's own
+// definitions (feature `uniffi` of tern-client), so there is no mirror to keep in step.
+pub use tern_client::{ConversationKind, GroupInfo, MessageStatus};
 
 /// A message stored on this device.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -97,23 +72,6 @@ pub struct Message {
     pub recalled: bool,
     /// Outgoing group message: members who have read it.
     pub read_count: u32,
-}
-
-/// A group.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct GroupInfo {
-    /// Group id (the conversation id of its messages).
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Owner user id.
-    pub owner: String,
-    /// Members in join order.
-    pub members: Vec<String>,
-    /// Creation time (unix ms).
-    pub created_ms: u64,
-    /// A large group (read diffusion).
-    pub large: bool,
 }
 
 /// A page of history.
@@ -375,7 +333,7 @@ impl TernClient {
     ) -> Result<Vec<Message>, TernError> {
         Ok(self
             .client
-            .messages(kind.into(), &conversation, before, limit)?
+            .messages(kind, &conversation, before, limit)?
             .into_iter()
             .map(Into::into)
             .collect())
@@ -388,7 +346,7 @@ impl TernClient {
 
     /// Marks a conversation read (on every device of the user).
     pub fn mark_read(&self, kind: ConversationKind, conversation: String) -> Result<(), TernError> {
-        Ok(self.client.mark_read(kind.into(), &conversation)?)
+        Ok(self.client.mark_read(kind, &conversation)?)
     }
 
     /// Total unread count (app badge).
@@ -409,15 +367,12 @@ impl TernClient {
         content_type: u32,
         body: Vec<u8>,
     ) -> Result<Message, TernError> {
-        Ok(self
-            .client
-            .send_to(kind.into(), &to, content_type, &body)?
-            .into())
+        Ok(self.client.send_to(kind, &to, content_type, &body)?.into())
     }
 
     /// Creates a group owned by this user.
     pub fn create_group(&self, name: String, members: Vec<String>) -> Result<GroupInfo, TernError> {
-        Ok(self.client.create_group(&name, &members)?.into())
+        Ok(self.client.create_group(&name, &members)?)
     }
 
     /// Creates a large group (read diffusion: up to the server's large-group limit).
@@ -426,7 +381,7 @@ impl TernClient {
         name: String,
         members: Vec<String>,
     ) -> Result<GroupInfo, TernError> {
-        Ok(self.client.create_large_group(&name, &members)?.into())
+        Ok(self.client.create_large_group(&name, &members)?)
     }
 
     /// Adds members to a group.
@@ -435,7 +390,7 @@ impl TernClient {
         group: String,
         members: Vec<String>,
     ) -> Result<GroupInfo, TernError> {
-        Ok(self.client.add_group_members(&group, &members)?.into())
+        Ok(self.client.add_group_members(&group, &members)?)
     }
 
     /// Removes members (owner only).
@@ -444,7 +399,7 @@ impl TernClient {
         group: String,
         members: Vec<String>,
     ) -> Result<GroupInfo, TernError> {
-        Ok(self.client.remove_group_members(&group, &members)?.into())
+        Ok(self.client.remove_group_members(&group, &members)?)
     }
 
     /// Leaves a group.
@@ -454,12 +409,12 @@ impl TernClient {
 
     /// A group's description (members only).
     pub fn group_info(&self, group: String) -> Result<GroupInfo, TernError> {
-        Ok(self.client.group_info(&group)?.into())
+        Ok(self.client.group_info(&group)?)
     }
 
     /// Every group of this user.
     pub fn groups(&self) -> Result<Vec<GroupInfo>, TernError> {
-        Ok(self.client.groups()?.into_iter().map(Into::into).collect())
+        Ok(self.client.groups()?)
     }
 
     /// Recalls an own message (within the server's window).
@@ -482,7 +437,7 @@ impl TernClient {
     ) -> Result<HistoryPage, TernError> {
         let page = self
             .client
-            .load_history(kind.into(), &conversation, before, limit)?;
+            .load_history(kind, &conversation, before, limit)?;
         Ok(HistoryPage {
             messages: page.messages.into_iter().map(Into::into).collect(),
             at_beginning: page.at_beginning,
@@ -526,38 +481,6 @@ impl From<Platform> for core::Platform {
     }
 }
 
-impl From<ConversationKind> for core::ConversationKind {
-    fn from(k: ConversationKind) -> Self {
-        match k {
-            ConversationKind::Direct => core::ConversationKind::Direct,
-            ConversationKind::Group => core::ConversationKind::Group,
-            ConversationKind::System => core::ConversationKind::System,
-        }
-    }
-}
-
-impl From<core::ConversationKind> for ConversationKind {
-    fn from(k: core::ConversationKind) -> Self {
-        match k {
-            core::ConversationKind::Direct => ConversationKind::Direct,
-            core::ConversationKind::Group => ConversationKind::Group,
-            core::ConversationKind::System => ConversationKind::System,
-        }
-    }
-}
-
-impl From<core::MessageStatus> for MessageStatus {
-    fn from(s: core::MessageStatus) -> Self {
-        match s {
-            core::MessageStatus::Pending => MessageStatus::Pending,
-            core::MessageStatus::Sent => MessageStatus::Sent,
-            core::MessageStatus::Delivered => MessageStatus::Delivered,
-            core::MessageStatus::Read => MessageStatus::Read,
-            core::MessageStatus::Failed { reason } => MessageStatus::Failed { reason },
-        }
-    }
-}
-
 impl From<core::Message> for Message {
     fn from(m: core::Message) -> Self {
         Message {
@@ -566,7 +489,7 @@ impl From<core::Message> for Message {
             client_msg_id: m.client_msg_id,
             server_msg_id: m.server_msg_id,
             conversation: m.conversation,
-            kind: m.kind.into(),
+            kind: m.kind,
             sender: m.sender,
             recipient: m.recipient,
             content_type: m.content_type,
@@ -575,7 +498,7 @@ impl From<core::Message> for Message {
             server_ts_ms: m.server_ts_ms,
             seq: m.seq,
             outgoing: m.outgoing,
-            status: m.status.into(),
+            status: m.status,
             recalled: m.recalled,
             read_count: m.read_count,
         }
@@ -586,7 +509,7 @@ impl From<core::Conversation> for Conversation {
     fn from(c: core::Conversation) -> Self {
         Conversation {
             id: c.id,
-            kind: c.kind.into(),
+            kind: c.kind,
             unread: c.unread,
             last_message: c.last_message.map(Into::into),
             last_activity_ms: c.last_activity_ms,
@@ -622,10 +545,7 @@ impl From<core::ClientEvent> for TernEvent {
                 TernEvent::MessageReceived { message: m.into() }
             }
             core::ClientEvent::MessageStatusChanged { local_id, status } => {
-                TernEvent::MessageStatusChanged {
-                    local_id,
-                    status: status.into(),
-                }
+                TernEvent::MessageStatusChanged { local_id, status }
             }
             core::ClientEvent::MessageUpdated(m) => TernEvent::MessageUpdated { message: m.into() },
             core::ClientEvent::ConversationUpdated(c) => TernEvent::ConversationUpdated {
@@ -663,19 +583,6 @@ impl From<core::ClientError> for TernError {
                 detail: message,
             },
             core::ClientError::Timeout => TernError::Timeout,
-        }
-    }
-}
-
-impl From<core::GroupInfo> for GroupInfo {
-    fn from(g: core::GroupInfo) -> Self {
-        GroupInfo {
-            id: g.id,
-            name: g.name,
-            owner: g.owner,
-            members: g.members,
-            created_ms: g.created_ms,
-            large: g.large,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 Build the native library and the generated module first::
 
-    ffi/generate-bindings.sh          # copies tern_ffi.py and libtern_ffi.so here
+    ffi/generate-bindings.sh          # copies tern_ffi.py, tern_client.py and libtern_ffi.so here
 
 Then::
 
@@ -13,13 +13,15 @@ callback can arrive any more (a callback into an exiting interpreter aborts Pyth
 """
 
 from .tern_ffi import *  # noqa: F401,F403  (the generated module is the API)
+# Types the client core itself derives uniffi on are generated into their own module
+# (one module per Rust crate); they are part of the same API.
+from .tern_client import *  # noqa: F401,F403
+from .tern_client import ConversationKind, GroupInfo, MessageStatus  # noqa: F401
 from .tern_ffi import (  # noqa: F401  (names for IDEs and readers)
     ClientSettings,
     ConnectionState,
     Conversation,
-    ConversationKind,
     Message,
-    MessageStatus,
     Platform,
     TernClient,
     TernError,

@@ -39,7 +39,7 @@ import androidx.compose.ui.Modifier
 import androidx.compose.ui.graphics.Color
 import androidx.compose.ui.unit.dp
 import dev.tern.Message
-import dev.tern.MessageStatus
+import dev.tern.client.MessageStatus
 import dev.tern.demo.data.ChatRepository
 import dev.tern.demo.ui.ChatViewModel
 

@@ -2,7 +2,7 @@ package dev.tern.demo
 
 import dev.tern.ClientSettings
 import dev.tern.ConnectionState
-import dev.tern.MessageStatus
+import dev.tern.client.MessageStatus
 import dev.tern.Platform
 import dev.tern.TernException
 import dev.tern.demo.data.ChatRepository
@@ -108,7 +108,7 @@ class ChatRepositoryTest {
             assertEquals(listOf("erin", "frank"), group.members)
             val sent = erin.sendToGroup(group.id, "hi crew")
             await { frank.incoming.first { it.text == "hi crew" && it.conversation == group.id } }
-            frank.markRead(group.id, dev.tern.ConversationKind.GROUP)
+            frank.markRead(group.id, dev.tern.client.ConversationKind.GROUP)
             await { erin.updates.first { it.localId == sent.localId && it.readCount == 1u } }
 
             val oops = erin.send("frank", "oops")

@@ -3,10 +3,10 @@ package dev.tern.demo.data
 import dev.tern.ClientSettings
 import dev.tern.ConnectionState
 import dev.tern.Conversation
-import dev.tern.ConversationKind
-import dev.tern.GroupInfo
+import dev.tern.client.ConversationKind
+import dev.tern.client.GroupInfo
 import dev.tern.Message
-import dev.tern.MessageStatus
+import dev.tern.client.MessageStatus
 import dev.tern.TernClient
 import dev.tern.TernEvent
 import dev.tern.TernListener
