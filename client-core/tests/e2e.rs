@@ -5,9 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tern_client::{
-    Client, ClientConfig, ClientEvent, ConnectionState, ConversationKind, MessageStatus,
-};
+use tern_client::{Client, ClientConfig, ConnectionState, ConversationKind, MessageStatus};
 use tern_server::config::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,21 +306,7 @@ async fn rate_limited_sends_are_retried_not_failed() {
             .all(|m| m.status != MessageStatus::Pending)
     })
     .await;
-    let failed = alice_events
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                ClientEvent::MessageStatusChanged {
-                    status: MessageStatus::Failed { .. },
-                    ..
-                }
-            )
-        })
-        .count();
+    let failed = alice_events.failures();
     assert_eq!(
         failed, 0,
         "a rate limit defers sends, it does not fail them"
