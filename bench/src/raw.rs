@@ -163,6 +163,7 @@ impl RawClient {
             recipient: to.into(),
             body: body.into(),
             client_ts_ms: tern_protocol::unix_ms(),
+            send_seq: 0,
             ..Default::default()
         });
         let _ = self.writer.send(frame.to_bytes(0));

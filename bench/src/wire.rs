@@ -108,6 +108,7 @@ fn frame_sizes(text: &str) -> Vec<(String, usize)> {
                 recipient: "bob".into(),
                 body: stored.body.clone(),
                 client_ts_ms: stored.client_ts_ms,
+                send_seq: 0,
                 ..Default::default()
             }),
         ),

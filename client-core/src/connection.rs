@@ -30,7 +30,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Inner;
 use crate::store::{Applied, Db, DbError};
-use crate::sync::{SyncConfig, SyncEvent, SyncMachine};
+use crate::sync::{LoginInfo, SyncConfig, SyncEvent, SyncMachine};
 use crate::types::{ClientEvent, ConnectionState};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -270,8 +270,13 @@ pub(crate) async fn run(
                 state.backoff.on_connected(Instant::now().into_std());
                 inner.set_state(ConnectionState::Connected);
                 tracing::info!(%user, session = %result.session_id, head = result.inbox_head_seq, "logged in");
-                let mut session =
-                    Session::new(&inner, &endpoint, conn, send, result.inbox_head_seq);
+                let login = LoginInfo {
+                    head: result.inbox_head_seq,
+                    next_send_seq: result.next_send_seq,
+                    send_rate_per_sec: result.send_rate_per_sec,
+                    send_burst: result.send_burst,
+                };
+                let mut session = Session::new(&inner, &endpoint, conn, send, login);
                 let end = session.run(recv, buf, &mut state, &mut commands).await;
                 state.sync.on_disconnected();
                 session.conn.close(0u32.into(), b"bye");
@@ -363,7 +368,7 @@ struct Session<'a> {
     endpoint: &'a quinn::Endpoint,
     conn: quinn::Connection,
     send: quinn::SendStream,
-    head: u64,
+    login: LoginInfo,
     /// Requests of the app waiting for their answer, by request id. Dropped with the
     /// session, which tells each caller the connection was lost.
     calls: HashMap<u64, std::sync::mpsc::SyncSender<Result<Frame, String>>>,
@@ -379,14 +384,14 @@ impl<'a> Session<'a> {
         endpoint: &'a quinn::Endpoint,
         conn: quinn::Connection,
         send: quinn::SendStream,
-        head: u64,
+        login: LoginInfo,
     ) -> Self {
         Session {
             inner,
             endpoint,
             conn,
             send,
-            head,
+            login,
             calls: HashMap::new(),
         }
     }
@@ -456,8 +461,8 @@ impl<'a> Session<'a> {
         spawn_session_readers(self.conn.clone(), recv, buf, DEFAULT_MAX_FRAME_BODY, tx);
         let now = Instant::now().into_std();
         m.heartbeat.on_connected(now);
-        let head = self.head;
-        if let Err(end) = self.step(m, |sync, db| sync.on_connected(head, now, db)) {
+        let login = self.login;
+        if let Err(end) = self.step(m, |sync, db| sync.on_connected(login, now, db)) {
             return end;
         }
         loop {
@@ -499,6 +504,7 @@ impl<'a> Session<'a> {
                     return Ok(());
                 }
                 self.calls.insert(id, call.reply);
+                m.sync.on_frame_sent(now);
                 self.write(&call.frame, 0, m).await
             }
             Some(Command::SetForeground(f)) => {

@@ -157,6 +157,8 @@ async fn a_seq_gap_is_detected_and_filled() {
             require_known_recipient: false,
             to_service: false,
             from_backend: false,
+            device: String::new(),
+            send_seq: 0,
         })
         .await
         .unwrap();

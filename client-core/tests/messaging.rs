@@ -397,6 +397,8 @@ async fn a_fresh_install_pages_back_through_server_history_without_false_beginni
                 require_known_recipient: false,
                 to_service: false,
                 from_backend: false,
+                device: String::new(),
+                send_seq: 0,
             })
             .await
             .unwrap();

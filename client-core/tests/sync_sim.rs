@@ -15,17 +15,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_client::store::Db;
-use tern_client::sync::{SyncConfig, SyncEvent, SyncMachine};
+use tern_client::sync::{LoginInfo, SyncConfig, SyncEvent, SyncMachine};
 use tern_client::{ConversationKind, MessageStatus};
 use tern_protocol::frame::FLAG_RETRANSMIT;
 use tern_protocol::frame::Frame;
 use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
+use tern_protocol::rate::TokenBucket;
 use tern_protocol::sim::{EventQueue, Link, LinkConfig};
 use tern_protocol::{ClientMsgId, ErrorCode, pb};
 use tern_server::store::sqlite::{Durability, SqliteStore};
-use tern_server::store::{Fanout, GroupLimits, GroupOp, NewMessage, Store, log_key};
+use tern_server::store::{Fanout, GroupLimits, GroupOp, NewMessage, Store, StoreError, log_key};
 
 enum Ev {
+    /// The app is killed: the machine (everything in memory) is gone, the database stays.
+    Restart {
+        dev: usize,
+    },
     ToServer {
         dev: usize,
         epoch: u64,
@@ -51,6 +56,7 @@ enum Ev {
 }
 
 struct Device {
+    config: SyncConfig,
     user: String,
     device: String,
     db: Db,
@@ -71,6 +77,10 @@ struct Device {
     push_qos: Sender<(u32, u64), Frame>,
     /// Large groups' logs pushed on this connection; a log's number is its index + 1.
     logs: Vec<String>,
+    /// The server session's rate limit for this device (with [`World::rate`]).
+    bucket: Option<TokenBucket>,
+    /// The newest push of each log skipped while the window was full (as the server).
+    tail: Vec<((u32, u64), Frame)>,
 }
 
 struct World {
@@ -85,6 +95,14 @@ struct World {
     /// while datagrams pass): lets receipts overtake their `SendResult`.
     down_stream_extra: Duration,
     rng: rand::rngs::SmallRng,
+    /// The server's send budget (frames per second, burst), enforced on every frame
+    /// like the real session does and announced at login; `None`: unlimited.
+    rate: Option<(u32, u32)>,
+    /// Probability that the server answers a send SERVER_BUSY without storing it.
+    busy: f64,
+    /// RATE_LIMITED and SERVER_BUSY answers given.
+    rate_limited: u64,
+    deferred: u64,
 }
 
 fn stream_frame(f: &Frame) -> bool {
@@ -110,6 +128,10 @@ impl World {
             devs: vec![],
             down_stream_extra: Duration::ZERO,
             rng: rand::SeedableRng::seed_from_u64(42),
+            rate: None,
+            busy: 0.0,
+            rate_limited: 0,
+            deferred: 0,
         }
     }
 
@@ -123,6 +145,7 @@ impl World {
             full_history_sync: full_history,
         };
         self.devs.push(Device {
+            config: config.clone(),
             user: user.into(),
             device: format!("{user}-phone"),
             db,
@@ -137,6 +160,8 @@ impl World {
             announced: vec![],
             push_qos: Sender::new(QosConfig::default(), self.now),
             logs: vec![],
+            bucket: None,
+            tail: vec![],
         });
         self.devs.len() - 1
     }
@@ -256,11 +281,18 @@ impl World {
                     entry: Some(f.entry.clone()),
                     log: log.clone(),
                 });
+                let key = (number, f.entry.seq);
+                if !d.push_qos.has_room() {
+                    // Window full: kept as the log's tail, pushed when there is room.
+                    d.tail.retain(|(k, _)| k.0 != number);
+                    d.tail.push((key, push));
+                    continue;
+                }
                 if d.push_qos
-                    .try_send_with((number, f.entry.seq), push.clone(), self.now)
+                    .try_send_with(key, push.clone(), self.now)
                     .is_err()
                 {
-                    continue; // window full or already pending: left to the gap sync
+                    continue; // already pending
                 }
                 self.arm_server(dev);
                 self.push_down(dev, push);
@@ -278,7 +310,25 @@ impl World {
     fn on_server(&mut self, dev: usize, frame: Frame) {
         let (user, device) = (self.devs[dev].user.clone(), self.devs[dev].device.clone());
         let store = self.store.clone();
+        let now = self.now;
+        // The send budget: every frame but ACKs (as the real session counts them).
+        let budgeted = !matches!(frame, Frame::DeliveryAck(_));
+        if let (true, Some(b)) = (budgeted, &mut self.devs[dev].bucket) {
+            if !b.take(now) {
+                if let Frame::Chat(m) = frame {
+                    self.rate_limited += 1;
+                    self.push_down(dev, refusal(m.client_msg_id, ErrorCode::RateLimited, 0));
+                }
+                return;
+            }
+        }
         match frame {
+            Frame::Chat(m)
+                if self.busy > 0.0 && rand::Rng::random_bool(&mut self.rng, self.busy) =>
+            {
+                self.deferred += 1;
+                self.push_down(dev, refusal(m.client_msg_id, ErrorCode::ServerBusy, 0));
+            }
             Frame::Chat(m) => {
                 let kind = pb::ConversationKind::try_from(m.kind).unwrap();
                 let stored = self.block(store.store_message(NewMessage {
@@ -292,6 +342,8 @@ impl World {
                     require_known_recipient: false,
                     to_service: false,
                     from_backend: false,
+                    device,
+                    send_seq: m.send_seq,
                 }));
                 let result = match stored {
                     Ok(s) => {
@@ -302,9 +354,16 @@ impl World {
                             seq: s.sender_seq,
                             server_ts_ms: s.server_ts_ms,
                             log_seq: s.log_seq,
+                            expected_send_seq: 0,
                         };
                         self.fan_out(s.fanout, Some(dev));
                         r
+                    }
+                    Err(StoreError::OutOfOrder { expected }) => {
+                        match refusal(m.client_msg_id, ErrorCode::OutOfOrder, expected) {
+                            Frame::SendResult(r) => r,
+                            _ => unreachable!(),
+                        }
                     }
                     Err(e) => panic!("store refused a send: {e}"),
                 };
@@ -332,6 +391,24 @@ impl World {
                     for key in acked {
                         d.push_qos.on_ack(key, self.now);
                     }
+                }
+                let mut tails = vec![];
+                while d.push_qos.has_room() {
+                    let Some((key, frame)) = d.tail.pop() else {
+                        break;
+                    };
+                    if d.push_qos
+                        .try_send_with(key, frame.clone(), self.now)
+                        .is_ok()
+                    {
+                        tails.push(frame);
+                    }
+                }
+                if !tails.is_empty() {
+                    self.arm_server(dev);
+                }
+                for frame in tails {
+                    self.push_down(dev, frame);
                 }
                 if a.log.is_empty() && a.cumulative_seq > 0 {
                     let fanout = self
@@ -416,7 +493,18 @@ impl World {
 
     fn run_until(&mut self, t: Duration) {
         let deadline = self.start + t;
+        let mut steps = 0u64;
         while let Some(at) = self.q.peek_time() {
+            steps += 1;
+            if std::env::var("SIM_DEBUG").is_ok() && steps % 20000 == 0 {
+                eprintln!(
+                    "t={:?} steps={steps} q={} deferred={} rl={}",
+                    at - self.start,
+                    self.q.len(),
+                    self.deferred,
+                    self.rate_limited
+                );
+            }
             if at > deadline {
                 break;
             }
@@ -449,14 +537,38 @@ impl World {
                 }
                 Ev::ServerTimer { dev } => {
                     let d = &mut self.devs[dev];
-                    if !d.online || d.push_qos.poll_timeout().is_none_or(|t| t > now) {
+                    if !d.online {
+                        continue;
+                    }
+                    if d.push_qos.poll_timeout().is_none_or(|t| t > now) {
+                        // Stale (its push was acknowledged): wait for the next deadline.
+                        self.arm_server(dev);
                         continue;
                     }
                     d.push_qos.handle_timeout(now);
                     let mut resend = vec![];
                     while let Some(ev) = d.push_qos.poll_event() {
-                        if let SenderEvent::Retransmit(key) = ev {
-                            resend.extend(d.push_qos.payload(&key).cloned());
+                        match ev {
+                            SenderEvent::Retransmit(key) => {
+                                resend.extend(d.push_qos.payload(&key).cloned());
+                            }
+                            // Given up: kept as the log's tail (as the server does).
+                            SenderEvent::Failed { key, .. } => {
+                                if let Some(f) = d.push_qos.take_failed(&key) {
+                                    if !d.tail.iter().any(|(k, _)| k.0 == key.0 && k.1 > key.1) {
+                                        d.tail.retain(|(k, _)| k.0 != key.0);
+                                        d.tail.push((key, f));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    while d.push_qos.has_room() {
+                        let Some((key, frame)) = d.tail.pop() else {
+                            break;
+                        };
+                        if d.push_qos.try_send_with(key, frame.clone(), now).is_ok() {
+                            resend.push(frame);
                         }
                     }
                     for frame in resend {
@@ -464,23 +576,45 @@ impl World {
                     }
                     self.arm_server(dev);
                 }
+                Ev::Restart { dev } => {
+                    let d = &mut self.devs[dev];
+                    d.online = false;
+                    d.epoch += 1;
+                    d.sync = SyncMachine::new(d.config.clone(), now);
+                    d.push_qos = Sender::new(QosConfig::default(), now);
+                    d.logs.clear();
+                    d.tail.clear();
+                }
                 Ev::Drop { dev } => {
                     let d = &mut self.devs[dev];
                     d.online = false;
                     d.push_qos = Sender::new(QosConfig::default(), now);
                     d.logs.clear();
+                    d.tail.clear();
                     d.epoch += 1;
                     d.sync.on_disconnected();
                 }
                 Ev::Connect { dev } => {
-                    let user = self.devs[dev].user.clone();
+                    let (user, device) =
+                        (self.devs[dev].user.clone(), self.devs[dev].device.clone());
                     let head = self.block(self.store.head_seq(&user)).unwrap();
+                    let next_send_seq = self
+                        .block(self.store.next_send_seq(&user, &device))
+                        .unwrap();
+                    let (send_rate_per_sec, send_burst) = self.rate.unwrap_or((0, 0));
+                    let login = LoginInfo {
+                        head,
+                        next_send_seq,
+                        send_rate_per_sec,
+                        send_burst,
+                    };
                     let d = &mut self.devs[dev];
+                    d.bucket = self.rate.map(|(r, b)| TokenBucket::new(r, b, now));
                     d.online = true;
                     d.epoch += 1;
                     d.up_stream_free = now;
                     d.down_stream_free = now;
-                    d.sync.on_connected(head, now, &mut d.db).unwrap();
+                    d.sync.on_connected(login, now, &mut d.db).unwrap();
                     self.drain(dev);
                 }
             }
@@ -518,6 +652,15 @@ impl World {
     fn head(&self, user: &str) -> u64 {
         self.block(self.store.head_seq(user)).unwrap()
     }
+}
+
+fn refusal(client_msg_id: bytes::Bytes, code: ErrorCode, expected_send_seq: u64) -> Frame {
+    Frame::SendResult(pb::SendResult {
+        client_msg_id,
+        code: code as i32,
+        expected_send_seq,
+        ..Default::default()
+    })
 }
 
 fn texts(n: std::ops::Range<usize>) -> Vec<String> {
@@ -737,4 +880,212 @@ fn a_large_group_join_event_after_the_log_answer() {
     assert_eq!(got, after, "from the join on, once, in order");
     let log_head = w.head(&log_key(&group));
     assert_eq!(w.devs[bob].db.log_cursor(&group).unwrap(), log_head);
+}
+
+/// The app is killed at `at` and started again (logging in) after `down`.
+fn restart(w: &mut World, dev: usize, at: Duration, down: Duration) {
+    w.q.push(w.start + at, Ev::Restart { dev });
+    w.q.push(w.start + at + down, Ev::Connect { dev });
+}
+
+/// The bodies of a conversation as the device shows it, oldest first.
+fn bodies(w: &World, dev: usize, kind: ConversationKind, with: &str) -> Vec<String> {
+    w.shown(dev, kind, with)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect()
+}
+
+/// One run of the ordering rule under everything that used to break it: an outbox of
+/// 300 written offline flushes into a server that defers sends at random (SERVER_BUSY,
+/// probability `busy`) and rate limits, over links losing `loss` of datagrams with
+/// reordering and duplication, while the sender's connection drops and its app is
+/// killed and restarted mid-burst at `restart_at`. The receiver must show exactly the
+/// sender's order, once, and nothing may end failed.
+fn ordering_run(seed: u64, busy: f64, loss: f64, restart_at: Duration) {
+    let mut w = World::new();
+    w.rng = rand::SeedableRng::seed_from_u64(seed);
+    w.busy = busy;
+    w.rate = Some((50, 100));
+    let link = LinkConfig { loss, ..lossy() };
+    let alice = w.add_device("alice", link.clone(), seed, true);
+    let bob = w.add_device("bob", link, seed + 100, true);
+    let want = texts(0..300);
+    for t in &want {
+        w.send(alice, "bob", ConversationKind::Direct, t);
+    }
+    w.connect_at(bob, Duration::ZERO);
+    w.connect_at(alice, Duration::from_millis(100));
+    w.blackout(alice, Duration::from_millis(1500), Duration::from_secs(1));
+    restart(&mut w, alice, restart_at, Duration::from_millis(500));
+    // Up to 30 % of sends deferred, each pausing the outbox for a second: give it time.
+    w.run_until(Duration::from_secs(600));
+    assert_eq!(
+        bodies(&w, bob, ConversationKind::Direct, "alice"),
+        want,
+        "seed {seed} busy {busy} loss {loss}: bob's order is alice's order, once"
+    );
+    let sent = w.shown(alice, ConversationKind::Direct, "bob");
+    assert!(
+        sent.iter()
+            .all(|(_, s)| matches!(s, MessageStatus::Sent | MessageStatus::Delivered)),
+        "seed {seed}: {sent:?}"
+    );
+}
+
+#[test]
+fn a_burst_keeps_the_senders_order_through_deferrals_loss_and_restarts() {
+    for seed in [11u64, 12] {
+        ordering_run(seed, 0.15, 0.2, Duration::from_secs(4));
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 6, ..Default::default() })]
+
+    /// The same rule for random deferral rates, losses and restart times.
+    #[test]
+    fn the_ordering_rule_holds_for_any_deferrals_losses_and_restarts(
+        seed in 0u64..1_000_000,
+        busy in 0.0f64..0.3,
+        loss in 0.0f64..0.3,
+        restart_ms in 500u64..8_000,
+    ) {
+        ordering_run(seed, busy, loss, Duration::from_millis(restart_ms));
+    }
+}
+
+/// An outbox of 1,000 flushes paced to the budget the server announced (50/s, burst
+/// 200): not one RATE_LIMITED, in order, and about as fast as the budget allows
+/// ((1,000 - 200) / 50 = 16 s, plus the frames that are not sends).
+#[test]
+fn an_outbox_flush_paced_to_the_budget_is_never_refused() {
+    let mut w = World::new();
+    w.rate = Some((50, 200));
+    let clean = LinkConfig::lossy(0.0, Duration::from_millis(30));
+    let alice = w.add_device("alice", clean.clone(), 21, true);
+    let bob = w.add_device("bob", clean, 22, true);
+    let want = texts(0..1000);
+    for t in &want {
+        w.send(alice, "bob", ConversationKind::Direct, t);
+    }
+    w.connect_at(bob, Duration::ZERO);
+    w.connect_at(alice, Duration::ZERO);
+    w.run_until(Duration::from_secs(22));
+    assert_eq!(w.rate_limited, 0, "no send was refused by the rate limit");
+    let sent = w.shown(alice, ConversationKind::Direct, "bob");
+    let pending = sent
+        .iter()
+        .filter(|(_, s)| *s == MessageStatus::Pending)
+        .count();
+    assert_eq!(pending, 0, "all 1,000 stored within 22 s at 50/s + 200");
+    w.run_until(Duration::from_secs(40));
+    assert_eq!(bodies(&w, bob, ConversationKind::Direct, "alice"), want);
+    assert_eq!(w.rate_limited, 0);
+}
+
+/// Three members of a group burst into it at once, with deferrals and loss: each
+/// sender's messages keep their order, and every member sees one identical order.
+#[test]
+fn a_group_burst_keeps_each_senders_order_and_one_order_for_all() {
+    for seed in [31u64, 32] {
+        let mut w = World::new();
+        w.rng = rand::SeedableRng::seed_from_u64(seed);
+        w.busy = 0.1;
+        let names = ["ann", "ben", "cat"];
+        let devs: Vec<usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| w.add_device(n, lossy(), seed * 10 + i as u64, true))
+            .collect();
+        let group = w
+            .block(w.store.group_op(
+                GroupOp::Create {
+                    id: "gteam".into(),
+                    name: "team".into(),
+                    owner: "ann".into(),
+                    members: names.iter().map(|n| n.to_string()).collect(),
+                    large: false,
+                },
+                GroupLimits {
+                    members: 10,
+                    large_members: 100,
+                },
+            ))
+            .unwrap()
+            .info
+            .group;
+        for &d in &devs {
+            w.connect_at(d, Duration::ZERO);
+        }
+        w.run_until(Duration::from_millis(300));
+        for i in 0..60 {
+            for (k, &d) in devs.iter().enumerate() {
+                w.send(
+                    d,
+                    &group,
+                    ConversationKind::Group,
+                    &format!("{} {i}", names[k]),
+                );
+            }
+            w.run_until(Duration::from_millis(300 + 20 * i));
+        }
+        w.run_until(Duration::from_secs(90));
+        let seen: Vec<Vec<String>> = devs
+            .iter()
+            .map(|&d| bodies(&w, d, ConversationKind::Group, &group))
+            .collect();
+        assert_eq!(seen[0].len(), 180, "seed {seed}");
+        assert!(
+            seen.iter().all(|s| *s == seen[0]),
+            "seed {seed}: one order for all"
+        );
+        for n in names {
+            let mine: Vec<String> = seen[0]
+                .iter()
+                .filter(|t| t.starts_with(n))
+                .cloned()
+                .collect();
+            let want: Vec<String> = (0..60).map(|i| format!("{n} {i}")).collect();
+            assert_eq!(mine, want, "seed {seed}: {n}'s order");
+        }
+    }
+}
+
+/// A device whose numbers went back (its database was lost or restored to an older
+/// copy, same device id): the server's next send seq is ahead of everything it
+/// queues. It renumbers and its messages arrive, in order, once.
+#[test]
+fn a_device_whose_send_numbers_went_back_renumbers_and_keeps_order() {
+    let mut w = World::new();
+    let link = lossy();
+    let alice = w.add_device("alice", link.clone(), 41, true);
+    let bob = w.add_device("bob", link.clone(), 42, true);
+    w.connect_at(alice, Duration::ZERO);
+    w.connect_at(bob, Duration::ZERO);
+    w.run_until(Duration::from_millis(200));
+    let first = texts(0..10);
+    for t in &first {
+        w.send(alice, "bob", ConversationKind::Direct, t);
+    }
+    w.run_until(Duration::from_secs(10));
+    // The app's data is lost; the device id stays (as after a restore).
+    w.q.push(w.now, Ev::Restart { dev: alice });
+    w.run_until(Duration::from_millis(10_001));
+    let dir = tempfile::tempdir().unwrap();
+    w.devs[alice].db = Db::open(dir.path(), "alice").unwrap();
+    w.devs[alice]._dir = dir;
+    let second = texts(10..20);
+    for t in &second {
+        w.send(alice, "bob", ConversationKind::Direct, t);
+    }
+    w.connect_at(alice, Duration::from_secs(11));
+    w.run_until(Duration::from_secs(40));
+    let want: Vec<String> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(bodies(&w, bob, ConversationKind::Direct, "alice"), want);
+    let sent = w.shown(alice, ConversationKind::Direct, "bob");
+    assert!(
+        sent.iter().all(|(_, s)| *s != MessageStatus::Pending),
+        "{sent:?}"
+    );
 }

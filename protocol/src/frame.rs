@@ -381,6 +381,7 @@ mod tests {
             content_type: 0,
             body: b"hello, bob".to_vec().into(),
             client_ts_ms: 1_700_000_000_000,
+            send_seq: 0,
         })
     }
 

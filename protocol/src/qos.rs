@@ -274,6 +274,9 @@ pub struct Sender<K, P = ()> {
     epoch: Instant,
     next_scan: Instant,
     events: VecDeque<SenderEvent<K>>,
+    /// Payloads of the messages reported [`SenderEvent::Failed`] by the last
+    /// [`Sender::handle_timeout`], until taken.
+    failed: Vec<(K, P)>,
     stats: SenderStats,
 }
 
@@ -316,6 +319,7 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
             epoch: now,
             next_scan,
             events: VecDeque::new(),
+            failed: Vec::new(),
             stats: SenderStats::default(),
         }
     }
@@ -469,8 +473,16 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
         }
     }
 
+    /// The payload of a message just reported [`SenderEvent::Failed`] (kept until the
+    /// next [`handle_timeout`](Self::handle_timeout)), for a caller that wants to keep it.
+    pub fn take_failed(&mut self, key: &K) -> Option<P> {
+        let i = self.failed.iter().position(|(k, _)| k == key)?;
+        Some(self.failed.swap_remove(i).1)
+    }
+
     /// Processes timers due at `now`; then drain [`poll_event`](Self::poll_event).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.failed.clear();
         match self.config.schedule.clone() {
             Schedule::Adaptive(a) => self.adaptive_timeout(&a, now),
             Schedule::Fixed(f) => self.fixed_scan(&f, now),
@@ -543,6 +555,7 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
             if now.saturating_duration_since(entry.first_sent) >= a.give_up {
                 self.order.remove(&serial);
                 self.stats.failed += 1;
+                self.failed.push((key, entry.payload));
                 self.events.push_back(SenderEvent::Failed {
                     key,
                     transmissions: entry.transmissions,
@@ -578,7 +591,8 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
             let entry = self.entries.get_mut(&key).expect("order and entries agree");
             if entry.transmissions > f.max_retries {
                 let (transmissions, elapsed) = (entry.transmissions, now - entry.first_sent);
-                self.entries.remove(&key);
+                let entry = self.entries.remove(&key).expect("just found");
+                self.failed.push((key, entry.payload));
                 self.order.remove(&serial);
                 self.stats.failed += 1;
                 self.events.push_back(SenderEvent::Failed {

@@ -137,7 +137,10 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         session_id,
                         heartbeat_timeout_ms: hb,
                         inbox_head_seq: head,
-                        max_body_bytes: max
+                        max_body_bytes: max,
+                        send_rate_per_sec: hb.rotate_left(7),
+                        send_burst: max.rotate_left(3),
+                        next_send_seq: head.rotate_left(11),
                     }
                 )
             ),
@@ -166,6 +169,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     content_type: c,
                     body: b,
                     client_ts_ms: ts,
+                    send_seq: ts.rotate_left(17),
                 })
             }),
         (blob(), 0..60i32, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
@@ -176,6 +180,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     server_msg_id: sid,
                     seq,
                     server_ts_ms: ts,
+                    expected_send_seq: seq.rotate_left(9),
                     ..Default::default()
                 })
             }

@@ -256,6 +256,8 @@ async fn send_message(
             require_known_recipient: api.shared.config.require_known_recipient,
             to_service: false,
             from_backend: true,
+            device: String::new(),
+            send_seq: 0,
         })
         .await?;
     metrics::counter!("tern_http_messages_total").increment(1);

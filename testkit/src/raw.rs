@@ -197,6 +197,7 @@ pub fn chat_frame(id: ClientMsgId, to: &str, text: &str) -> Frame {
         content_type: 0,
         body: bytes::Bytes::copy_from_slice(text.as_bytes()),
         client_ts_ms: 0,
+        send_seq: 0,
     })
 }
 

@@ -135,6 +135,9 @@ const MESSAGE_COLUMNS: &str =
     "local_id, client_msg_id, server_msg_id, conversation, conv_kind, sender, recipient,
      content_type, body, client_ts, server_ts, seq, outgoing, status, error, recalled, read_count";
 
+/// How many columns [`MESSAGE_COLUMNS`] names.
+const MESSAGE_COLUMN_COUNT: usize = 17;
+
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     let id: Vec<u8> = r.get(1)?;
     let status: i64 = r.get(13)?;

@@ -26,9 +26,10 @@ impl Db {
             params![&id.0[..], to, kind.to_wire(), self.user, content_type, body, now_ms as i64, MessageStatus::Pending.code()],
         )?;
         let local_id = tx.last_insert_rowid();
+        let send_seq = take_send_seq(&tx)?;
         tx.execute(
-            "INSERT INTO outbox (local_id) VALUES (?1)",
-            params![local_id],
+            "INSERT INTO outbox (local_id, send_seq) VALUES (?1, ?2)",
+            params![local_id, send_seq as i64],
         )?;
         touch_conversation(&tx, kind, to, local_id, now_ms, 0)?;
         tx.commit()?;
@@ -37,12 +38,71 @@ impl Db {
 
     /// The first `limit` outbox messages, in send order.
     pub fn outbox(&self, limit: u32) -> Result<Vec<Message>, DbError> {
+        Ok(self
+            .outbox_sends(limit)?
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect())
+    }
+
+    /// The first `limit` outbox messages with their send seqs, in send order.
+    pub fn outbox_sends(&self, limit: u32) -> Result<Vec<(Message, u64)>, DbError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE local_id IN (SELECT local_id FROM outbox) ORDER BY local_id LIMIT ?1"
+            "SELECT {MESSAGE_COLUMNS}, o.send_seq FROM messages JOIN outbox o USING (local_id)
+             ORDER BY o.send_seq, o.local_id LIMIT ?1"
         ))?;
-        Ok(stmt
-            .query_map(params![limit as i64], row_to_message)?
-            .collect::<Result<_, _>>()?)
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok((
+                row_to_message(r)?,
+                r.get::<_, i64>(MESSAGE_COLUMN_COUNT)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether an outbox message has send seq `send_seq`.
+    pub fn has_send_seq(&self, send_seq: u64) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM outbox WHERE send_seq = ?1",
+                params![send_seq as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The server takes `next` as this device's next send seq (login, or an
+    /// `OUT_OF_ORDER` answer) and the outbox does not hold it: the device's numbers went
+    /// back (its database was restored) or ahead of what the server saw. Renumbers the
+    /// ordered outbox in order from `next` and continues the counter after it. Returns
+    /// how many messages were renumbered.
+    pub fn renumber_sends(&mut self, next: u64) -> Result<usize, DbError> {
+        let tx = self.conn.transaction()?;
+        let ids: Vec<i64> = tx
+            .prepare("SELECT local_id FROM outbox WHERE send_seq > 0 ORDER BY send_seq, local_id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        // Two passes: the new numbers may overlap the old ones.
+        tx.execute(
+            "UPDATE outbox SET send_seq = -send_seq WHERE send_seq > 0",
+            [],
+        )?;
+        for (i, id) in ids.iter().enumerate() {
+            tx.execute(
+                "UPDATE outbox SET send_seq = ?2 WHERE local_id = ?1",
+                params![id, (next + i as u64) as i64],
+            )?;
+        }
+        // The counter continues after the renumbered messages; with none, it only moves
+        // forward to the server's next.
+        let last = (next + ids.len() as u64).saturating_sub(1);
+        if !ids.is_empty() || last > state(&tx, "send_seq")? {
+            set_state(&tx, "send_seq", last)?;
+        }
+        tx.commit()?;
+        Ok(ids.len())
     }
 
     /// One message by client message id.
@@ -88,31 +148,7 @@ impl Db {
             "UPDATE messages SET log = ?2 WHERE local_id = ?1",
             params![local_id, log],
         )?;
-        // Sent, unless a receipt covering this id already arrived (it can overtake).
-        tx.execute(
-            "UPDATE messages SET server_msg_id = ?2, seq = ?3, server_ts = ?4,
-                 status = CASE WHEN status = ?5 THEN COALESCE((
-                     SELECT CASE WHEN ?2 <= c.read_up_to THEN ?8 WHEN ?2 <= c.delivered_up_to THEN ?7 ELSE ?6 END
-                     FROM conversations c
-                     WHERE c.conv_kind = messages.conv_kind AND c.conversation = messages.conversation), ?6)
-                 ELSE status END, error = NULL
-             WHERE local_id = ?1",
-            params![
-                local_id,
-                server_msg_id as i64,
-                seq as i64,
-                server_ts as i64,
-                MessageStatus::Pending.code(),
-                MessageStatus::Sent.code(),
-                MessageStatus::Delivered.code(),
-                MessageStatus::Read.code()
-            ],
-        )?;
-        let status = tx.query_row(
-            "SELECT status, error FROM messages WHERE local_id = ?1",
-            params![local_id],
-            |r| Ok(MessageStatus::from_db(r.get(0)?, r.get(1)?)),
-        )?;
+        let status = settle_sent(&tx, local_id, server_msg_id, seq, server_ts)?;
         tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
         let before = state(&tx, &log_key("cursor", log))?;
         record_seq(&tx, log, seq)?;
@@ -152,9 +188,11 @@ impl Db {
             params![local_id, MessageStatus::Pending.code(), MessageStatus::Failed { reason: String::new() }.code()],
         )?;
         if n == 1 {
+            // A retried message goes to the end of the send order.
+            let send_seq = take_send_seq(&tx)?;
             tx.execute(
-                "INSERT OR IGNORE INTO outbox (local_id) VALUES (?1)",
-                params![local_id],
+                "INSERT OR IGNORE INTO outbox (local_id, send_seq) VALUES (?1, ?2)",
+                params![local_id, send_seq as i64],
             )?;
         }
         tx.commit()?;
@@ -164,6 +202,50 @@ impl Db {
             Ok(None)
         }
     }
+}
+
+/// The server stored our message `local_id` (its `SendResult`, or its entry in our own
+/// timeline, whichever comes first): records its ids, and its status becomes Sent, or
+/// Delivered/Read if a receipt covering it already arrived (receipts can overtake).
+/// Returns the status.
+pub(super) fn settle_sent(
+    tx: &Transaction<'_>,
+    local_id: i64,
+    server_msg_id: u64,
+    seq: u64,
+    server_ts: u64,
+) -> rusqlite::Result<MessageStatus> {
+    tx.execute(
+        "UPDATE messages SET server_msg_id = ?2, seq = ?3, server_ts = ?4,
+             status = CASE WHEN status = ?5 THEN COALESCE((
+                 SELECT CASE WHEN ?2 <= c.read_up_to THEN ?8 WHEN ?2 <= c.delivered_up_to THEN ?7 ELSE ?6 END
+                 FROM conversations c
+                 WHERE c.conv_kind = messages.conv_kind AND c.conversation = messages.conversation), ?6)
+             ELSE status END, error = NULL
+         WHERE local_id = ?1",
+        params![
+            local_id,
+            server_msg_id as i64,
+            seq as i64,
+            server_ts as i64,
+            MessageStatus::Pending.code(),
+            MessageStatus::Sent.code(),
+            MessageStatus::Delivered.code(),
+            MessageStatus::Read.code()
+        ],
+    )?;
+    tx.query_row(
+        "SELECT status, error FROM messages WHERE local_id = ?1",
+        params![local_id],
+        |r| Ok(MessageStatus::from_db(r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// The next number of this device's send order.
+fn take_send_seq(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
+    let next = state(tx, "send_seq")? + 1;
+    set_state(tx, "send_seq", next)?;
+    Ok(next)
 }
 
 pub(super) fn local_id_of(tx: &Transaction<'_>, id: &ClientMsgId) -> rusqlite::Result<Option<i64>> {

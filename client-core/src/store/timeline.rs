@@ -8,6 +8,7 @@ use tern_protocol::{ClientMsgId, pb};
 
 use crate::types::{ConversationKind, Message, MessageStatus};
 
+use super::outbox::settle_sent;
 use super::*;
 
 impl Db {
@@ -261,12 +262,26 @@ pub(super) fn apply_entry(
                 touch_conversation(tx, kind, conversation, local_id, m.server_ts_ms, e.seq)?;
                 applied.conversations.push((kind, conversation.clone()));
             } else if outgoing {
-                // Our own message, already known locally (sent from this device).
-                tx.execute(
-                    "UPDATE messages SET server_msg_id = ?2, server_ts = ?3, seq = ?4, log = ?5 WHERE client_msg_id = ?1 AND server_msg_id IS NULL",
-                    params![&id.0[..], m.server_msg_id as i64, m.server_ts_ms as i64, e.seq as i64, log],
-                )?;
-                tx.execute("DELETE FROM outbox WHERE local_id = (SELECT local_id FROM messages WHERE client_msg_id = ?1)", params![&id.0[..]])?;
+                // Our own message, already known locally (sent from this device), and
+                // its entry came before its SendResult (that answer was lost with a
+                // connection): it is stored, so it is Sent (or further) and leaves the
+                // outbox, exactly as the SendResult would have done.
+                let pending: Option<i64> = tx
+                    .query_row(
+                        "SELECT local_id FROM messages WHERE client_msg_id = ?1 AND server_msg_id IS NULL",
+                        params![&id.0[..]],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(local_id) = pending {
+                    tx.execute(
+                        "UPDATE messages SET log = ?2 WHERE local_id = ?1",
+                        params![local_id, log],
+                    )?;
+                    let status = settle_sent(tx, local_id, m.server_msg_id, e.seq, m.server_ts_ms)?;
+                    tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
+                    applied.status_changes.push((local_id, status));
+                }
             }
         }
         Some(Body::Receipt(r)) if r.by_user == me => {

@@ -25,12 +25,26 @@ use std::time::{Duration, Instant};
 use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
 use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
 use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
+use tern_protocol::rate::TokenBucket;
 use tern_protocol::{ClientMsgId, ErrorCode, pb, unix_ms};
 
 use crate::store::{Applied, Db, DbError};
 use crate::types::{ConversationKind, MessageStatus};
 
 mod logs;
+
+/// What the server said at login that the machine needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoginInfo {
+    /// The head of the user's timeline.
+    pub head: u64,
+    /// The send seq the server takes next from this device.
+    pub next_send_seq: u64,
+    /// The send budget: frames per second (0: the server announced none).
+    pub send_rate_per_sec: u32,
+    /// The send budget: burst.
+    pub send_burst: u32,
+}
 
 /// Pause before resending a message the server deferred (rate limited, busy).
 pub const SERVER_DEFERRAL: Duration = Duration::from_secs(1);
@@ -125,8 +139,17 @@ pub struct SyncMachine {
     qos: Sender<ClientMsgId, pb::ChatMessage>,
     /// Pushes already stored (their ACK may have been lost).
     filter: DuplicateFilter<u64>,
-    /// Sends the server deferred (rate limited, busy): not before this time.
-    deferred: HashMap<ClientMsgId, Instant>,
+    /// The server deferred a send (rate limited, busy): the outbox waits until then,
+    /// and goes on from that send, in order.
+    paused_until: Option<Instant>,
+    /// The send budget announced at login, paced to (`None`: none announced).
+    budget: Option<TokenBucket>,
+    /// Tokens left for frames other than sends (ACKs, pulls, heartbeats).
+    reserve: f64,
+    /// The outbox waits for the budget until then.
+    paced_at: Option<Instant>,
+    /// The latest time an input carried (charges frames queued without one).
+    now: Instant,
     next_request: u64,
     /// `None` while disconnected.
     link: Option<Link>,
@@ -141,7 +164,11 @@ impl SyncMachine {
             qos: Sender::new(config.qos.clone(), now),
             config,
             filter: DuplicateFilter::new(DedupConfig::default()),
-            deferred: HashMap::new(),
+            paused_until: None,
+            budget: None,
+            reserve: 0.0,
+            paced_at: None,
+            now,
             next_request: 1,
             link: None,
             transmits: VecDeque::new(),
@@ -175,6 +202,15 @@ impl SyncMachine {
         self.qos.on_rtt_sample(rtt);
     }
 
+    /// The driver sent a request of its own (an app call): it counts against the send
+    /// budget like every frame but ACKs and heartbeats.
+    pub fn on_frame_sent(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if let Some(b) = &mut self.budget {
+            b.charge(now);
+        }
+    }
+
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
@@ -190,7 +226,8 @@ impl SyncMachine {
         let link = self.link.as_ref()?;
         [
             self.qos.poll_timeout(),
-            self.deferred.values().min().copied(),
+            self.paused_until,
+            self.paced_at,
             link.gap_at,
         ]
         .into_iter()
@@ -203,6 +240,13 @@ impl SyncMachine {
     }
 
     fn push_transmit(&mut self, frame: Frame, flags: u8, reliable: bool) {
+        let now = self.now;
+        // ACKs are outside the send budget (the server guards them separately).
+        if !matches!(frame, Frame::DeliveryAck(_)) {
+            if let Some(b) = &mut self.budget {
+                b.charge(now);
+            }
+        }
         self.transmits.push_back(Transmit {
             frame,
             flags,
@@ -224,11 +268,46 @@ impl SyncMachine {
     /// shows at once), then the timeline above the cursor page by page, the read marks
     /// not yet confirmed, the large groups' logs, everything unacknowledged in the
     /// original order, then the rest of the outbox.
-    pub fn on_connected(&mut self, head: u64, now: Instant, db: &mut Db) -> Result<(), DbError> {
+    ///
+    /// The send budget starts full, like the server's bucket; the outbox is renumbered
+    /// first if the server's next send seq cannot be filled by it (see
+    /// [`Db::renumber_sends`]).
+    pub fn on_connected(
+        &mut self,
+        login: LoginInfo,
+        now: Instant,
+        db: &mut Db,
+    ) -> Result<(), DbError> {
+        let head = login.head;
+        self.now = self.now.max(now);
         self.link = Some(Link {
             head,
             ..Link::default()
         });
+        self.paused_until = None;
+        self.paced_at = None;
+        self.budget = (login.send_rate_per_sec > 0 && login.send_burst > 0)
+            .then(|| TokenBucket::new(login.send_rate_per_sec, login.send_burst, now));
+        let burst = login.send_burst as f64;
+        self.reserve = (burst / 10.0).max(2.0).min((burst - 1.0).max(0.0));
+        if login.next_send_seq > 0 {
+            let lowest = db
+                .outbox_sends(1)?
+                .first()
+                .map(|(_, s)| *s)
+                .filter(|s| *s > 0);
+            // Nothing queued, or only numbers above a gap nothing can fill: continue
+            // from the server's next. (Numbers below it may be messages stored whose
+            // answer was lost: sent as they are, they come back as duplicates.)
+            if lowest.is_none_or(|s| s > login.next_send_seq) {
+                let n = db.renumber_sends(login.next_send_seq)?;
+                if n > 0 {
+                    for id in self.qos.pending().copied().collect::<Vec<_>>() {
+                        self.qos.cancel(&id);
+                    }
+                }
+            }
+        }
         let cursor = db.cursor()?;
         if head > cursor {
             let start_at_head = cursor == 0 && !self.config.full_history_sync;
@@ -265,21 +344,33 @@ impl SyncMachine {
         self.link.get_or_insert_with(Link::default)
     }
 
-    /// Sends outbox messages that are not in flight yet, in order, while the window
-    /// allows (call when the app queued new messages).
+    /// Sends outbox messages that are not in flight yet, in send order, while the
+    /// window and the send budget allow (call when the app queued new messages).
     pub fn flush(&mut self, now: Instant, db: &mut Db) -> Result<(), DbError> {
+        self.now = self.now.max(now);
         if self.link.is_none() || !self.qos.has_room() {
             return Ok(());
         }
+        if self.paused_until.is_some_and(|t| t > now) {
+            return Ok(());
+        }
+        self.paused_until = None;
         let limit = (self.qos.in_flight() + self.qos.config().window) as u32;
-        let outbox = db.outbox(limit)?;
-        self.deferred.retain(|_, at| *at > now);
-        for msg in outbox {
+        for (msg, send_seq) in db.outbox_sends(limit)? {
             let Some(id) = ClientMsgId::from_hex(&msg.client_msg_id) else {
                 continue;
             };
-            if self.qos.is_pending(&id) || self.deferred.contains_key(&id) {
+            if self.qos.is_pending(&id) {
                 continue;
+            }
+            let need = 1.0 + self.reserve;
+            if let Some(b) = &mut self.budget {
+                if b.available(now) < need {
+                    // Paced: the next send goes when the budget allows it, so the
+                    // server never has to refuse one.
+                    self.paced_at = Some(now + b.time_until(need, now));
+                    break;
+                }
             }
             let chat = pb::ChatMessage {
                 client_msg_id: bytes::Bytes::copy_from_slice(&id.0),
@@ -289,6 +380,7 @@ impl SyncMachine {
                 content_type: msg.content_type,
                 body: msg.body.clone().into(),
                 client_ts_ms: msg.client_ts_ms,
+                send_seq,
             };
             if self.qos.try_send_with(id, chat.clone(), now).is_err() {
                 break;
@@ -296,6 +388,31 @@ impl SyncMachine {
             self.send(Frame::Chat(chat));
         }
         Ok(())
+    }
+
+    /// Takes every send with send seq `from` or later out of flight (all, for `from`
+    /// 0): they go again, in order, from the outbox.
+    fn cancel_from(&mut self, from: u64) {
+        let ids: Vec<ClientMsgId> = self
+            .qos
+            .pending()
+            .filter(|id| {
+                self.qos
+                    .payload(id)
+                    .is_some_and(|c| from == 0 || c.send_seq >= from)
+            })
+            .copied()
+            .collect();
+        for id in ids {
+            self.qos.cancel(&id);
+        }
+    }
+
+    /// Whether the send with send seq `seq` is in flight.
+    fn in_flight(&self, seq: u64) -> bool {
+        self.qos
+            .pending()
+            .any(|id| self.qos.payload(id).is_some_and(|c| c.send_seq == seq))
     }
 
     /// Sends every read mark the server has not confirmed (call when the app marked a
@@ -329,6 +446,7 @@ impl SyncMachine {
 
     /// Timers due at `now`: retransmissions and give-ups, deferred sends, the gap wait.
     pub fn handle_timeout(&mut self, now: Instant, db: &mut Db) -> Result<(), DbError> {
+        self.now = self.now.max(now);
         if self.link.is_none() {
             return Ok(());
         }
@@ -356,8 +474,15 @@ impl SyncMachine {
                 }
             }
         }
-        let retry_due = self.deferred.values().any(|at| *at <= now);
-        if freed || retry_due {
+        let resume = self.paused_until.is_some_and(|t| t <= now);
+        if resume {
+            self.paused_until = None;
+        }
+        let paced = self.paced_at.is_some_and(|t| t <= now);
+        if paced {
+            self.paced_at = None;
+        }
+        if freed || resume || paced {
             self.flush(now, db)?;
         }
         let gap_due = self
@@ -469,6 +594,7 @@ impl SyncMachine {
         now: Instant,
         db: &mut Db,
     ) -> Result<Option<Frame>, DbError> {
+        self.now = self.now.max(now);
         if self.link.is_none() {
             return Ok(Some(frame));
         }
@@ -540,18 +666,51 @@ impl SyncMachine {
                 });
             }
             self.flush(now, db)
+        } else if code == ErrorCode::OutOfOrder {
+            self.on_out_of_order(id, r.expected_send_seq, now, db)
         } else if permanent(code) {
+            // The server used up its send seq: the sends behind it are taken.
             self.qos.cancel(&id);
             self.fail(&id, code.as_str_name().to_owned(), db)?;
             self.flush(now, db)
         } else {
-            // Transient (rate limited, busy, storage): not a loss. Take it out of
-            // flight and send it again from the outbox after a pause.
+            // Deferred (rate limited, busy, storage): not a loss. The outbox pauses and
+            // goes on from this send, in order: everything sent after it is taken out of
+            // flight too (the server would refuse it as out of order anyway).
             tracing::debug!(id = %id, code = code.as_str_name(), "send deferred by the server");
+            let from = self.qos.payload(&id).map_or(0, |c| c.send_seq);
+            self.cancel_from(from);
             self.qos.cancel(&id);
-            self.deferred.insert(id, now + SERVER_DEFERRAL);
+            self.paused_until = Some(now + SERVER_DEFERRAL);
             Ok(())
         }
+    }
+
+    /// The server expects `expected` from this device before the send `id`.
+    fn on_out_of_order(
+        &mut self,
+        id: ClientMsgId,
+        expected: u64,
+        now: Instant,
+        db: &mut Db,
+    ) -> Result<(), DbError> {
+        let Some(sent) = self.qos.payload(&id).map(|c| c.send_seq) else {
+            return Ok(()); // an answer to a copy already taken out of flight
+        };
+        if self.in_flight(expected) {
+            return Ok(()); // the gap is being filled
+        }
+        tracing::debug!(sent, expected, "send out of order; resending from the gap");
+        if expected < sent && db.has_send_seq(expected)? {
+            // Sends before this one were deferred: go on from the first of them.
+            self.cancel_from(expected);
+        } else {
+            // Nothing the outbox holds can fill the gap (the device's numbers went back,
+            // say after its database was restored): renumber from the server's next.
+            db.renumber_sends(expected)?;
+            self.cancel_from(0);
+        }
+        self.flush(now, db)
     }
 
     fn on_push(

@@ -4,4 +4,4 @@
 
 pub(crate) use tern_testkit::client::*;
 pub(crate) use tern_testkit::server::{server, server_with};
-pub(crate) use tern_testkit::{WAIT, until};
+pub(crate) use tern_testkit::{WAIT, until, until_within};

@@ -153,6 +153,7 @@ pub fn run(s: &QosScenario) -> QosReport {
             content_type: 0,
             body: body.clone(),
             client_ts_ms: 0,
+            send_seq: 0,
         })
     };
 

@@ -14,12 +14,12 @@ use tern_protocol::{ErrorCode, is_valid_user_id, pb};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
-use super::rate::TokenBucket;
 use super::{LOGIN_TIMEOUT, Session, WRITE_TIMEOUT, code_name};
 use crate::auth::LoginRequest;
 use crate::registry::SessionInfo;
 use crate::state::Shared;
 use crate::store::store_failure;
+use tern_protocol::rate::TokenBucket;
 
 /// Dotted-number comparison: "1.10.0" > "1.9.3". Non-numeric parts count as 0.
 fn version_lt(have: &str, min: &str) -> bool {
@@ -34,6 +34,9 @@ fn version_lt(have: &str, min: &str) -> bool {
     b.resize(n, 0);
     a < b
 }
+
+/// The flood guard for ACKs and heartbeats is this many times the send budget.
+const CONTROL_FACTOR: u32 = 10;
 
 async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), String> {
     write_stream(send, &frame.to_bytes(0), WRITE_TIMEOUT)
@@ -174,7 +177,15 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         reject(&conn, &mut send, refuse(code, message), code).await;
         return None;
     }
-    let head = match shared.store.head_seq(&login.user_id).await {
+    let store = &shared.store;
+    let (user, device) = (&login.user_id, &login.device_id);
+    let read = async {
+        Ok((
+            store.head_seq(user).await?,
+            store.next_send_seq(user, device).await?,
+        ))
+    };
+    let (head, next_send_seq) = match read.await {
         Ok(h) => h,
         Err(e) => {
             let (code, message) = store_failure(e);
@@ -224,6 +235,9 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         heartbeat_timeout_ms: shared.config.heartbeat_timeout.as_millis() as u32,
         inbox_head_seq: head,
         max_body_bytes: shared.config.max_body_bytes,
+        send_rate_per_sec: shared.config.rate_per_sec,
+        send_burst: shared.config.rate_burst,
+        next_send_seq,
     });
     if let Err(e) = write(&mut send, &result).await {
         tracing::debug!(%remote, error = %e, "login result not delivered");
@@ -243,7 +257,18 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
     );
     let now = Instant::now();
     Some(Session {
-        bucket: TokenBucket::new(shared.config.rate_per_sec, shared.config.rate_burst, now),
+        bucket: TokenBucket::new(
+            shared.config.rate_per_sec,
+            shared.config.rate_burst,
+            now.into_std(),
+        ),
+        control_bucket: TokenBucket::new(
+            shared.config.rate_per_sec.saturating_mul(CONTROL_FACTOR),
+            shared.config.rate_burst.saturating_mul(CONTROL_FACTOR),
+            now.into_std(),
+        ),
+        acked_cursor: Default::default(),
+        tail: Vec::new(),
         shared: shared.clone(),
         conn,
         send,

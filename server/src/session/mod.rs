@@ -12,12 +12,11 @@
 //! come back to the client in any order (they carry the client message id).
 //!
 //! The files: `login` (handshake to registered session), `requests` (what the client
-//! asks), `push` (push QoS and delivery ACKs), `rate` (the frame rate limit); this file
+//! asks), `push` (push QoS and delivery ACKs); this file
 //! holds the loop that multiplexes them.
 
 mod login;
 mod push;
-mod rate;
 mod requests;
 
 use std::sync::Arc;
@@ -34,10 +33,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use self::push::PushKey;
-use self::rate::TokenBucket;
 use self::requests::send_result;
 use crate::registry::SessionCmd;
 use crate::state::Shared;
+use tern_protocol::rate::TokenBucket;
 
 /// Time allowed from handshake to a complete `Login` frame.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,10 +94,19 @@ struct Session {
     inbound: mpsc::Receiver<Inbound>,
     /// Keyed by (log number, seq).
     push_qos: Sender<PushKey, Arc<pb::TimelineEntry>>,
+    /// The newest entry of each log skipped while the push window was full (at most
+    /// one per log), pushed when there is room.
+    tail: Vec<(PushKey, Arc<pb::TimelineEntry>)>,
     /// Large groups whose log entries this session pushed; a group's number is its
     /// index + 1.
     logs: Vec<Arc<str>>,
+    /// The send budget (every frame but ACKs and heartbeats).
     bucket: TokenBucket,
+    /// The flood guard for ACKs and heartbeats.
+    control_bucket: TokenBucket,
+    /// The highest delivery cursor this session wrote: an ACK at or below it costs no
+    /// write (set by the write itself, so an ACK refused as busy is retried).
+    acked_cursor: Arc<std::sync::atomic::AtomicU64>,
     tasks: FuturesUnordered<BoxFuture<'static, Option<Frame>>>,
     last_rx: Instant,
 }
@@ -218,9 +226,20 @@ impl Session {
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
-        if !self.bucket.take(Instant::now()) {
+        // Sends and requests spend the send budget announced at login; ACKs and
+        // heartbeats (cheap, and what the server's own pushes ask for) spend a flood
+        // guard of ten times that instead, so a client that paces its sends to the budget
+        // is never refused however many pushes it acknowledges.
+        let control = matches!(frame, Frame::DeliveryAck(_) | Frame::Heartbeat(_));
+        let now = Instant::now().into_std();
+        let bucket = if control {
+            &mut self.control_bucket
+        } else {
+            &mut self.bucket
+        };
+        if !bucket.take(now) {
             metrics::counter!("tern_rate_limited_total").increment(1);
-            if self.bucket.refused > self.shared.config.rate_burst {
+            if bucket.refused > bucket.burst() {
                 tracing::warn!(user = %self.user, session = self.id, "flood: closing session");
                 let f = Frame::error(ErrorCode::RateLimited, "too many frames", 0);
                 self.write(&f, 0).await?;
@@ -236,7 +255,7 @@ impl Session {
             Frame::Chat(m) => self.on_chat(m).await,
             Frame::DeliveryAck(a) => {
                 self.on_delivery_ack(a);
-                Ok(())
+                self.push_tails().await
             }
             Frame::Heartbeat(_) => {
                 let reply = Frame::HeartbeatReply(pb::HeartbeatReply {

@@ -46,18 +46,41 @@ impl Session {
         if self.push_qos.is_pending(&key) {
             return Ok(());
         }
-        let frame = self.push_frame(key, &p.entry);
+        if !self.push_qos.has_room() {
+            // Window full: the client sees the gap at the next push and pulls it. The
+            // newest skipped entry of each log is kept and pushed once there is room,
+            // so the last messages of a burst are not left with nothing after them to
+            // reveal the gap.
+            metrics::counter!("tern_pushes_skipped_total").increment(1);
+            self.tail.retain(|(k, _)| k.0 != key.0);
+            self.tail.push((key, p.entry));
+            return Ok(());
+        }
+        self.send_push(key, p.entry).await
+    }
+
+    async fn send_push(&mut self, key: PushKey, entry: Arc<pb::TimelineEntry>) -> Result<(), End> {
+        let frame = self.push_frame(key, &entry);
         if self
             .push_qos
-            .try_send_with(key, p.entry, Instant::now().into_std())
+            .try_send_with(key, entry, Instant::now().into_std())
             .is_err()
         {
-            // Window full: the client sees the gap at the next push and syncs it.
-            metrics::counter!("tern_pushes_skipped_total").increment(1);
-            return Ok(());
+            return Ok(()); // pending already
         }
         metrics::counter!("tern_pushes_total").increment(1);
         self.write(&frame, 0).await
+    }
+
+    /// Pushes the kept tails (newest skipped entry per log) while the window has room.
+    pub(super) async fn push_tails(&mut self) -> Result<(), End> {
+        while self.push_qos.has_room() {
+            let Some((key, entry)) = self.tail.pop() else {
+                break;
+            };
+            self.send_push(key, entry).await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn on_qos_timer(&mut self) -> Result<(), End> {
@@ -75,11 +98,20 @@ impl Session {
                     key, transmissions, ..
                 } => {
                     metrics::counter!("tern_push_failed_total").increment(1);
-                    tracing::warn!(user = %self.user, log = key.0, seq = key.1, transmissions, "push never acknowledged; left for sync");
+                    tracing::warn!(user = %self.user, log = key.0, seq = key.1, transmissions, "push never acknowledged; kept as the log's tail");
+                    // The session is alive (its heartbeats arrive): keep the entry as its
+                    // log's tail so the device learns of it. A newer entry of the log
+                    // replaces it, and the device pulls everything up to that one.
+                    if let Some(entry) = self.push_qos.take_failed(&key) {
+                        if !self.tail.iter().any(|(k, _)| k.0 == key.0 && k.1 > key.1) {
+                            self.tail.retain(|(k, _)| k.0 != key.0);
+                            self.tail.push((key, entry));
+                        }
+                    }
                 }
             }
         }
-        Ok(())
+        self.push_tails().await
     }
 
     pub(super) fn on_delivery_ack(&mut self, a: pb::DeliveryAck) {
@@ -106,16 +138,22 @@ impl Session {
             }
         }
         // A group log's ACK only settles the pushes: no cursor or receipts on the server.
-        if a.cumulative_seq == 0 || log.is_some() {
+        // An ACK that does not move this device's cursor costs no write.
+        let written = self.acked_cursor.load(std::sync::atomic::Ordering::Relaxed);
+        if a.cumulative_seq <= written || log.is_some() {
             return;
         }
+        let acked_cursor = self.acked_cursor.clone();
         let shared = self.shared.clone();
         let (user, device, seq) = (self.user.clone(), self.device.clone(), a.cumulative_seq);
         // Spawned, not tied to the session: the cursor and receipts must advance even if
         // the connection drops right after the ACK.
         tokio::spawn(async move {
             match shared.store.ack_delivered(&user, &device, seq).await {
-                Ok(fanout) => shared.fan_out(fanout, None),
+                Ok(fanout) => {
+                    acked_cursor.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+                    shared.fan_out(fanout, None)
+                }
                 // Busy (counted like every refused write): the next ACK's cumulative
                 // seq covers this one.
                 Err(e @ StoreError::Busy) => {

@@ -14,28 +14,44 @@ impl Session {
     pub(super) async fn on_chat(&mut self, m: pb::ChatMessage) -> Result<(), End> {
         metrics::counter!("tern_messages_in_total").increment(1);
         let cfg = &self.shared.config;
-        let refuse = |code| Some(send_result(m.client_msg_id.clone(), code));
         let kind = pb::ConversationKind::try_from(m.kind).ok();
         let id = ClientMsgId::from_slice(&m.client_msg_id);
         let rejection = if id.is_err() {
-            refuse(ErrorCode::InvalidArgument)
+            Some(ErrorCode::InvalidArgument)
         } else if !m.sender.is_empty() && m.sender != self.user {
-            refuse(ErrorCode::NotAllowed)
+            Some(ErrorCode::NotAllowed)
         } else if m.body.len() > cfg.max_body_bytes as usize {
-            refuse(ErrorCode::MessageTooLarge)
+            Some(ErrorCode::MessageTooLarge)
         } else if kind == Some(pb::ConversationKind::System) {
             // SYSTEM is for the HTTP API only.
-            refuse(ErrorCode::NotAllowed)
+            Some(ErrorCode::NotAllowed)
         } else if kind.is_none() {
-            refuse(ErrorCode::InvalidArgument)
+            Some(ErrorCode::InvalidArgument)
         } else if !is_valid_user_id(&m.recipient) {
-            refuse(ErrorCode::RecipientNotFound)
+            Some(ErrorCode::RecipientNotFound)
         } else {
             None
         };
-        if let Some(frame) = rejection {
+        if let Some(code) = rejection {
             metrics::counter!("tern_messages_rejected_total").increment(1);
-            return self.write(&frame, 0).await;
+            if m.send_seq == 0 {
+                return self.write(&send_result(m.client_msg_id, code), 0).await;
+            }
+            // Refused for good, but its number is used up in the device's order (so the
+            // sends behind it are taken) only if it is the next one: queued now, in
+            // order with the sends around it.
+            let skipped = self
+                .shared
+                .store
+                .skip_send(&self.user, &self.device, m.send_seq);
+            let client_msg_id = m.client_msg_id;
+            self.tasks.push(Box::pin(async move {
+                Some(match skipped.await {
+                    Ok(()) => send_result(client_msg_id, code),
+                    Err(e) => failed_send(client_msg_id, e),
+                })
+            }));
+            return Ok(());
         }
         let to_service = kind == Some(pb::ConversationKind::Direct)
             && cfg.service_accounts.contains(&m.recipient);
@@ -50,6 +66,8 @@ impl Session {
             body: m.body,
             client_ts_ms: m.client_ts_ms,
             require_known_recipient: cfg.require_known_recipient,
+            device: self.device.clone(),
+            send_seq: m.send_seq,
         });
         let shared = self.shared.clone();
         let session = self.id;
@@ -71,9 +89,10 @@ impl Session {
                         seq: stored.sender_seq,
                         server_ts_ms: stored.server_ts_ms,
                         log_seq: stored.log_seq,
+                        expected_send_seq: 0,
                     })
                 }
-                Err(e) => send_result(client_msg_id, store_failure(e).0),
+                Err(e) => failed_send(client_msg_id, e),
             })
         }));
         Ok(())
@@ -286,6 +305,21 @@ impl Session {
             })
         }));
     }
+}
+
+/// The `SendResult` of a send the store did not take: the code, and for
+/// `OUT_OF_ORDER` the device's next send seq.
+fn failed_send(client_msg_id: bytes::Bytes, e: StoreError) -> Frame {
+    let expected_send_seq = match e {
+        StoreError::OutOfOrder { expected } => expected,
+        _ => 0,
+    };
+    Frame::SendResult(pb::SendResult {
+        client_msg_id,
+        code: store_failure(e).0 as i32,
+        expected_send_seq,
+        ..Default::default()
+    })
 }
 
 pub(super) fn send_result(client_msg_id: bytes::Bytes, code: ErrorCode) -> Frame {

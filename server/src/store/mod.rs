@@ -46,6 +46,11 @@ pub struct NewMessage {
     pub to_service: bool,
     /// The business backend sends (HTTP API): into a group it need not be a member of.
     pub from_backend: bool,
+    /// The sending device (empty for the HTTP API).
+    pub device: String,
+    /// The device's send order (`ChatMessage.send_seq`); 0 = unordered. The store takes
+    /// only the device's next one ([`StoreError::OutOfOrder`] otherwise).
+    pub send_seq: u64,
 }
 
 /// A change to a group's membership.
@@ -256,9 +261,29 @@ pub enum StoreError {
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// The message's send seq is not the next of its device: resend from `expected`.
+    #[error("out of order: the device's next send is {expected}")]
+    OutOfOrder {
+        /// The send seq the store takes next from this device.
+        expected: u64,
+    },
     /// Stored data could not be decoded, or the database file is damaged.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// A refusal for good of a message (resending it cannot succeed): it still uses up
+    /// the message's send seq, so one bad message never blocks the device's outbox.
+    pub fn is_final_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::UnknownRecipient
+                | StoreError::GroupNotFound
+                | StoreError::NotAllowed(_)
+                | StoreError::Invalid(_)
+        )
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -287,6 +312,7 @@ pub fn store_failure(e: StoreError) -> (ErrorCode, String) {
         StoreError::MessageNotFound => refused(ErrorCode::MessageNotFound),
         StoreError::RecallExpired => refused(ErrorCode::RecallExpired),
         StoreError::Invalid(_) => refused(ErrorCode::InvalidArgument),
+        StoreError::OutOfOrder { .. } => refused(ErrorCode::OutOfOrder),
         // Overload, not a fault: the client is told SERVER_BUSY and resends. Counted,
         // logged at debug (one line per refused frame would flood the log exactly
         // when the server is busiest).
@@ -339,6 +365,16 @@ pub trait Store: Send + Sync + 'static {
         device: &str,
         seq: u64,
     ) -> Result<Vec<Fanout>, StoreError>;
+
+    /// The send seq the store takes next from `device` of `user` (announced at login).
+    async fn next_send_seq(&self, user: &str, device: &str) -> Result<u64, StoreError>;
+
+    /// `send_seq` of `device` was refused for good before reaching the store (too large,
+    /// malformed): uses the number up if it is the device's next, so the sends behind it
+    /// are taken; [`StoreError::OutOfOrder`] if it is not (the client resends from the
+    /// gap, and this message is refused again in its turn). Ordered when called, like
+    /// [`Store::store_message`].
+    fn skip_send(&self, user: &str, device: &str, send_seq: u64) -> StoreFuture<()>;
 
     /// Latest seq of `user`'s timeline (0 if none).
     async fn head_seq(&self, user: &str) -> Result<u64, StoreError>;

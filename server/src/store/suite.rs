@@ -22,6 +22,8 @@ pub(crate) fn msg(from: &str, to: &str, n: u8) -> NewMessage {
         require_known_recipient: false,
         to_service: false,
         from_backend: false,
+        device: String::new(),
+        send_seq: 0,
     }
 }
 
@@ -404,10 +406,77 @@ pub(crate) async fn c2s_messages_queue_a_webhook_in_the_same_write(store: &dyn S
     assert!(store.webhooks_due(u64::MAX, 10).await.unwrap().is_empty());
 }
 
+/// Behaviour every backend must show (see the module docs): a device's sends are taken
+/// only in their send order; a duplicate is answered before the order is checked; a
+/// message refused for good uses up its number; `skip_send` does the same for refusals
+/// made before the store; `next_send_seq` says where the device stands.
+pub(crate) async fn a_devices_sends_are_taken_only_in_send_order(store: &dyn Store) {
+    let ordered = |n: u8, send_seq: u64| NewMessage {
+        device: "phone".into(),
+        send_seq,
+        ..msg("alice", "bob", n)
+    };
+    assert_eq!(store.next_send_seq("alice", "phone").await.unwrap(), 1);
+    store.store_message(ordered(1, 1)).await.unwrap();
+    // Ahead of a missing one: refused, with the one expected.
+    assert!(matches!(
+        store.store_message(ordered(3, 3)).await,
+        Err(StoreError::OutOfOrder { expected: 2 })
+    ));
+    // Behind (not a duplicate): refused the same way.
+    assert!(matches!(
+        store.store_message(ordered(9, 1)).await,
+        Err(StoreError::OutOfOrder { expected: 2 })
+    ));
+    // A resend of a stored message is its stored result, whatever its number now.
+    assert!(store.store_message(ordered(1, 7)).await.unwrap().duplicate);
+    store.store_message(ordered(2, 2)).await.unwrap();
+    // Refused for good (a group that does not exist) still uses up its number ...
+    let bad = NewMessage {
+        kind: pb::ConversationKind::Group,
+        ..ordered(4, 3)
+    };
+    assert!(matches!(
+        store.store_message(bad).await,
+        Err(StoreError::GroupNotFound)
+    ));
+    assert_eq!(store.next_send_seq("alice", "phone").await.unwrap(), 4);
+    // ... and so does a refusal made before the store, only in its turn.
+    assert!(matches!(
+        store.skip_send("alice", "phone", 5).await,
+        Err(StoreError::OutOfOrder { expected: 4 })
+    ));
+    store.skip_send("alice", "phone", 4).await.unwrap();
+    store.store_message(ordered(5, 5)).await.unwrap();
+    // Other devices and unordered sends are not affected.
+    assert_eq!(store.next_send_seq("alice", "tablet").await.unwrap(), 1);
+    store.store_message(msg("alice", "bob", 6)).await.unwrap();
+    assert_eq!(store.next_send_seq("alice", "phone").await.unwrap(), 6);
+    let texts: Vec<String> = store
+        .timeline("bob", 0, 0, 10)
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::timeline_entry::Body::Message(m)) => {
+                Some(String::from_utf8(m.body.to_vec()).unwrap())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["hello 1", "hello 2", "hello 5", "hello 6"]);
+}
+
 /// Expands to one `#[tokio::test]` per behaviour of the suite; `$make` is an async
 /// closure that returns a fresh, empty store (and anything it must keep alive).
 macro_rules! store_suite {
     ($make:expr) => {
+        #[tokio::test]
+        async fn a_devices_sends_are_taken_only_in_send_order() {
+            let (_keep, store) = ($make)().await;
+            $crate::store::suite::a_devices_sends_are_taken_only_in_send_order(&*store).await;
+        }
         #[tokio::test]
         async fn store_is_idempotent_and_assigns_contiguous_seqs() {
             let (_keep, store) = ($make)().await;

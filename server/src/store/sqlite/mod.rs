@@ -36,6 +36,7 @@ use super::{
 
 mod groups;
 mod marks;
+mod order;
 mod outbox;
 mod schema;
 mod timeline;
@@ -186,6 +187,21 @@ impl Store for SqliteStore {
             WriteReply::Fanout(f) => Ok(f),
             _ => unreachable!("ack job replies Fanout"),
         }
+    }
+
+    async fn next_send_seq(&self, user: &str, device: &str) -> Result<u64, StoreError> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.read(move |c| Ok(order::last_send_seq(c, &user, &device)? + 1))
+            .await
+    }
+
+    fn skip_send(&self, user: &str, device: &str, send_seq: u64) -> StoreFuture<()> {
+        let queued = self.enqueue(WriteOp::SkipSend {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            send_seq,
+        });
+        Box::pin(async move { queued.await.map(|_| ()) })
     }
 
     async fn head_seq(&self, user: &str) -> Result<u64, StoreError> {

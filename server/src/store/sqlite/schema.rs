@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_timelines.sql"),
     include_str!("migrations/0002_groups_marks_webhooks.sql"),
     include_str!("migrations/0003_large_group_logs.sql"),
+    include_str!("migrations/0004_device_send_order.sql"),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

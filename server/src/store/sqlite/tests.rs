@@ -36,9 +36,20 @@ async fn reopening_keeps_everything_and_migrations_are_idempotent() {
     {
         let store = SqliteStore::open(dir.path(), Durability::Full).unwrap();
         store.store_message(msg("alice", "bob", 1)).await.unwrap();
+        let ordered = NewMessage {
+            device: "phone".into(),
+            send_seq: 1,
+            ..msg("alice", "bob", 2)
+        };
+        store.store_message(ordered).await.unwrap();
     }
     let store = SqliteStore::open(dir.path(), Durability::Full).unwrap();
-    assert_eq!(store.head_seq("bob").await.unwrap(), 1);
+    assert_eq!(store.head_seq("bob").await.unwrap(), 2);
+    assert_eq!(
+        store.next_send_seq("alice", "phone").await.unwrap(),
+        2,
+        "the send order survives a restart"
+    );
     assert!(
         store
             .store_message(msg("alice", "bob", 1))

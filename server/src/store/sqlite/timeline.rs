@@ -6,7 +6,7 @@ use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tern_protocol::pb;
 
-use super::{StoreError, groups, outbox};
+use super::{StoreError, groups, order, outbox};
 use crate::store::{Fanout, NewMessage, StoredMessage, SummaryPage, TimelinePage, log_key};
 
 pub(super) fn next_seq(tx: &Transaction<'_>, user: &str) -> Result<u64, StoreError> {
@@ -139,6 +139,12 @@ pub(super) fn store_message(
             duplicate: true,
             fanout: vec![],
         });
+    }
+    if m.send_seq > 0 {
+        // Before any other check: a message that arrives ahead of a missing one is not
+        // judged yet. (A refusal below rolls this back; the writer then takes the number
+        // again for refusals that are for good, see `writer::after_refusal`.)
+        order::take_send_seq(tx, &m.sender, &m.device, m.send_seq)?;
     }
     let to_group = m.kind == pb::ConversationKind::Group;
     let large = to_group && groups::is_large(tx, &m.recipient)?;

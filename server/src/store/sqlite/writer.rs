@@ -8,7 +8,7 @@ use rusqlite::{Connection, Transaction, params};
 use tern_protocol::pb;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{StoreError, groups, marks, outbox, timeline};
+use super::{StoreError, groups, marks, order, outbox, timeline};
 use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, NewMessage, StoredMessage};
 
 /// Most jobs committed in one transaction.
@@ -49,6 +49,11 @@ pub(super) enum WriteOp {
     WebhookEnqueue(String, Vec<u8>),
     WebhookDone(u64),
     WebhookRetry(u64, u64),
+    SkipSend {
+        user: String,
+        device: String,
+        send_seq: u64,
+    },
 }
 
 pub(super) enum WriteReply {
@@ -84,6 +89,10 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                     tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
                 }
                 tx.prepare_cached("RELEASE job")?.execute([])?;
+                let r = match r {
+                    Err(e) => after_refusal(&tx, &job.op, e),
+                    ok => ok,
+                };
                 results.push(r);
             }
             tx.commit()?;
@@ -166,5 +175,26 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteR
         }
         WriteOp::WebhookDone(id) => outbox::done(tx, *id).map(|_| WriteReply::Done),
         WriteOp::WebhookRetry(id, at) => outbox::retry(tx, *id, *at).map(|_| WriteReply::Done),
+        WriteOp::SkipSend {
+            user,
+            device,
+            send_seq,
+        } => order::take_send_seq(tx, user, device, *send_seq).map(|_| WriteReply::Done),
     }
+}
+
+/// A job failed and its savepoint was rolled back. A message refused for good still
+/// uses up its send seq (the rollback undid that), so the device's next message is
+/// taken; the refusal itself is the answer either way.
+fn after_refusal(
+    tx: &Transaction<'_>,
+    op: &WriteOp,
+    refusal: StoreError,
+) -> Result<WriteReply, StoreError> {
+    if let WriteOp::Store(m) = op {
+        if m.send_seq > 0 && refusal.is_final_refusal() {
+            order::take_send_seq(tx, &m.sender, &m.device, m.send_seq)?;
+        }
+    }
+    Err(refusal)
 }
