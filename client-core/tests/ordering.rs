@@ -65,14 +65,7 @@ async fn an_outbox_of_1000_flushes_in_order_without_a_rate_limit_refusal() {
             .all(|m| matches!(m.status, MessageStatus::Sent | MessageStatus::Delivered)),
         "every message ends Sent or Delivered"
     );
-    let metrics = tern_testkit::server::api()
-        .get(format!("http://{}/metrics", server.http_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tern_testkit::server::metrics(&server).await;
     assert_eq!(
         rate_limited(&metrics),
         0,

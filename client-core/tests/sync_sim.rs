@@ -632,6 +632,28 @@ impl World {
         self.drain(dev);
     }
 
+    /// Creates a group in the server's store (as the HTTP API would).
+    fn create_group(&self, id: &str, owner: &str, members: &[&str], large: bool) -> String {
+        let op = GroupOp::Create {
+            id: id.into(),
+            name: id.into(),
+            owner: owner.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            large,
+        };
+        self.block(self.store.group_op(op, LIMITS))
+            .unwrap()
+            .info
+            .group
+    }
+
+    /// Queues every text of `texts`, in order.
+    fn send_all(&mut self, dev: usize, to: &str, kind: ConversationKind, texts: &[String]) {
+        for t in texts {
+            self.send(dev, to, kind, t);
+        }
+    }
+
     /// A conversation as the device shows it, oldest first.
     fn shown(
         &self,
@@ -662,6 +684,20 @@ fn refusal(client_msg_id: bytes::Bytes, code: ErrorCode, expected_send_seq: u64)
         ..Default::default()
     })
 }
+
+/// A world with alice and bob on `link` (seeds `seed`, `seed + 1`); bob downloads
+/// his whole history when `bob_full_history`.
+fn alice_and_bob(link: LinkConfig, seed: u64, bob_full_history: bool) -> (World, usize, usize) {
+    let mut w = World::new();
+    let alice = w.add_device("alice", link.clone(), seed, true);
+    let bob = w.add_device("bob", link, seed + 1, bob_full_history);
+    (w, alice, bob)
+}
+
+const LIMITS: GroupLimits = GroupLimits {
+    members: 10,
+    large_members: 100,
+};
 
 fn texts(n: std::ops::Range<usize>) -> Vec<String> {
     n.map(|i| format!("m {i}")).collect()
@@ -759,16 +795,11 @@ fn a_receipt_that_overtakes_its_send_result_is_kept() {
 #[test]
 fn summaries_before_sync_on_a_fresh_install() {
     for full in [false, true] {
-        let mut w = World::new();
-        let link = lossy();
-        let alice = w.add_device("alice", link.clone(), 5, true);
-        let bob = w.add_device("bob", link, 6, full);
+        let (mut w, alice, bob) = alice_and_bob(lossy(), 5, full);
         w.connect_at(alice, Duration::ZERO);
         w.run_until(Duration::from_millis(200));
         let backlog = texts(0..50);
-        for t in &backlog {
-            w.send(alice, "bob", ConversationKind::Direct, t);
-        }
+        w.send_all(alice, "bob", ConversationKind::Direct, &backlog);
         w.run_until(Duration::from_secs(10));
         assert_eq!(w.head("bob"), 50);
         w.connect_at(bob, Duration::from_secs(10));
@@ -822,34 +853,12 @@ fn summaries_before_sync_on_a_fresh_install() {
 /// before it; the log cursor reaches the log's head.
 #[test]
 fn a_large_group_join_event_after_the_log_answer() {
-    let mut w = World::new();
-    let link = lossy();
-    let alice = w.add_device("alice", link.clone(), 9, true);
-    let bob = w.add_device("bob", link, 10, true);
-    let limits = GroupLimits {
-        members: 10,
-        large_members: 100,
-    };
-    let group = w
-        .block(w.store.group_op(
-            GroupOp::Create {
-                id: "gbig".into(),
-                name: "town".into(),
-                owner: "alice".into(),
-                members: vec!["alice".into(), "carol".into()],
-                large: true,
-            },
-            limits,
-        ))
-        .unwrap()
-        .info
-        .group;
+    let (mut w, alice, bob) = alice_and_bob(lossy(), 9, true);
+    let group = w.create_group("gbig", "alice", &["alice", "carol"], true);
     w.connect_at(alice, Duration::ZERO);
     w.run_until(Duration::from_millis(200));
     let before = texts(0..30);
-    for t in &before {
-        w.send(alice, &group, ConversationKind::Group, t);
-    }
+    w.send_all(alice, &group, ConversationKind::Group, &before);
     w.run_until(Duration::from_secs(5));
     w.block(w.store.group_op(
         GroupOp::Add {
@@ -857,7 +866,7 @@ fn a_large_group_join_event_after_the_log_answer() {
             by: Some("alice".into()),
             members: vec!["bob".into()],
         },
-        limits,
+        LIMITS,
     ))
     .unwrap();
     let after = texts(30..60);
@@ -911,9 +920,7 @@ fn ordering_run(seed: u64, busy: f64, loss: f64, restart_at: Duration) {
     let alice = w.add_device("alice", link.clone(), seed, true);
     let bob = w.add_device("bob", link, seed + 100, true);
     let want = texts(0..300);
-    for t in &want {
-        w.send(alice, "bob", ConversationKind::Direct, t);
-    }
+    w.send_all(alice, "bob", ConversationKind::Direct, &want);
     w.connect_at(bob, Duration::ZERO);
     w.connect_at(alice, Duration::from_millis(100));
     w.blackout(alice, Duration::from_millis(1500), Duration::from_secs(1));
@@ -966,9 +973,7 @@ fn an_outbox_flush_paced_to_the_budget_is_never_refused() {
     let alice = w.add_device("alice", clean.clone(), 21, true);
     let bob = w.add_device("bob", clean, 22, true);
     let want = texts(0..1000);
-    for t in &want {
-        w.send(alice, "bob", ConversationKind::Direct, t);
-    }
+    w.send_all(alice, "bob", ConversationKind::Direct, &want);
     w.connect_at(bob, Duration::ZERO);
     w.connect_at(alice, Duration::ZERO);
     w.run_until(Duration::from_secs(22));
@@ -998,23 +1003,7 @@ fn a_group_burst_keeps_each_senders_order_and_one_order_for_all() {
             .enumerate()
             .map(|(i, n)| w.add_device(n, lossy(), seed * 10 + i as u64, true))
             .collect();
-        let group = w
-            .block(w.store.group_op(
-                GroupOp::Create {
-                    id: "gteam".into(),
-                    name: "team".into(),
-                    owner: "ann".into(),
-                    members: names.iter().map(|n| n.to_string()).collect(),
-                    large: false,
-                },
-                GroupLimits {
-                    members: 10,
-                    large_members: 100,
-                },
-            ))
-            .unwrap()
-            .info
-            .group;
+        let group = w.create_group("gteam", "ann", &names, false);
         for &d in &devs {
             w.connect_at(d, Duration::ZERO);
         }
@@ -1057,17 +1046,12 @@ fn a_group_burst_keeps_each_senders_order_and_one_order_for_all() {
 /// queues. It renumbers and its messages arrive, in order, once.
 #[test]
 fn a_device_whose_send_numbers_went_back_renumbers_and_keeps_order() {
-    let mut w = World::new();
-    let link = lossy();
-    let alice = w.add_device("alice", link.clone(), 41, true);
-    let bob = w.add_device("bob", link.clone(), 42, true);
+    let (mut w, alice, bob) = alice_and_bob(lossy(), 41, true);
     w.connect_at(alice, Duration::ZERO);
     w.connect_at(bob, Duration::ZERO);
     w.run_until(Duration::from_millis(200));
     let first = texts(0..10);
-    for t in &first {
-        w.send(alice, "bob", ConversationKind::Direct, t);
-    }
+    w.send_all(alice, "bob", ConversationKind::Direct, &first);
     w.run_until(Duration::from_secs(10));
     // The app's data is lost; the device id stays (as after a restore).
     w.q.push(w.now, Ev::Restart { dev: alice });
@@ -1076,9 +1060,7 @@ fn a_device_whose_send_numbers_went_back_renumbers_and_keeps_order() {
     w.devs[alice].db = Db::open(dir.path(), "alice").unwrap();
     w.devs[alice]._dir = dir;
     let second = texts(10..20);
-    for t in &second {
-        w.send(alice, "bob", ConversationKind::Direct, t);
-    }
+    w.send_all(alice, "bob", ConversationKind::Direct, &second);
     w.connect_at(alice, Duration::from_secs(11));
     w.run_until(Duration::from_secs(40));
     let want: Vec<String> = first.iter().chain(&second).cloned().collect();

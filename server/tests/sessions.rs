@@ -500,14 +500,7 @@ async fn http_api_sends_system_messages_reports_presence_and_kicks() {
 
     let health = http.get(s.http("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = http
-        .get(s.http("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tern_testkit::server::metrics(&s.handle).await;
     for name in [
         "tern_logins_total",
         "tern_messages_stored_total",

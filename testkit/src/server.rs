@@ -76,6 +76,18 @@ pub async fn server_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> ServerHa
     start(config).await.unwrap()
 }
 
+/// The server's `/metrics` page (Prometheus text).
+pub async fn metrics(server: &ServerHandle) -> String {
+    api()
+        .get(format!("http://{}/metrics", server.http_addr))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// An HTTP client for the API.
 pub fn api() -> reqwest::Client {
     reqwest::Client::new()
