@@ -83,6 +83,32 @@ struct Device {
     tail: Vec<((u32, u64), Frame)>,
 }
 
+impl Device {
+    /// Keeps a push as its log's tail unless a newer one of that log is kept (as the
+    /// server session does).
+    fn keep_tail(&mut self, key: (u32, u64), push: Frame) {
+        if self.tail.iter().any(|(k, _)| k.0 == key.0 && k.1 >= key.1) {
+            return;
+        }
+        self.tail.retain(|(k, _)| k.0 != key.0);
+        self.tail.push((key, push));
+    }
+
+    /// The kept tails that fit in the push window now, taken into flight.
+    fn take_tails(&mut self, now: Instant) -> Vec<Frame> {
+        let mut out = vec![];
+        while self.push_qos.has_room() {
+            let Some((key, frame)) = self.tail.pop() else {
+                break;
+            };
+            if self.push_qos.try_send_with(key, frame.clone(), now).is_ok() {
+                out.push(frame);
+            }
+        }
+        out
+    }
+}
+
 struct World {
     rt: tokio::runtime::Runtime,
     store: Arc<dyn Store>,
@@ -284,8 +310,7 @@ impl World {
                 let key = (number, f.entry.seq);
                 if !d.push_qos.has_room() {
                     // Window full: kept as the log's tail, pushed when there is room.
-                    d.tail.retain(|(k, _)| k.0 != number);
-                    d.tail.push((key, push));
+                    d.keep_tail(key, push);
                     continue;
                 }
                 if d.push_qos
@@ -392,18 +417,7 @@ impl World {
                         d.push_qos.on_ack(key, self.now);
                     }
                 }
-                let mut tails = vec![];
-                while d.push_qos.has_room() {
-                    let Some((key, frame)) = d.tail.pop() else {
-                        break;
-                    };
-                    if d.push_qos
-                        .try_send_with(key, frame.clone(), self.now)
-                        .is_ok()
-                    {
-                        tails.push(frame);
-                    }
-                }
+                let tails = d.take_tails(self.now);
                 if !tails.is_empty() {
                     self.arm_server(dev);
                 }
@@ -555,22 +569,12 @@ impl World {
                             // Given up: kept as the log's tail (as the server does).
                             SenderEvent::Failed { key, .. } => {
                                 if let Some(f) = d.push_qos.take_failed(&key) {
-                                    if !d.tail.iter().any(|(k, _)| k.0 == key.0 && k.1 > key.1) {
-                                        d.tail.retain(|(k, _)| k.0 != key.0);
-                                        d.tail.push((key, f));
-                                    }
+                                    d.keep_tail(key, f);
                                 }
                             }
                         }
                     }
-                    while d.push_qos.has_room() {
-                        let Some((key, frame)) = d.tail.pop() else {
-                            break;
-                        };
-                        if d.push_qos.try_send_with(key, frame.clone(), now).is_ok() {
-                            resend.push(frame);
-                        }
-                    }
+                    resend.extend(d.take_tails(now));
                     for frame in resend {
                         self.push_down_flags(dev, frame, FLAG_RETRANSMIT);
                     }

@@ -307,9 +307,7 @@ impl SyncMachine {
             if lowest.is_none_or(|s| s > login.next_send_seq) {
                 let n = db.renumber_sends(login.next_send_seq)?;
                 if n > 0 {
-                    for id in self.qos.pending().copied().collect::<Vec<_>>() {
-                        self.qos.cancel(&id);
-                    }
+                    self.cancel_from(0);
                 }
             }
         }

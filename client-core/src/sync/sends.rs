@@ -135,8 +135,7 @@ impl SyncMachine {
             // flight too (the server would refuse it as out of order anyway).
             tracing::debug!(id = %id, code = code.as_str_name(), "send deferred by the server");
             let from = self.qos.payload(&id).map_or(0, |c| c.send_seq);
-            self.cancel_from(from);
-            self.qos.cancel(&id);
+            self.cancel_from(from); // `id` itself has send seq `from`
             self.paused_until = Some(now + SERVER_DEFERRAL);
             Ok(())
         }

@@ -52,8 +52,7 @@ impl Session {
             // so the last messages of a burst are not left with nothing after them to
             // reveal the gap.
             metrics::counter!("tern_pushes_skipped_total").increment(1);
-            self.tail.retain(|(k, _)| k.0 != key.0);
-            self.tail.push((key, p.entry));
+            self.keep_tail(key, p.entry);
             return Ok(());
         }
         self.send_push(key, p.entry).await
@@ -70,6 +69,16 @@ impl Session {
         }
         metrics::counter!("tern_pushes_total").increment(1);
         self.write(&frame, 0).await
+    }
+
+    /// Keeps `entry` as its log's tail unless the tail already holds a newer entry of
+    /// that log (whose push reveals the gap up to it anyway).
+    fn keep_tail(&mut self, key: PushKey, entry: Arc<pb::TimelineEntry>) {
+        if self.tail.iter().any(|(k, _)| k.0 == key.0 && k.1 >= key.1) {
+            return;
+        }
+        self.tail.retain(|(k, _)| k.0 != key.0);
+        self.tail.push((key, entry));
     }
 
     /// Pushes the kept tails (newest skipped entry per log) while the window has room.
@@ -103,10 +112,7 @@ impl Session {
                     // log's tail so the device learns of it. A newer entry of the log
                     // replaces it, and the device pulls everything up to that one.
                     if let Some(entry) = self.push_qos.take_failed(&key) {
-                        if !self.tail.iter().any(|(k, _)| k.0 == key.0 && k.1 > key.1) {
-                            self.tail.retain(|(k, _)| k.0 != key.0);
-                            self.tail.push((key, entry));
-                        }
+                        self.keep_tail(key, entry);
                     }
                 }
             }
