@@ -1,10 +1,13 @@
-//! Benchmark 3: delivery under loss on the real stack — Tern's adaptive push QoS vs
-//! the MobileIMSDK schedule, same seeds, same run.
+//! Benchmark 3: delivery under loss on the real stack — Tern's two uplink designs
+//! (sends in datagrams under the client's QoS engine, or on the QUIC stream) and
+//! MobileIMSDK's push schedule, same seeds, same run.
 //!
-//! For each loss rate and RTT, two servers are started side by side: one with the
-//! default `--push-qos adaptive`, one with `--push-qos mobileimsdk`. Each gets its own
-//! `tern-netsim` relay with the same impairment and the same seed, and two
-//! `tern-client`s (alice sends, bob receives) through it. Alice sends at a steady
+//! For each loss rate and RTT, one server per profile is started side by side:
+//! *datagram* (the defaults: `Uplink::Datagram`, `--push-qos adaptive`), *stream*
+//! (`Uplink::Stream`, adaptive pushes) and *mobileimsdk* (datagram uplink,
+//! `--push-qos mobileimsdk`). Each gets its own `tern-netsim` relay with the same
+//! impairment and the same seed, and two `tern-client`s (alice sends, bob receives)
+//! through it. Alice sends at a steady
 //! chat rate; the time is from `send_text` to bob's listener seeing the message.
 //! A message not seen by the deadline counts as undelivered; a message alice's
 //! client reports `Failed` counts as failed. Under the fixed schedule the server gives
@@ -15,6 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tern_client::Uplink;
 use tern_netsim::{RelayConfig, RelayHandle};
 use tern_protocol::sim::LinkConfig;
 
@@ -27,7 +31,7 @@ use crate::ui;
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
     /// Messages per run.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 500)]
     pub messages: usize,
     /// Messages per second alice sends.
     #[arg(long, default_value_t = 5.0)]
@@ -44,12 +48,20 @@ pub(crate) struct Args {
     /// Seconds after the last send to wait for stragglers.
     #[arg(long, default_value_t = 60)]
     pub deadline: u64,
+    /// Profiles run side by side: datagram, stream, mobileimsdk.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "datagram,stream,mobileimsdk"
+    )]
+    pub profiles: Vec<String>,
 }
 
 /// One run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Run {
-    /// "adaptive" or "mobileimsdk".
+    /// "datagram", "stream" or "mobileimsdk" (older results: "adaptive", the stream
+    /// uplink with adaptive pushes).
     pub profile: String,
     /// Loss each way, %.
     pub loss_pct: u32,
@@ -67,7 +79,7 @@ pub(crate) struct Run {
     pub push_retransmissions: u64,
     /// Send-to-receive time of the received ones.
     pub latency: Latency,
-    /// Of that, send until alice's client saw it stored (uplink: the QUIC stream).
+    /// Of that, send until alice's client saw it stored (uplink).
     pub uplink: Latency,
     /// And stored until bob's listener saw it (downlink: push QoS, or a gap pull).
     pub downlink: Latency,
@@ -80,7 +92,7 @@ pub(crate) struct Report {
     pub messages: usize,
     /// Send rate.
     pub rate: f64,
-    /// Runs, adaptive and mobileimsdk interleaved.
+    /// Runs, the profiles interleaved.
     pub runs: Vec<Run>,
 }
 
@@ -90,20 +102,20 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     for &rtt in &args.rtt {
         for &loss in &args.loss {
             let bar = ui::spinner(&format!("{loss}% loss, {rtt} ms RTT"));
-            let (a, b) = tokio::join!(
-                one(args, "adaptive", loss, rtt),
-                one(args, "mobileimsdk", loss, rtt)
-            );
-            let (a, b) = (a?, b?);
-            ui::done(
-                &bar,
-                format!(
-                    "{loss}% loss, {rtt} ms RTT: adaptive p99 {:.0} ms ({}/{}), mobileimsdk p99 {:.0} ms ({}/{})",
-                    a.latency.p99_ms, a.received, a.sent, b.latency.p99_ms, b.received, b.sent
-                ),
-            );
-            runs.push(a);
-            runs.push(b);
+            let all = futures_util::future::join_all(
+                args.profiles.iter().map(|p| one(args, p, loss, rtt)),
+            )
+            .await;
+            let mut line = format!("{loss}% loss, {rtt} ms RTT:");
+            for r in all {
+                let r = r?;
+                line += &format!(
+                    " {} up p99 {:.0} / down p99 {:.0} ms ({}/{});",
+                    r.profile, r.uplink.p99_ms, r.downlink.p99_ms, r.received, r.sent
+                );
+                runs.push(r);
+            }
+            ui::done(&bar, line);
         }
     }
     Ok(Report {
@@ -132,7 +144,13 @@ async fn relay(server: SocketAddr, loss: f64, rtt: u64, seed: u64) -> anyhow::Re
 }
 
 async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<Run> {
-    let server = ServerProc::start(&["--push-qos", profile])?;
+    let (push_qos, uplink) = match profile {
+        "datagram" => ("adaptive", Uplink::Datagram),
+        "stream" => ("adaptive", Uplink::Stream),
+        "mobileimsdk" => ("mobileimsdk", Uplink::Datagram),
+        other => anyhow::bail!("unknown profile {other} (datagram, stream, mobileimsdk)"),
+    };
+    let server = ServerProc::start(&["--push-qos", push_qos])?;
     let r = relay(server.addr, loss as f64 / 100.0, rtt, args.seed).await?;
     let dir = tempfile::tempdir()?;
     let connect = Duration::from_secs(180);
@@ -142,7 +160,7 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         &dir.path().join("a"),
         "alice",
         connect,
-        |_| {},
+        |c| c.uplink = uplink,
     )
     .await?;
     let bob = App::start(

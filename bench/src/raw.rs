@@ -195,7 +195,7 @@ async fn dispatch(
         true
     };
     while let Some(event) = rx.recv().await {
-        let Inbound::Frame(frame) = event else {
+        let (Inbound::Frame(frame) | Inbound::Datagram(frame)) = event else {
             return;
         };
         match *frame {

@@ -109,11 +109,9 @@ fn markdown(r: &Results) -> String {
     // Targets.
     let p50 = t.loads.iter().find(|l| l.pct == 50);
     let mem = r.idle.points.last();
-    let loss30 = r
-        .loss
-        .runs
-        .iter()
-        .find(|x| x.profile == "adaptive" && x.loss_pct == 30 && x.rtt_ms == 100);
+    let loss30 = r.loss.runs.iter().find(|x| {
+        matches!(x.profile.as_str(), "datagram" | "adaptive") && x.loss_pct == 30 && x.rtt_ms == 100
+    });
     let nat120 = r.idle_cost.cases.iter().find(|c| c.nat_secs == 120.0);
     let nat120_pph = nat120.map(|c| c.steady_packets_per_hour.unwrap_or(c.packets_per_hour));
     let _ = writeln!(s, "## Targets\n");
@@ -259,7 +257,7 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## 3. Delivery under loss\n");
     let _ = writeln!(
         s,
-        "`tern-bench loss`: the real stack — `tern-server` and two `tern-client`s through `tern-netsim` (loss each way, RTT/2 delay ±10 % jitter each way, same seed for both profiles). Alice sends {} messages at {} per second; time is from `send_text` to bob's listener. *adaptive* is Tern's push QoS; *mobileimsdk* is the same server with `--push-qos mobileimsdk` (MobileIMSDK's fixed schedule). Sends travel on the QUIC stream in both; the profiles differ in how pushes are retransmitted. *given up* counts pushes the server stopped retransmitting; those messages reach bob only when his client notices the gap and pulls it.\n",
+        "`tern-bench loss`: the real stack — `tern-server` and two `tern-client`s through `tern-netsim` (loss each way, RTT/2 delay ±10 % jitter each way, same seed for both profiles). Alice sends {} messages at {} per second; time is from `send_text` to bob's listener. *datagram* is Tern's default (sends in datagrams under the client's QoS engine, adaptive push QoS); *stream* sends on the QUIC stream (adaptive pushes); *mobileimsdk* is the same server with `--push-qos mobileimsdk` (MobileIMSDK's fixed schedule). (Results older than the datagram uplink name the stream uplink with adaptive pushes *adaptive*.) *given up* counts pushes the server stopped retransmitting; those messages reach bob only when his client notices the gap and pulls it.\n",
         r.loss.messages, r.loss.rate
     );
     let _ = writeln!(

@@ -110,12 +110,13 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Results> {
     .await?;
     ui::say("== 3/6 delivery under loss");
     let loss = loss::run(&loss::Args {
-        messages: if q { 10 } else { 100 },
-        rate: if q { 20.0 } else { 5.0 },
+        messages: if q { 10 } else { 500 },
+        rate: if q { 20.0 } else { 10.0 },
         loss: if q { vec![0, 30] } else { vec![0, 10, 30, 50] },
         rtt: if q { vec![100] } else { vec![100, 300] },
         seed: 7,
         deadline: if q { 30 } else { 60 },
+        profiles: vec!["datagram".into(), "stream".into(), "mobileimsdk".into()],
     })
     .await?;
     ui::say("== 4/6 idle cost");

@@ -78,9 +78,29 @@ fn set_request_id(frame: &mut Frame, id: u64) -> bool {
     true
 }
 
+/// A connection that completed its login.
+type Connected = (
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    BytesMut,
+    pb::LoginResult,
+);
+
+/// While the path is suspect (see `SyncMachine::path_suspect`), a fresh connection is
+/// tried this often...
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// ...with at most this many handshakes under way at once, each given up after
+/// `PROBE_HANDSHAKE` (a fresh probe's first packet goes at once; an old one's
+/// retransmissions are backed off).
+const MAX_PROBES: usize = 3;
+const PROBE_HANDSHAKE: Duration = Duration::from_millis(1500);
+
 /// Why a session ended.
 enum End {
     Lost(String),
+    /// A probe connection logged in while this one looked dead: carry on there.
+    Moved(Box<Connected>),
     NetworkChanged,
     Kicked(pb::KickReason, String),
     LoggedOut,
@@ -144,16 +164,8 @@ async fn connect(
     endpoint: &quinn::Endpoint,
     user: &str,
     token: &str,
-) -> Result<
-    (
-        quinn::Connection,
-        quinn::SendStream,
-        quinn::RecvStream,
-        BytesMut,
-        pb::LoginResult,
-    ),
-    ConnectError,
-> {
+    handshake_timeout: Duration,
+) -> Result<Connected, ConnectError> {
     let cfg = &inner.config;
     let fail = |e: String| ConnectError::Failed(e);
     let addr = tokio::net::lookup_host(&cfg.server)
@@ -168,7 +180,7 @@ async fn connect(
     let connecting = endpoint
         .connect(addr, &name)
         .map_err(|e| fail(e.to_string()))?;
-    let conn = timeout(CONNECT_TIMEOUT, connecting)
+    let conn = timeout(handshake_timeout, connecting)
         .await
         .map_err(|_| fail("connect timed out".into()))?
         .map_err(|e| fail(e.to_string()))?;
@@ -233,10 +245,14 @@ pub(crate) async fn run(
 ) {
     let cfg = inner.config.clone();
     let now = Instant::now().into_std();
+    let datagram_sends = cfg.uplink == crate::Uplink::Datagram;
+    let mut qos = cfg.qos.clone();
+    qos.retransmit = datagram_sends;
     let mut state = Machines {
         sync: SyncMachine::new(
             SyncConfig {
-                qos: cfg.qos.clone(),
+                qos,
+                datagram_sends,
                 gap_wait: cfg.gap_wait,
                 sync_page: cfg.sync_page,
                 full_history_sync: cfg.full_history_sync,
@@ -258,10 +274,17 @@ pub(crate) async fn run(
             return;
         }
     };
+    let mut moved: Option<Box<Connected>> = None;
     loop {
-        inner.set_state(ConnectionState::Connecting);
+        let attempt = match moved.take() {
+            Some(c) => Ok(*c),
+            None => {
+                inner.set_state(ConnectionState::Connecting);
+                connect(&inner, &endpoint, &user, &token, CONNECT_TIMEOUT).await
+            }
+        };
         let mut immediate = false;
-        let end = match connect(&inner, &endpoint, &user, &token).await {
+        let end = match attempt {
             Ok((conn, send, recv, buf, result)) => {
                 inner.max_body.store(
                     result.max_body_bytes.max(1),
@@ -277,6 +300,7 @@ pub(crate) async fn run(
                     send_burst: result.send_burst,
                 };
                 let mut session = Session::new(&inner, &endpoint, conn, send, login);
+                session.credentials = (user.clone(), token.clone());
                 let end = session.run(recv, buf, &mut state, &mut commands).await;
                 state.sync.on_disconnected();
                 session.conn.close(0u32.into(), b"bye");
@@ -297,6 +321,11 @@ pub(crate) async fn run(
             Err(ConnectError::Failed(e)) => End::Lost(e),
         };
         match end {
+            End::Moved(c) => {
+                tracing::info!(%user, "the path looked dead: moved to a fresh connection");
+                moved = Some(c);
+                continue;
+            }
             End::Lost(why) => tracing::info!(%user, %why, "connection lost"),
             End::NetworkChanged => immediate = true,
             End::Kicked(pb::KickReason::ServerShutdown, text) => {
@@ -372,6 +401,10 @@ struct Session<'a> {
     /// Requests of the app waiting for their answer, by request id. Dropped with the
     /// session, which tells each caller the connection was lost.
     calls: HashMap<u64, std::sync::mpsc::SyncSender<Result<Frame, String>>>,
+    /// User and token, for probe connections.
+    credentials: (String, String),
+    /// Probe connections under way (aborted when the session ends).
+    probes: tokio::task::JoinSet<Result<Connected, ConnectError>>,
 }
 
 fn lost(e: impl std::fmt::Display) -> End {
@@ -393,6 +426,8 @@ impl<'a> Session<'a> {
             send,
             login,
             calls: HashMap::new(),
+            credentials: Default::default(),
+            probes: tokio::task::JoinSet::new(),
         }
     }
 
@@ -461,21 +496,39 @@ impl<'a> Session<'a> {
         spawn_session_readers(self.conn.clone(), recv, buf, DEFAULT_MAX_FRAME_BODY, tx);
         let now = Instant::now().into_std();
         m.heartbeat.on_connected(now);
+        // The handshake measured the path: the send timers start from it, not from the
+        // engine's conservative initial RTO.
+        m.sync.on_rtt_sample(self.conn.rtt());
+        let mut rtt_fed = Instant::now();
         let login = self.login;
         if let Err(end) = self.step(m, |sync, db| sync.on_connected(login, now, db)) {
             return end;
         }
+        let mut last_probe: Option<Instant> = None;
         loop {
             if let Err(end) = self.drain(m).await {
                 return end;
             }
+            let probe_at = m.sync.suspect_at().map(|t| {
+                let t = Instant::from_std(t);
+                last_probe.map_or(t, |p| t.max(p + PROBE_INTERVAL))
+            });
             let sync_at = m.sync.poll_timeout().map(Instant::from_std);
             let hb_at = Instant::from_std(m.heartbeat.poll_timeout());
             let far = Instant::now() + Duration::from_secs(3600);
             let step = tokio::select! {
                 cmd = commands.recv() => self.on_command(cmd, m).await,
                 frame = inbound.recv() => match frame {
-                    Some(Inbound::Frame(f)) => self.on_frame(*f, m),
+                    Some(Inbound::Frame(f) | Inbound::Datagram(f)) => {
+                        // QUIC measures the path's RTT on every ACK; the send engine's own
+                        // samples are rare (Karn's rule, and answers that waited behind a
+                        // gap do not count), so it also learns from QUIC, once a second.
+                        if rtt_fed.elapsed() >= Duration::from_secs(1) {
+                            rtt_fed = Instant::now();
+                            m.sync.on_rtt_sample(self.conn.rtt());
+                        }
+                        self.on_frame(*f, m)
+                    }
                     Some(Inbound::Closed(why)) => Err(End::Lost(why)),
                     Some(Inbound::Invalid(e)) => Err(End::Lost(format!("bad frame from server: {e}"))),
                     None => Err(End::Lost("reader stopped".into())),
@@ -485,11 +538,37 @@ impl<'a> Session<'a> {
                     self.step(m, |sync, db| sync.handle_timeout(now, db))
                 }
                 _ = sleep_until(hb_at) => self.on_heartbeat_timer(m).await,
+                _ = sleep_until(probe_at.unwrap_or(far)), if probe_at.is_some() => {
+                    last_probe = Some(Instant::now());
+                    self.probe();
+                    Ok(())
+                }
+                Some(done) = self.probes.join_next(), if !self.probes.is_empty() => match done {
+                    Ok(Ok(c)) => Err(End::Moved(Box::new(c))),
+                    Ok(Err(ConnectError::Refused(code, message))) => {
+                        tracing::debug!(code = code.as_str_name(), %message, "probe refused");
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                },
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    /// Starts a probe: a fresh connection and login on the same endpoint, raced against
+    /// this one while it looks dead (see [`SyncMachine::path_suspect`]).
+    fn probe(&mut self) {
+        if self.probes.len() >= MAX_PROBES {
+            return;
+        }
+        tracing::debug!("path suspect: probing with a fresh connection");
+        let (inner, endpoint) = (self.inner.clone(), self.endpoint.clone());
+        let (user, token) = self.credentials.clone();
+        self.probes
+            .spawn(async move { connect(&inner, &endpoint, &user, &token, PROBE_HANDSHAKE).await });
     }
 
     async fn on_command(&mut self, cmd: Option<Command>, m: &mut Machines) -> Result<(), End> {
@@ -617,6 +696,12 @@ impl<'a> Session<'a> {
                     m.sync.on_rtt_sample(rtt);
                 }
                 self.update_diagnostics(m);
+            }
+            Frame::Kickout(k)
+                if k.reason == pb::KickReason::LoginElsewhere as i32 && !self.probes.is_empty() =>
+            {
+                // Most likely our own probe displaced this session: not a kickout.
+                return Err(End::Lost("replaced while probing".into()));
             }
             Frame::Kickout(k) => {
                 return Err(End::Kicked(

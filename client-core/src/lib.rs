@@ -71,10 +71,13 @@ pub struct ClientConfig {
     pub client_version: String,
     /// Network label at start (the app reports changes with `network_changed`).
     pub network_label: String,
-    /// Send tracking. Sends travel on the reliable, ordered session stream, so by
-    /// default the engine does not retransmit within a connection (QUIC does); it keeps
-    /// the window, reports give-up and resends the outbox on every new connection.
+    /// Send tracking: the window, the retransmission schedule and the give-up time.
+    /// Its `retransmit` follows [`ClientConfig::uplink`]: on with datagrams, off on the
+    /// stream (QUIC repairs the stream; the engine then keeps the window, reports give-up
+    /// and resends the outbox on every new connection).
     pub qos: QosConfig,
+    /// How sends travel to the server (see [`Uplink`]).
+    pub uplink: Uplink,
     /// Smart heartbeat policy.
     pub heartbeat: HeartbeatConfig,
     /// Reconnect backoff.
@@ -106,7 +109,8 @@ impl ClientConfig {
             platform: Platform::Desktop,
             client_version: env!("CARGO_PKG_VERSION").into(),
             network_label: "default".into(),
-            qos: QosConfig::over_reliable_stream(),
+            qos: QosConfig::uplink(),
+            uplink: Uplink::Datagram,
             heartbeat: HeartbeatConfig::default(),
             backoff: BackoffConfig::default(),
             gap_wait: Duration::from_millis(300),
@@ -114,6 +118,20 @@ impl ClientConfig {
             full_history_sync: true,
         }
     }
+}
+
+/// How a client's sends travel to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Uplink {
+    /// In QUIC datagrams when they fit (the stream for larger ones), retransmitted by
+    /// the client's own QoS engine on an RTT-based timer; the server puts them back in
+    /// the device's send order. A lost packet delays only the sends it carried
+    /// (measured in docs/bench/analysis.md, "The uplink under loss").
+    #[default]
+    Datagram,
+    /// On the ordered session stream: QUIC repairs losses, and a lost packet holds back
+    /// every send behind it.
+    Stream,
 }
 
 /// Why a client call failed.

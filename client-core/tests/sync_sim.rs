@@ -21,6 +21,7 @@ use tern_protocol::frame::FLAG_RETRANSMIT;
 use tern_protocol::frame::Frame;
 use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
 use tern_protocol::rate::TokenBucket;
+use tern_protocol::send_order::{Admit, SendOrder};
 use tern_protocol::sim::{EventQueue, Link, LinkConfig};
 use tern_protocol::{ClientMsgId, ErrorCode, pb};
 use tern_server::store::sqlite::{Durability, SqliteStore};
@@ -81,6 +82,8 @@ struct Device {
     bucket: Option<TokenBucket>,
     /// The newest push of each log skipped while the window was full (as the server).
     tail: Vec<((u32, u64), Frame)>,
+    /// The server session's reassembly of this device's sends (the server's code).
+    order: SendOrder,
 }
 
 impl Device {
@@ -129,6 +132,9 @@ struct World {
     /// RATE_LIMITED and SERVER_BUSY answers given.
     rate_limited: u64,
     deferred: u64,
+    /// Devices added from now on send in datagrams, retransmitted by their QoS engine
+    /// (the default `Uplink::Datagram`); `false`: on the stream.
+    datagram_sends: bool,
 }
 
 fn stream_frame(f: &Frame) -> bool {
@@ -158,17 +164,24 @@ impl World {
             busy: 0.0,
             rate_limited: 0,
             deferred: 0,
+            datagram_sends: false,
         }
     }
 
     fn add_device(&mut self, user: &str, link: LinkConfig, seed: u64, full_history: bool) -> usize {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), user).unwrap();
+        let qos = if self.datagram_sends {
+            QosConfig::default()
+        } else {
+            QosConfig::over_reliable_stream()
+        };
         let config = SyncConfig {
-            qos: QosConfig::over_reliable_stream(),
+            qos,
             gap_wait: Duration::from_millis(300),
             sync_page: 20,
             full_history_sync: full_history,
+            datagram_sends: self.datagram_sends,
         };
         self.devs.push(Device {
             config: config.clone(),
@@ -188,6 +201,7 @@ impl World {
             logs: vec![],
             bucket: None,
             tail: vec![],
+            order: SendOrder::default(),
         });
         self.devs.len() - 1
     }
@@ -251,7 +265,10 @@ impl World {
         let len = frame.to_bytes(flags).len();
         let arrivals = d.down.transmit(now, len);
         let epoch = d.epoch;
-        if stream_frame(&frame) {
+        // Send results go the way the device's sends came (as the server answers).
+        let on_stream = stream_frame(&frame)
+            || (matches!(frame, Frame::SendResult(_)) && !d.config.datagram_sends);
+        if on_stream {
             let base = arrivals
                 .first()
                 .copied()
@@ -331,6 +348,57 @@ impl World {
         }
     }
 
+    /// A send next in the device's order: deferred at random (busy), else the real
+    /// store's answer; the store's `OUT_OF_ORDER` resyncs the reassembly queue.
+    fn store_send(&mut self, dev: usize, m: pb::ChatMessage) {
+        if self.busy > 0.0 && rand::Rng::random_bool(&mut self.rng, self.busy) {
+            self.deferred += 1;
+            self.push_down(dev, refusal(m.client_msg_id, ErrorCode::ServerBusy, 0));
+            return;
+        }
+        let (user, device) = (self.devs[dev].user.clone(), self.devs[dev].device.clone());
+        let kind = pb::ConversationKind::try_from(m.kind).unwrap();
+        let stored = self.block(self.store.store_message(NewMessage {
+            sender: user,
+            client_msg_id: ClientMsgId::from_slice(&m.client_msg_id).unwrap(),
+            recipient: m.recipient,
+            kind,
+            content_type: m.content_type,
+            body: m.body,
+            client_ts_ms: m.client_ts_ms,
+            require_known_recipient: false,
+            to_service: false,
+            from_backend: false,
+            device,
+            send_seq: m.send_seq,
+        }));
+        match stored {
+            Ok(s) => {
+                let r = pb::SendResult {
+                    client_msg_id: m.client_msg_id,
+                    code: ErrorCode::Ok as i32,
+                    server_msg_id: s.server_msg_id,
+                    seq: s.sender_seq,
+                    server_ts_ms: s.server_ts_ms,
+                    log_seq: s.log_seq,
+                    expected_send_seq: 0,
+                };
+                self.fan_out(s.fanout, Some(dev));
+                self.push_down(dev, Frame::SendResult(r));
+            }
+            Err(StoreError::OutOfOrder { expected }) => {
+                self.push_down(
+                    dev,
+                    refusal(m.client_msg_id, ErrorCode::OutOfOrder, expected),
+                );
+                for m in self.devs[dev].order.resync(expected) {
+                    self.store_send(dev, m);
+                }
+            }
+            Err(e) => panic!("store refused a send: {e}"),
+        }
+    }
+
     /// The model server session: the real store's answers to one frame.
     fn on_server(&mut self, dev: usize, frame: Frame) {
         let (user, device) = (self.devs[dev].user.clone(), self.devs[dev].device.clone());
@@ -348,51 +416,22 @@ impl World {
             }
         }
         match frame {
-            Frame::Chat(m)
-                if self.busy > 0.0 && rand::Rng::random_bool(&mut self.rng, self.busy) =>
-            {
-                self.deferred += 1;
-                self.push_down(dev, refusal(m.client_msg_id, ErrorCode::ServerBusy, 0));
-            }
             Frame::Chat(m) => {
-                let kind = pb::ConversationKind::try_from(m.kind).unwrap();
-                let stored = self.block(store.store_message(NewMessage {
-                    sender: user,
-                    client_msg_id: ClientMsgId::from_slice(&m.client_msg_id).unwrap(),
-                    recipient: m.recipient,
-                    kind,
-                    content_type: m.content_type,
-                    body: m.body,
-                    client_ts_ms: m.client_ts_ms,
-                    require_known_recipient: false,
-                    to_service: false,
-                    from_backend: false,
-                    device,
-                    send_seq: m.send_seq,
-                }));
-                let result = match stored {
-                    Ok(s) => {
-                        let r = pb::SendResult {
-                            client_msg_id: m.client_msg_id,
-                            code: ErrorCode::Ok as i32,
-                            server_msg_id: s.server_msg_id,
-                            seq: s.sender_seq,
-                            server_ts_ms: s.server_ts_ms,
-                            log_seq: s.log_seq,
-                            expected_send_seq: 0,
-                        };
-                        self.fan_out(s.fanout, Some(dev));
-                        r
-                    }
-                    Err(StoreError::OutOfOrder { expected }) => {
-                        match refusal(m.client_msg_id, ErrorCode::OutOfOrder, expected) {
-                            Frame::SendResult(r) => r,
-                            _ => unreachable!(),
+                let id = m.client_msg_id.clone();
+                match self.devs[dev].order.admit(m) {
+                    Admit::Store(sends) => {
+                        for m in sends {
+                            self.store_send(dev, m);
                         }
                     }
-                    Err(e) => panic!("store refused a send: {e}"),
-                };
-                self.push_down(dev, Frame::SendResult(result));
+                    Admit::Held { expected } if self.devs[dev].config.datagram_sends => {
+                        self.push_down(dev, refusal(id, ErrorCode::OutOfOrder, expected))
+                    }
+                    Admit::Held { .. } => {}
+                    Admit::Refuse { expected } => {
+                        self.push_down(dev, refusal(id, ErrorCode::OutOfOrder, expected))
+                    }
+                }
             }
             Frame::DeliveryAck(a) => {
                 let d = &mut self.devs[dev];
@@ -613,6 +652,7 @@ impl World {
                         send_burst,
                     };
                     let d = &mut self.devs[dev];
+                    d.order = SendOrder::new(next_send_seq);
                     d.bucket = self.rate.map(|(r, b)| TokenBucket::new(r, b, now));
                     d.online = true;
                     d.epoch += 1;
@@ -915,8 +955,9 @@ fn bodies(w: &World, dev: usize, kind: ConversationKind, with: &str) -> Vec<Stri
 /// reordering and duplication, while the sender's connection drops and its app is
 /// killed and restarted mid-burst at `restart_at`. The receiver must show exactly the
 /// sender's order, once, and nothing may end failed.
-fn ordering_run(seed: u64, busy: f64, loss: f64, restart_at: Duration) {
+fn ordering_run(seed: u64, busy: f64, loss: f64, restart_at: Duration, datagrams: bool) {
     let mut w = World::new();
+    w.datagram_sends = datagrams;
     w.rng = rand::SeedableRng::seed_from_u64(seed);
     w.busy = busy;
     w.rate = Some((50, 100));
@@ -934,7 +975,7 @@ fn ordering_run(seed: u64, busy: f64, loss: f64, restart_at: Duration) {
     assert_eq!(
         bodies(&w, bob, ConversationKind::Direct, "alice"),
         want,
-        "seed {seed} busy {busy} loss {loss}: bob's order is alice's order, once"
+        "seed {seed} busy {busy} loss {loss} datagrams {datagrams}: bob's order is alice's order, once"
     );
     let sent = w.shown(alice, ConversationKind::Direct, "bob");
     assert!(
@@ -947,7 +988,9 @@ fn ordering_run(seed: u64, busy: f64, loss: f64, restart_at: Duration) {
 #[test]
 fn a_burst_keeps_the_senders_order_through_deferrals_loss_and_restarts() {
     for seed in [11u64, 12] {
-        ordering_run(seed, 0.15, 0.2, Duration::from_secs(4));
+        for datagrams in [true, false] {
+            ordering_run(seed, 0.15, 0.2, Duration::from_secs(4), datagrams);
+        }
     }
 }
 
@@ -961,8 +1004,9 @@ proptest::proptest! {
         busy in 0.0f64..0.3,
         loss in 0.0f64..0.3,
         restart_ms in 500u64..8_000,
+        datagrams in proptest::bool::ANY,
     ) {
-        ordering_run(seed, busy, loss, Duration::from_millis(restart_ms));
+        ordering_run(seed, busy, loss, Duration::from_millis(restart_ms), datagrams);
     }
 }
 

@@ -153,12 +153,17 @@ frames! {
 
 impl FrameKind {
     /// Whether a sender puts this frame in a QUIC DATAGRAM when it fits: pushes and
-    /// their ACKs. The server's QoS engine repairs lost pushes, a lost ACK only causes a
-    /// re-push, and the receiver restores order by seq, so one lost push never holds up
-    /// the next. Sends (`Chat`) and their results stay on the ordered session stream:
-    /// what a user typed in order must be stored in that order.
+    /// their ACKs, sends (`Chat`) and their results. Each side's QoS engine repairs a
+    /// lost push or send, a lost ACK or result only causes a resend (deduplicated by seq
+    /// or client message id), and the receiver restores order (the client by inbox seq,
+    /// the server by the device's send seq), so one lost packet never holds up the next.
+    /// A client may still send its `Chat`s on the stream (`Uplink::Stream`); the server
+    /// then answers them on the stream too.
     pub fn prefers_datagram(self) -> bool {
-        matches!(self, FrameKind::Push | FrameKind::DeliveryAck)
+        matches!(
+            self,
+            FrameKind::Push | FrameKind::DeliveryAck | FrameKind::Chat | FrameKind::SendResult
+        )
     }
 }
 

@@ -55,8 +55,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 /// with the frame inline (152 bytes) that was ~5 KiB of every idle session's memory.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A frame arrived.
+    /// A frame arrived on the session stream.
     Frame(Box<Frame>),
+    /// A frame arrived in a QUIC datagram (the server answers a send that came this
+    /// way in a datagram too: the sender retransmits it, so a lost answer is repaired).
+    Datagram(Box<Frame>),
     /// The peer sent bytes that are not a frame: answer with the error's code and close.
     Invalid(FrameError),
     /// The stream or connection ended (the reason, for logs).
@@ -86,7 +89,7 @@ pub fn datagram_events(data: &[u8], max_body: usize) -> Vec<Inbound> {
     match decode_datagram(data, max_body) {
         Ok(frames) => frames
             .into_iter()
-            .map(|(_, f)| Inbound::Frame(Box::new(f)))
+            .map(|(_, f)| Inbound::Datagram(Box::new(f)))
             .collect(),
         Err(e) => vec![Inbound::Invalid(e)],
     }
@@ -352,7 +355,7 @@ mod tests {
         pump_chunks(chunks, next, BytesMut::new(), 100, tx).await;
         for _ in 0..2 {
             match rx.recv().await {
-                Some(Inbound::Frame(f)) => assert!(matches!(*f, Frame::Heartbeat(_))),
+                Some(Inbound::Datagram(f)) => assert!(matches!(*f, Frame::Heartbeat(_))),
                 other => panic!("expected a heartbeat, got {other:?}"),
             }
         }

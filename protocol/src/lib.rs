@@ -32,6 +32,7 @@ pub mod ids;
 pub mod io;
 pub mod qos;
 pub mod rate;
+pub mod send_order;
 pub mod sim;
 
 /// Generated protobuf messages (`proto/tern.proto`).

@@ -53,6 +53,10 @@ pub struct LoginInfo {
 
 /// Pause before resending a message the server deferred (rate limited, busy).
 pub const SERVER_DEFERRAL: Duration = Duration::from_secs(1);
+/// A send unanswered this long, with nothing at all heard from the server since it
+/// went, makes the path suspect: the driver probes with fresh connections (see
+/// [`SyncMachine::path_suspect`]).
+pub const SUSPECT_AFTER: Duration = Duration::from_secs(2);
 /// Pause before pulling again after the server answered a sync request with an error.
 const SYNC_RETRY: Duration = Duration::from_secs(1);
 
@@ -69,6 +73,8 @@ pub struct SyncConfig {
     /// A fresh install downloads the whole timeline (else it starts at the head once
     /// the summaries are in; older history is paged from the server on demand).
     pub full_history_sync: bool,
+    /// Sends go in datagrams (`false`: on the stream; see `Uplink`).
+    pub datagram_sends: bool,
 }
 
 /// A frame to send.
@@ -81,7 +87,8 @@ pub struct Transmit {
     /// Must go on the reliable stream even if its kind prefers a datagram: the ACK of a
     /// sync page, which nothing would resend if it were lost (the pushes that would
     /// have prompted a new ACK belonged to an older connection), so the sender's
-    /// receipts for the tail of a catch-up would wait for the next message.
+    /// receipts for the tail of a catch-up would wait for the next message; and every
+    /// send with `Uplink::Stream`.
     pub reliable: bool,
 }
 
@@ -134,6 +141,9 @@ struct Link {
     start_at_head: bool,
     /// Large groups' logs being synced: group -> request id.
     log_syncing: HashMap<String, u64>,
+    /// The first send transmitted since the server was last heard from, while sends
+    /// are unanswered.
+    waiting_since: Option<Instant>,
 }
 
 /// The client's sync and send logic (see the module docs).
@@ -244,6 +254,32 @@ impl SyncMachine {
         self.push_transmit(frame, 0, false);
     }
 
+    /// Whether the path looks dead while sends wait: one has been unanswered for
+    /// [`SUSPECT_AFTER`] with nothing heard from the server since. QUIC backs off its
+    /// own probes exponentially during an outage (and an ICMP error does not wake it),
+    /// so the driver then races fresh connections, which resume within one probe
+    /// interval of the path coming back.
+    pub fn path_suspect(&self, now: Instant) -> bool {
+        self.suspect_at().is_some_and(|t| now >= t)
+    }
+
+    /// When the path becomes suspect if nothing is heard by then (`None`: no send is
+    /// waiting for an answer).
+    pub fn suspect_at(&self) -> Option<Instant> {
+        let since = self.link.as_ref()?.waiting_since?;
+        (self.qos.in_flight() > 0).then_some(since + SUSPECT_AFTER)
+    }
+
+    /// A send: in a datagram, or on the stream (`Uplink::Stream`).
+    fn send_chat(&mut self, chat: pb::ChatMessage, flags: u8) {
+        let now = self.now;
+        if let Some(l) = self.link.as_mut() {
+            l.waiting_since.get_or_insert(now);
+        }
+        let on_stream = !self.config.datagram_sends;
+        self.push_transmit(Frame::Chat(chat), flags, on_stream);
+    }
+
     fn push_transmit(&mut self, frame: Frame, flags: u8, reliable: bool) {
         let now = self.now;
         // ACKs are outside the send budget (the server guards them separately).
@@ -330,7 +366,7 @@ impl SyncMachine {
         self.send(Frame::LogsRequest(pb::LogsRequest { request_id }));
         for id in self.qos.on_reconnect(now) {
             if let Some(chat) = self.qos.payload(&id).cloned() {
-                self.push_transmit(Frame::Chat(chat), FLAG_RETRANSMIT, false);
+                self.send_chat(chat, FLAG_RETRANSMIT);
             }
         }
         self.flush(now, db)
@@ -388,7 +424,7 @@ impl SyncMachine {
             match ev {
                 SenderEvent::Retransmit(id) => {
                     if let Some(chat) = self.qos.payload(&id).cloned() {
-                        self.push_transmit(Frame::Chat(chat), FLAG_RETRANSMIT, false);
+                        self.send_chat(chat, FLAG_RETRANSMIT);
                     }
                 }
                 SenderEvent::Failed {
@@ -517,9 +553,10 @@ impl SyncMachine {
         db: &mut Db,
     ) -> Result<Option<Frame>, DbError> {
         self.now = self.now.max(now);
-        if self.link.is_none() {
+        let Some(link) = self.link.as_mut() else {
             return Ok(Some(frame));
-        }
+        };
+        link.waiting_since = None;
         match frame {
             Frame::SendResult(r) => self.on_send_result(r, now, db)?,
             Frame::Push(p) if !p.log.is_empty() => {

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use tern_protocol::frame::Frame;
+use tern_protocol::frame::FLAG_RETRANSMIT;
 use tern_protocol::{ClientMsgId, ErrorCode, pb};
 
 use super::{SERVER_DEFERRAL, SyncEvent, SyncMachine, permanent};
@@ -51,10 +51,16 @@ impl SyncMachine {
                 client_ts_ms: msg.client_ts_ms,
                 send_seq,
             };
+            // The server stores a device's sends in order: with an earlier one still
+            // unanswered, this one's answer may wait for it.
+            let behind = self.qos.in_flight() > 0;
             if self.qos.try_send_with(id, chat.clone(), now).is_err() {
                 break;
             }
-            self.send(Frame::Chat(chat));
+            if behind {
+                self.qos.skip_rtt_sample(&id);
+            }
+            self.send_chat(chat, 0);
         }
         Ok(())
     }
@@ -77,11 +83,12 @@ impl SyncMachine {
         }
     }
 
-    /// Whether the send with send seq `seq` is in flight.
-    pub(super) fn in_flight(&self, seq: u64) -> bool {
+    /// The send with send seq `seq`, if it is in flight.
+    pub(super) fn in_flight_id(&self, seq: u64) -> Option<ClientMsgId> {
         self.qos
             .pending()
-            .any(|id| self.qos.payload(id).is_some_and(|c| c.send_seq == seq))
+            .find(|id| self.qos.payload(id).is_some_and(|c| c.send_seq == seq))
+            .copied()
     }
 
     pub(super) fn fail(
@@ -152,16 +159,39 @@ impl SyncMachine {
         let Some(sent) = self.qos.payload(&id).map(|c| c.send_seq) else {
             return Ok(()); // an answer to a copy already taken out of flight
         };
-        if self.in_flight(expected) {
-            return Ok(()); // the gap is being filled
+        if let Some(gap) = self.in_flight_id(expected) {
+            // The gap is being filled. The server holds this send until it is (no need
+            // to resend it meanwhile); when the missing one was sent long enough ago,
+            // it was lost: resend it now.
+            self.qos.on_held(&id, now);
+            let lost = self.qos.retransmit_lost(&gap, now);
+            tracing::debug!(sent, expected, lost, srtt = ?self.qos.rtt().srtt(), "send held behind a gap");
+            if lost {
+                if let Some(chat) = self.qos.payload(&gap).cloned() {
+                    self.send_chat(chat, FLAG_RETRANSMIT);
+                }
+            }
+            return Ok(());
         }
-        tracing::debug!(sent, expected, "send out of order; resending from the gap");
-        if expected < sent && db.has_send_seq(expected)? {
-            // Sends before this one were deferred: go on from the first of them.
+        if expected < sent {
+            if !db.has_send_seq(expected)? {
+                // This device already settled `expected`: the answer is older than that
+                // (datagrams are reordered). The send stays in flight.
+                tracing::debug!(sent, expected, "stale out-of-order answer ignored");
+                return Ok(());
+            }
+            // Sends before this one were deferred or lost: go on from the first of them.
+            tracing::debug!(sent, expected, "send out of order; resending from the gap");
             self.cancel_from(expected);
         } else {
-            // Nothing the outbox holds can fill the gap (the device's numbers went back,
-            // say after its database was restored): renumber from the server's next.
+            // The server already took numbers this device is still sending (its numbers
+            // went back, say after its database was restored): renumber from the
+            // server's next.
+            tracing::info!(
+                sent,
+                expected,
+                "send numbers behind the server's: renumbering"
+            );
             db.renumber_sends(expected)?;
             self.cancel_from(0);
         }

@@ -282,6 +282,9 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         logs: Vec::new(),
         tasks: FuturesUnordered::new(),
         last_rx: now,
+        order: tern_protocol::send_order::SendOrder::new(next_send_seq),
+        chat_datagrams: false,
+        recent_results: Default::default(),
     })
 }
 

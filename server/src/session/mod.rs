@@ -109,7 +109,20 @@ struct Session {
     acked_cursor: Arc<std::sync::atomic::AtomicU64>,
     tasks: FuturesUnordered<BoxFuture<'static, Option<Frame>>>,
     last_rx: Instant,
+    /// The device's sends back in its order (datagrams arrive out of order).
+    order: tern_protocol::send_order::SendOrder,
+    /// The client sends in datagrams: send results go back in datagrams too (its QoS
+    /// engine retransmits a send whose result was lost). A client that sends on the
+    /// stream gets them on the stream.
+    chat_datagrams: bool,
+    /// The latest send results (encoded), repeated in the datagram of the next one: a
+    /// lost result is then usually repaired by the next send's answer instead of by
+    /// the client resending the message a retransmission timeout later.
+    recent_results: std::collections::VecDeque<bytes::Bytes>,
 }
+
+/// How many earlier send results ride along with each new one.
+const REPEATED_RESULTS: usize = 2;
 
 impl Session {
     async fn run(mut self) {
@@ -151,9 +164,58 @@ impl Session {
     /// [`FrameKind::prefers_datagram`](tern_protocol::FrameKind::prefers_datagram)),
     /// otherwise on the session stream.
     async fn write(&mut self, frame: &Frame, flags: u8) -> Result<(), End> {
+        if let Frame::SendResult(r) = frame {
+            let bytes = frame.to_bytes(flags);
+            if self.chat_datagrams && self.send_result_datagram(r, &bytes) {
+                return Ok(());
+            }
+            return write_stream(&mut self.send, &bytes, WRITE_TIMEOUT)
+                .await
+                .map_err(|e| End::Gone(e.to_string()));
+        }
         write_frame(&self.conn, &mut self.send, frame, flags, WRITE_TIMEOUT)
             .await
             .map_err(|e| End::Gone(e.to_string()))
+    }
+
+    /// Sends a send result in a datagram with the latest earlier results behind it
+    /// (see [`Session::recent_results`]); `false` if it must go on the stream.
+    fn send_result_datagram(&mut self, r: &pb::SendResult, bytes: &bytes::Bytes) -> bool {
+        let Some(max) = self.conn.max_datagram_size() else {
+            return false;
+        };
+        if bytes.len() > max {
+            return false;
+        }
+        let mut datagram = bytes::BytesMut::from(&bytes[..]);
+        for prev in self.recent_results.iter().rev() {
+            if datagram.len() + prev.len() <= max {
+                datagram.extend_from_slice(prev);
+            }
+        }
+        if self.conn.send_datagram(datagram.freeze()).is_err() {
+            return false;
+        }
+        if r.code == ErrorCode::Ok as i32 {
+            if self.recent_results.len() == REPEATED_RESULTS {
+                self.recent_results.pop_front();
+            }
+            self.recent_results.push_back(bytes.clone());
+        }
+        true
+    }
+
+    /// Writes the answer of a request that finished; an `OUT_OF_ORDER` from the store
+    /// also resets the send order to the store's (and sends held behind it go on).
+    async fn on_reply(&mut self, frame: Frame) -> Result<(), End> {
+        if let Frame::SendResult(r) = &frame {
+            if r.code == ErrorCode::OutOfOrder as i32 {
+                for m in self.order.resync(r.expected_send_seq) {
+                    self.on_chat(m).await?;
+                }
+            }
+        }
+        self.write(&frame, 0).await
     }
 
     async fn run_loop(&mut self) -> End {
@@ -170,6 +232,11 @@ impl Session {
                         self.last_rx = Instant::now();
                         Box::pin(self.on_frame(*f)).await
                     }
+                    Some(Inbound::Datagram(f)) => {
+                        self.last_rx = Instant::now();
+                        self.chat_datagrams |= matches!(*f, Frame::Chat(_));
+                        Box::pin(self.on_frame(*f)).await
+                    }
                     Some(Inbound::Invalid(e)) => {
                         tracing::info!(user = %self.user, error = %e, "bad frame");
                         metrics::counter!("tern_frames_rejected_total", "code" => code_name(e.code())).increment(1);
@@ -184,7 +251,7 @@ impl Session {
                     None => Err(End::Gone("reader stopped".into())),
                 },
                 Some(reply) = self.tasks.next(), if !self.tasks.is_empty() => match reply {
-                    Some(frame) => Box::pin(self.write(&frame, 0)).await,
+                    Some(frame) => Box::pin(self.on_reply(frame)).await,
                     None => Ok(()),
                 },
                 _ = sleep_until(qos_at.unwrap_or(idle_at)), if qos_at.is_some() => Box::pin(self.on_qos_timer()).await,
@@ -252,7 +319,7 @@ impl Session {
             return Ok(());
         }
         match frame {
-            Frame::Chat(m) => self.on_chat(m).await,
+            Frame::Chat(m) => self.on_send(m).await,
             Frame::DeliveryAck(a) => {
                 self.on_delivery_ack(a);
                 self.push_tails().await

@@ -9,8 +9,39 @@ use super::{
     DEFAULT_SYNC_PAGE, End, MAX_SUMMARIES, MAX_SUMMARY_MESSAGES, MAX_SYNC_PAGE, Session, code_name,
 };
 use crate::store::{Fanout, NewMessage, StoreError, store_failure};
+use tern_protocol::send_order::Admit;
 
 impl Session {
+    /// A send arrived: stored now if it is next in the device's order (with the sends
+    /// held behind it), held if it is ahead of a gap, refused `OUT_OF_ORDER` if the
+    /// reassembly queue is full (see `order.rs`).
+    pub(super) async fn on_send(&mut self, m: pb::ChatMessage) -> Result<(), End> {
+        let client_msg_id = m.client_msg_id.clone();
+        match self.order.admit(m) {
+            Admit::Store(sends) => {
+                for m in sends {
+                    self.on_chat(m).await?;
+                }
+                Ok(())
+            }
+            Admit::Held { expected } => {
+                metrics::counter!("tern_sends_held_total").increment(1);
+                if !self.chat_datagrams {
+                    return Ok(());
+                }
+                // Tell the client at once which send is missing (it retransmits that
+                // one now rather than on its timer); this one stays held.
+                let f = failed_send(client_msg_id, StoreError::OutOfOrder { expected });
+                self.write(&f, 0).await
+            }
+            Admit::Refuse { expected } => {
+                metrics::counter!("tern_sends_out_of_order_total").increment(1);
+                let f = failed_send(client_msg_id, StoreError::OutOfOrder { expected });
+                self.write(&f, 0).await
+            }
+        }
+    }
+
     pub(super) async fn on_chat(&mut self, m: pb::ChatMessage) -> Result<(), End> {
         metrics::counter!("tern_messages_in_total").increment(1);
         let cfg = &self.shared.config;
