@@ -223,6 +223,52 @@ async fn connect(
     }
 }
 
+/// After a lost connection with sends waiting, reconnect attempts race like probes (a
+/// fresh handshake every [`PROBE_INTERVAL`], no backoff) for this long; then the
+/// backoff schedule takes over (an app that stays offline does not keep the radio up).
+const RACE_FOR: Duration = Duration::from_secs(60);
+
+/// Connects like [`connect`], but starts a fresh handshake every [`PROBE_INTERVAL`]
+/// (at most [`MAX_PROBES`] under way, each given [`PROBE_HANDSHAKE`]) until one logs in,
+/// the server refuses the login, or `budget` has passed. A handshake's own
+/// retransmissions back off; a fresh one's first packet goes at once, so this connects
+/// within one interval of a dead path coming back.
+async fn connect_racing(
+    inner: &Arc<Inner>,
+    endpoint: &quinn::Endpoint,
+    user: &str,
+    token: &str,
+    budget: Duration,
+) -> Result<Connected, ConnectError> {
+    let end = Instant::now() + budget;
+    let mut attempts: tokio::task::JoinSet<Result<Connected, ConnectError>> =
+        tokio::task::JoinSet::new();
+    let mut next = Instant::now();
+    let mut last = ConnectError::Failed("connect timed out".into());
+    loop {
+        let may_start = attempts.len() < MAX_PROBES && next < end;
+        if !may_start && attempts.is_empty() {
+            return Err(last);
+        }
+        tokio::select! {
+            _ = sleep_until(next), if may_start => {
+                let (inner, endpoint) = (inner.clone(), endpoint.clone());
+                let (user, token) = (user.to_owned(), token.to_owned());
+                attempts.spawn(async move {
+                    connect(&inner, &endpoint, &user, &token, PROBE_HANDSHAKE).await
+                });
+                next = Instant::now() + PROBE_INTERVAL;
+            }
+            Some(done) = attempts.join_next(), if !attempts.is_empty() => match done {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e @ ConnectError::Refused(..))) => return Err(e),
+                Ok(Err(e)) => last = e,
+                Err(_) => {}
+            },
+        }
+    }
+}
+
 /// Codes after which retrying the same login cannot succeed.
 fn fatal(code: ErrorCode) -> bool {
     matches!(
@@ -275,15 +321,26 @@ pub(crate) async fn run(
         }
     };
     let mut moved: Option<Box<Connected>> = None;
+    // When the last session was lost (not ended on purpose).
+    let mut lost_at: Option<Instant> = None;
     loop {
+        // Sends are waiting and the loss is recent: race handshakes, no backoff.
+        let urgent =
+            lost_at.is_some_and(|t| t.elapsed() < RACE_FOR) && sends_waiting(&inner, &state);
         let attempt = match moved.take() {
             Some(c) => Ok(*c),
             None => {
                 inner.set_state(ConnectionState::Connecting);
-                connect(&inner, &endpoint, &user, &token, CONNECT_TIMEOUT).await
+                if urgent {
+                    connect_racing(&inner, &endpoint, &user, &token, CONNECT_TIMEOUT).await
+                } else {
+                    connect(&inner, &endpoint, &user, &token, CONNECT_TIMEOUT).await
+                }
             }
         };
         let mut immediate = false;
+        // The server answered and said no (busy, say): always back off.
+        let mut refused = false;
         let end = match attempt {
             Ok((conn, send, recv, buf, result)) => {
                 inner.max_body.store(
@@ -291,6 +348,7 @@ pub(crate) async fn run(
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 state.backoff.on_connected(Instant::now().into_std());
+                lost_at = None;
                 inner.set_state(ConnectionState::Connected);
                 tracing::info!(%user, session = %result.session_id, head = result.inbox_head_seq, "logged in");
                 let login = LoginInfo {
@@ -316,6 +374,7 @@ pub(crate) async fn run(
                 return;
             }
             Err(ConnectError::Refused(code, message)) => {
+                refused = true;
                 End::Lost(format!("{}: {message}", code.as_str_name()))
             }
             Err(ConnectError::Failed(e)) => End::Lost(e),
@@ -326,7 +385,13 @@ pub(crate) async fn run(
                 moved = Some(c);
                 continue;
             }
-            End::Lost(why) => tracing::info!(%user, %why, "connection lost"),
+            End::Lost(why) => {
+                tracing::info!(%user, %why, "connection lost");
+                let lost = *lost_at.get_or_insert_with(Instant::now);
+                if !refused && lost.elapsed() < RACE_FOR && sends_waiting(&inner, &state) {
+                    continue; // race the reconnect (the racing attempts are the wait)
+                }
+            }
             End::NetworkChanged => immediate = true,
             End::Kicked(pb::KickReason::ServerShutdown, text) => {
                 tracing::info!(%user, %text, "server going away")
@@ -373,11 +438,22 @@ pub(crate) async fn run(
                     Some(Command::Call(call)) => {
                         let _ = call.reply.try_send(Err("not connected".into()));
                     }
+                    // A message written soon after the loss: try now.
+                    Some(Command::Flush)
+                        if lost_at.is_some_and(|t| t.elapsed() < RACE_FOR) => break,
                     Some(Command::Flush) | Some(Command::SendReads) => {}
                 },
             }
         }
     }
+}
+
+/// Whether sends are waiting for the server (in flight, or queued in the outbox).
+fn sends_waiting(inner: &Inner, state: &Machines) -> bool {
+    state.sync.qos().in_flight() > 0
+        || inner
+            .with_db(|db| db.outbox_sends(1))
+            .is_ok_and(|v| !v.is_empty())
 }
 
 /// The sans-IO state that lives across connections.

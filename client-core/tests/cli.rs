@@ -106,6 +106,28 @@ async fn send_and_listen_print_what_the_readme_promises() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "listen exits non-zero on timeout");
+    // The stream uplink, chosen on the command line, sends as well (in order).
+    let out = tern(&server, data.path(), "alice")
+        .args([
+            "send", "--uplink", "stream", "--to", "bob", "--text", "s", "--count", "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tern(&server, data.path(), "bob")
+        .args(["history", "--with", "alice", "--json"])
+        .output()
+        .unwrap();
+    let texts: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].to_string())
+        .collect();
+    assert_eq!(texts.len(), 5, "{texts:?}");
     let out = tern_with_token(&server, data.path(), "carol", "forged")
         .args(["send", "--to", "bob", "--text", "x"])
         .output()

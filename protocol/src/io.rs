@@ -355,7 +355,7 @@ mod tests {
         pump_chunks(chunks, next, BytesMut::new(), 100, tx).await;
         for _ in 0..2 {
             match rx.recv().await {
-                Some(Inbound::Datagram(f)) => assert!(matches!(*f, Frame::Heartbeat(_))),
+                Some(Inbound::Frame(f)) => assert!(matches!(*f, Frame::Heartbeat(_))),
                 other => panic!("expected a heartbeat, got {other:?}"),
             }
         }

@@ -207,7 +207,7 @@ mod tests {
     fn the_store_is_the_authority() {
         let mut o = SendOrder::new(5);
         assert_eq!(seqs(o.admit(chat(5, 1))), vec![5]);
-        assert_eq!(o.admit(chat(7, 1)), Admit::Held { expected: 5 });
+        assert_eq!(o.admit(chat(7, 1)), Admit::Held { expected: 6 });
         // The store refused 5 (busy) and says it expects 5: 6 is still missing.
         assert!(o.resync(5).is_empty());
         assert_eq!(seqs(o.admit(chat(5, 1))), vec![5]);

@@ -273,6 +273,21 @@ impl SyncMachine {
     /// A send: in a datagram, or on the stream (`Uplink::Stream`).
     fn send_chat(&mut self, chat: pb::ChatMessage, flags: u8) {
         let now = self.now;
+        let keep = 1.0 + self.reserve / 2.0;
+        if flags & FLAG_RETRANSMIT != 0
+            && self
+                .budget
+                .as_mut()
+                .is_some_and(|b| b.available(now) < keep)
+        {
+            // A copy the budget cannot pay for now would be refused RATE_LIMITED (and
+            // pause the outbox): skip it; the engine's next timer sends it again.
+            tracing::debug!(
+                send_seq = chat.send_seq,
+                "retransmission skipped: send budget empty"
+            );
+            return;
+        }
         if let Some(l) = self.link.as_mut() {
             l.waiting_since.get_or_insert(now);
         }

@@ -61,8 +61,19 @@ struct Cli {
     /// Device id [default: cli-<user>]
     #[arg(long, env = "TERN_DEVICE", global = true)]
     device: Option<String>,
+    /// How sends travel: in QUIC datagrams with Tern's retransmission (default), or on
+    /// the ordered QUIC stream
+    #[arg(long, value_enum, default_value = "datagram", global = true)]
+    uplink: UplinkArg,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// `--uplink`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum UplinkArg {
+    Datagram,
+    Stream,
 }
 
 #[derive(Debug, Subcommand)]

@@ -34,6 +34,10 @@ impl Session {
             cli.data.clone(),
             cli.device.clone().unwrap_or(format!("cli-{user}")),
         );
+        config.uplink = match cli.uplink {
+            UplinkArg::Datagram => tern_client::Uplink::Datagram,
+            UplinkArg::Stream => tern_client::Uplink::Stream,
+        };
         let ca = cli
             .ca
             .clone()
