@@ -99,8 +99,8 @@ const PROBE_HANDSHAKE: Duration = Duration::from_millis(1500);
 /// Why a session ended.
 enum End {
     Lost(String),
-    /// A probe connection logged in while this one looked dead: carry on there.
-    Moved(Box<Connected>),
+    /// A probe's handshake completed while this connection looked dead: log in there.
+    Moved(quinn::Connection),
     NetworkChanged,
     Kicked(pb::KickReason, String),
     LoggedOut,
@@ -166,6 +166,17 @@ async fn connect(
     token: &str,
     handshake_timeout: Duration,
 ) -> Result<Connected, ConnectError> {
+    let conn = handshake(inner, endpoint, handshake_timeout).await?;
+    login_on(inner, conn, user, token).await
+}
+
+/// The QUIC handshake alone (probes race only this part, so two of them can never both
+/// log in and displace each other).
+async fn handshake(
+    inner: &Inner,
+    endpoint: &quinn::Endpoint,
+    handshake_timeout: Duration,
+) -> Result<quinn::Connection, ConnectError> {
     let cfg = &inner.config;
     let fail = |e: String| ConnectError::Failed(e);
     let addr = tokio::net::lookup_host(&cfg.server)
@@ -184,6 +195,18 @@ async fn connect(
         .await
         .map_err(|_| fail("connect timed out".into()))?
         .map_err(|e| fail(e.to_string()))?;
+    Ok(conn)
+}
+
+/// Logs in on a connection whose handshake completed.
+async fn login_on(
+    inner: &Inner,
+    conn: quinn::Connection,
+    user: &str,
+    token: &str,
+) -> Result<Connected, ConnectError> {
+    let cfg = &inner.config;
+    let fail = |e: String| ConnectError::Failed(e);
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
     let cursor = inner
         .with_db(|db| db.cursor())
@@ -241,7 +264,7 @@ async fn connect_racing(
     budget: Duration,
 ) -> Result<Connected, ConnectError> {
     let end = Instant::now() + budget;
-    let mut attempts: tokio::task::JoinSet<Result<Connected, ConnectError>> =
+    let mut attempts: tokio::task::JoinSet<Result<quinn::Connection, ConnectError>> =
         tokio::task::JoinSet::new();
     let mut next = Instant::now();
     let mut last = ConnectError::Failed("connect timed out".into());
@@ -253,15 +276,14 @@ async fn connect_racing(
         tokio::select! {
             _ = sleep_until(next), if may_start => {
                 let (inner, endpoint) = (inner.clone(), endpoint.clone());
-                let (user, token) = (user.to_owned(), token.to_owned());
-                attempts.spawn(async move {
-                    connect(&inner, &endpoint, &user, &token, PROBE_HANDSHAKE).await
-                });
+                attempts.spawn(async move { handshake(&inner, &endpoint, PROBE_HANDSHAKE).await });
                 next = Instant::now() + PROBE_INTERVAL;
             }
             Some(done) = attempts.join_next(), if !attempts.is_empty() => match done {
-                Ok(Ok(c)) => return Ok(c),
-                Ok(Err(e @ ConnectError::Refused(..))) => return Err(e),
+                Ok(Ok(conn)) => {
+                    attempts.abort_all();
+                    return login_on(inner, conn, user, token).await;
+                }
                 Ok(Err(e)) => last = e,
                 Err(_) => {}
             },
@@ -320,7 +342,7 @@ pub(crate) async fn run(
             return;
         }
     };
-    let mut moved: Option<Box<Connected>> = None;
+    let mut moved: Option<quinn::Connection> = None;
     // When the last session was lost (not ended on purpose).
     let mut lost_at: Option<Instant> = None;
     loop {
@@ -328,7 +350,7 @@ pub(crate) async fn run(
         let urgent =
             lost_at.is_some_and(|t| t.elapsed() < RACE_FOR) && sends_waiting(&inner, &state);
         let attempt = match moved.take() {
-            Some(c) => Ok(*c),
+            Some(conn) => login_on(&inner, conn, &user, &token).await,
             None => {
                 inner.set_state(ConnectionState::Connecting);
                 if urgent {
@@ -358,7 +380,6 @@ pub(crate) async fn run(
                     send_burst: result.send_burst,
                 };
                 let mut session = Session::new(&inner, &endpoint, conn, send, login);
-                session.credentials = (user.clone(), token.clone());
                 let end = session.run(recv, buf, &mut state, &mut commands).await;
                 state.sync.on_disconnected();
                 session.conn.close(0u32.into(), b"bye");
@@ -477,10 +498,10 @@ struct Session<'a> {
     /// Requests of the app waiting for their answer, by request id. Dropped with the
     /// session, which tells each caller the connection was lost.
     calls: HashMap<u64, std::sync::mpsc::SyncSender<Result<Frame, String>>>,
-    /// User and token, for probe connections.
-    credentials: (String, String),
     /// Probe connections under way (aborted when the session ends).
-    probes: tokio::task::JoinSet<Result<Connected, ConnectError>>,
+    probes: tokio::task::JoinSet<Result<quinn::Connection, ConnectError>>,
+    /// UDP datagrams QUIC had received at the last probe tick.
+    udp_rx: u64,
 }
 
 fn lost(e: impl std::fmt::Display) -> End {
@@ -502,8 +523,8 @@ impl<'a> Session<'a> {
             send,
             login,
             calls: HashMap::new(),
-            credentials: Default::default(),
             probes: tokio::task::JoinSet::new(),
+            udp_rx: 0,
         }
     }
 
@@ -620,11 +641,7 @@ impl<'a> Session<'a> {
                     Ok(())
                 }
                 Some(done) = self.probes.join_next(), if !self.probes.is_empty() => match done {
-                    Ok(Ok(c)) => Err(End::Moved(Box::new(c))),
-                    Ok(Err(ConnectError::Refused(code, message))) => {
-                        tracing::debug!(code = code.as_str_name(), %message, "probe refused");
-                        Ok(())
-                    }
+                    Ok(Ok(conn)) => Err(End::Moved(conn)),
                     _ => Ok(()),
                 },
             };
@@ -637,14 +654,19 @@ impl<'a> Session<'a> {
     /// Starts a probe: a fresh connection and login on the same endpoint, raced against
     /// this one while it looks dead (see [`SyncMachine::path_suspect`]).
     fn probe(&mut self) {
+        // QUIC packets still arrive (a slow server whose store stalls, not a dead
+        // path): no probe, so an overloaded server gets no reconnect storm.
+        let rx = self.conn.stats().udp_rx.datagrams;
+        if std::mem::replace(&mut self.udp_rx, rx) != rx {
+            return;
+        }
         if self.probes.len() >= MAX_PROBES {
             return;
         }
         tracing::debug!("path suspect: probing with a fresh connection");
         let (inner, endpoint) = (self.inner.clone(), self.endpoint.clone());
-        let (user, token) = self.credentials.clone();
         self.probes
-            .spawn(async move { connect(&inner, &endpoint, &user, &token, PROBE_HANDSHAKE).await });
+            .spawn(async move { handshake(&inner, &endpoint, PROBE_HANDSHAKE).await });
     }
 
     async fn on_command(&mut self, cmd: Option<Command>, m: &mut Machines) -> Result<(), End> {
@@ -772,12 +794,6 @@ impl<'a> Session<'a> {
                     m.sync.on_rtt_sample(rtt);
                 }
                 self.update_diagnostics(m);
-            }
-            Frame::Kickout(k)
-                if k.reason == pb::KickReason::LoginElsewhere as i32 && !self.probes.is_empty() =>
-            {
-                // Most likely our own probe displaced this session: not a kickout.
-                return Err(End::Lost("replaced while probing".into()));
             }
             Frame::Kickout(k) => {
                 return Err(End::Kicked(
