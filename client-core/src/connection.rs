@@ -99,6 +99,9 @@ const PROBE_HANDSHAKE: Duration = Duration::from_millis(1500);
 /// Why a session ended.
 enum End {
     Lost(String),
+    /// The server sent something this client cannot read (too large, undecodable):
+    /// reported and backed off, never a reconnect loop.
+    BadServer(String),
     /// A probe's handshake completed while this connection looked dead: log in there.
     Moved(quinn::Connection),
     NetworkChanged,
@@ -378,6 +381,8 @@ pub(crate) async fn run(
                     next_send_seq: result.next_send_seq,
                     send_rate_per_sec: result.send_rate_per_sec,
                     send_burst: result.send_burst,
+                    store_generation: result.store_generation,
+                    restored_seq: result.restored_seq,
                 };
                 let mut session = Session::new(&inner, &endpoint, conn, send, login);
                 let end = session.run(recv, buf, &mut state, &mut commands).await;
@@ -412,6 +417,10 @@ pub(crate) async fn run(
                 if !refused && lost.elapsed() < RACE_FOR && sends_waiting(&inner, &state) {
                     continue; // race the reconnect (the racing attempts are the wait)
                 }
+            }
+            End::BadServer(why) => {
+                tracing::error!(%user, %why, "the server sent a frame this client cannot read: backing off");
+                inner.set_last_error(why);
             }
             End::NetworkChanged => immediate = true,
             End::Kicked(pb::KickReason::ServerShutdown, text) => {
@@ -627,7 +636,7 @@ impl<'a> Session<'a> {
                         self.on_frame(*f, m)
                     }
                     Some(Inbound::Closed(why)) => Err(End::Lost(why)),
-                    Some(Inbound::Invalid(e)) => Err(End::Lost(format!("bad frame from server: {e}"))),
+                    Some(Inbound::Invalid(e)) => Err(End::BadServer(format!("bad frame from server: {e}"))),
                     None => Err(End::Lost("reader stopped".into())),
                 },
                 _ = sleep_until(sync_at.unwrap_or(far)), if sync_at.is_some() => {
@@ -715,11 +724,13 @@ impl<'a> Session<'a> {
     fn update_diagnostics(&self, m: &Machines) {
         let net = m.heartbeat.network().to_owned();
         let locked = m.heartbeat.network_state(&net).is_some_and(|s| s.locked);
-        *self
+        let mut d = self
             .inner
             .diagnostics
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = crate::types::Diagnostics {
+            .unwrap_or_else(|p| p.into_inner());
+        *d = crate::types::Diagnostics {
+            last_error: d.last_error.take(),
             heartbeat_interval_ms: m.heartbeat.interval().as_millis() as u64,
             heartbeat_locked: locked,
             heartbeats_sent: m.heartbeats_sent,

@@ -206,6 +206,15 @@ impl Inner {
         }
     }
 
+    /// Records why the server's side of the protocol failed (see
+    /// [`Diagnostics::last_error`]).
+    pub(crate) fn set_last_error(&self, why: String) {
+        self.diagnostics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(why);
+    }
+
     pub(crate) fn set_state(&self, state: ConnectionState) {
         if *self.state.borrow() != state {
             tracing::debug!(?state, "connection state");

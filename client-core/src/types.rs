@@ -226,6 +226,10 @@ pub struct Diagnostics {
     pub srtt_ms: Option<u64>,
     /// Messages sent and not yet acknowledged by the server.
     pub in_flight: u64,
+    /// Why the last connection ended on the server's side of the protocol (a frame
+    /// this client could not read, say), if one did: the client backed off instead of
+    /// reconnecting at once. `None` until that happens.
+    pub last_error: Option<String>,
 }
 
 /// A group as the server describes it.

@@ -506,12 +506,13 @@ impl World {
                 );
             }
             Frame::LogsRequest(r) => {
-                let groups = self.block(store.logs(&user, 5)).unwrap();
+                let (groups, more) = self.block(store.logs(&user, 5)).unwrap();
                 self.push_down(
                     dev,
                     Frame::Logs(pb::Logs {
                         request_id: r.request_id,
                         groups,
+                        more,
                     }),
                 );
             }
@@ -650,6 +651,8 @@ impl World {
                         next_send_seq,
                         send_rate_per_sec,
                         send_burst,
+                        store_generation: 0,
+                        restored_seq: 0,
                     };
                     let d = &mut self.devs[dev];
                     d.order = SendOrder::new(next_send_seq);

@@ -360,6 +360,7 @@ mod large_group {
                 log: G.into(),
                 read_up_to: mark,
                 joined_at: 0,
+                restored_seq: 0,
             }
         }
 

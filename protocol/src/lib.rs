@@ -13,6 +13,7 @@
 //! * [`heartbeat`]: the smart heartbeat policy (learned per network, foreground and
 //!   background profiles).
 //! * [`backoff`]: reconnect back-off with full jitter.
+//! * [`page`]: the byte budget of one answer (pages, summaries, member lists).
 //! * [`rate`]: the send budget (token bucket) the server enforces and the client paces to.
 //! * [`sim`]: a deterministic network simulator (virtual time, seeded loss, delay,
 //!   jitter, reordering, duplication, blackouts) used by the tests and benchmarks.
@@ -30,6 +31,7 @@ pub mod heartbeat;
 pub mod ids;
 #[cfg(feature = "tokio")]
 pub mod io;
+pub mod page;
 pub mod qos;
 pub mod rate;
 pub mod send_order;

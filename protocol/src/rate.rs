@@ -15,9 +15,13 @@ pub struct TokenBucket {
     rate: f64,
     burst: f64,
     last: Instant,
-    /// Consecutive refusals.
+    /// Refusals in the current flood window (see [`TokenBucket::flooding`]).
     pub refused: u32,
+    window_start: Instant,
 }
+
+/// The window over which refusals are counted to detect a flood.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(1);
 
 impl TokenBucket {
     /// A full bucket.
@@ -28,6 +32,7 @@ impl TokenBucket {
             burst: burst as f64,
             last: now,
             refused: 0,
+            window_start: now,
         }
     }
 
@@ -42,12 +47,23 @@ impl TokenBucket {
         self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.refused = 0;
             true
         } else {
+            if now.saturating_duration_since(self.window_start) >= FLOOD_WINDOW {
+                self.window_start = now;
+                self.refused = 0;
+            }
             self.refused += 1;
             false
         }
+    }
+
+    /// Whether the sender is flooding: more than a whole burst of frames refused within
+    /// one [`FLOOD_WINDOW`]. Counted over time, not as consecutive refusals, so a
+    /// flood fast enough to win a refilled token now and then is still seen (a client
+    /// that paces to the budget is never refused at all).
+    pub fn flooding(&self) -> bool {
+        self.refused > self.burst()
     }
 
     /// Takes one token whether or not there is one (a frame that must go anyway, such
@@ -102,6 +118,31 @@ mod tests {
             5,
             "capped at burst"
         );
+    }
+
+    #[test]
+    fn a_flood_that_wins_a_token_now_and_then_is_still_a_flood() {
+        let t0 = Instant::now();
+        // 50/s with a burst of 200, flooded at 10,000 frames/s: a token refills every
+        // 20 ms, so refusals are never more than 200 in a row.
+        let mut b = TokenBucket::new(50, 200, t0);
+        let mut flooding_at = None;
+        for i in 0..20_000u64 {
+            let now = t0 + Duration::from_micros(100 * i);
+            b.take(now);
+            if b.flooding() {
+                flooding_at = Some(now - t0);
+                break;
+            }
+        }
+        let at = flooding_at.expect("a 10,000 frames/s flood is detected");
+        assert!(at < Duration::from_millis(100), "detected after {at:?}");
+        // A client just over its budget (60/s) is refused now and then, never a flood.
+        let mut c = TokenBucket::new(50, 200, t0);
+        for i in 0..600u64 {
+            c.take(t0 + Duration::from_micros(16_667 * i));
+            assert!(!c.flooding());
+        }
     }
 
     #[test]

@@ -141,6 +141,8 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         send_rate_per_sec: hb.rotate_left(7),
                         send_burst: max.rotate_left(3),
                         next_send_seq: head.rotate_left(11),
+                        store_generation: server_time_ms.rotate_left(5),
+                        restored_seq: head / 2,
                     }
                 )
             ),
@@ -245,6 +247,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         pb::ConversationSummary {
                             read_up_to: latest_seq / 2,
                             joined_at: latest_seq / 3,
+                            restored_seq: latest_seq / 4,
                             log: if unread % 2 == 0 {
                                 conversation.clone()
                             } else {

@@ -105,6 +105,15 @@ pub struct Settings {
     /// Most logins being processed at once; more get SERVER_BUSY [default: 512]
     #[arg(long, env = "TERN_MAX_CONCURRENT_LOGINS")]
     pub max_concurrent_logins: Option<usize>,
+    /// Start a new, empty store in place of a 0-byte database file (otherwise refused) [default: false]
+    #[arg(long, env = "TERN_CREATE_STORE", num_args = 0..=1, default_missing_value = "true")]
+    pub create_store: Option<bool>,
+    /// Most connections between handshake and login; more are refused before the handshake [default: 1024]
+    #[arg(long, env = "TERN_MAX_UNAUTHENTICATED")]
+    pub max_unauthenticated: Option<usize>,
+    /// Most sessions one user may hold at once (all devices); a login over it is refused with TOO_MANY_SESSIONS [default: 16]
+    #[arg(long, env = "TERN_MAX_SESSIONS_PER_USER")]
+    pub max_sessions_per_user: Option<usize>,
     /// Lowest client_version allowed to log in, e.g. "1.2.0" [default: none]
     #[arg(long, env = "TERN_MIN_CLIENT_VERSION")]
     pub min_client_version: Option<String>,
@@ -170,7 +179,7 @@ impl Settings {
     pub fn over(self, base: Settings) -> Settings {
         overlay!(self, base; quic, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
-            max_concurrent_logins, min_client_version, require_known_recipient, durability,
+            max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, durability,
             banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
             recall_window_secs, push_webhook_url, push_webhook_delay_ms, service_accounts,
             service_webhook_url, webhook_secret)
@@ -208,6 +217,12 @@ pub struct Config {
     pub max_sessions: usize,
     /// Concurrent login limit.
     pub max_concurrent_logins: usize,
+    /// Connections between handshake and login.
+    pub max_unauthenticated: usize,
+    /// Replace a 0-byte database file with a new store.
+    pub create_store: bool,
+    /// Sessions per user.
+    pub max_sessions_per_user: usize,
     /// Minimum client version.
     pub min_client_version: Option<String>,
     /// Refuse unknown recipients.
@@ -267,10 +282,11 @@ impl Config {
             "heartbeat_timeout_secs must be at least 1"
         );
         let max_body_bytes = s.max_body_bytes.unwrap_or(64 * 1024);
+        // A message this large must fit in one sync page (see tern_protocol::page).
         anyhow::ensure!(
-            (max_body_bytes as usize) < tern_protocol::frame::DEFAULT_MAX_FRAME_BODY,
-            "max_body_bytes must be below {}",
-            tern_protocol::frame::DEFAULT_MAX_FRAME_BODY
+            max_body_bytes <= tern_protocol::page::MAX_BODY_BYTES_LIMIT,
+            "max_body_bytes must be at most {}",
+            tern_protocol::page::MAX_BODY_BYTES_LIMIT
         );
         let webhooks = s.push_webhook_url.is_some() || s.service_webhook_url.is_some();
         let webhook_secret = match s.webhook_secret {
@@ -309,6 +325,9 @@ impl Config {
             rate_burst: s.rate_burst.unwrap_or(200).max(1),
             max_sessions: s.max_sessions.unwrap_or(100_000),
             max_concurrent_logins: s.max_concurrent_logins.unwrap_or(512).max(1),
+            max_unauthenticated: s.max_unauthenticated.unwrap_or(1024).max(1),
+            create_store: s.create_store.unwrap_or(false),
+            max_sessions_per_user: s.max_sessions_per_user.unwrap_or(16).max(1),
             min_client_version: s.min_client_version,
             require_known_recipient: s.require_known_recipient.unwrap_or(false),
             durability: s.durability.unwrap_or_default(),

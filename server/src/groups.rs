@@ -15,6 +15,50 @@ use crate::store::{GroupLimits, GroupOp, StoreError};
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME: usize = 256;
 
+/// Most members one request may name (create, add, remove). The checks are done here,
+/// before the request reaches the single writer: a request naming 50,000 members is
+/// refused for the price of reading its length. Larger groups grow by several adds.
+pub const MAX_MEMBERS_PER_REQUEST: usize = 2_000;
+
+/// Checks the members a request names: at most [`MAX_MEMBERS_PER_REQUEST`], every one a
+/// valid user id (one pass, no store work).
+fn check_members(members: &[String]) -> Result<(), StoreError> {
+    if members.len() > MAX_MEMBERS_PER_REQUEST {
+        return Err(StoreError::Invalid(
+            "too many members in one request (at most 2000)",
+        ));
+    }
+    if !members.iter().all(|m| tern_protocol::is_valid_user_id(m)) {
+        return Err(StoreError::Invalid("invalid member id"));
+    }
+    Ok(())
+}
+
+/// Groups as a client receives them: within one answer's bytes
+/// ([`tern_protocol::page`]), members cut in join order where they do not fit
+/// (`member_count` stays the whole count), groups cut where even that does not fit.
+/// `true` if groups were left out.
+pub fn fit_for_client(groups: &mut Vec<pb::GroupInfo>) -> bool {
+    let mut budget = tern_protocol::page::PageBudget::new();
+    let mut kept = 0;
+    for g in groups.iter_mut() {
+        let members = std::mem::take(&mut g.members);
+        if !budget.take_msg(g) {
+            break;
+        }
+        kept += 1;
+        for m in members {
+            if !budget.take(m.len()) {
+                break;
+            }
+            g.members.push(m);
+        }
+    }
+    let more = kept < groups.len();
+    groups.truncate(kept);
+    more
+}
+
 /// A fresh group id: `g` followed by 16 hex digits (valid as a conversation id).
 pub fn new_group_id() -> String {
     format!("g{:016x}", rand::random::<u64>())
@@ -36,6 +80,7 @@ pub async fn handle(
             if c.name.len() > MAX_GROUP_NAME {
                 return Err(StoreError::Invalid("group name too long"));
             }
+            check_members(&c.members)?;
             let owner = match by {
                 Some(u) => u.to_owned(),
                 // The backend names an owner as the first member.
@@ -53,16 +98,22 @@ pub async fn handle(
                 large: c.large,
             }
         }
-        Op::Add(m) => GroupOp::Add {
-            group: m.group,
-            by: by.map(str::to_owned),
-            members: m.members,
-        },
-        Op::Remove(m) => GroupOp::Remove {
-            group: m.group,
-            by: by.map(str::to_owned),
-            members: m.members,
-        },
+        Op::Add(m) => {
+            check_members(&m.members)?;
+            GroupOp::Add {
+                group: m.group,
+                by: by.map(str::to_owned),
+                members: m.members,
+            }
+        }
+        Op::Remove(m) => {
+            check_members(&m.members)?;
+            GroupOp::Remove {
+                group: m.group,
+                by: by.map(str::to_owned),
+                members: m.members,
+            }
+        }
         Op::Leave(g) => GroupOp::Leave {
             group: g.group,
             user: by

@@ -10,6 +10,7 @@
 //!   the routing of committed writes to online sessions;
 //! * [`session`]: one QUIC connection: login, requests, push QoS, rate limit;
 //! * [`http`]: the HTTP API for business backends and operators, `/metrics`;
+//! * [`http_serve`]: its listener, with a connection limit and a header timeout;
 //! * [`webhook`]: the offline push bridge and c2s deliveries (durable outbox, signed);
 //! * [`server`]: wiring it together, TLS, start-up and graceful shutdown.
 //!
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod groups;
 pub mod http;
+pub mod http_serve;
 pub mod registry;
 pub mod server;
 pub mod session;

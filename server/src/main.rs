@@ -6,6 +6,8 @@
 //!   with the configured secret (`--dev` uses the public dev secret), and nothing else.
 //! * `tern-server backup --data DIR --out FILE` writes a consistent copy of the database
 //!   while the server keeps running.
+//! * `tern-server restore --data DIR --from FILE` puts a backup in place (server
+//!   stopped) and starts a new store generation (see docs/operations.md).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,9 +53,18 @@ enum Command {
     },
     /// Write a consistent copy of the database while the server runs
     Backup {
-        /// Output file (must not exist); restore by placing it as <data>/tern.db
+        /// Output file (must not exist); restore it with `tern-server restore`
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Replace the database with a backup (stop the server first) and start a new
+    /// store generation, so clients that saw newer data resynchronise
+    Restore {
+        /// The backup file (from `tern-server backup`)
+        #[arg(long)]
+        from: PathBuf,
         #[command(flatten)]
         settings: Settings,
     },
@@ -141,6 +152,22 @@ fn main() -> anyhow::Result<()> {
             "backed up {} to {}",
             data.join("tern.db").display(),
             out.display()
+        );
+        return Ok(());
+    }
+    if let Some(Command::Restore {
+        from,
+        settings: flags,
+    }) = cli.command
+    {
+        let s = settings(flags.over(cli.settings), &cli.config)?;
+        let data = s.data.unwrap_or_else(|| PathBuf::from("tern-data"));
+        let generation = tern_server::store::sqlite::SqliteStore::restore(&data, &from)
+            .with_context(|| format!("restore {} into {}", from.display(), data.display()))?;
+        eprintln!(
+            "restored {} into {} (store generation {generation}); the replaced files are beside it",
+            from.display(),
+            data.join("tern.db").display(),
         );
         return Ok(());
     }

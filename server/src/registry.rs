@@ -75,20 +75,24 @@ pub struct SessionInfo {
 }
 
 /// Online sessions by user.
-#[derive(Default)]
 pub struct Registry {
     users: DashMap<String, Vec<SessionInfo>>,
     count: AtomicUsize,
     policy: KickPolicy,
+    /// Most sessions of one user; a login beyond it ends that user's oldest session
+    /// (so one token cannot take every slot of the server, and a user whose old
+    /// devices linger is never locked out).
+    per_user: usize,
 }
 
 impl Registry {
-    /// An empty registry with `policy`.
-    pub fn new(policy: KickPolicy) -> Self {
+    /// An empty registry with `policy` and at most `per_user` sessions per user.
+    pub fn new(policy: KickPolicy, per_user: usize) -> Self {
         Registry {
             users: DashMap::new(),
             count: AtomicUsize::new(0),
             policy,
+            per_user: per_user.max(1),
         }
     }
 
@@ -155,6 +159,21 @@ impl Registry {
             }
             !conflict
         });
+        // Oldest first: sessions are pushed in login order.
+        while entry.len() >= self.per_user {
+            let oldest = entry.remove(0);
+            metrics::counter!("tern_sessions_over_user_limit_total").increment(1);
+            displaced.push((
+                oldest,
+                SessionCmd::Kick {
+                    reason: pb::KickReason::TooManySessions,
+                    text: format!(
+                        "at most {} sessions per user: the oldest was ended",
+                        self.per_user
+                    ),
+                },
+            ));
+        }
         entry.push(info);
         drop(entry);
         self.count.fetch_sub(displaced.len(), Ordering::AcqRel);
@@ -241,7 +260,7 @@ mod tests {
 
     #[test]
     fn per_platform_policy_kicks_same_platform_and_replaces_same_device() {
-        let r = Registry::new(KickPolicy::PerPlatform);
+        let r = Registry::new(KickPolicy::PerPlatform, 16);
         let (a, _ra) = info(1, "phone-1", pb::Platform::Android);
         let (b, _rb) = info(2, "desktop", pb::Platform::Desktop);
         assert!(r.register(a).is_empty());
@@ -269,12 +288,12 @@ mod tests {
 
     #[test]
     fn per_user_and_per_device_policies() {
-        let r = Registry::new(KickPolicy::PerUser);
+        let r = Registry::new(KickPolicy::PerUser, 16);
         let (a, _ra) = info(1, "phone", pb::Platform::Android);
         let (b, _rb) = info(2, "desktop", pb::Platform::Desktop);
         r.register(a);
         assert_eq!(r.register(b).len(), 1);
-        let r = Registry::new(KickPolicy::PerDevice);
+        let r = Registry::new(KickPolicy::PerDevice, 16);
         let (a, _ra) = info(1, "phone", pb::Platform::Android);
         let (b, mut rb) = info(2, "phone-b", pb::Platform::Android);
         r.register(a);

@@ -114,6 +114,15 @@ pub fn tls_material(config: &Config) -> anyhow::Result<TlsMaterial> {
     load_pem(&cert_path, &key_path)
 }
 
+/// Connection receive window before login: room for a Login frame.
+pub const PRE_LOGIN_RECEIVE_WINDOW: u32 = 16 * 1024;
+/// Stream (and, after login, connection) receive window of a session: one largest frame.
+pub const SESSION_RECEIVE_WINDOW: u32 = 320 * 1024;
+/// Datagrams received and not yet read, per connection.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+/// Bytes sent and not yet acknowledged by the client, per connection.
+pub const SEND_WINDOW: u64 = 1024 * 1024;
+
 fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
@@ -127,8 +136,16 @@ fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::Serv
     let mut transport = quinn::TransportConfig::default();
     // The session stream is the only stream a client opens; few streams keep the
     // per-connection memory of idle sessions small.
-    transport.max_concurrent_bidi_streams(2u32.into());
+    transport.max_concurrent_bidi_streams(1u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // Memory a connection can make the server hold, before and after login (see
+    // docs/operations.md, "Limits and abuse"): before login the connection window only
+    // lets a Login frame in (login raises it), datagrams wait in a small buffer, and
+    // answers a client does not read stop at the send window.
+    transport.receive_window(quinn::VarInt::from_u32(PRE_LOGIN_RECEIVE_WINDOW));
+    transport.stream_receive_window(quinn::VarInt::from_u32(SESSION_RECEIVE_WINDOW));
+    transport.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    transport.send_window(SEND_WINDOW);
     // Heartbeats are the application's business (smart intervals); QUIC must not time
     // out before the session's own heartbeat timeout does.
     let idle = config.heartbeat_timeout + Duration::from_secs(30);
@@ -216,7 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let metrics = metrics_handle();
     let tls = tls_material(&config)?;
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.data, config.durability)
+        SqliteStore::open_with(&config.data, config.durability, config.create_store)
             .with_context(|| format!("open store in {}", config.data.display()))?,
     );
     let verifier = Arc::new(HmacVerifier::new(
@@ -255,7 +272,15 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             loop {
                 tokio::select! {
                     incoming = endpoint.accept() => match incoming {
-                        Some(incoming) => { tokio::spawn(handle_incoming(shared.clone(), incoming)); }
+                        Some(incoming) => match shared.unauthenticated.clone().try_acquire_owned() {
+                            // Held until the connection logs in or gives up.
+                            Ok(permit) => { tokio::spawn(handle_incoming(shared.clone(), incoming, permit)); }
+                            Err(_) => {
+                                // Refused before the handshake costs anything.
+                                metrics::counter!("tern_connections_refused_total", "reason" => "unauthenticated").increment(1);
+                                incoming.refuse();
+                            }
+                        },
                         None => break,
                     },
                     _ = stop_rx.changed() => break,
@@ -265,18 +290,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     };
     let http_task = {
         let router = crate::http::router(shared.clone(), metrics);
-        let mut stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.changed().await;
-            };
-            if let Err(e) = axum::serve(http, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        })
+        tokio::spawn(crate::http_serve::serve(http, router, stop_rx.clone()))
     };
     tracing::info!(%quic_addr, %http_addr, "tern-server started");
     Ok(ServerHandle {

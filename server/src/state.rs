@@ -28,6 +28,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Logins in progress.
     pub login_permits: Semaphore,
+    /// Connections accepted and not yet logged in (see [`crate::session::handle_incoming`]).
+    pub unauthenticated: Arc<Semaphore>,
     /// Set when the server is draining.
     pub shutting_down: AtomicBool,
     /// Offline push and c2s webhooks.
@@ -41,7 +43,8 @@ impl Shared {
     /// Shared state for a server.
     pub fn new(config: Config, store: Arc<dyn Store>, verifier: Arc<dyn TokenVerifier>) -> Self {
         Shared {
-            registry: Registry::new(config.kick_policy),
+            registry: Registry::new(config.kick_policy, config.max_sessions_per_user),
+            unauthenticated: Arc::new(Semaphore::new(config.max_unauthenticated)),
             login_permits: Semaphore::new(config.max_concurrent_logins),
             shutting_down: AtomicBool::new(false),
             webhooks: Arc::new(Webhooks::new(

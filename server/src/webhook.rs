@@ -1,7 +1,8 @@
 //! Webhooks: the offline push bridge and c2s delivery to the business backend.
 //!
-//! Both go through one durable outbox in the store (see `store::sqlite::outbox`) and
-//! one delivery worker here, so they share retry, signing and metrics:
+//! Both go through one durable outbox in the store (see `store::sqlite::outbox`), each
+//! hook with its own delivery worker here (a slow endpoint of one never delays the
+//! other), and they share retry, signing and metrics:
 //!
 //! * **c2s**: a message to a service account queues its delivery in the same
 //!   transaction that stores the message. The worker POSTs it until the backend
@@ -29,7 +30,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::registry::Registry;
-use crate::store::{Fanout, Store, StoreError};
+use crate::store::{Fanout, Store, StoreError, WebhookJob};
 
 /// Longest text in a push preview, in characters.
 pub const PREVIEW_CHARS: usize = 100;
@@ -37,6 +38,8 @@ pub const PREVIEW_CHARS: usize = 100;
 const PUSH_MAX_ATTEMPTS: u32 = 10;
 /// Per-request timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Push deliveries under way at once.
+pub const PUSH_CONCURRENCY: usize = 16;
 
 /// Hex HMAC-SHA256 of `"<timestamp>.<body>"`: the `v1=` value of `X-Tern-Signature`.
 pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
@@ -85,7 +88,8 @@ impl From<&Config> for WebhookSettings {
 pub struct Webhooks {
     settings: WebhookSettings,
     store: Arc<dyn Store>,
-    wake: Notify,
+    wake_push: Notify,
+    wake_c2s: Notify,
     http: reqwest::Client,
 }
 
@@ -98,7 +102,8 @@ impl Webhooks {
         Webhooks {
             settings,
             store,
-            wake: Notify::new(),
+            wake_push: Notify::new(),
+            wake_c2s: Notify::new(),
             http: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
                 .build()
@@ -106,78 +111,132 @@ impl Webhooks {
         }
     }
 
-    /// Wakes the worker (new jobs were queued).
+    /// Wakes the workers (new jobs were queued).
     pub fn kick(&self) {
-        self.wake.notify_one();
+        self.wake_push.notify_one();
+        self.wake_c2s.notify_one();
     }
 
-    /// Runs the delivery worker until `stop` turns true (a delivery under way is
-    /// finished or times out first; what is left stays in the durable outbox).
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let cfg = &self.settings;
-        if cfg.push_url.is_none() && cfg.service_url.is_none() {
-            return;
+    /// Runs the delivery workers until `stop` turns true (deliveries under way finish or
+    /// time out first; what is left stays in the durable outbox).
+    ///
+    /// One worker per hook, each with its own queue, so a hung service endpoint never
+    /// delays offline pushes (nor the reverse). Pushes are delivered
+    /// [`PUSH_CONCURRENCY`] at a time (one slow call holds one slot); c2s deliveries
+    /// one at a time, so the business backend gets a user's messages in order.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let mut workers = vec![];
+        if self.settings.push_url.is_some() {
+            workers.push(tokio::spawn(self.clone().worker(
+                "push",
+                PUSH_CONCURRENCY,
+                stop.clone(),
+            )));
         }
+        if self.settings.service_url.is_some() {
+            workers.push(tokio::spawn(self.clone().worker("c2s", 1, stop.clone())));
+        }
+        for w in workers {
+            let _ = w.await;
+        }
+        tracing::debug!("webhook workers stopped");
+    }
+
+    async fn worker(
+        self: Arc<Self>,
+        hook: &'static str,
+        concurrency: usize,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let wake = if hook == "push" {
+            &self.wake_push
+        } else {
+            &self.wake_c2s
+        };
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut busy = std::collections::HashSet::new();
         while !*stop.borrow() {
-            let due = match self.store.webhooks_due(tern_protocol::unix_ms(), 64).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(error = %e, "webhook outbox unreadable");
-                    vec![]
-                }
-            };
-            let idle = due.is_empty();
-            for job in due {
-                let url = match job.hook.as_str() {
-                    "c2s" => cfg.service_url.as_deref(),
-                    _ => cfg.push_url.as_deref(),
-                };
-                let outcome = match url {
-                    Some(url) => self.post(url, &job.hook, &job.payload).await,
-                    None => Err("no URL configured for this hook".into()),
-                };
-                let result = match outcome {
-                    Ok(()) => {
-                        metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "ok").increment(1);
-                        self.store.webhook_done(job.id).await
+            let room = concurrency - in_flight.len();
+            let mut started = 0;
+            if room > 0 {
+                // Jobs under way are still due: ask for enough to find `room` others.
+                let limit = (room + busy.len()) as u32;
+                match self
+                    .store
+                    .webhooks_due(hook, tern_protocol::unix_ms(), limit)
+                    .await
+                {
+                    Ok(due) => {
+                        let fresh: Vec<WebhookJob> = due
+                            .into_iter()
+                            .filter(|j| !busy.contains(&j.id))
+                            .take(room)
+                            .collect();
+                        for job in fresh {
+                            busy.insert(job.id);
+                            in_flight.spawn(self.clone().deliver(job));
+                            started += 1;
+                        }
                     }
-                    Err(why) if job.hook == "push" && job.attempts + 1 >= PUSH_MAX_ATTEMPTS => {
-                        tracing::warn!(id = job.id, %why, attempts = job.attempts + 1, "push webhook dropped after retries");
-                        metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "dropped").increment(1);
-                        self.store.webhook_done(job.id).await
-                    }
-                    Err(why) => {
-                        let delay = retry_backoff().ceiling(job.attempts);
-                        // Jitter in [delay/2, delay]: many failing jobs do not retry in step.
-                        let delay = delay / 2
-                            + Duration::from_millis(rand::random_range(
-                                0..=delay.as_millis() as u64 / 2,
-                            ));
-                        tracing::info!(id = job.id, hook = %job.hook, %why, retry_in_ms = delay.as_millis() as u64, "webhook failed; will retry");
-                        metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "retry").increment(1);
-                        self.store
-                            .webhook_retry(
-                                job.id,
-                                tern_protocol::unix_ms() + delay.as_millis() as u64,
-                            )
-                            .await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::error!(id = job.id, error = %e, "webhook outbox not updated");
-                }
-                if *stop.borrow() {
-                    break;
+                    Err(e) => tracing::error!(hook, error = %e, "webhook outbox unreadable"),
                 }
             }
-            if idle {
-                tokio::select! {
-                    _ = tokio::time::timeout(Duration::from_millis(500), self.wake.notified()) => {}
-                    _ = stop.changed() => {}
+            metrics::gauge!("tern_webhooks_in_flight", "hook" => hook).set(in_flight.len() as f64);
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Ok(id) = done {
+                        busy.remove(&id);
+                    }
                 }
+                // Nothing new started: wait for new jobs (or a retry coming due).
+                _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()), if started == 0 => {}
+                _ = stop.changed() => {}
             }
         }
-        tracing::debug!("webhook worker stopped");
+        while in_flight.join_next().await.is_some() {}
+        metrics::gauge!("tern_webhooks_in_flight", "hook" => hook).set(0.0);
+    }
+
+    /// One delivery attempt and its outcome in the outbox; returns the job id.
+    async fn deliver(self: Arc<Self>, job: WebhookJob) -> u64 {
+        let cfg = &self.settings;
+        let url = match job.hook.as_str() {
+            "c2s" => cfg.service_url.as_deref(),
+            _ => cfg.push_url.as_deref(),
+        };
+        let started = std::time::Instant::now();
+        let outcome = match url {
+            Some(url) => self.post(url, &job.hook, &job.payload).await,
+            None => Err("no URL configured for this hook".into()),
+        };
+        metrics::histogram!("tern_webhook_seconds", "hook" => job.hook.clone())
+            .record(started.elapsed().as_secs_f64());
+        let result = match outcome {
+            Ok(()) => {
+                metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "ok").increment(1);
+                self.store.webhook_done(job.id).await
+            }
+            Err(why) if job.hook == "push" && job.attempts + 1 >= PUSH_MAX_ATTEMPTS => {
+                tracing::warn!(id = job.id, %why, attempts = job.attempts + 1, "push webhook dropped after retries");
+                metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "dropped").increment(1);
+                self.store.webhook_done(job.id).await
+            }
+            Err(why) => {
+                let delay = retry_backoff().ceiling(job.attempts);
+                // Jitter in [delay/2, delay]: many failing jobs do not retry in step.
+                let delay = delay / 2
+                    + Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 2));
+                tracing::info!(id = job.id, hook = %job.hook, %why, retry_in_ms = delay.as_millis() as u64, "webhook failed; will retry");
+                metrics::counter!("tern_webhooks_total", "hook" => job.hook.clone(), "result" => "retry").increment(1);
+                self.store
+                    .webhook_retry(job.id, tern_protocol::unix_ms() + delay.as_millis() as u64)
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(id = job.id, error = %e, "webhook outbox not updated");
+        }
+        job.id
     }
 
     async fn post(&self, url: &str, hook: &str, body: &[u8]) -> Result<(), String> {

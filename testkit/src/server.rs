@@ -113,6 +113,11 @@ pub struct Proc {
 /// Starts the server binary `bin` (a test passes `env!("CARGO_BIN_EXE_tern-server")`)
 /// on `quic` with data in `data`; returns once it listens.
 pub fn spawn_server(bin: &str, data: &Path, quic: &str) -> Proc {
+    spawn_server_with(bin, data, quic, &[])
+}
+
+/// Like [`spawn_server`], with `extra` flags after the usual ones.
+pub fn spawn_server_with(bin: &str, data: &Path, quic: &str, extra: &[&str]) -> Proc {
     let mut child = Command::new(bin)
         .args([
             "--dev",
@@ -127,6 +132,7 @@ pub fn spawn_server(bin: &str, data: &Path, quic: &str) -> Proc {
         ])
         .arg("--data")
         .arg(data)
+        .args(extra)
         .env(
             "RUST_LOG",
             std::env::var("TERN_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
@@ -161,5 +167,18 @@ pub fn spawn_server(bin: &str, data: &Path, quic: &str) -> Proc {
         addr: addr.expect("server printed its address"),
         cert,
         cert_pem: pem,
+    }
+}
+
+impl Proc {
+    /// The process's resident memory, in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("server process status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line")
     }
 }

@@ -145,7 +145,8 @@ impl Db {
     }
 
     /// Messages of a conversation, newest first, older than `before_local_id` if given.
-    /// Order is the server's: (server timestamp, server id); unsent messages last.
+    /// Order is the server's store order (server message id, which never goes back,
+    /// whatever the server's clock does); unsent messages last, in the order written.
     pub fn messages(
         &self,
         kind: ConversationKind,
@@ -153,7 +154,7 @@ impl Db {
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Message>, DbError> {
-        let order = "COALESCE(server_ts, 9223372036854775807) DESC, COALESCE(server_msg_id, 9223372036854775807) DESC, local_id DESC";
+        let order = "COALESCE(server_msg_id, 9223372036854775807) DESC, local_id DESC";
         let anchor = match before {
             Some(b) => self.message(b)?,
             None => None,
@@ -161,7 +162,7 @@ impl Db {
         let sql = match &anchor {
             Some(_) => format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_kind = ?1 AND conversation = ?2
-                 AND (COALESCE(server_ts, 9223372036854775807), COALESCE(server_msg_id, 9223372036854775807), local_id) < (?4, ?5, ?6)
+                 AND (COALESCE(server_msg_id, 9223372036854775807), local_id) < (?4, ?5)
                  ORDER BY {order} LIMIT ?3"
             ),
             None => format!(
@@ -175,7 +176,6 @@ impl Db {
                     kind.to_wire(),
                     conversation,
                     limit as i64,
-                    a.server_ts_ms.map_or(i64::MAX, |v| v as i64),
                     a.server_msg_id.map_or(i64::MAX, |v| v as i64),
                     a.local_id
                 ],

@@ -25,7 +25,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tern_protocol::ClientMsgId;
 
 use crate::types::{ConversationKind, Message, MessageStatus};
@@ -33,6 +33,7 @@ use crate::types::{ConversationKind, Message, MessageStatus};
 mod conversations;
 mod history;
 mod outbox;
+mod restore;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -41,6 +42,8 @@ mod timeline;
 use conversations::*;
 use history::*;
 use timeline::*;
+
+pub use restore::Rewound;
 
 /// Errors of the local store.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,16 @@ impl Db {
         // simply synced again.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        Ok(Db {
+            conn,
+            user: user.to_owned(),
+        })
+    }
+
+    /// A store of `user` in memory (tests and fuzzing: nothing survives the value).
+    pub fn open_in_memory(user: &str) -> Result<Db, DbError> {
+        let mut conn = Connection::open_in_memory()?;
         schema::migrate(&mut conn)?;
         Ok(Db {
             conn,
@@ -164,7 +177,7 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
-fn set_state(tx: &Transaction<'_>, key: &str, value: u64) -> rusqlite::Result<()> {
+fn set_state(tx: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         params![key, value as i64],

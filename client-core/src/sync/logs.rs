@@ -94,6 +94,11 @@ impl SyncMachine {
         let applied = db.apply_log_summaries(&logs.groups, unix_ms())?;
         self.publish(applied);
         for s in &logs.groups {
+            let rewound =
+                db.server_log_generation(&s.log, self.generation, s.restored_seq, s.latest_seq)?;
+            if let Some(r) = rewound {
+                self.requeued(r);
+            }
             let cursor = db.log_cursor(&s.log)?;
             if cursor == 0 {
                 // First sight of this log on this device: from where the user joined

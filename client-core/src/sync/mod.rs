@@ -49,6 +49,10 @@ pub struct LoginInfo {
     pub send_rate_per_sec: u32,
     /// The send budget: burst.
     pub send_burst: u32,
+    /// The server store's generation (0: a server from before generations).
+    pub store_generation: u64,
+    /// The user's head when the server's store was last restored (0: never).
+    pub restored_seq: u64,
 }
 
 /// Pause before resending a message the server deferred (rate limited, busy).
@@ -144,7 +148,15 @@ struct Link {
     /// The first send transmitted since the server was last heard from, while sends
     /// are unanswered.
     waiting_since: Option<Instant>,
+    /// Pages in a row that brought nothing while the server said there was more (a
+    /// misbehaving server): the next pull waits, doubling up to [`MAX_PULL_BACKOFF`].
+    empty_pages: u32,
+    /// When the backed-off pull goes out.
+    pull_at: Option<Instant>,
 }
+
+/// The longest wait between pulls that bring nothing.
+const MAX_PULL_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The client's sync and send logic (see the module docs).
 #[derive(Debug)]
@@ -166,6 +178,8 @@ pub struct SyncMachine {
     /// The latest time an input carried (charges frames queued without one).
     now: Instant,
     next_request: u64,
+    /// The server store's generation announced at the last login.
+    generation: u64,
     /// `None` while disconnected.
     link: Option<Link>,
     transmits: VecDeque<Transmit>,
@@ -185,6 +199,7 @@ impl SyncMachine {
             paced_at: None,
             now,
             next_request: 1,
+            generation: 0,
             link: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -244,6 +259,7 @@ impl SyncMachine {
             self.paused_until,
             self.paced_at,
             link.gap_at,
+            link.pull_at,
         ]
         .into_iter()
         .flatten()
@@ -310,6 +326,20 @@ impl SyncMachine {
         });
     }
 
+    /// Own messages a rewind put back in the outbox: Pending again to the app, and
+    /// whatever was in flight is sent again under its new number.
+    fn requeued(&mut self, r: crate::store::Rewound) {
+        self.cancel_from(0);
+        self.publish(Applied {
+            status_changes: r
+                .requeued
+                .into_iter()
+                .map(|id| (id, crate::types::MessageStatus::Pending))
+                .collect(),
+            ..Applied::default()
+        });
+    }
+
     fn publish(&mut self, applied: Applied) {
         let empty = applied.new_messages.is_empty()
             && applied.status_changes.is_empty()
@@ -346,6 +376,19 @@ impl SyncMachine {
             .then(|| TokenBucket::new(login.send_rate_per_sec, login.send_burst, now));
         let burst = login.send_burst as f64;
         self.reserve = (burst / 10.0).max(2.0).min((burst - 1.0).max(0.0));
+        self.generation = login.store_generation;
+        // The server's store went back in time (restored from a backup): rewind the
+        // timeline to the restore point, own messages above it go out again.
+        let rewound = db.server_generation(login.store_generation, login.restored_seq, head)?;
+        if let Some(r) = rewound {
+            self.requeued(r);
+            // The seqs above the restore point are given to new entries: pushes of
+            // them are not the duplicates the filter remembers.
+            self.filter = DuplicateFilter::new(DedupConfig::default());
+            if login.next_send_seq > 0 {
+                db.renumber_sends(login.next_send_seq)?;
+            }
+        }
         if login.next_send_seq > 0 {
             let lowest = db
                 .outbox_sends(1)?
@@ -476,6 +519,15 @@ impl SyncMachine {
         if gap_due {
             self.link_mut().gap_at = None;
             self.pull_gap(db)?;
+        }
+        let pull_due = self
+            .link
+            .as_ref()
+            .and_then(|l| l.pull_at)
+            .is_some_and(|at| at <= now);
+        if pull_due {
+            self.link_mut().pull_at = None;
+            self.pull(db)?;
         }
         Ok(())
     }
@@ -660,6 +712,27 @@ impl SyncMachine {
             head,
         });
         let until = self.link_mut().syncing.map_or(0, |(_, u)| u);
+        if last.is_none() && (page.more || head > cursor) {
+            // Nothing came though the server says there is more: never ask again at
+            // once (a misbehaving server would be asked thousands of times a second).
+            let link = self.link_mut();
+            link.syncing = None;
+            link.empty_pages += 1;
+            let wait = SYNC_RETRY
+                .saturating_mul(1 << link.empty_pages.min(6).saturating_sub(1))
+                .min(MAX_PULL_BACKOFF);
+            tracing::warn!(
+                cursor,
+                head,
+                wait_ms = wait.as_millis() as u64,
+                "empty sync page with more to come: waiting"
+            );
+            link.pull_at = Some(now + wait);
+            return Ok(());
+        }
+        if last.is_some() {
+            self.link_mut().empty_pages = 0;
+        }
         match (page.more, last) {
             (true, Some(last)) => self.request_page(last, until),
             _ => {

@@ -14,7 +14,7 @@ use tern_protocol::{ErrorCode, is_valid_user_id, pb};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
-use super::{LOGIN_TIMEOUT, Session, WRITE_TIMEOUT, code_name};
+use super::{LOGIN_TIMEOUT, MAX_LOGIN_FRAME, Session, WRITE_TIMEOUT, code_name};
 use crate::auth::LoginRequest;
 use crate::registry::SessionInfo;
 use crate::state::Shared;
@@ -33,6 +33,11 @@ fn version_lt(have: &str, min: &str) -> bool {
     a.resize(n, 0);
     b.resize(n, 0);
     a < b
+}
+
+/// A device id: 1 to 128 bytes, no control characters (it is logged and stored).
+fn is_valid_device_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && !id.chars().any(char::is_control)
 }
 
 /// The flood guard for ACKs and heartbeats is this many times the send budget.
@@ -74,8 +79,12 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         }
     };
     let mut buf = BytesMut::with_capacity(1024);
-    let max_frame = tern_protocol::frame::DEFAULT_MAX_FRAME_BODY;
-    let login = match timeout(LOGIN_TIMEOUT, read_frame(&mut recv, &mut buf, max_frame)).await {
+    let login = match timeout(
+        LOGIN_TIMEOUT,
+        read_frame(&mut recv, &mut buf, MAX_LOGIN_FRAME),
+    )
+    .await
+    {
         Ok(Ok(Some((_, Frame::Login(l))))) => l,
         Ok(Ok(Some((_, other)))) => {
             tracing::info!(%remote, kind = ?other.kind(), "first frame was not Login");
@@ -112,7 +121,8 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
     };
     let refuse = |code: ErrorCode, message: String| {
         metrics::counter!("tern_logins_total", "result" => code_name(code)).increment(1);
-        tracing::info!(%remote, user = %login.user_id, code = code_name(code), %message, "login refused");
+        // Debug-formatted: the user id is not validated yet (no forged log lines).
+        tracing::info!(%remote, user = ?login.user_id, code = code_name(code), %message, "login refused");
         Frame::LoginResult(pb::LoginResult {
             code: code as i32,
             message,
@@ -120,15 +130,25 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
             ..Default::default()
         })
     };
+    // Taken before any work (token check, store write) and held until the login
+    // result is written: a login storm over the limit is refused for free.
+    let Ok(_permit) = shared.login_permits.try_acquire() else {
+        let code = ErrorCode::ServerBusy;
+        reject(
+            &conn,
+            &mut send,
+            refuse(code, "too many logins in progress".into()),
+            code,
+        )
+        .await;
+        return None;
+    };
     let outcome: Result<(), (ErrorCode, String)> = async {
         let cfg = &shared.config;
         if shared.shutting_down.load(Ordering::Relaxed) {
             return Err((ErrorCode::ShuttingDown, "server is shutting down".into()));
         }
-        if !is_valid_user_id(&login.user_id)
-            || login.device_id.is_empty()
-            || login.device_id.len() > 128
-        {
+        if !is_valid_user_id(&login.user_id) || !is_valid_device_id(&login.device_id) {
             return Err((
                 ErrorCode::InvalidArgument,
                 "invalid user_id or device_id".into(),
@@ -161,18 +181,6 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         Ok(())
     }
     .await;
-    // Held until the login result is written: bounds concurrent login work.
-    let Ok(_permit) = shared.login_permits.try_acquire() else {
-        let code = ErrorCode::ServerBusy;
-        reject(
-            &conn,
-            &mut send,
-            refuse(code, "too many logins in progress".into()),
-            code,
-        )
-        .await;
-        return None;
-    };
     if let Err((code, message)) = outcome {
         reject(&conn, &mut send, refuse(code, message), code).await;
         return None;
@@ -183,9 +191,10 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         Ok((
             store.head_seq(user).await?,
             store.next_send_seq(user, device).await?,
+            store.restore_point(user).await?,
         ))
     };
-    let (head, next_send_seq) = match read.await {
+    let (head, next_send_seq, restored_seq) = match read.await {
         Ok(h) => h,
         Err(e) => {
             let (code, message) = store_failure(e);
@@ -238,6 +247,8 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         send_rate_per_sec: shared.config.rate_per_sec,
         send_burst: shared.config.rate_burst,
         next_send_seq,
+        store_generation: store.generation(),
+        restored_seq,
     });
     if let Err(e) = write(&mut send, &result).await {
         tracing::debug!(%remote, error = %e, "login result not delivered");
@@ -247,7 +258,12 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
     metrics::counter!("tern_logins_total", "result" => "OK").increment(1);
     tracing::info!(%remote, user = %login.user_id, device = %login.device_id, session = id, "logged in");
 
-    let (in_tx, in_rx) = mpsc::channel(256);
+    // Logged in: the session stream may now carry frames up to the frame limit.
+    conn.set_receive_window(quinn::VarInt::from_u32(
+        crate::server::SESSION_RECEIVE_WINDOW,
+    ));
+    // Small: each queued frame may be up to the frame limit.
+    let (in_tx, in_rx) = mpsc::channel(16);
     spawn_session_readers(
         conn.clone(),
         recv,
@@ -281,6 +297,7 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         push_qos: Sender::new(shared.config.push_qos.config(), now.into_std()),
         logs: Vec::new(),
         tasks: FuturesUnordered::new(),
+        reads: FuturesUnordered::new(),
         last_rx: now,
         order: tern_protocol::send_order::SendOrder::new(next_send_seq),
         chat_datagrams: false,

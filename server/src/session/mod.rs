@@ -40,6 +40,9 @@ use tern_protocol::rate::TokenBucket;
 
 /// Time allowed from handshake to a complete `Login` frame.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `Login` frame (a token and a few ids): anything larger is refused before
+/// the server buffers it.
+pub const MAX_LOGIN_FRAME: usize = 8 * 1024;
 /// A write that cannot make progress for this long ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest sync page.
@@ -50,13 +53,41 @@ const DEFAULT_SYNC_PAGE: u32 = 200;
 pub const MAX_SUMMARIES: u32 = 200;
 /// Most recent messages per conversation summary.
 pub const MAX_SUMMARY_MESSAGES: u32 = 20;
+/// Reads (pages) one session may have in flight; with more, the session stops reading
+/// its stream until one is answered (QUIC flow control then stops the client), so a
+/// client that pipelines requests and never reads the answers holds at most this many
+/// pages of server memory.
+pub const MAX_READS_IN_FLIGHT: usize = 4;
+/// Writes (sends, marks, recalls, group changes) one session may have in flight
+/// before it stops reading its stream.
+pub const MAX_WRITES_IN_FLIGHT: usize = 256;
+
+/// The request id of a frame that asks for an answer.
+fn request_id(frame: &Frame) -> Option<u64> {
+    Some(match frame {
+        Frame::SyncRequest(r) => r.request_id,
+        Frame::SummariesRequest(r) => r.request_id,
+        Frame::LogsRequest(r) => r.request_id,
+        Frame::MarkRead(r) => r.request_id,
+        Frame::RecallRequest(r) => r.request_id,
+        Frame::PushTokenRequest(r) => r.request_id,
+        Frame::HistoryRequest(r) => r.request_id,
+        Frame::GroupRequest(r) => r.request_id,
+        _ => return None,
+    })
+}
 
 fn code_name(code: ErrorCode) -> &'static str {
     code.as_str_name()
 }
 
-/// Accepts one connection and runs its session to the end.
-pub async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
+/// Accepts one connection and runs its session to the end. `unauthenticated` (a slot
+/// of `max_unauthenticated`) is released once the connection logged in or gave up.
+pub async fn handle_incoming(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -68,7 +99,9 @@ pub async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     // Boxed: the login future is large and short-lived; inline, it would size the task
     // of every session for its whole life.
-    if let Some(session) = Box::pin(login::login(&shared, conn)).await {
+    let session = Box::pin(login::login(&shared, conn)).await;
+    drop(unauthenticated);
+    if let Some(session) = session {
         session.run().await;
     }
 }
@@ -107,7 +140,11 @@ struct Session {
     /// The highest delivery cursor this session wrote: an ACK at or below it costs no
     /// write (set by the write itself, so an ACK refused as busy is retried).
     acked_cursor: Arc<std::sync::atomic::AtomicU64>,
+    /// Sends and other writes in flight (each holds one small frame's worth of state).
     tasks: FuturesUnordered<BoxFuture<'static, Option<Frame>>>,
+    /// Reads in flight (sync, history, summaries, logs, groups): each answer may be a
+    /// full page, so at most [`MAX_READS_IN_FLIGHT`] at once.
+    reads: FuturesUnordered<BoxFuture<'static, Option<Frame>>>,
     last_rx: Instant,
     /// The device's sends back in its order (datagrams arrive out of order).
     order: tern_protocol::send_order::SendOrder,
@@ -227,7 +264,9 @@ impl Session {
                 // Handlers are boxed: inline, their futures made every session's task
                 // (idle ones included) as large as the largest handler.
                 cmd = self.cmd_rx.recv() => Box::pin(self.on_command(cmd)).await,
-                inbound = self.inbound.recv() => match inbound {
+                inbound = self.inbound.recv(),
+                    if self.reads.len() < MAX_READS_IN_FLIGHT && self.tasks.len() < MAX_WRITES_IN_FLIGHT
+                => match inbound {
                     Some(Inbound::Frame(f)) => {
                         self.last_rx = Instant::now();
                         Box::pin(self.on_frame(*f)).await
@@ -252,6 +291,10 @@ impl Session {
                 },
                 Some(reply) = self.tasks.next(), if !self.tasks.is_empty() => match reply {
                     Some(frame) => Box::pin(self.on_reply(frame)).await,
+                    None => Ok(()),
+                },
+                Some(reply) = self.reads.next(), if !self.reads.is_empty() => match reply {
+                    Some(frame) => Box::pin(self.write(&frame, 0)).await,
                     None => Ok(()),
                 },
                 _ = sleep_until(qos_at.unwrap_or(idle_at)), if qos_at.is_some() => Box::pin(self.on_qos_timer()).await,
@@ -306,7 +349,7 @@ impl Session {
         };
         if !bucket.take(now) {
             metrics::counter!("tern_rate_limited_total").increment(1);
-            if bucket.refused > bucket.burst() {
+            if bucket.flooding() {
                 tracing::warn!(user = %self.user, session = self.id, "flood: closing session");
                 let f = Frame::error(ErrorCode::RateLimited, "too many frames", 0);
                 self.write(&f, 0).await?;
@@ -315,6 +358,12 @@ impl Session {
             if let Frame::Chat(m) = frame {
                 let r = send_result(m.client_msg_id, ErrorCode::RateLimited);
                 return self.write(&r, 0).await;
+            }
+            // A refused request is answered too (the client retries it later), never
+            // silently dropped; ACKs and heartbeats over the flood guard are dropped.
+            if let Some(request_id) = request_id(&frame) {
+                let f = Frame::error(ErrorCode::RateLimited, "over the send budget", request_id);
+                return self.write(&f, 0).await;
             }
             return Ok(());
         }

@@ -165,6 +165,7 @@ impl Session {
         let max = self.shared.config.group_receipts_max_members;
         let kind = pb::ConversationKind::try_from(r.kind).unwrap_or(pb::ConversationKind::Direct);
         self.op(r.request_id, "mark_read", async move {
+            valid_conversation(&r.conversation)?;
             store
                 .mark_read(&user, kind, &r.conversation, r.up_to_seq, max)
                 .await
@@ -205,40 +206,44 @@ impl Session {
             r.limit.min(MAX_SYNC_PAGE)
         };
         let kind = pb::ConversationKind::try_from(r.kind).unwrap_or(pb::ConversationKind::Direct);
-        self.tasks.push(Box::pin(async move {
+        self.reads.push(Box::pin(async move {
             metrics::counter!("tern_history_pages_total").increment(1);
-            Some(
-                match store
-                    .history(&user, kind, &r.conversation, r.before_seq, limit)
-                    .await
-                {
-                    Ok((entries, more)) => Frame::HistoryResponse(pb::HistoryResponse {
-                        request_id: r.request_id,
-                        entries,
-                        more,
-                        code: ErrorCode::Ok as i32,
-                    }),
-                    Err(e) => Frame::HistoryResponse(pb::HistoryResponse {
-                        request_id: r.request_id,
-                        code: store_failure(e).0 as i32,
-                        ..Default::default()
-                    }),
-                },
-            )
+            let page = match valid_conversation(&r.conversation) {
+                Ok(()) => {
+                    store
+                        .history(&user, kind, &r.conversation, r.before_seq, limit)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            Some(match page {
+                Ok((entries, more)) => Frame::HistoryResponse(pb::HistoryResponse {
+                    request_id: r.request_id,
+                    entries,
+                    more,
+                    code: ErrorCode::Ok as i32,
+                }),
+                Err(e) => Frame::HistoryResponse(pb::HistoryResponse {
+                    request_id: r.request_id,
+                    code: store_failure(e).0 as i32,
+                    ..Default::default()
+                }),
+            })
         }));
     }
 
     pub(super) fn on_group(&mut self, r: pb::GroupRequest) {
         let shared = self.shared.clone();
         let user = self.user.clone();
-        self.tasks.push(Box::pin(async move {
+        self.reads.push(Box::pin(async move {
             let request_id = r.request_id;
             let outcome = crate::groups::handle(&shared, Some(&user), r.op).await;
             Some(Frame::GroupResponse(match outcome {
-                Ok(groups) => pb::GroupResponse {
+                Ok(mut groups) => pb::GroupResponse {
                     request_id,
                     code: ErrorCode::Ok as i32,
                     message: String::new(),
+                    more: crate::groups::fit_for_client(&mut groups),
                     groups,
                 },
                 Err(e) => {
@@ -248,6 +253,7 @@ impl Session {
                         code: code as i32,
                         message,
                         groups: vec![],
+                        more: false,
                     }
                 }
             }))
@@ -261,11 +267,17 @@ impl Session {
             r.limit.min(MAX_SYNC_PAGE)
         };
         let (store, user) = (self.shared.store.clone(), self.user.clone());
-        self.tasks.push(Box::pin(async move {
+        self.reads.push(Box::pin(async move {
             metrics::counter!("tern_sync_pages_total").increment(1);
             // The user's timeline, or (members only) a large group's log.
             let owner = if r.log.is_empty() {
                 user.clone()
+            } else if valid_conversation(&r.log).is_err() {
+                return Some(Frame::error(
+                    ErrorCode::InvalidArgument,
+                    "invalid log name",
+                    r.request_id,
+                ));
             } else {
                 match store.log_member(&user, &r.log).await {
                     Ok(true) => crate::store::log_key(&r.log),
@@ -305,11 +317,12 @@ impl Session {
 
     pub(super) fn on_logs(&mut self, r: pb::LogsRequest) {
         let (store, user) = (self.shared.store.clone(), self.user.clone());
-        self.tasks.push(Box::pin(async move {
+        self.reads.push(Box::pin(async move {
             Some(match store.logs(&user, 5).await {
-                Ok(groups) => Frame::Logs(pb::Logs {
+                Ok((groups, more)) => Frame::Logs(pb::Logs {
                     request_id: r.request_id,
                     groups,
+                    more,
                 }),
                 Err(e) => Frame::error(store_failure(e).0, "logs failed", r.request_id),
             })
@@ -324,7 +337,7 @@ impl Session {
         };
         let last = r.last_messages.min(MAX_SUMMARY_MESSAGES);
         let (store, user) = (self.shared.store.clone(), self.user.clone());
-        self.tasks.push(Box::pin(async move {
+        self.reads.push(Box::pin(async move {
             Some(match store.summaries(&user, last, limit).await {
                 Ok(page) => Frame::Summaries(pb::Summaries {
                     request_id: r.request_id,
@@ -335,6 +348,16 @@ impl Session {
                 Err(e) => Frame::error(store_failure(e).0, "summaries failed", r.request_id),
             })
         }));
+    }
+}
+
+/// A conversation (peer user or group id) a client named: checked before it reaches
+/// the store (a 250 KB name would otherwise be stored and logged).
+fn valid_conversation(id: &str) -> Result<(), StoreError> {
+    if is_valid_user_id(id) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid("invalid conversation id"))
     }
 }
 

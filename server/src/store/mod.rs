@@ -379,6 +379,15 @@ pub trait Store: Send + Sync + 'static {
     /// Latest seq of `user`'s timeline (0 if none).
     async fn head_seq(&self, user: &str) -> Result<u64, StoreError>;
 
+    /// The store's generation: made when the store is created, made anew when it is
+    /// restored from a backup (clients compare it to detect a restore).
+    fn generation(&self) -> u64;
+
+    /// The head of `owner`'s timeline (a user, or a large group's log key) when the
+    /// store was last restored from a backup; 0 if it never was. Entries up to it are
+    /// the ones a device held before the restore; above it they may differ.
+    async fn restore_point(&self, owner: &str) -> Result<u64, StoreError>;
+
     /// Records a successful login (the user becomes known).
     async fn record_login(&self, user: &str, device: &str) -> Result<(), StoreError>;
 
@@ -392,12 +401,13 @@ pub trait Store: Send + Sync + 'static {
     /// Whether `user` is a member of `group` and it is a large group (may read its log).
     async fn log_member(&self, user: &str, group: &str) -> Result<bool, StoreError>;
 
-    /// The large groups `user` is in, as summaries in their logs' positions.
+    /// The large groups `user` is in, as summaries in their logs' positions, within one
+    /// page's byte budget (`tern_protocol::page`): `true` if groups were left out.
     async fn logs(
         &self,
         user: &str,
         last_messages: u32,
-    ) -> Result<Vec<pb::ConversationSummary>, StoreError>;
+    ) -> Result<(Vec<pb::ConversationSummary>, bool), StoreError>;
 
     /// A group, if it exists.
     async fn group_info(&self, group: &str) -> Result<Option<pb::GroupInfo>, StoreError>;
@@ -455,7 +465,12 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook_enqueue(&self, hook: &str, payload: Vec<u8>) -> Result<(), StoreError>;
 
     /// Deliveries due at `now_ms`, oldest first.
-    async fn webhooks_due(&self, now_ms: u64, limit: u32) -> Result<Vec<WebhookJob>, StoreError>;
+    async fn webhooks_due(
+        &self,
+        hook: &str,
+        now_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<WebhookJob>, StoreError>;
 
     /// A delivery succeeded: forget it.
     async fn webhook_done(&self, id: u64) -> Result<(), StoreError>;

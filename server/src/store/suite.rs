@@ -260,7 +260,7 @@ pub(crate) async fn a_large_group_writes_one_log_entry_per_message_not_one_per_m
     let page = store.timeline("#big", 0, 0, 10).await.unwrap();
     assert_eq!(page.entries.len(), 2);
     // Summaries in log positions; read marks in log positions.
-    let logs = store.logs("u7", 5).await.unwrap();
+    let (logs, _) = store.logs("u7", 5).await.unwrap();
     assert_eq!(
         (logs[0].latest_seq, logs[0].unread, logs[0].last.len()),
         (2, 1, 1)
@@ -278,7 +278,7 @@ pub(crate) async fn a_large_group_writes_one_log_entry_per_message_not_one_per_m
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(store.logs("u7", 5).await.unwrap()[0].unread, 0);
+    assert_eq!(store.logs("u7", 5).await.unwrap().0[0].unread, 0);
     let (hist, more) = store
         .history("u7", pb::ConversationKind::Group, "big", 0, 10)
         .await
@@ -392,18 +392,35 @@ pub(crate) async fn c2s_messages_queue_a_webhook_in_the_same_write(store: &dyn S
     };
     store.store_message(m.clone()).await.unwrap();
     store.store_message(m).await.unwrap(); // a resend: no second delivery
-    let due = store.webhooks_due(u64::MAX, 10).await.unwrap();
+    let due = store.webhooks_due("c2s", u64::MAX, 10).await.unwrap();
     assert_eq!(due.len(), 1);
+    // Each hook has its own queue.
+    assert!(
+        store
+            .webhooks_due("push", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let v: serde_json::Value = serde_json::from_slice(&due[0].payload).unwrap();
     assert_eq!(
         (v["sender"].as_str(), v["text"].as_str()),
         (Some("alice"), Some("hello 1"))
     );
     store.webhook_retry(due[0].id, 1_000).await.unwrap();
-    assert!(store.webhooks_due(999, 10).await.unwrap().is_empty());
-    assert_eq!(store.webhooks_due(1_000, 10).await.unwrap()[0].attempts, 1);
+    assert!(store.webhooks_due("c2s", 999, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.webhooks_due("c2s", 1_000, 10).await.unwrap()[0].attempts,
+        1
+    );
     store.webhook_done(due[0].id).await.unwrap();
-    assert!(store.webhooks_due(u64::MAX, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .webhooks_due("c2s", u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Behaviour every backend must show (see the module docs): a device's sends are taken

@@ -12,3 +12,8 @@ pub(crate) use tern_testkit::token;
 pub(crate) fn spawn_server(data: &Path, quic: &str) -> Proc {
     tern_testkit::server::spawn_server(env!("CARGO_BIN_EXE_tern-server"), data, quic)
 }
+
+/// The `tern-server` binary with `extra` flags.
+pub(crate) fn spawn_server_with(data: &Path, quic: &str, extra: &[&str]) -> Proc {
+    tern_testkit::server::spawn_server_with(env!("CARGO_BIN_EXE_tern-server"), data, quic, extra)
+}

@@ -127,9 +127,11 @@ pub(crate) async fn send(
             }
         };
         match ev {
+            // Done once stored, whatever status says so first: a delivered (or read)
+            // receipt can overtake the send's own result.
             ClientEvent::MessageStatusChanged {
                 local_id,
-                status: MessageStatus::Sent,
+                status: MessageStatus::Sent | MessageStatus::Delivered | MessageStatus::Read,
             } if waiting.contains_key(&local_id) => {
                 waiting.remove(&local_id);
                 if let Ok(Some(m)) = s.client.message(local_id) {

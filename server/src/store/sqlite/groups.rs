@@ -21,6 +21,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tern_protocol::pb;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::StoreError;
@@ -80,6 +81,13 @@ pub(super) fn is_member(conn: &Connection, group: &str, user: &str) -> Result<bo
         .exists(params![group, user])?)
 }
 
+/// How many members `group` has.
+fn member_count(conn: &Connection, group: &str) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM group_members WHERE grp = ?1")?
+        .query_row(params![group], |r| r.get::<_, i64>(0))? as usize)
+}
+
 /// Members of `group` in join order, or `None` if it does not exist.
 pub(super) fn members(conn: &Connection, group: &str) -> Result<Option<Vec<String>>, StoreError> {
     if !exists(conn, group)? {
@@ -103,11 +111,13 @@ pub(super) fn info(conn: &Connection, group: &str) -> Result<Option<pb::GroupInf
     let Some((name, owner, created, large)) = row else {
         return Ok(None);
     };
+    let members = members(conn, group)?.unwrap_or_default();
     Ok(Some(pb::GroupInfo {
         group: group.to_owned(),
         name,
         owner,
-        members: members(conn, group)?.unwrap_or_default(),
+        member_count: members.len() as u32,
+        members,
         created_ms: created as u64,
         large,
     }))
@@ -163,9 +173,13 @@ pub(super) fn apply(
             } else {
                 limits.members
             };
+            if members.len() > max_members {
+                return Err(StoreError::GroupFull);
+            }
             let mut all = vec![owner.clone()];
+            let mut seen: HashSet<&str> = HashSet::from([owner.as_str()]);
             for m in members {
-                if !all.contains(m) {
+                if seen.insert(m) {
                     all.push(m.clone());
                 }
             }
@@ -190,16 +204,12 @@ pub(super) fn apply(
         }
         GroupOp::Add { group, by, members } => {
             valid_members(members)?;
-            let current = self::members(tx, group)?.ok_or(StoreError::GroupNotFound)?;
-            if let Some(by) = by {
-                if !current.contains(by) {
-                    return Err(StoreError::NotAllowed("only members may add members"));
-                }
+            if !exists(tx, group)? {
+                return Err(StoreError::GroupNotFound);
             }
-            let mut added: Vec<String> = vec![];
-            for m in members {
-                if !current.contains(m) && !added.contains(m) {
-                    added.push(m.clone());
+            if let Some(by) = by {
+                if !is_member(tx, group, by)? {
+                    return Err(StoreError::NotAllowed("only members may add members"));
                 }
             }
             let max_members = if is_large(tx, group)? {
@@ -207,7 +217,19 @@ pub(super) fn apply(
             } else {
                 limits.members
             };
-            if current.len() + added.len() > max_members {
+            if members.len() > max_members {
+                return Err(StoreError::GroupFull);
+            }
+            // One indexed lookup per named member (the request is capped), never a scan
+            // of the group per member.
+            let mut added: Vec<String> = vec![];
+            let mut seen: HashSet<&str> = HashSet::new();
+            for m in members {
+                if seen.insert(m) && !is_member(tx, group, m)? {
+                    added.push(m.clone());
+                }
+            }
+            if member_count(tx, group)? + added.len() > max_members {
                 return Err(StoreError::GroupFull);
             }
             for (joined, m) in (next_join(tx, group)?..).zip(&added) {
@@ -234,10 +256,11 @@ pub(super) fn apply(
                     return Err(StoreError::Invalid("the owner leaves, not removes itself"));
                 }
             }
+            let named: HashSet<&String> = members.iter().collect();
             let removed: Vec<String> = g
                 .members
                 .iter()
-                .filter(|m| members.contains(m))
+                .filter(|m| named.contains(m))
                 .cloned()
                 .collect();
             for m in &removed {

@@ -11,12 +11,13 @@
 //! it again) and appends a recall entry to the timeline of every current participant.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tern_protocol::page::PageBudget;
 use tern_protocol::pb;
 
 use crate::store::{Fanout, log_key};
 
 use super::{
-    StoreError, groups,
+    StoreError, groups, timeline,
     timeline::{ENTRY_COLUMNS, append_event, append_receipt, head_seq, row_to_entry},
 };
 
@@ -31,6 +32,16 @@ pub(super) fn mark_read(
     let kind_i = kind as i32;
     if kind == pb::ConversationKind::Group && groups::is_large(tx, conversation)? {
         return mark_read_log(tx, user, conversation, up_to_seq);
+    }
+    // Only a conversation the user has: a mark on any other name is a no-op (it would
+    // otherwise store a row and a receipt for nothing).
+    let known = tx
+        .prepare_cached(
+            "SELECT 1 FROM conversations WHERE user = ?1 AND conv_kind = ?2 AND conversation = ?3",
+        )?
+        .exists(params![user, kind_i, conversation])?;
+    if !known {
+        return Ok(vec![]);
     }
     let up_to = up_to_seq.min(head_seq(tx, user)?);
     let prev = read_mark(tx, user, kind_i, conversation)?;
@@ -199,7 +210,7 @@ pub(super) fn logs(
     conn: &Connection,
     user: &str,
     last_messages: u32,
-) -> Result<Vec<pb::ConversationSummary>, StoreError> {
+) -> Result<(Vec<pb::ConversationSummary>, bool), StoreError> {
     let kind = pb::ConversationKind::Group as i32;
     let groups: Vec<String> = conn
         .prepare_cached(
@@ -209,13 +220,24 @@ pub(super) fn logs(
         .query_map(params![user], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(groups.len());
-    for group in groups {
+    // One byte budget for the answer: every group's position first, then the last
+    // messages while they fit (a group whose messages did not fit has fewer in `last`;
+    // its members get them by syncing the log).
+    let mut budget = PageBudget::new();
+    let kept = groups
+        .iter()
+        .take_while(|g| budget.take(g.len() * 2 + 48))
+        .count();
+    let more = kept < groups.len();
+    for group in groups.into_iter().take(kept) {
         let head = head_seq(conn, &log_key(&group))?;
         let mark = read_mark(conn, user, kind, &group)?;
         let joined_at = joined_at(conn, &group, user)?;
+        let restored_seq = timeline::restore_point(conn, &log_key(&group))?;
         let (mut last, _) = history_of(conn, &log_key(&group), kind, &group, 0, last_messages)?;
         // What a member sees by default starts where they joined.
         last.retain(|e| e.seq > joined_at);
+        last.retain(|e| budget.take_msg(e));
         last.reverse();
         out.push(pb::ConversationSummary {
             kind,
@@ -226,9 +248,10 @@ pub(super) fn logs(
             log: group,
             read_up_to: mark,
             joined_at,
+            restored_seq,
         });
     }
-    Ok(out)
+    Ok((out, more))
 }
 
 pub(super) fn recall(
@@ -350,15 +373,20 @@ fn history_of(
          WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 AND t.seq < ?4
          ORDER BY t.seq DESC LIMIT ?5"
     ))?;
-    let mut entries = stmt
-        .query_map(
-            params![owner, kind, conversation, before, limit as i64 + 1],
-            row_to_entry,
-        )?
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    let more = entries.len() > limit as usize;
-    entries.truncate(limit as usize);
+    // Read row by row up to the page's byte budget (see `tern_protocol::page`).
+    let mut budget = PageBudget::new();
+    let mut entries = Vec::new();
+    let mut more = false;
+    for row in stmt.query_map(
+        params![owner, kind, conversation, before, limit as i64 + 1],
+        row_to_entry,
+    )? {
+        let entry = row??;
+        if entries.len() == limit as usize || !budget.take_msg(&entry) {
+            more = true;
+            break;
+        }
+        entries.push(entry);
+    }
     Ok((entries, more))
 }

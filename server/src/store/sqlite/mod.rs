@@ -50,6 +50,7 @@ use writer::{Job, WriteOp, WriteReply, writer_loop};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
+    generation: u64,
     jobs: mpsc::Sender<Job>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
@@ -57,13 +58,23 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating and migrating if needed) `dir/tern.db`.
+    /// Opens (creating and migrating if needed) `dir/tern.db`; refuses an empty or
+    /// damaged file (see [`SqliteStore::open_with`]).
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        SqliteStore::open_with(dir, durability, false)
+    }
+
+    /// Opens `dir/tern.db`: a missing file is created; a 0-byte file is refused unless
+    /// `create` (then a new store is made in its place); a file that fails
+    /// `PRAGMA quick_check` is refused.
+    pub fn open_with(dir: &Path, durability: Durability, create: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("tern.db");
+        schema::check_existing(&path, create)?;
         let mut writer = open(&path, durability, false)?;
         migrate(&mut writer)?;
+        let generation = schema::generation(&writer)?;
         let readers = (0..4)
             .map(|_| open(&path, durability, true).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -73,6 +84,7 @@ impl SqliteStore {
             .spawn(move || writer_loop(writer, rx))
             .map_err(|e| StoreError::Io(format!("spawn writer: {e}")))?;
         Ok(SqliteStore {
+            generation,
             jobs,
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
@@ -96,6 +108,61 @@ impl SqliteStore {
         conn.prepare_cached("VACUUM INTO ?1")?
             .execute(params![out.to_string_lossy()])?;
         Ok(())
+    }
+
+    /// Replaces the database in `data_dir` (the server must be stopped) with the backup
+    /// `from`, and makes it safe for the clients that saw the newer data: a new store
+    /// generation, each timeline's head recorded as its restore point, and server
+    /// message ids continued above any the old store can have handed out (from
+    /// `unix_ms × 1000`), so no id is given to two messages. The replaced files are
+    /// kept beside it (`tern.db.replaced-<unix time>`). Returns the new generation.
+    pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
+        schema::quick_check(from)?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Io(format!("create {}: {e}", data_dir.display())))?;
+        let path = data_dir.join("tern.db");
+        let stamp = tern_protocol::unix_ms() / 1000;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = data_dir.join(format!("tern.db{suffix}"));
+            if file.exists() {
+                let aside = data_dir.join(format!("tern.db{suffix}.replaced-{stamp}"));
+                std::fs::rename(&file, &aside)
+                    .map_err(|e| StoreError::Io(format!("move {} aside: {e}", file.display())))?;
+            }
+        }
+        std::fs::copy(from, &path).map_err(|e| {
+            StoreError::Io(format!(
+                "copy {} to {}: {e}",
+                from.display(),
+                path.display()
+            ))
+        })?;
+        let mut conn = open(&path, Durability::Full, false)?;
+        migrate(&mut conn)?;
+        let tx = conn.transaction()?;
+        let generation = (rand::random::<u64>() & ((1 << 52) - 1)) + 1;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'generation'",
+            params![generation as i64],
+        )?;
+        tx.execute("DELETE FROM restore_points", [])?;
+        tx.execute(
+            "INSERT INTO restore_points (owner, seq) SELECT user, head_seq FROM users",
+            [],
+        )?;
+        // A marker row at the id floor (in no timeline): SQLite continues after it.
+        let max_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| {
+            r.get(0)
+        })?;
+        let now = tern_protocol::unix_ms();
+        let floor = (max_id + 1).max((now * 1000) as i64);
+        tx.execute(
+            "INSERT INTO messages (id, sender, client_msg_id, recipient, kind, content_type, body, client_ts, server_ts, sender_seq)
+             VALUES (?1, '#restore', randomblob(16), '#restore', 2, 0, x'', 0, ?2, 0)",
+            params![floor, now as i64],
+        )?;
+        tx.commit()?;
+        Ok(generation)
     }
 
     /// Queues `op` now; the returned future waits for its commit.
@@ -209,6 +276,15 @@ impl Store for SqliteStore {
         self.read(move |c| head_seq(c, &user)).await
     }
 
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    async fn restore_point(&self, owner: &str) -> Result<u64, StoreError> {
+        let owner = owner.to_owned();
+        self.read(move |c| timeline::restore_point(c, &owner)).await
+    }
+
     async fn record_login(&self, user: &str, device: &str) -> Result<(), StoreError> {
         self.write(WriteOp::Login {
             user: user.to_owned(),
@@ -250,7 +326,7 @@ impl Store for SqliteStore {
         &self,
         user: &str,
         last_messages: u32,
-    ) -> Result<Vec<pb::ConversationSummary>, StoreError> {
+    ) -> Result<(Vec<pb::ConversationSummary>, bool), StoreError> {
         let user = user.to_owned();
         self.read(move |c| {
             let tx = c.unchecked_transaction()?;
@@ -354,8 +430,15 @@ impl Store for SqliteStore {
             .map(|_| ())
     }
 
-    async fn webhooks_due(&self, now_ms: u64, limit: u32) -> Result<Vec<WebhookJob>, StoreError> {
-        self.read(move |c| outbox::due(c, now_ms, limit)).await
+    async fn webhooks_due(
+        &self,
+        hook: &str,
+        now_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<WebhookJob>, StoreError> {
+        let hook = hook.to_owned();
+        self.read(move |c| outbox::due(c, &hook, now_ms, limit))
+            .await
     }
 
     async fn webhook_done(&self, id: u64) -> Result<(), StoreError> {

@@ -93,16 +93,17 @@ pub(super) fn enqueue(tx: &Transaction<'_>, hook: &str, payload: &[u8]) -> Resul
 
 pub(super) fn due(
     conn: &Connection,
+    hook: &str,
     now_ms: u64,
     limit: u32,
 ) -> Result<Vec<WebhookJob>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT id, hook, payload, attempts FROM webhook_outbox WHERE next_at_ms <= ?1
+            "SELECT id, hook, payload, attempts FROM webhook_outbox WHERE hook = ?3 AND next_at_ms <= ?1
              ORDER BY next_at_ms, id LIMIT ?2",
         )?
         .query_map(
-            params![now_ms.min(i64::MAX as u64) as i64, limit as i64],
+            params![now_ms.min(i64::MAX as u64) as i64, limit as i64, hook],
             |r| {
                 Ok(WebhookJob {
                     id: r.get::<_, i64>(0)? as u64,

@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_groups_marks_webhooks.sql"),
     include_str!("migrations/0003_large_group_logs.sql"),
     include_str!("migrations/0004_device_send_order.sql"),
+    include_str!("migrations/0005_store_generation.sql"),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -79,4 +80,57 @@ pub(super) fn open(
         conn.pragma_update(None, "cache_size", -65536)?; // KiB: 64 MiB
     }
     Ok(conn)
+}
+
+/// Checks an existing database file before the server uses it: a 0-byte file (a
+/// failed copy, a truncated restore) is refused unless `create` says to start a new
+/// store in its place, and a file that fails `PRAGMA quick_check` is always refused
+/// (restore a backup). A missing file is a first start: created.
+pub(super) fn check_existing(path: &Path, create: bool) -> Result<(), StoreError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        tracing::info!(path = %path.display(), "no database yet: creating a new store");
+        return Ok(());
+    };
+    if meta.len() == 0 {
+        if create {
+            tracing::warn!(path = %path.display(), "database file is empty: creating a new store (--create-store)");
+            return Ok(());
+        }
+        return Err(StoreError::Io(format!(
+            "{} is empty (0 bytes): restore a backup (tern-server restore), or start with --create-store to make a new, empty store",
+            path.display()
+        )));
+    }
+    quick_check(path)
+}
+
+/// Runs `PRAGMA quick_check` on the database at `path`.
+pub(super) fn quick_check(path: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Io(format!("{} cannot be opened: {e}", path.display())))?;
+    let verdict: Result<String, rusqlite::Error> =
+        conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0));
+    match verdict {
+        Ok(v) if v == "ok" => Ok(()),
+        Ok(v) => Err(StoreError::Io(format!(
+            "{} fails its integrity check ({v}): restore a backup (tern-server restore)",
+            path.display()
+        ))),
+        Err(e) => Err(StoreError::Io(format!(
+            "{} is not a readable database ({e}): restore a backup (tern-server restore)",
+            path.display()
+        ))),
+    }
+}
+
+/// The store's generation (see migration 0005).
+pub(super) fn generation(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(
+        conn.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
 }

@@ -4,6 +4,7 @@
 
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tern_protocol::page::PageBudget;
 use tern_protocol::pb;
 
 use super::{StoreError, groups, order, outbox};
@@ -24,6 +25,15 @@ pub(super) fn head_seq(conn: &Connection, user: &str) -> Result<u64, StoreError>
     let seq: Option<i64> = conn
         .prepare_cached("SELECT head_seq FROM users WHERE user = ?1")?
         .query_row(params![user], |r| r.get(0))
+        .optional()?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+/// The head of `owner`'s timeline at the last restore (0: never restored).
+pub(super) fn restore_point(conn: &Connection, owner: &str) -> Result<u64, StoreError> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM restore_points WHERE owner = ?1")?
+        .query_row(params![owner], |r| r.get(0))
         .optional()?;
     Ok(seq.unwrap_or(0) as u64)
 }
@@ -413,14 +423,20 @@ pub(super) fn read_timeline(
         "SELECT {ENTRY_COLUMNS} FROM timeline t LEFT JOIN messages m ON m.id = t.message_id
          WHERE t.user = ?1 AND t.seq > ?2 AND t.seq <= ?3 ORDER BY t.seq LIMIT ?4"
     ))?;
-    let entries = stmt
-        .query_map(
-            params![user, after as i64, upper as i64, limit as i64],
-            row_to_entry,
-        )?
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    // Rows are read one at a time and the page stops at its byte budget: a page of
+    // large messages costs no more memory than a page of small ones.
+    let mut budget = PageBudget::new();
+    let mut entries = Vec::new();
+    for row in stmt.query_map(
+        params![user, after as i64, upper as i64, limit as i64],
+        row_to_entry,
+    )? {
+        let entry = row??;
+        if !budget.take_msg(&entry) {
+            break;
+        }
+        entries.push(entry);
+    }
     let last = entries.last().map_or(after, |e| e.seq);
     Ok(TimelinePage {
         more: last < upper,
@@ -451,15 +467,34 @@ pub(super) fn read_summaries(
          WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 ORDER BY t.seq DESC LIMIT ?4"
     ))?;
     let mut conversations = Vec::with_capacity(rows.len().min(limit as usize));
-    for (kind, conversation, latest_seq, unread) in rows.into_iter().take(limit as usize) {
-        let mut last = last_stmt
-            .query_map(
+    // One budget for the whole answer: the conversations come first (each one's
+    // position and count), then as many of their last messages as still fit, newest
+    // conversation first; a conversation whose messages did not fit has fewer (or
+    // none) in `last`, and the client gets them by timeline sync.
+    let mut budget = PageBudget::new();
+    let mut more = more;
+    let mut kept = 0;
+    for (_, conversation, _, _) in rows.iter().take(limit as usize) {
+        if !budget.take(conversation.len() + 32) {
+            more = true;
+            break;
+        }
+        kept += 1;
+    }
+    for (kind, conversation, latest_seq, unread) in rows.into_iter().take(kept) {
+        let mut last = Vec::new();
+        if !budget.full() {
+            for row in last_stmt.query_map(
                 params![user, kind, conversation, last_messages as i64],
                 row_to_entry,
-            )?
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+            )? {
+                let entry = row??;
+                if !budget.take_msg(&entry) {
+                    break;
+                }
+                last.push(entry);
+            }
+        }
         last.reverse();
         conversations.push(pb::ConversationSummary {
             kind,

@@ -69,7 +69,16 @@ pub(super) struct Job {
 }
 
 pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
-    let mut last_ts = 0u64;
+    // Timestamps never go back, across restarts too: seeded from the newest message
+    // (ids grow with the write order, and each message's time is at least the last
+    // one's), so a clock stepped back across a restart cannot date new messages older.
+    let mut last_ts = conn
+        .query_row(
+            "SELECT server_ts FROM messages ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_or(0, |ts| ts.max(0) as u64);
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
