@@ -701,3 +701,103 @@ async fn a_clock_stepped_back_across_a_restart_never_reorders_messages() {
     );
     p.child.kill().unwrap();
 }
+
+/// Attack 10 (login storm): logins over `max_concurrent_logins` still verified their
+/// token and wrote to the store before being refused. Now the permit is taken first:
+/// a refused login leaves no trace in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_storm_is_refused_before_any_work() {
+    let s = TestServer::start(|c| c.max_concurrent_logins = 1).await;
+    let mut storm = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let (addr, cert) = (s.addr(), s.cert());
+        storm.spawn(async move {
+            let user = format!("storm{i}");
+            let (_c, r) =
+                TestClient::login(addr, cert, &user, "phone", pb::Platform::Android).await;
+            (user, r.code)
+        });
+    }
+    let mut refused = vec![];
+    while let Some(r) = storm.join_next().await {
+        let (user, code) = r.unwrap();
+        if code == pb::ErrorCode::ServerBusy as i32 {
+            refused.push(user);
+        } else {
+            assert_eq!(code, 0);
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "a storm of 60 over a limit of 1 refuses some"
+    );
+    for user in &refused {
+        assert!(
+            !s.handle.shared.store.user_exists(user).await.unwrap(),
+            "{user} was refused but recorded"
+        );
+    }
+    eprintln!("{} of 60 logins refused before any work", refused.len());
+}
+
+/// Attack 10 (log forging): a newline in a Login user id forged a line in the human
+/// log format. Now the id is refused and logged escaped.
+#[tokio::test]
+async fn a_newline_in_a_user_id_cannot_forge_a_log_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern-server"))
+        .args([
+            "--dev",
+            "--quic",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut cert_path) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("quic listening on ") {
+            addr = Some(a.parse().unwrap());
+        }
+        if let Some(p) = line.strip_prefix("dev certificate: ") {
+            cert_path = Some(p.to_owned());
+            break;
+        }
+    }
+    let pem = std::fs::read(cert_path.unwrap()).unwrap();
+    let cert = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_c, r) = TestClient::login(
+        addr.unwrap(),
+        cert,
+        "mallory\n2026-01-01T00:00:00Z  INFO forged: admin logged in",
+        "phone",
+        pb::Platform::Android,
+    )
+    .await;
+    assert_eq!(r.code, pb::ErrorCode::InvalidArgument as i32);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-01-01")),
+        "a forged line:\n{text}"
+    );
+    assert!(
+        text.contains("mallory\\n2026"),
+        "the id is logged escaped:\n{text}"
+    );
+}
