@@ -82,6 +82,43 @@ pub(crate) async fn group(s: &mut Session, cmd: &GroupCmd) -> ExitCode {
     .await
 }
 
+/// The message an event shows stored by the server: done once stored, whatever status
+/// says so first (a delivered or read receipt can overtake the send's own result).
+fn stored(ev: &ClientEvent) -> Option<i64> {
+    match ev {
+        ClientEvent::MessageStatusChanged {
+            local_id,
+            status: MessageStatus::Sent | MessageStatus::Delivered | MessageStatus::Read,
+        } => Some(*local_id),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_done_whichever_stored_status_comes_first() {
+        for status in [
+            MessageStatus::Sent,
+            MessageStatus::Delivered,
+            MessageStatus::Read,
+        ] {
+            let ev = ClientEvent::MessageStatusChanged {
+                local_id: 7,
+                status,
+            };
+            assert_eq!(stored(&ev), Some(7));
+        }
+        let pending = ClientEvent::MessageStatusChanged {
+            local_id: 7,
+            status: MessageStatus::Pending,
+        };
+        assert_eq!(stored(&pending), None);
+    }
+}
+
 pub(crate) async fn send(
     s: &mut Session,
     kind: ConversationKind,
@@ -127,12 +164,9 @@ pub(crate) async fn send(
             }
         };
         match ev {
-            // Done once stored, whatever status says so first: a delivered (or read)
-            // receipt can overtake the send's own result.
-            ClientEvent::MessageStatusChanged {
-                local_id,
-                status: MessageStatus::Sent | MessageStatus::Delivered | MessageStatus::Read,
-            } if waiting.contains_key(&local_id) => {
+            ClientEvent::MessageStatusChanged { local_id, .. }
+                if stored(&ev).is_some() && waiting.contains_key(&local_id) =>
+            {
                 waiting.remove(&local_id);
                 if let Ok(Some(m)) = s.client.message(local_id) {
                     println!(
