@@ -94,31 +94,6 @@ fn stored(ev: &ClientEvent) -> Option<i64> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_is_done_whichever_stored_status_comes_first() {
-        for status in [
-            MessageStatus::Sent,
-            MessageStatus::Delivered,
-            MessageStatus::Read,
-        ] {
-            let ev = ClientEvent::MessageStatusChanged {
-                local_id: 7,
-                status,
-            };
-            assert_eq!(stored(&ev), Some(7));
-        }
-        let pending = ClientEvent::MessageStatusChanged {
-            local_id: 7,
-            status: MessageStatus::Pending,
-        };
-        assert_eq!(stored(&pending), None);
-    }
-}
-
 pub(crate) async fn send(
     s: &mut Session,
     kind: ConversationKind,
@@ -351,5 +326,30 @@ pub(crate) async fn chat(s: &mut Session, with: &str) -> ExitCode {
                 Some(_) => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_done_whichever_stored_status_comes_first() {
+        for status in [
+            MessageStatus::Sent,
+            MessageStatus::Delivered,
+            MessageStatus::Read,
+        ] {
+            let ev = ClientEvent::MessageStatusChanged {
+                local_id: 7,
+                status,
+            };
+            assert_eq!(stored(&ev), Some(7));
+        }
+        let pending = ClientEvent::MessageStatusChanged {
+            local_id: 7,
+            status: MessageStatus::Pending,
+        };
+        assert_eq!(stored(&pending), None);
     }
 }
