@@ -228,6 +228,9 @@ pub enum WriteError {
     /// The stream or connection failed.
     #[error("write failed: {0}")]
     Failed(#[from] quinn::WriteError),
+    /// A byte stream (TLS over TCP) failed.
+    #[error("write failed: {0}")]
+    Io(#[from] std::io::Error),
     /// The peer did not take the bytes within the write timeout (flow control stalled).
     #[error("write timed out")]
     TimedOut,
@@ -268,6 +271,16 @@ pub async fn write_stream(
 /// ALPN [`crate::ALPN`], trusting `roots`. Transport settings are the caller's.
 #[cfg(feature = "quinn")]
 pub fn client_config(roots: rustls::RootCertStore) -> Result<quinn::ClientConfig, String> {
+    let crypto = tls_client_config(roots)?;
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?;
+    Ok(quinn::ClientConfig::new(std::sync::Arc::new(quic)))
+}
+
+/// The TLS 1.3 client configuration of a Tern client, for QUIC and for TLS over TCP
+/// alike: ring, TLS 1.3 only, ALPN [`crate::ALPN`], trusting `roots`.
+#[cfg(feature = "quinn")]
+pub fn tls_client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -275,9 +288,7 @@ pub fn client_config(roots: rustls::RootCertStore) -> Result<quinn::ClientConfig
         .with_root_certificates(roots)
         .with_no_client_auth();
     crypto.alpn_protocols = vec![crate::ALPN.to_vec()];
-    let quic =
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?;
-    Ok(quinn::ClientConfig::new(std::sync::Arc::new(quic)))
+    Ok(crypto)
 }
 
 /// Socket buffer size Tern asks for on its UDP sockets (the kernel may cap it, e.g. at

@@ -13,6 +13,8 @@
 //! * [`heartbeat`]: the smart heartbeat policy (learned per network, foreground and
 //!   background profiles).
 //! * [`backoff`]: reconnect back-off with full jitter.
+//! * `link` (feature `quinn`): the connection under a session, QUIC or a TLS byte
+//!   stream, so one session logic serves every transport.
 //! * [`page`]: the byte budget of one answer (pages, summaries, member lists).
 //! * [`rate`]: the send budget (token bucket) the server enforces and the client paces to.
 //! * [`sim`]: a deterministic network simulator (virtual time, seeded loss, delay,
@@ -31,6 +33,8 @@ pub mod heartbeat;
 pub mod ids;
 #[cfg(feature = "tokio")]
 pub mod io;
+#[cfg(feature = "quinn")]
+pub mod link;
 pub mod page;
 pub mod qos;
 pub mod rate;

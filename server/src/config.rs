@@ -63,6 +63,9 @@ pub struct Settings {
     /// QUIC listen address [default: 0.0.0.0:7443]
     #[arg(long, env = "TERN_QUIC")]
     pub quic: Option<SocketAddr>,
+    /// TLS-over-TCP listen address, the fallback where UDP is blocked, or "off" [default: the QUIC address in --dev, off otherwise]
+    #[arg(long, env = "TERN_TCP")]
+    pub tcp: Option<String>,
     /// HTTP API listen address [default: 127.0.0.1:7480]
     #[arg(long, env = "TERN_HTTP")]
     pub http: Option<SocketAddr>,
@@ -177,7 +180,7 @@ impl Settings {
 
     /// `self` where set, else `base`.
     pub fn over(self, base: Settings) -> Settings {
-        overlay!(self, base; quic, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
+        overlay!(self, base; quic, tcp, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
             max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, durability,
             banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
@@ -191,6 +194,8 @@ impl Settings {
 pub struct Config {
     /// QUIC listen address.
     pub quic: SocketAddr,
+    /// TLS-over-TCP listen address (`None`: no TCP fallback).
+    pub tcp: Option<SocketAddr>,
     /// HTTP listen address.
     pub http: SocketAddr,
     /// Data directory.
@@ -306,10 +311,21 @@ impl Config {
                 .all(|a| tern_protocol::is_valid_user_id(a)),
             "service_accounts must be valid user ids"
         );
+        let quic = s
+            .quic
+            .unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid"));
+        let tcp = match s.tcp.as_deref() {
+            Some("off") => None,
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("tcp must be an address or \"off\": {e}"))?,
+            ),
+            None if dev => Some(quic),
+            None => None,
+        };
         Ok(Config {
-            quic: s
-                .quic
-                .unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid")),
+            quic,
+            tcp,
             http: s
                 .http
                 .unwrap_or_else(|| "127.0.0.1:7480".parse().expect("valid")),

@@ -184,6 +184,9 @@ fn main() -> anyhow::Result<()> {
         // server, so write errors are ignored (println! would panic).
         let mut out = std::io::stdout();
         let _ = writeln!(out, "quic listening on {}", server.quic_addr);
+        if let Some(tcp) = server.tcp_addr {
+            let _ = writeln!(out, "tcp listening on {tcp}");
+        }
         let _ = writeln!(out, "http listening on {}", server.http_addr);
         if dev {
             let _ = writeln!(out, "dev certificate: {}", server.cert_path.display());

@@ -123,7 +123,9 @@ pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
 /// Bytes sent and not yet acknowledged by the client, per connection.
 pub const SEND_WINDOW: u64 = 1024 * 1024;
 
-fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::ServerConfig> {
+/// The TLS 1.3 server configuration both transports use (QUIC and TLS over TCP): the
+/// same certificate, ALPN `tern/1`.
+fn tls_config(tls: &TlsMaterial) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -131,6 +133,11 @@ fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::Serv
         .with_single_cert(tls.certs.clone(), tls.key.clone_key())
         .context("certificate and key do not match")?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(crypto)
+}
+
+fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::ServerConfig> {
+    let crypto = tls_config(tls)?;
     let mut server =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
     let mut transport = quinn::TransportConfig::default();
@@ -215,6 +222,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct ServerHandle {
     /// Bound QUIC address.
     pub quic_addr: SocketAddr,
+    /// Bound TLS-over-TCP address, if the fallback listener is on.
+    pub tcp_addr: Option<SocketAddr>,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
     /// The certificate clients should trust (dev mode: the generated one).
@@ -258,6 +267,16 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     )
     .with_context(|| format!("start QUIC on {}", config.quic))?;
     let quic_addr = endpoint.local_addr()?;
+    let tcp = match config.tcp {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind TCP on {addr}"))?,
+        ),
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+    let tls_acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&tls)?));
     let http = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("bind HTTP on {}", config.http))?;
@@ -288,20 +307,50 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             }
         })
     };
+    let mut tasks = vec![accept];
+    if let Some(listener) = tcp {
+        let (shared, mut stop_rx) = (shared.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, remote)) => match shared.unauthenticated.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                tokio::spawn(crate::session::handle_tcp(
+                                    shared.clone(), stream, remote, tls_acceptor.clone(), permit,
+                                ));
+                            }
+                            Err(_) => {
+                                metrics::counter!("tern_connections_refused_total", "reason" => "unauthenticated").increment(1);
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TCP accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = stop_rx.changed() => break,
+                }
+            }
+        }));
+    }
     let http_task = {
         let router = crate::http::router(shared.clone(), metrics);
         tokio::spawn(crate::http_serve::serve(http, router, stop_rx.clone()))
     };
-    tracing::info!(%quic_addr, %http_addr, "tern-server started");
+    tracing::info!(%quic_addr, ?tcp_addr, %http_addr, "tern-server started");
+    tasks.push(http_task);
+    tasks.push(webhooks);
     Ok(ServerHandle {
         quic_addr,
+        tcp_addr,
         http_addr,
         cert_der: tls.certs[0].clone(),
         cert_path: tls.cert_path,
         shared,
         endpoint,
         stop,
-        tasks: vec![accept, http_task, webhooks],
+        tasks,
     })
 }
 

@@ -744,44 +744,19 @@ async fn a_login_storm_is_refused_before_any_work() {
 /// log format. Now the id is refused and logged escaped.
 #[tokio::test]
 async fn a_newline_in_a_user_id_cannot_forge_a_log_line() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern-server"))
-        .args([
-            "--dev",
-            "--quic",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut cert_path) = (None, None);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("quic listening on ") {
-            addr = Some(a.parse().unwrap());
-        }
-        if let Some(p) = line.strip_prefix("dev certificate: ") {
-            cert_path = Some(p.to_owned());
-            break;
-        }
-    }
-    let pem = std::fs::read(cert_path.unwrap()).unwrap();
-    let cert = rustls_pemfile::certs(&mut &pem[..])
-        .next()
-        .unwrap()
-        .unwrap();
+    let mut p = tern_testkit::server::spawn_server_logging(
+        env!("CARGO_BIN_EXE_tern-server"),
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &[],
+        "info",
+        log,
+    );
     let (_c, r) = TestClient::login(
-        addr.unwrap(),
-        cert,
+        p.addr,
+        p.cert.clone(),
         "mallory\n2026-01-01T00:00:00Z  INFO forged: admin logged in",
         "phone",
         pb::Platform::Android,
@@ -789,8 +764,8 @@ async fn a_newline_in_a_user_id_cannot_forge_a_log_line() {
     .await;
     assert_eq!(r.code, pb::ErrorCode::InvalidArgument as i32);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
     let text = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     assert!(
         !text.lines().any(|l| l.starts_with("2026-01-01")),

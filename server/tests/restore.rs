@@ -125,6 +125,11 @@ async fn a_restored_server_brings_both_clients_back_without_loss_or_duplicates()
     for i in 0..3 {
         alice.send_text("bob", &format!("new {i}")).unwrap();
     }
+    // Two senders have no order between them: Bob answers once he has Alice's three.
+    until_within("bob has the new ones", Duration::from_secs(30), || {
+        texts(&bob, "alice").last().is_some_and(|t| t == "new 2")
+    })
+    .await;
     bob.send_text("alice", "bob after the restore").unwrap();
     let expected: Vec<String> = (0..5)
         .map(|i| format!("before {i}"))

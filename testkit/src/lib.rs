@@ -14,6 +14,7 @@
 pub mod client;
 pub mod raw;
 pub mod server;
+pub mod tcp;
 
 use std::time::{Duration, Instant};
 

@@ -37,6 +37,11 @@ impl TestServer {
         self.handle.quic_addr
     }
 
+    /// The TLS-over-TCP address (dev servers listen there too).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.handle.tcp_addr.expect("dev servers listen on TCP")
+    }
+
     /// The certificate to trust.
     pub fn cert(&self) -> CertificateDer<'static> {
         self.handle.cert_der.clone()
@@ -104,6 +109,8 @@ pub struct Proc {
     pub child: Child,
     /// Its QUIC address.
     pub addr: SocketAddr,
+    /// Its TLS-over-TCP address.
+    pub tcp: Option<SocketAddr>,
     /// Its dev certificate.
     pub cert: CertificateDer<'static>,
     /// The same, PEM.
@@ -118,6 +125,19 @@ pub fn spawn_server(bin: &str, data: &Path, quic: &str) -> Proc {
 
 /// Like [`spawn_server`], with `extra` flags after the usual ones.
 pub fn spawn_server_with(bin: &str, data: &Path, quic: &str, extra: &[&str]) -> Proc {
+    let level = std::env::var("TERN_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into());
+    spawn_server_logging(bin, data, quic, extra, &level, Stdio::inherit())
+}
+
+/// Like [`spawn_server_with`], with the server's log (stderr) at `level` going to `log`.
+pub fn spawn_server_logging(
+    bin: &str,
+    data: &Path,
+    quic: &str,
+    extra: &[&str],
+    level: &str,
+    log: impl Into<Stdio>,
+) -> Proc {
     let mut child = Command::new(bin)
         .args([
             "--dev",
@@ -133,22 +153,23 @@ pub fn spawn_server_with(bin: &str, data: &Path, quic: &str, extra: &[&str]) -> 
         .arg("--data")
         .arg(data)
         .args(extra)
-        .env(
-            "RUST_LOG",
-            std::env::var("TERN_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("spawn tern-server");
     let stdout = child.stdout.take().unwrap();
     let mut addr = None;
+    let mut tcp = None;
     let mut cert_path = None;
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(a) = line.strip_prefix("quic listening on ") {
             addr = Some(a.parse().unwrap());
+        }
+        if let Some(a) = line.strip_prefix("tcp listening on ") {
+            tcp = Some(a.parse().unwrap());
         }
         if let Some(p) = line.strip_prefix("dev certificate: ") {
             cert_path = Some(p.to_owned());
@@ -165,8 +186,17 @@ pub fn spawn_server_with(bin: &str, data: &Path, quic: &str, extra: &[&str]) -> 
     Proc {
         child,
         addr: addr.expect("server printed its address"),
+        tcp,
         cert,
         cert_pem: pem,
+    }
+}
+
+impl Drop for Proc {
+    /// A test that fails (or forgets) does not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -25,6 +25,25 @@ pub struct Rewound {
     pub requeued: Vec<i64>,
 }
 
+/// Where a timeline must go back to, if anywhere: to the restore point when the
+/// generation changed since the device last saw it (`known`, 0 = never), or to the
+/// server's head when it is below the device's cursor (a restore by hand).
+fn rewind_point(
+    known: u64,
+    generation: u64,
+    restored_seq: u64,
+    head: u64,
+    cursor: u64,
+) -> Option<u64> {
+    if known != 0 && known != generation {
+        Some(restored_seq.min(head))
+    } else if head < cursor {
+        Some(head)
+    } else {
+        None
+    }
+}
+
 impl Db {
     /// The store generation the server announced at login, and the user's head at its
     /// last restore. Returns the rewind done if the generation changed (or the server's
@@ -39,14 +58,7 @@ impl Db {
             return Ok(None); // a server from before store generations
         }
         let known = state(&self.conn, "generation")?;
-        let cursor = self.cursor()?;
-        let to = if known != 0 && known != generation {
-            Some(restored_seq.min(head))
-        } else if head < cursor {
-            Some(head)
-        } else {
-            None
-        };
+        let to = rewind_point(known, generation, restored_seq, head, self.cursor()?);
         let rewound = match to {
             Some(to) if to < self.max_seq()? => Some(self.rewind(None, to)?),
             _ => None,
@@ -70,14 +82,13 @@ impl Db {
         }
         let key = format!("generation:{group}");
         let known = state(&self.conn, &key)?;
-        let cursor = self.log_cursor(group)?;
-        let to = if known != 0 && known != generation {
-            Some(restored_seq.min(head))
-        } else if head < cursor {
-            Some(head)
-        } else {
-            None
-        };
+        let to = rewind_point(
+            known,
+            generation,
+            restored_seq,
+            head,
+            self.log_cursor(group)?,
+        );
         let rewound = match to {
             Some(to) if to < self.log_max_seq(group)? => Some(self.rewind(Some(group), to)?),
             _ => None,

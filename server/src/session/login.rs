@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::Frame;
-use tern_protocol::io::{ReadError, read_frame, spawn_session_readers, write_stream};
+use tern_protocol::io::{ReadError, read_frame};
+use tern_protocol::link::{Link, Reader, Transport};
 use tern_protocol::qos::Sender;
 use tern_protocol::{ErrorCode, is_valid_user_id, pb};
 use tokio::sync::mpsc;
@@ -43,32 +44,24 @@ fn is_valid_device_id(id: &str) -> bool {
 /// The flood guard for ACKs and heartbeats is this many times the send budget.
 const CONTROL_FACTOR: u32 = 10;
 
-async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), String> {
-    write_stream(send, &frame.to_bytes(0), WRITE_TIMEOUT)
+async fn write(link: &mut Link, frame: &Frame) -> Result<(), String> {
+    link.write_stream(&frame.to_bytes(0), WRITE_TIMEOUT)
         .await
         .map_err(|e| e.to_string())
 }
 
 /// Answers with an error frame and closes the connection.
-async fn reject(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    frame: Frame,
-    code: ErrorCode,
-) {
-    let _ = write(send, &frame).await;
-    let _ = send.finish();
+async fn reject(link: &mut Link, frame: Frame, code: ErrorCode) {
+    let _ = write(link, &frame).await;
+    link.finish().await;
     // Give the frame a moment to leave before the close overtakes it.
-    let _ = timeout(Duration::from_millis(300), conn.closed()).await;
-    conn.close(
-        quinn::VarInt::from_u32(code as u32),
-        code_name(code).as_bytes(),
-    );
+    link.closed(Duration::from_millis(300)).await;
+    link.close(code as u32, code_name(code).as_bytes());
 }
 
+/// A QUIC connection's way to a session: its session stream, then the `Login` frame.
 pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Option<Session> {
-    let remote = conn.remote_address();
-    let (mut send, mut recv) = match timeout(LOGIN_TIMEOUT, conn.accept_bi()).await {
+    let (send, mut recv) = match timeout(LOGIN_TIMEOUT, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         _ => {
             conn.close(
@@ -79,31 +72,78 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         }
     };
     let mut buf = BytesMut::with_capacity(1024);
-    let login = match timeout(
+    let first = timeout(
         LOGIN_TIMEOUT,
         read_frame(&mut recv, &mut buf, MAX_LOGIN_FRAME),
     )
-    .await
-    {
+    .await;
+    let link = Link::Quic {
+        conn: conn.clone(),
+        send,
+    };
+    let session = authenticate(shared, link, first, Reader::Quic(recv), buf).await?;
+    // Logged in: the session stream may now carry frames up to the frame limit.
+    conn.set_receive_window(quinn::VarInt::from_u32(
+        crate::server::SESSION_RECEIVE_WINDOW,
+    ));
+    Some(session)
+}
+
+/// A byte stream's way to a session (TLS over TCP, after the TLS handshake): the
+/// `Login` frame is its first frame.
+pub(super) async fn login_stream(
+    shared: &Arc<Shared>,
+    transport: Transport,
+    mut read: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>,
+    send: tern_protocol::link::StreamWriter,
+    remote: std::net::SocketAddr,
+) -> Option<Session> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let first = timeout(
+        LOGIN_TIMEOUT,
+        read_frame(&mut read, &mut buf, MAX_LOGIN_FRAME),
+    )
+    .await;
+    let link = Link::Stream {
+        transport,
+        send,
+        remote,
+    };
+    authenticate(shared, link, first, Reader::Stream(read), buf).await
+}
+
+/// From the first frame of a connection to a registered session, whatever the transport.
+async fn authenticate(
+    shared: &Arc<Shared>,
+    mut link: Link,
+    first: Result<
+        Result<Option<(tern_protocol::Header, Frame)>, ReadError>,
+        tokio::time::error::Elapsed,
+    >,
+    reader: Reader,
+    buf: BytesMut,
+) -> Option<Session> {
+    let remote = link.remote_address();
+    let transport = link.transport().as_str();
+    let login = match first {
         Ok(Ok(Some((_, Frame::Login(l))))) => l,
         Ok(Ok(Some((_, other)))) => {
-            tracing::info!(%remote, kind = ?other.kind(), "first frame was not Login");
+            tracing::info!(%remote, transport, kind = ?other.kind(), "first frame was not Login");
             metrics::counter!("tern_logins_total", "result" => "UNEXPECTED_FRAME").increment(1);
             let f = Frame::error(
                 ErrorCode::UnexpectedFrame,
                 "the first frame must be Login",
                 0,
             );
-            reject(&conn, &mut send, f, ErrorCode::UnexpectedFrame).await;
+            reject(&mut link, f, ErrorCode::UnexpectedFrame).await;
             return None;
         }
         Ok(Err(ReadError::Frame(e))) => {
-            tracing::info!(%remote, error = %e, "bad frame before login");
+            tracing::info!(%remote, transport, error = %e, "bad frame before login");
             metrics::counter!("tern_frames_rejected_total", "code" => code_name(e.code()))
                 .increment(1);
             reject(
-                &conn,
-                &mut send,
+                &mut link,
                 Frame::error(e.code(), e.to_string(), 0),
                 e.code(),
             )
@@ -111,11 +151,9 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
             return None;
         }
         Ok(_) | Err(_) => {
-            tracing::debug!(%remote, "no login frame");
-            conn.close(
-                quinn::VarInt::from_u32(ErrorCode::NotLoggedIn as u32),
-                b"login timeout",
-            );
+            tracing::debug!(%remote, transport, "no login frame");
+            link.finish().await;
+            link.close(ErrorCode::NotLoggedIn as u32, b"login timeout");
             return None;
         }
     };
@@ -135,8 +173,7 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
     let Ok(_permit) = shared.login_permits.try_acquire() else {
         let code = ErrorCode::ServerBusy;
         reject(
-            &conn,
-            &mut send,
+            &mut link,
             refuse(code, "too many logins in progress".into()),
             code,
         )
@@ -182,7 +219,7 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
     }
     .await;
     if let Err((code, message)) = outcome {
-        reject(&conn, &mut send, refuse(code, message), code).await;
+        reject(&mut link, refuse(code, message), code).await;
         return None;
     }
     let store = &shared.store;
@@ -198,7 +235,7 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         Ok(h) => h,
         Err(e) => {
             let (code, message) = store_failure(e);
-            reject(&conn, &mut send, refuse(code, message), code).await;
+            reject(&mut link, refuse(code, message), code).await;
             return None;
         }
     };
@@ -221,8 +258,7 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
     else {
         let code = ErrorCode::ServerBusy;
         reject(
-            &conn,
-            &mut send,
+            &mut link,
             refuse(code, "session limit reached".into()),
             code,
         )
@@ -250,27 +286,27 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         store_generation: store.generation(),
         restored_seq,
     });
-    if let Err(e) = write(&mut send, &result).await {
+    if let Err(e) = write(&mut link, &result).await {
         tracing::debug!(%remote, error = %e, "login result not delivered");
         shared.registry.unregister(&login.user_id, id);
         return None;
     }
     metrics::counter!("tern_logins_total", "result" => "OK").increment(1);
-    tracing::info!(%remote, user = %login.user_id, device = %login.device_id, session = id, "logged in");
+    tracing::info!(%remote, transport, user = %login.user_id, device = %login.device_id, session = id, "logged in");
+    metrics::counter!("tern_logins_by_transport_total", "transport" => transport).increment(1);
 
-    // Logged in: the session stream may now carry frames up to the frame limit.
-    conn.set_receive_window(quinn::VarInt::from_u32(
-        crate::server::SESSION_RECEIVE_WINDOW,
-    ));
     // Small: each queued frame may be up to the frame limit.
     let (in_tx, in_rx) = mpsc::channel(16);
-    spawn_session_readers(
-        conn.clone(),
-        recv,
+    link.spawn_readers(
+        reader,
         buf,
         tern_protocol::frame::DEFAULT_MAX_FRAME_BODY,
         in_tx,
     );
+    // On a stream the stream retransmits: the push QoS tracks ACKs (delivered status,
+    // resend after a reconnect) but does not resend within the connection.
+    let mut push_qos = shared.config.push_qos.config();
+    push_qos.retransmit = link.has_datagrams();
     let now = Instant::now();
     Some(Session {
         bucket: TokenBucket::new(
@@ -286,15 +322,14 @@ pub(super) async fn login(shared: &Arc<Shared>, conn: quinn::Connection) -> Opti
         acked_cursor: Default::default(),
         tail: Vec::new(),
         shared: shared.clone(),
-        conn,
-        send,
+        link,
         id,
         user: login.user_id,
         device: login.device_id,
         platform,
         cmd_rx,
         inbound: in_rx,
-        push_qos: Sender::new(shared.config.push_qos.config(), now.into_std()),
+        push_qos: Sender::new(push_qos, now.into_std()),
         logs: Vec::new(),
         tasks: FuturesUnordered::new(),
         reads: FuturesUnordered::new(),

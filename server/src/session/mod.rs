@@ -26,7 +26,8 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::Frame;
-use tern_protocol::io::{Inbound, write_frame, write_stream};
+use tern_protocol::io::Inbound;
+use tern_protocol::link::Link;
 use tern_protocol::qos::Sender;
 use tern_protocol::{ErrorCode, pb};
 use tokio::sync::mpsc;
@@ -106,6 +107,44 @@ pub async fn handle_incoming(
     }
 }
 
+/// Accepts one TLS-over-TCP connection (the fallback where UDP is blocked) and runs
+/// its session to the end: the TLS handshake and the `Login` frame within
+/// [`LOGIN_TIMEOUT`], then the same session as over QUIC, every frame on the stream.
+pub async fn handle_tcp(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let tls = match timeout(LOGIN_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            metrics::counter!("tern_handshake_failures_total").increment(1);
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("tern_handshake_failures_total").increment(1);
+            return;
+        }
+    };
+    let (read, write) = tokio::io::split(tls);
+    let session = Box::pin(login::login_stream(
+        &shared,
+        tern_protocol::link::Transport::Tcp,
+        Box::new(read),
+        Box::new(write),
+        remote,
+    ))
+    .await;
+    drop(unauthenticated);
+    if let Some(session) = session {
+        session.run().await;
+    }
+}
+
 /// Why a session loop ended.
 enum End {
     /// Connection or stream gone.
@@ -117,8 +156,8 @@ enum End {
 /// One logged-in session (see the module docs).
 struct Session {
     shared: Arc<Shared>,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
+    /// The connection (QUIC, or a TLS byte stream): see [`Link`].
+    link: Link,
     id: u64,
     user: String,
     device: String,
@@ -169,7 +208,7 @@ impl Session {
         match end {
             End::Gone(why) => {
                 tracing::info!(user = %self.user, device = %self.device, session = self.id, %why, "session ended");
-                self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+                self.link.close(0, b"bye");
             }
             End::Close(code, why) => {
                 tracing::info!(user = %self.user, session = self.id, code = code_name(code), why, "session closed");
@@ -179,20 +218,16 @@ impl Session {
                     while let Some(reply) = self.tasks.next().await {
                         if let Some(frame) = reply {
                             let bytes = frame.to_bytes(0);
-                            if write_stream(&mut self.send, &bytes, WRITE_TIMEOUT)
-                                .await
-                                .is_err()
-                            {
+                            if self.link.write_stream(&bytes, WRITE_TIMEOUT).await.is_err() {
                                 break;
                             }
                         }
                     }
                 };
                 let _ = timeout(Duration::from_secs(2), drain).await;
-                let _ = self.send.finish();
-                let _ = timeout(Duration::from_millis(500), self.conn.closed()).await;
-                self.conn
-                    .close(quinn::VarInt::from_u32(code as u32), why.as_bytes());
+                self.link.finish().await;
+                self.link.closed(Duration::from_millis(500)).await;
+                self.link.close(code as u32, why.as_bytes());
             }
         }
     }
@@ -206,11 +241,14 @@ impl Session {
             if self.chat_datagrams && self.send_result_datagram(r, &bytes) {
                 return Ok(());
             }
-            return write_stream(&mut self.send, &bytes, WRITE_TIMEOUT)
+            return self
+                .link
+                .write_stream(&bytes, WRITE_TIMEOUT)
                 .await
                 .map_err(|e| End::Gone(e.to_string()));
         }
-        write_frame(&self.conn, &mut self.send, frame, flags, WRITE_TIMEOUT)
+        self.link
+            .write_frame(frame, flags, WRITE_TIMEOUT)
             .await
             .map_err(|e| End::Gone(e.to_string()))
     }
@@ -218,7 +256,7 @@ impl Session {
     /// Sends a send result in a datagram with the latest earlier results behind it
     /// (see [`Session::recent_results`]); `false` if it must go on the stream.
     fn send_result_datagram(&mut self, r: &pb::SendResult, bytes: &bytes::Bytes) -> bool {
-        let Some(max) = self.conn.max_datagram_size() else {
+        let Some(max) = self.link.max_datagram_size() else {
             return false;
         };
         if bytes.len() > max {
@@ -230,7 +268,7 @@ impl Session {
                 datagram.extend_from_slice(prev);
             }
         }
-        if self.conn.send_datagram(datagram.freeze()).is_err() {
+        if !self.link.send_datagram(datagram.freeze()) {
             return false;
         }
         if r.code == ErrorCode::Ok as i32 {
@@ -375,7 +413,7 @@ impl Session {
             }
             Frame::Heartbeat(_) => {
                 let reply = Frame::HeartbeatReply(pb::HeartbeatReply {
-                    observed_addr: self.conn.remote_address().to_string(),
+                    observed_addr: self.link.remote_address().to_string(),
                     server_time_ms: tern_protocol::unix_ms(),
                 });
                 self.write(&reply, 0).await

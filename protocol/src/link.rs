@@ -1,0 +1,214 @@
+//! The connection under a session, whatever carries it (feature `quinn`).
+//!
+//! Tern speaks QUIC first: QoS frames (pushes, ACKs, sends and their results) in
+//! datagrams, everything else on one session stream. Where UDP is blocked it speaks the
+//! same frames over a reliable byte stream (TLS 1.3 over TCP): there every frame goes on
+//! the stream, and the application QoS tracks ACKs but does not retransmit (the stream
+//! does). A [`Link`] is either; server and client sessions write through it, so one
+//! session logic serves every transport.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::frame::Frame;
+use crate::io::{Inbound, WriteError, pump_chunks, send_as_datagram, spawn_session_readers};
+
+/// Which transport a session runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS 1.3 over TCP.
+    Tcp,
+}
+
+impl Transport {
+    /// Lower-case name, for logs, metrics and diagnostics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// The write half of a reliable byte stream.
+pub type StreamWriter = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+
+/// The write side of a session's connection (the read side runs in reader tasks; see
+/// [`Link::spawn_readers`]).
+pub enum Link {
+    /// QUIC: datagrams and the session stream.
+    Quic {
+        /// The connection.
+        conn: quinn::Connection,
+        /// The session stream, send side.
+        send: quinn::SendStream,
+    },
+    /// A reliable byte stream only.
+    Stream {
+        /// Which transport the stream is.
+        transport: Transport,
+        /// The write half.
+        send: StreamWriter,
+        /// The peer's address.
+        remote: SocketAddr,
+    },
+}
+
+impl Link {
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Link::Quic { .. } => Transport::Quic,
+            Link::Stream { transport, .. } => *transport,
+        }
+    }
+
+    /// Whether datagrams exist on this link (QUIC): QoS retransmits only there.
+    pub fn has_datagrams(&self) -> bool {
+        matches!(self, Link::Quic { .. })
+    }
+
+    /// The peer's address as this end sees it.
+    pub fn remote_address(&self) -> SocketAddr {
+        match self {
+            Link::Quic { conn, .. } => conn.remote_address(),
+            Link::Stream { remote, .. } => *remote,
+        }
+    }
+
+    /// The largest datagram the link can send now (`None`: no datagrams).
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        match self {
+            Link::Quic { conn, .. } => conn.max_datagram_size(),
+            Link::Stream { .. } => None,
+        }
+    }
+
+    /// Sends `bytes` as one datagram; `false` if there are no datagrams or it was refused.
+    pub fn send_datagram(&self, bytes: Bytes) -> bool {
+        match self {
+            Link::Quic { conn, .. } => conn.send_datagram(bytes).is_ok(),
+            Link::Stream { .. } => false,
+        }
+    }
+
+    /// Writes encoded frames on the stream, waiting at most `write_timeout`.
+    pub async fn write_stream(
+        &mut self,
+        bytes: &[u8],
+        write_timeout: Duration,
+    ) -> Result<(), WriteError> {
+        let write = async {
+            match self {
+                Link::Quic { send, .. } => send.write_all(bytes).await.map_err(WriteError::from),
+                Link::Stream { send, .. } => {
+                    send.write_all(bytes).await?;
+                    send.flush().await.map_err(WriteError::from)
+                }
+            }
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(r) => r,
+            Err(_) => Err(WriteError::TimedOut),
+        }
+    }
+
+    /// Sends a frame: in a datagram when its kind prefers one and it fits, otherwise on
+    /// the stream.
+    pub async fn write_frame(
+        &mut self,
+        frame: &Frame,
+        flags: u8,
+        write_timeout: Duration,
+    ) -> Result<(), WriteError> {
+        let bytes = frame.to_bytes(flags);
+        if let Link::Quic { conn, .. } = self {
+            if send_as_datagram(conn, frame, &bytes) {
+                return Ok(());
+            }
+        }
+        self.write_stream(&bytes, write_timeout).await
+    }
+
+    /// Ends the session stream cleanly (what was written is still delivered).
+    pub async fn finish(&mut self) {
+        match self {
+            Link::Quic { send, .. } => {
+                let _ = send.finish();
+            }
+            Link::Stream { send, .. } => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.shutdown()).await;
+            }
+        }
+    }
+
+    /// Waits (at most `wait`) for the peer to close after [`Link::finish`].
+    pub async fn closed(&self, wait: Duration) {
+        if let Link::Quic { conn, .. } = self {
+            let _ = tokio::time::timeout(wait, conn.closed()).await;
+        }
+    }
+
+    /// Closes the connection with an application `code` and `reason`. A stream link
+    /// has no close frame: finish it first (then dropping it closes the socket).
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        if let Link::Quic { conn, .. } = self {
+            conn.close(quinn::VarInt::from_u32(code), reason);
+        }
+    }
+
+    /// Starts the reader tasks of the session: the stream (`buf` holds bytes already
+    /// read past the login frame) and, on QUIC, the datagrams; both feed `tx`. For a
+    /// stream link `recv` is its read half.
+    pub fn spawn_readers(
+        &self,
+        recv: Reader,
+        buf: BytesMut,
+        max_body: usize,
+        tx: mpsc::Sender<Inbound>,
+    ) {
+        match (self, recv) {
+            (Link::Quic { conn, .. }, Reader::Quic(recv)) => {
+                spawn_session_readers(conn.clone(), recv, buf, max_body, tx)
+            }
+            (_, Reader::Stream(read)) => spawn_stream_reader(read, buf, max_body, tx),
+            (Link::Stream { .. }, Reader::Quic(_)) => {
+                unreachable!("a stream link is read from its stream")
+            }
+        }
+    }
+}
+
+/// The read side of a session's connection.
+pub enum Reader {
+    /// The QUIC session stream's receive side.
+    Quic(quinn::RecvStream),
+    /// The read half of a byte stream.
+    Stream(Box<dyn AsyncRead + Send + Sync + Unpin>),
+}
+
+/// Starts a task reading frames from a byte stream into `tx` (see
+/// [`pump_chunks`]: nothing is buffered between frames).
+pub fn spawn_stream_reader(
+    read: Box<dyn AsyncRead + Send + Sync + Unpin>,
+    buf: BytesMut,
+    max_body: usize,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let next = |mut r: Box<dyn AsyncRead + Send + Sync + Unpin>| async move {
+        let mut chunk = BytesMut::with_capacity(16 * 1024);
+        let got = match r.read_buf(&mut chunk).await {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(chunk.freeze())),
+            Err(e) => Err(format!("read failed: {e}")),
+        };
+        (r, got)
+    };
+    tokio::spawn(pump_chunks(read, next, buf, max_body, tx));
+}
