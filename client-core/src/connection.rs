@@ -23,7 +23,8 @@ use bytes::BytesMut;
 use tern_protocol::backoff::Backoff;
 use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, Frame};
 use tern_protocol::heartbeat::{HeartbeatAction, SmartHeartbeat};
-use tern_protocol::io::{Inbound, read_frame, spawn_session_readers, write_frame, write_stream};
+use tern_protocol::io::{Inbound, read_frame};
+use tern_protocol::link::{Link, Reader, Transport};
 use tern_protocol::{ErrorCode, pb};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -78,14 +79,9 @@ fn set_request_id(frame: &mut Frame, id: u64) -> bool {
     true
 }
 
-/// A connection that completed its login.
-type Connected = (
-    quinn::Connection,
-    quinn::SendStream,
-    quinn::RecvStream,
-    BytesMut,
-    pb::LoginResult,
-);
+/// A connection that completed its login: its link, the read side, bytes read past
+/// the login result, and the result.
+pub(crate) type Connected = (Link, Reader, BytesMut, pb::LoginResult);
 
 /// While the path is suspect (see `SyncMachine::path_suspect`), a fresh connection is
 /// tried this often...
@@ -95,6 +91,9 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// retransmissions are backed off).
 const MAX_PROBES: usize = 3;
 const PROBE_HANDSHAKE: Duration = Duration::from_millis(1500);
+/// The smart heartbeat's network label while on TCP is the network's label plus this
+/// (its NAT timeouts differ from UDP's).
+const TCP_LABEL: &str = "/tcp";
 
 /// Why a session ended.
 enum End {
@@ -110,12 +109,13 @@ enum End {
     Shutdown,
 }
 
-enum ConnectError {
+pub(crate) enum ConnectError {
     Refused(ErrorCode, String),
     Failed(String),
 }
 
-fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
+/// The certificates this client trusts: the configured PEM, or the web PKI roots.
+pub(crate) fn trust_roots(inner: &Inner) -> Result<rustls::RootCertStore, String> {
     let cfg = &inner.config;
     let mut roots = rustls::RootCertStore::empty();
     match &cfg.ca_pem {
@@ -132,7 +132,12 @@ fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let mut client = tern_protocol::io::client_config(roots)?;
+    Ok(roots)
+}
+
+fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
+    let cfg = &inner.config;
+    let mut client = tern_protocol::io::client_config(trust_roots(inner)?)?;
     let mut transport = quinn::TransportConfig::default();
     // Liveness is the smart heartbeat's job; QUIC must outlast its longest interval.
     let idle = cfg.heartbeat.background.max + Duration::from_secs(120);
@@ -150,7 +155,7 @@ fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
     Ok(endpoint)
 }
 
-fn server_name(server: &str) -> String {
+pub(crate) fn server_name(server: &str) -> String {
     let host = server
         .rsplit_once(':')
         .map_or(server, |(h, _)| h)
@@ -162,7 +167,7 @@ fn server_name(server: &str) -> String {
     }
 }
 
-async fn connect(
+pub(crate) async fn connect(
     inner: &Inner,
     endpoint: &quinn::Endpoint,
     user: &str,
@@ -208,9 +213,30 @@ async fn login_on(
     user: &str,
     token: &str,
 ) -> Result<Connected, ConnectError> {
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ConnectError::Failed(e.to_string()))?;
+    login_link(
+        inner,
+        Link::Quic { conn, send },
+        Reader::Quic(recv),
+        user,
+        token,
+    )
+    .await
+}
+
+/// Logs in on a link (QUIC's session stream, or a TLS byte stream).
+pub(crate) async fn login_link(
+    inner: &Inner,
+    mut link: Link,
+    mut reader: Reader,
+    user: &str,
+    token: &str,
+) -> Result<Connected, ConnectError> {
     let cfg = &inner.config;
     let fail = |e: String| ConnectError::Failed(e);
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
     let cursor = inner
         .with_db(|db| db.cursor())
         .map_err(|e| fail(e.to_string()))?;
@@ -222,22 +248,23 @@ async fn login_on(
         client_version: cfg.client_version.clone(),
         inbox_cursor: cursor,
     });
-    send.write_all(&login.to_bytes(0))
+    link.write_stream(&login.to_bytes(0), WRITE_TIMEOUT)
         .await
         .map_err(|e| fail(e.to_string()))?;
     let mut buf = BytesMut::with_capacity(4096);
-    match timeout(
-        CONNECT_TIMEOUT,
-        read_frame(&mut recv, &mut buf, DEFAULT_MAX_FRAME_BODY),
-    )
-    .await
-    {
+    let answer = async {
+        match &mut reader {
+            Reader::Quic(r) => read_frame(r, &mut buf, DEFAULT_MAX_FRAME_BODY).await,
+            Reader::Stream(r) => read_frame(r, &mut buf, DEFAULT_MAX_FRAME_BODY).await,
+        }
+    };
+    match timeout(CONNECT_TIMEOUT, answer).await {
         Ok(Ok(Some((_, Frame::LoginResult(r))))) => {
             let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Internal);
             if code != ErrorCode::Ok {
                 return Err(ConnectError::Refused(code, r.message));
             }
-            Ok((conn, send, recv, buf, r))
+            Ok((link, reader, buf, r))
         }
         Ok(Ok(Some((_, Frame::Error(e))))) => Err(ConnectError::Refused(
             ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
@@ -259,7 +286,7 @@ const RACE_FOR: Duration = Duration::from_secs(60);
 /// the server refuses the login, or `budget` has passed. A handshake's own
 /// retransmissions back off; a fresh one's first packet goes at once, so this connects
 /// within one interval of a dead path coming back.
-async fn connect_racing(
+pub(crate) async fn connect_racing(
     inner: &Arc<Inner>,
     endpoint: &quinn::Endpoint,
     user: &str,
@@ -356,18 +383,24 @@ pub(crate) async fn run(
             Some(conn) => login_on(&inner, conn, &user, &token).await,
             None => {
                 inner.set_state(ConnectionState::Connecting);
-                if urgent {
-                    connect_racing(&inner, &endpoint, &user, &token, CONNECT_TIMEOUT).await
-                } else {
-                    connect(&inner, &endpoint, &user, &token, CONNECT_TIMEOUT).await
-                }
+                let label = state.heartbeat.network().to_owned();
+                crate::transport::connect_any(
+                    &inner,
+                    &endpoint,
+                    &user,
+                    &token,
+                    urgent,
+                    CONNECT_TIMEOUT,
+                    &label,
+                )
+                .await
             }
         };
         let mut immediate = false;
         // The server answered and said no (busy, say): always back off.
         let mut refused = false;
         let end = match attempt {
-            Ok((conn, send, recv, buf, result)) => {
+            Ok((link, reader, buf, result)) => {
                 inner.max_body.store(
                     result.max_body_bytes.max(1),
                     std::sync::atomic::Ordering::Relaxed,
@@ -384,10 +417,10 @@ pub(crate) async fn run(
                     store_generation: result.store_generation,
                     restored_seq: result.restored_seq,
                 };
-                let mut session = Session::new(&inner, &endpoint, conn, send, login);
-                let end = session.run(recv, buf, &mut state, &mut commands).await;
+                let mut session = Session::new(&inner, &endpoint, link, login);
+                let end = session.run(reader, buf, &mut state, &mut commands).await;
                 state.sync.on_disconnected();
-                session.conn.close(0u32.into(), b"bye");
+                session.link.close(0, b"bye");
                 state.backoff.on_disconnected(Instant::now().into_std());
                 end
             }
@@ -501,8 +534,8 @@ struct Machines {
 struct Session<'a> {
     inner: &'a Arc<Inner>,
     endpoint: &'a quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
+    /// QUIC, or TLS over TCP (see [`crate::transport`]).
+    link: Link,
     login: LoginInfo,
     /// Requests of the app waiting for their answer, by request id. Dropped with the
     /// session, which tells each caller the connection was lost.
@@ -521,15 +554,13 @@ impl<'a> Session<'a> {
     fn new(
         inner: &'a Arc<Inner>,
         endpoint: &'a quinn::Endpoint,
-        conn: quinn::Connection,
-        send: quinn::SendStream,
+        link: Link,
         login: LoginInfo,
     ) -> Self {
         Session {
             inner,
             endpoint,
-            conn,
-            send,
+            link,
             login,
             calls: HashMap::new(),
             probes: tokio::task::JoinSet::new(),
@@ -541,9 +572,18 @@ impl<'a> Session<'a> {
         if !matches!(frame, Frame::Heartbeat(_)) {
             m.heartbeat.on_sent(Instant::now().into_std());
         }
-        write_frame(&self.conn, &mut self.send, frame, flags, WRITE_TIMEOUT)
+        self.link
+            .write_frame(frame, flags, WRITE_TIMEOUT)
             .await
             .map_err(lost)
+    }
+
+    /// The QUIC connection, when the session runs on QUIC.
+    fn quic(&self) -> Option<&quinn::Connection> {
+        match &self.link {
+            Link::Quic { conn, .. } => Some(conn),
+            Link::Stream { .. } => None,
+        }
     }
 
     /// Writes on the stream whatever the frame's kind prefers.
@@ -554,7 +594,8 @@ impl<'a> Session<'a> {
         m: &mut Machines,
     ) -> Result<(), End> {
         m.heartbeat.on_sent(Instant::now().into_std());
-        write_stream(&mut self.send, &frame.to_bytes(flags), WRITE_TIMEOUT)
+        self.link
+            .write_stream(&frame.to_bytes(flags), WRITE_TIMEOUT)
             .await
             .map_err(lost)
     }
@@ -593,19 +634,44 @@ impl<'a> Session<'a> {
 
     async fn run(
         &mut self,
-        recv: quinn::RecvStream,
+        reader: Reader,
         buf: BytesMut,
         m: &mut Machines,
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> End {
         let (tx, mut inbound) = mpsc::channel(256);
-        spawn_session_readers(self.conn.clone(), recv, buf, DEFAULT_MAX_FRAME_BODY, tx);
+        self.link
+            .spawn_readers(reader, buf, DEFAULT_MAX_FRAME_BODY, tx);
+        let transport = self.link.transport();
+        tracing::info!(transport = transport.as_str(), "session transport");
+        // Sends go in datagrams and are retransmitted by the engine only on QUIC.
+        let uplink_datagrams = self.inner.config.uplink == crate::Uplink::Datagram;
+        m.sync
+            .set_datagrams(self.link.has_datagrams(), uplink_datagrams);
+        // NAT timeouts differ for TCP: the smart heartbeat learns a separate interval.
+        let label = m.heartbeat.network().to_owned();
+        let base = label.strip_suffix(TCP_LABEL).unwrap_or(&label).to_owned();
+        let wanted = match transport {
+            Transport::Tcp => format!("{base}{TCP_LABEL}"),
+            Transport::Quic => base,
+        };
+        if wanted != label {
+            m.heartbeat.network_changed(&wanted);
+        }
         let now = Instant::now().into_std();
         m.heartbeat.on_connected(now);
         // The handshake measured the path: the send timers start from it, not from the
         // engine's conservative initial RTO.
-        m.sync.on_rtt_sample(self.conn.rtt());
+        if let Some(conn) = self.quic() {
+            m.sync.on_rtt_sample(conn.rtt());
+        }
         let mut rtt_fed = Instant::now();
+        // On TCP (automatic mode), QUIC is tried again now and then.
+        let reprobe = (transport == Transport::Tcp
+            && self.inner.config.transport == crate::TransportMode::Auto)
+            .then_some(self.inner.config.quic_reprobe);
+        let mut reprobe_at = reprobe.map(|every| Instant::now() + every);
+        self.update_diagnostics(m);
         let login = self.login;
         if let Err(end) = self.step(m, |sync, db| sync.on_connected(login, now, db)) {
             return end;
@@ -615,10 +681,14 @@ impl<'a> Session<'a> {
             if let Err(end) = self.drain(m).await {
                 return end;
             }
-            let probe_at = m.sync.suspect_at().map(|t| {
-                let t = Instant::from_std(t);
-                last_probe.map_or(t, |p| t.max(p + PROBE_INTERVAL))
-            });
+            let probe_at = m
+                .sync
+                .suspect_at()
+                .filter(|_| self.link.has_datagrams())
+                .map(|t| {
+                    let t = Instant::from_std(t);
+                    last_probe.map_or(t, |p| t.max(p + PROBE_INTERVAL))
+                });
             let sync_at = m.sync.poll_timeout().map(Instant::from_std);
             let hb_at = Instant::from_std(m.heartbeat.poll_timeout());
             let far = Instant::now() + Duration::from_secs(3600);
@@ -631,7 +701,9 @@ impl<'a> Session<'a> {
                         // gap do not count), so it also learns from QUIC, once a second.
                         if rtt_fed.elapsed() >= Duration::from_secs(1) {
                             rtt_fed = Instant::now();
-                            m.sync.on_rtt_sample(self.conn.rtt());
+                            if let Some(conn) = self.quic() {
+                                m.sync.on_rtt_sample(conn.rtt());
+                            }
                         }
                         self.on_frame(*f, m)
                     }
@@ -647,6 +719,17 @@ impl<'a> Session<'a> {
                 _ = sleep_until(probe_at.unwrap_or(far)), if probe_at.is_some() => {
                     last_probe = Some(Instant::now());
                     self.probe();
+                    Ok(())
+                }
+                _ = sleep_until(reprobe_at.unwrap_or(far)), if reprobe_at.is_some() => {
+                    reprobe_at = reprobe.map(|every| Instant::now() + every);
+                    if self.probes.is_empty() {
+                        tracing::debug!("on TCP: trying QUIC again");
+                        let (inner, endpoint) = (self.inner.clone(), self.endpoint.clone());
+                        self.probes.spawn(async move {
+                            handshake(&inner, &endpoint, PROBE_HANDSHAKE).await
+                        });
+                    }
                     Ok(())
                 }
                 Some(done) = self.probes.join_next(), if !self.probes.is_empty() => match done {
@@ -665,7 +748,10 @@ impl<'a> Session<'a> {
     fn probe(&mut self) {
         // QUIC packets still arrive (a slow server whose store stalls, not a dead
         // path): no probe, so an overloaded server gets no reconnect storm.
-        let rx = self.conn.stats().udp_rx.datagrams;
+        let Some(conn) = self.quic() else {
+            return;
+        };
+        let rx = conn.stats().udp_rx.datagrams;
         if std::mem::replace(&mut self.udp_rx, rx) != rx {
             return;
         }
@@ -703,6 +789,10 @@ impl<'a> Session<'a> {
                 // connection over. If that fails, reconnect at once.
                 let socket = std::net::UdpSocket::bind("[::]:0")
                     .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"));
+                if !self.link.has_datagrams() {
+                    // A TCP connection cannot migrate: reconnect on the new network.
+                    return Err(End::NetworkChanged);
+                }
                 match socket.map(|s| self.endpoint.rebind(s)) {
                     Ok(Ok(())) => {
                         tracing::info!(%label, "network changed: migrated to a new socket");
@@ -713,8 +803,8 @@ impl<'a> Session<'a> {
             }
             Some(Command::Logout) => {
                 let _ = self.write(&Frame::Logout(pb::Logout {}), 0, m).await;
-                let _ = self.send.finish();
-                let _ = timeout(Duration::from_millis(500), self.conn.closed()).await;
+                self.link.finish().await;
+                self.link.closed(Duration::from_millis(500)).await;
                 Err(End::LoggedOut)
             }
             Some(Command::Shutdown) | None => Err(End::Shutdown),
@@ -731,6 +821,7 @@ impl<'a> Session<'a> {
             .unwrap_or_else(|p| p.into_inner());
         *d = crate::types::Diagnostics {
             last_error: d.last_error.take(),
+            transport: Some(self.link.transport().as_str().to_owned()),
             heartbeat_interval_ms: m.heartbeat.interval().as_millis() as u64,
             heartbeat_locked: locked,
             heartbeats_sent: m.heartbeats_sent,

@@ -28,6 +28,7 @@ mod connection;
 mod requests;
 pub mod store;
 pub mod sync;
+mod transport;
 pub mod types;
 
 use std::path::PathBuf;
@@ -78,6 +79,17 @@ pub struct ClientConfig {
     pub qos: QosConfig,
     /// How sends travel to the server (see [`Uplink`]).
     pub uplink: Uplink,
+    /// Which transports the client may use (see [`TransportMode`]).
+    pub transport: TransportMode,
+    /// `host:port` of the server's TLS-over-TCP listener; default: `server` (the same
+    /// host and port, over TCP).
+    pub tcp_server: Option<String>,
+    /// How long QUIC gets to log in before TLS over TCP is tried beside it
+    /// ([`TransportMode::Auto`]).
+    pub tcp_head_start: Duration,
+    /// While on TCP, how often QUIC is tried again in the background; the session moves
+    /// back to QUIC when it works.
+    pub quic_reprobe: Duration,
     /// Smart heartbeat policy.
     pub heartbeat: HeartbeatConfig,
     /// Reconnect backoff.
@@ -111,6 +123,10 @@ impl ClientConfig {
             network_label: "default".into(),
             qos: QosConfig::uplink(),
             uplink: Uplink::Datagram,
+            transport: TransportMode::Auto,
+            tcp_server: None,
+            tcp_head_start: Duration::from_millis(300),
+            quic_reprobe: Duration::from_secs(300),
             heartbeat: HeartbeatConfig::default(),
             backoff: BackoffConfig::default(),
             gap_wait: Duration::from_millis(300),
@@ -132,6 +148,21 @@ pub enum Uplink {
     /// On the ordered session stream: QUIC repairs losses, and a lost packet holds back
     /// every send behind it.
     Stream,
+}
+
+/// Which transports a client may connect with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportMode {
+    /// QUIC first; if it has not logged in within
+    /// [`ClientConfig::tcp_head_start`], TLS over TCP beside it, and the first to log
+    /// in wins. The transport that worked on a network label is tried first next time;
+    /// while on TCP, QUIC is tried again every [`ClientConfig::quic_reprobe`].
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
 }
 
 /// Why a client call failed.

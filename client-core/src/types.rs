@@ -226,6 +226,9 @@ pub struct Diagnostics {
     pub srtt_ms: Option<u64>,
     /// Messages sent and not yet acknowledged by the server.
     pub in_flight: u64,
+    /// The transport of the current (or last) session: `quic`, or `tcp` (TLS over TCP,
+    /// where UDP is blocked). `None` before the first session.
+    pub transport: Option<String>,
     /// Why the last connection ended on the server's side of the protocol (a frame
     /// this client could not read, say), if one did: the client backed off instead of
     /// reconnecting at once. `None` until that happens.

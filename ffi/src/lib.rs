@@ -185,6 +185,13 @@ pub struct ClientSettings {
     pub platform: Platform,
     /// App version, sent at login.
     pub client_version: String,
+    /// Transport: `"auto"` (QUIC first, TLS over TCP where UDP is blocked; the
+    /// default), `"quic"` or `"tcp"`.
+    #[uniffi(default = None)]
+    pub transport: Option<String>,
+    /// `host:port` of the server's TLS-over-TCP listener; default: `server`.
+    #[uniffi(default = None)]
+    pub tcp_server: Option<String>,
 }
 
 /// Errors of client calls.
@@ -267,6 +274,17 @@ impl TernClient {
         config.ca_pem = settings.ca_pem.map(String::into_bytes);
         config.platform = settings.platform.into();
         config.client_version = settings.client_version;
+        config.transport = match settings.transport.as_deref() {
+            None | Some("auto") => core::TransportMode::Auto,
+            Some("quic") => core::TransportMode::Quic,
+            Some("tcp") => core::TransportMode::Tcp,
+            Some(other) => {
+                return Err(TernError::InvalidArgument {
+                    detail: format!("transport must be auto, quic or tcp, not {other:?}"),
+                });
+            }
+        };
+        config.tcp_server = settings.tcp_server;
         Ok(Arc::new(TernClient {
             client: core::Client::new(config)?,
         }))
@@ -295,6 +313,12 @@ impl TernClient {
     /// The current connection state.
     pub fn connection_state(&self) -> ConnectionState {
         self.client.connection_state().into()
+    }
+
+    /// The transport of the current (or last) session: `"quic"` or `"tcp"`; `None`
+    /// before the first session.
+    pub fn transport(&self) -> Option<String> {
+        self.client.diagnostics().transport
     }
 
     /// Sends a text; returns the pending message at once.

@@ -324,6 +324,12 @@ impl<K: Copy + Eq + Hash + Debug> Sender<K, ()> {
 }
 
 impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
+    /// Turns retransmission within a connection on or off (the client moving between
+    /// QUIC, where it retransmits, and a reliable stream, where it does not).
+    pub fn set_retransmit(&mut self, on: bool) {
+        self.config.retransmit = on;
+    }
+
     /// A sender with no RTT knowledge yet. `now` anchors the fixed schedule's scans.
     pub fn new(config: QosConfig, now: Instant) -> Self {
         let next_scan = match &config.schedule {

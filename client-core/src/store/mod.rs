@@ -118,6 +118,33 @@ impl Db {
         })
     }
 
+    /// The transport that last worked on network `label`, if one did.
+    pub fn preferred_transport(
+        &self,
+        label: &str,
+    ) -> Result<Option<tern_protocol::link::Transport>, DbError> {
+        use tern_protocol::link::Transport;
+        Ok(match state(&self.conn, &format!("transport:{label}"))? {
+            1 => Some(Transport::Quic),
+            2 => Some(Transport::Tcp),
+            _ => None,
+        })
+    }
+
+    /// Remembers that `transport` worked on network `label`.
+    pub fn set_preferred_transport(
+        &self,
+        label: &str,
+        transport: tern_protocol::link::Transport,
+    ) -> Result<(), DbError> {
+        use tern_protocol::link::Transport;
+        let code = match transport {
+            Transport::Quic => 1,
+            Transport::Tcp => 2,
+        };
+        Ok(set_state(&self.conn, &format!("transport:{label}"), code)?)
+    }
+
     /// The user this store belongs to.
     pub fn user(&self) -> &str {
         &self.user

@@ -311,6 +311,15 @@ impl SyncMachine {
         self.push_transmit(Frame::Chat(chat), flags, on_stream);
     }
 
+    /// The connection has datagrams (QUIC) or is a reliable stream only (TLS over
+    /// TCP): sends go in datagrams and are retransmitted by the engine only with
+    /// datagrams and when `uplink` asks for them.
+    pub fn set_datagrams(&mut self, datagrams: bool, uplink_datagrams: bool) {
+        let on = datagrams && uplink_datagrams;
+        self.config.datagram_sends = on;
+        self.qos.set_retransmit(on);
+    }
+
     fn push_transmit(&mut self, frame: Frame, flags: u8, reliable: bool) {
         let now = self.now;
         // ACKs are outside the send budget (the server guards them separately).

@@ -65,8 +65,23 @@ struct Cli {
     /// the ordered QUIC stream
     #[arg(long, value_enum, default_value = "datagram", global = true)]
     uplink: UplinkArg,
+    /// Transport: QUIC first with TLS-over-TCP fallback where UDP is blocked (auto),
+    /// QUIC only, or TCP only
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    transport: TransportArg,
+    /// The server's TLS-over-TCP address [default: --server, over TCP]
+    #[arg(long, env = "TERN_TCP_SERVER", global = true)]
+    tcp_server: Option<String>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TransportArg {
+    Auto,
+    Quic,
+    Tcp,
 }
 
 /// `--uplink`.

@@ -38,6 +38,12 @@ impl Session {
             UplinkArg::Datagram => tern_client::Uplink::Datagram,
             UplinkArg::Stream => tern_client::Uplink::Stream,
         };
+        config.transport = match cli.transport {
+            TransportArg::Auto => tern_client::TransportMode::Auto,
+            TransportArg::Quic => tern_client::TransportMode::Quic,
+            TransportArg::Tcp => tern_client::TransportMode::Tcp,
+        };
+        config.tcp_server = cli.tcp_server.clone();
         let ca = cli
             .ca
             .clone()

@@ -1,0 +1,150 @@
+//! Which transport a client connects with: QUIC first, TLS over TCP where UDP is
+//! blocked (RFC 9308: a client should fall back to TCP when UDP fails).
+//!
+//! * **The race** ([`TransportMode::Auto`]): QUIC starts; if it has not logged in
+//!   within the head start (300 ms by default), TCP starts beside it, and the first
+//!   session to log in wins (the other attempt is dropped before it logs in).
+//! * **Memory**: the transport that worked last on a network label is stored in the
+//!   local database and tried first next time; starting on TCP still races QUIC after
+//!   the head start, so a network that unblocked UDP is noticed at once.
+//! * **Moving back**: while on TCP, the session tries a QUIC handshake every
+//!   `quic_reprobe`; when one completes the session moves to it like after a probe
+//!   (`End::Moved`): what was in flight is resent on the new session and the server's
+//!   idempotency drops what it already had.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tern_protocol::link::{Link, Reader, Transport};
+use tokio::time::{sleep, timeout};
+
+use crate::connection::{ConnectError, Connected, connect, connect_racing, login_link};
+use crate::{Inner, TransportMode};
+
+/// Connects with the transport(s) the configuration allows, in the order this network
+/// worked best last time. `urgent`: sends are waiting after a recent loss (QUIC races
+/// fresh handshakes; see `connect_racing`).
+pub(crate) async fn connect_any(
+    inner: &Arc<Inner>,
+    endpoint: &quinn::Endpoint,
+    user: &str,
+    token: &str,
+    urgent: bool,
+    budget: Duration,
+    label: &str,
+) -> Result<Connected, ConnectError> {
+    let cfg = &inner.config;
+    let quic = async {
+        if urgent {
+            connect_racing(inner, endpoint, user, token, budget).await
+        } else {
+            connect(inner, endpoint, user, token, budget).await
+        }
+    };
+    match cfg.transport {
+        TransportMode::Quic => quic.await,
+        TransportMode::Tcp => connect_tcp(inner, user, token, budget).await,
+        TransportMode::Auto => {
+            let tcp_first = inner
+                .with_db(|db| db.preferred_transport(label))
+                .ok()
+                .flatten()
+                == Some(Transport::Tcp);
+            let head_start = cfg.tcp_head_start;
+            let tcp = async {
+                if !tcp_first {
+                    sleep(head_start).await;
+                }
+                connect_tcp(inner, user, token, budget).await
+            };
+            let quic = async {
+                if tcp_first {
+                    sleep(head_start).await;
+                }
+                quic.await
+            };
+            let won = race(quic, tcp).await;
+            if let Ok(c) = &won {
+                let t = c.0.transport();
+                let _ = inner.with_db(|db| db.set_preferred_transport(label, t));
+            }
+            won
+        }
+    }
+}
+
+/// The first of two attempts to log in; if both fail, the more telling error (a
+/// refusal beats a failure).
+async fn race<A, B>(a: A, b: B) -> Result<Connected, ConnectError>
+where
+    A: std::future::Future<Output = Result<Connected, ConnectError>>,
+    B: std::future::Future<Output = Result<Connected, ConnectError>>,
+{
+    tokio::pin!(a);
+    tokio::pin!(b);
+    let (mut a_done, mut b_done) = (None, None);
+    loop {
+        tokio::select! {
+            r = &mut a, if a_done.is_none() => match r {
+                Ok(c) => return Ok(c),
+                Err(e) => a_done = Some(e),
+            },
+            r = &mut b, if b_done.is_none() => match r {
+                Ok(c) => return Ok(c),
+                Err(e) => b_done = Some(e),
+            },
+        }
+        if let (Some(ea), Some(eb)) = (&a_done, &b_done) {
+            let refused = |e: &ConnectError| matches!(e, ConnectError::Refused(..));
+            return Err(if refused(eb) && !refused(ea) {
+                b_done.take().expect("set")
+            } else {
+                a_done.take().expect("set")
+            });
+        }
+    }
+}
+
+/// TCP, TLS 1.3 (ALPN `tern/1`, the same trust as QUIC), then the login.
+pub(crate) async fn connect_tcp(
+    inner: &Arc<Inner>,
+    user: &str,
+    token: &str,
+    budget: Duration,
+) -> Result<Connected, ConnectError> {
+    let cfg = &inner.config;
+    let fail = |e: String| ConnectError::Failed(e);
+    let server = cfg.tcp_server.clone().unwrap_or_else(|| cfg.server.clone());
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(&server)
+            .await
+            .map_err(|e| fail(format!("TCP connect {server}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let remote = tcp.peer_addr().map_err(|e| fail(e.to_string()))?;
+        let roots = crate::connection::trust_roots(inner).map_err(fail)?;
+        let tls = tern_protocol::io::tls_client_config(roots).map_err(fail)?;
+        let name = cfg
+            .server_name
+            .clone()
+            .unwrap_or_else(|| crate::connection::server_name(&cfg.server));
+        let name = ServerName::try_from(name).map_err(|e| fail(e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail(format!("TLS over TCP: {e}")))?;
+        let (read, write) = tokio::io::split(stream);
+        Ok((
+            Link::Stream {
+                transport: Transport::Tcp,
+                send: Box::new(write),
+                remote,
+            },
+            Reader::Stream(Box::new(read)),
+        ))
+    };
+    let (link, reader) = timeout(budget, attempt)
+        .await
+        .map_err(|_| fail("TCP connect timed out".into()))??;
+    login_link(inner, link, reader, user, token).await
+}
