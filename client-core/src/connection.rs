@@ -652,7 +652,7 @@ impl<'a> Session<'a> {
         let label = m.heartbeat.network().to_owned();
         let base = label.strip_suffix(TCP_LABEL).unwrap_or(&label).to_owned();
         let wanted = match transport {
-            Transport::Tcp => format!("{base}{TCP_LABEL}"),
+            Transport::Tcp | Transport::WebSocket => format!("{base}{TCP_LABEL}"),
             Transport::Quic => base,
         };
         if wanted != label {

@@ -90,6 +90,9 @@ pub struct ClientConfig {
     /// While on TCP, how often QUIC is tried again in the background; the session moves
     /// back to QUIC when it works.
     pub quic_reprobe: Duration,
+    /// `host:port` of the server's WebSocket-over-TLS listener
+    /// ([`TransportMode::WebSocket`]); default: `server`'s host, port + 1.
+    pub ws_server: Option<String>,
     /// Smart heartbeat policy.
     pub heartbeat: HeartbeatConfig,
     /// Reconnect backoff.
@@ -127,6 +130,7 @@ impl ClientConfig {
             tcp_server: None,
             tcp_head_start: Duration::from_millis(300),
             quic_reprobe: Duration::from_secs(300),
+            ws_server: None,
             heartbeat: HeartbeatConfig::default(),
             backoff: BackoffConfig::default(),
             gap_wait: Duration::from_millis(300),
@@ -163,6 +167,9 @@ pub enum TransportMode {
     Quic,
     /// TLS over TCP only.
     Tcp,
+    /// WebSocket over TLS only (binary messages carry the frames): for networks that
+    /// pass nothing but HTTPS.
+    WebSocket,
 }
 
 /// Why a client call failed.

@@ -45,6 +45,7 @@ pub(crate) async fn connect_any(
     match cfg.transport {
         TransportMode::Quic => quic.await,
         TransportMode::Tcp => connect_tcp(inner, user, token, budget).await,
+        TransportMode::WebSocket => connect_ws(inner, user, token, budget).await,
         TransportMode::Auto => {
             let tcp_first = inner
                 .with_db(|db| db.preferred_transport(label))
@@ -106,6 +107,89 @@ where
     }
 }
 
+/// A TLS 1.3 connection over TCP to `server` with `alpn`, the same trust as QUIC.
+async fn tls_over_tcp(
+    inner: &Arc<Inner>,
+    server: &str,
+    alpn: &[u8],
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    ),
+    ConnectError,
+> {
+    let cfg = &inner.config;
+    let fail = |e: String| ConnectError::Failed(e);
+    let tcp = tokio::net::TcpStream::connect(server)
+        .await
+        .map_err(|e| fail(format!("TCP connect {server}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let remote = tcp.peer_addr().map_err(|e| fail(e.to_string()))?;
+    let roots = crate::connection::trust_roots(inner).map_err(fail)?;
+    let mut tls = tern_protocol::io::tls_client_config(roots).map_err(fail)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let name = cfg
+        .server_name
+        .clone()
+        .unwrap_or_else(|| crate::connection::server_name(&cfg.server));
+    let name = ServerName::try_from(name).map_err(|e| fail(e.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| fail(format!("TLS over TCP: {e}")))?;
+    Ok((stream, remote))
+}
+
+/// WebSocket over TLS (`wss://host:port/tern`, ALPN `http/1.1`), then the login.
+pub(crate) async fn connect_ws(
+    inner: &Arc<Inner>,
+    user: &str,
+    token: &str,
+    budget: Duration,
+) -> Result<Connected, ConnectError> {
+    let cfg = &inner.config;
+    let fail = |e: String| ConnectError::Failed(e);
+    let server = cfg
+        .ws_server
+        .clone()
+        .unwrap_or_else(|| match cfg.server.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(p) => format!("{host}:{}", p.wrapping_add(1)),
+                Err(_) => cfg.server.clone(),
+            },
+            None => cfg.server.clone(),
+        });
+    let attempt = async {
+        let (tls, remote) = tls_over_tcp(inner, &server, b"http/1.1").await?;
+        let host = cfg
+            .server_name
+            .clone()
+            .unwrap_or_else(|| crate::connection::server_name(&cfg.server));
+        let url = format!("wss://{host}/tern");
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            url,
+            tls,
+            Some(tern_protocol::link::websocket_config()),
+        )
+        .await
+        .map_err(|e| fail(format!("WebSocket upgrade: {e}")))?;
+        let (read, write) = tern_protocol::link::websocket_stream(ws);
+        Ok((
+            Link::Stream {
+                transport: Transport::WebSocket,
+                send: write,
+                remote,
+            },
+            Reader::Stream(read),
+        ))
+    };
+    let (link, reader) = timeout(budget, attempt)
+        .await
+        .map_err(|_| fail("WebSocket connect timed out".into()))??;
+    login_link(inner, link, reader, user, token).await
+}
+
 /// TCP, TLS 1.3 (ALPN `tern/1`, the same trust as QUIC), then the login.
 pub(crate) async fn connect_tcp(
     inner: &Arc<Inner>,
@@ -117,22 +201,7 @@ pub(crate) async fn connect_tcp(
     let fail = |e: String| ConnectError::Failed(e);
     let server = cfg.tcp_server.clone().unwrap_or_else(|| cfg.server.clone());
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(&server)
-            .await
-            .map_err(|e| fail(format!("TCP connect {server}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let remote = tcp.peer_addr().map_err(|e| fail(e.to_string()))?;
-        let roots = crate::connection::trust_roots(inner).map_err(fail)?;
-        let tls = tern_protocol::io::tls_client_config(roots).map_err(fail)?;
-        let name = cfg
-            .server_name
-            .clone()
-            .unwrap_or_else(|| crate::connection::server_name(&cfg.server));
-        let name = ServerName::try_from(name).map_err(|e| fail(e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| fail(format!("TLS over TCP: {e}")))?;
+        let (stream, remote) = tls_over_tcp(inner, &server, tern_protocol::ALPN).await?;
         let (read, write) = tokio::io::split(stream);
         Ok((
             Link::Stream {

@@ -186,12 +186,15 @@ pub struct ClientSettings {
     /// App version, sent at login.
     pub client_version: String,
     /// Transport: `"auto"` (QUIC first, TLS over TCP where UDP is blocked; the
-    /// default), `"quic"` or `"tcp"`.
+    /// default), `"quic"`, `"tcp"` or `"ws"` (WebSocket over TLS).
     #[uniffi(default = None)]
     pub transport: Option<String>,
     /// `host:port` of the server's TLS-over-TCP listener; default: `server`.
     #[uniffi(default = None)]
     pub tcp_server: Option<String>,
+    /// `host:port` of the server's WebSocket listener; default: `server`'s port + 1.
+    #[uniffi(default = None)]
+    pub ws_server: Option<String>,
 }
 
 /// Errors of client calls.
@@ -278,13 +281,15 @@ impl TernClient {
             None | Some("auto") => core::TransportMode::Auto,
             Some("quic") => core::TransportMode::Quic,
             Some("tcp") => core::TransportMode::Tcp,
+            Some("ws") => core::TransportMode::WebSocket,
             Some(other) => {
                 return Err(TernError::InvalidArgument {
-                    detail: format!("transport must be auto, quic or tcp, not {other:?}"),
+                    detail: format!("transport must be auto, quic, tcp or ws, not {other:?}"),
                 });
             }
         };
         config.tcp_server = settings.tcp_server;
+        config.ws_server = settings.ws_server;
         Ok(Arc::new(TernClient {
             client: core::Client::new(config)?,
         }))

@@ -12,7 +12,11 @@
 //! change (QUIC migrates; the heartbeat reply reveals it) and packets the server sent to
 //! the old mapping are lost — exactly what a carrier NAT does to an idle phone.
 //!
-//! Use it in-process ([`start`]) in tests, or as the `tern-netsim` binary.
+//! Use it in-process ([`start`]) in tests, or as the `tern-netsim` binary. Its sibling
+//! [`tcp`] impairs TCP (delay, stalls, cuts) for the TLS-over-TCP and WebSocket
+//! transports; blocking UDP entirely is a blackout (or `loss = 1.0`) here.
+
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -24,6 +24,8 @@ pub enum Transport {
     Quic,
     /// TLS 1.3 over TCP.
     Tcp,
+    /// WebSocket (binary messages) over TLS: through HTTP proxies, and for browsers.
+    WebSocket,
 }
 
 impl Transport {
@@ -32,6 +34,7 @@ impl Transport {
         match self {
             Transport::Quic => "quic",
             Transport::Tcp => "tcp",
+            Transport::WebSocket => "ws",
         }
     }
 }
@@ -211,4 +214,67 @@ pub fn spawn_stream_reader(
         (r, got)
     };
     tokio::spawn(pump_chunks(read, next, buf, max_body, tx));
+}
+
+/// Tern frames over WebSocket (feature `websocket`): the socket's binary messages,
+/// in order, are the session's byte stream (a message holds whole frames; a reader
+/// does not depend on where messages end). Returns the read and write halves of that
+/// byte stream, for [`Link::Stream`] and [`Reader::Stream`]; two small tasks move
+/// bytes between them and the socket. Messages are limited to
+/// [`WEBSOCKET_MAX_MESSAGE`] bytes.
+#[cfg(feature = "websocket")]
+pub fn websocket_stream<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+) -> (Box<dyn AsyncRead + Send + Sync + Unpin>, StreamWriter)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (app, pump) = tokio::io::duplex(64 * 1024);
+    let (mut from_app, mut to_app) = tokio::io::split(pump);
+    let (mut sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_app.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = sink.close().await;
+                    break;
+                }
+                Ok(n) => {
+                    let msg = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
+                    if sink.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Binary(b) if to_app.write_all(&b).await.is_err() => break,
+                Message::Close(_) => break,
+                // Pings are answered by the socket itself; text is not Tern.
+                _ => {}
+            }
+        }
+        let _ = to_app.shutdown().await;
+    });
+    let (read, write) = tokio::io::split(app);
+    (Box::new(read), Box::new(write))
+}
+
+/// Largest WebSocket message either end accepts: one largest frame and its prefix.
+#[cfg(feature = "websocket")]
+pub const WEBSOCKET_MAX_MESSAGE: usize = 320 * 1024;
+
+/// The WebSocket settings both ends use (message and frame limits).
+#[cfg(feature = "websocket")]
+pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(WEBSOCKET_MAX_MESSAGE))
+        .max_frame_size(Some(WEBSOCKET_MAX_MESSAGE))
 }

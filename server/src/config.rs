@@ -66,6 +66,9 @@ pub struct Settings {
     /// TLS-over-TCP listen address, the fallback where UDP is blocked, or "off" [default: the QUIC address in --dev, off otherwise]
     #[arg(long, env = "TERN_TCP")]
     pub tcp: Option<String>,
+    /// WebSocket (over TLS) listen address, for browsers and networks that pass only HTTPS, or "off" [default: the QUIC address's port + 1 in --dev, off otherwise]
+    #[arg(long, env = "TERN_WS")]
+    pub ws: Option<String>,
     /// HTTP API listen address [default: 127.0.0.1:7480]
     #[arg(long, env = "TERN_HTTP")]
     pub http: Option<SocketAddr>,
@@ -180,7 +183,7 @@ impl Settings {
 
     /// `self` where set, else `base`.
     pub fn over(self, base: Settings) -> Settings {
-        overlay!(self, base; quic, tcp, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
+        overlay!(self, base; quic, tcp, ws, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
             max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, durability,
             banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
@@ -196,6 +199,8 @@ pub struct Config {
     pub quic: SocketAddr,
     /// TLS-over-TCP listen address (`None`: no TCP fallback).
     pub tcp: Option<SocketAddr>,
+    /// WebSocket-over-TLS listen address (`None`: none).
+    pub ws: Option<SocketAddr>,
     /// HTTP listen address.
     pub http: SocketAddr,
     /// Data directory.
@@ -323,9 +328,25 @@ impl Config {
             None if dev => Some(quic),
             None => None,
         };
+        let ws = match s.ws.as_deref() {
+            Some("off") => None,
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("ws must be an address or \"off\": {e}"))?,
+            ),
+            None if dev => {
+                let mut a = quic;
+                if a.port() != 0 {
+                    a.set_port(a.port().wrapping_add(1));
+                }
+                Some(a)
+            }
+            None => None,
+        };
         Ok(Config {
             quic,
             tcp,
+            ws,
             http: s
                 .http
                 .unwrap_or_else(|| "127.0.0.1:7480".parse().expect("valid")),

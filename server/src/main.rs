@@ -187,6 +187,9 @@ fn main() -> anyhow::Result<()> {
         if let Some(tcp) = server.tcp_addr {
             let _ = writeln!(out, "tcp listening on {tcp}");
         }
+        if let Some(ws) = server.ws_addr {
+            let _ = writeln!(out, "ws listening on {ws}");
+        }
         let _ = writeln!(out, "http listening on {}", server.http_addr);
         if dev {
             let _ = writeln!(out, "dev certificate: {}", server.cert_path.display());

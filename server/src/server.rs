@@ -224,6 +224,8 @@ pub struct ServerHandle {
     pub quic_addr: SocketAddr,
     /// Bound TLS-over-TCP address, if the fallback listener is on.
     pub tcp_addr: Option<SocketAddr>,
+    /// Bound WebSocket-over-TLS address, if that listener is on.
+    pub ws_addr: Option<SocketAddr>,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
     /// The certificate clients should trust (dev mode: the generated one).
@@ -277,6 +279,19 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     };
     let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
     let tls_acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&tls)?));
+    let ws = match config.ws {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind WebSocket on {addr}"))?,
+        ),
+        None => None,
+    };
+    let ws_addr = ws.as_ref().map(|l| l.local_addr()).transpose()?;
+    // WebSocket clients (browsers) speak HTTP/1.1 inside TLS.
+    let mut ws_tls = tls_config(&tls)?;
+    ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let ws_acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ws_tls));
     let http = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("bind HTTP on {}", config.http))?;
@@ -334,16 +349,43 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             }
         }));
     }
+    if let Some(listener) = ws {
+        let (shared, mut stop_rx) = (shared.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, remote)) => match shared.unauthenticated.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                tokio::spawn(crate::session::handle_websocket(
+                                    shared.clone(), stream, remote, ws_acceptor.clone(), permit,
+                                ));
+                            }
+                            Err(_) => {
+                                metrics::counter!("tern_connections_refused_total", "reason" => "unauthenticated").increment(1);
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WebSocket accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = stop_rx.changed() => break,
+                }
+            }
+        }));
+    }
     let http_task = {
         let router = crate::http::router(shared.clone(), metrics);
         tokio::spawn(crate::http_serve::serve(http, router, stop_rx.clone()))
     };
-    tracing::info!(%quic_addr, ?tcp_addr, %http_addr, "tern-server started");
+    tracing::info!(%quic_addr, ?tcp_addr, ?ws_addr, %http_addr, "tern-server started");
     tasks.push(http_task);
     tasks.push(webhooks);
     Ok(ServerHandle {
         quic_addr,
         tcp_addr,
+        ws_addr,
         http_addr,
         cert_der: tls.certs[0].clone(),
         cert_path: tls.cert_path,

@@ -42,6 +42,13 @@ impl TestServer {
         self.handle.tcp_addr.expect("dev servers listen on TCP")
     }
 
+    /// The WebSocket-over-TLS address (dev servers listen there too).
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.handle
+            .ws_addr
+            .expect("dev servers listen for WebSocket")
+    }
+
     /// The certificate to trust.
     pub fn cert(&self) -> CertificateDer<'static> {
         self.handle.cert_der.clone()

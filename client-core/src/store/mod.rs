@@ -127,6 +127,7 @@ impl Db {
         Ok(match state(&self.conn, &format!("transport:{label}"))? {
             1 => Some(Transport::Quic),
             2 => Some(Transport::Tcp),
+            3 => Some(Transport::WebSocket),
             _ => None,
         })
     }
@@ -141,6 +142,7 @@ impl Db {
         let code = match transport {
             Transport::Quic => 1,
             Transport::Tcp => 2,
+            Transport::WebSocket => 3,
         };
         Ok(set_state(&self.conn, &format!("transport:{label}"), code)?)
     }

@@ -145,6 +145,53 @@ pub async fn handle_tcp(
     }
 }
 
+/// Accepts one WebSocket-over-TLS connection (browsers, networks that pass only
+/// HTTPS) and runs its session: the TLS handshake and the WebSocket upgrade within
+/// [`LOGIN_TIMEOUT`], then the same session as over TCP, frames in binary messages.
+pub async fn handle_websocket(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let upgrade = async {
+        let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+        tokio_tungstenite::accept_async_with_config(
+            tls,
+            Some(tern_protocol::link::websocket_config()),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    };
+    let ws = match timeout(LOGIN_TIMEOUT, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
+            metrics::counter!("tern_handshake_failures_total").increment(1);
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("tern_handshake_failures_total").increment(1);
+            return;
+        }
+    };
+    let (read, write) = tern_protocol::link::websocket_stream(ws);
+    let session = Box::pin(login::login_stream(
+        &shared,
+        tern_protocol::link::Transport::WebSocket,
+        read,
+        write,
+        remote,
+    ))
+    .await;
+    drop(unauthenticated);
+    if let Some(session) = session {
+        session.run().await;
+    }
+}
+
 /// Why a session loop ended.
 enum End {
     /// Connection or stream gone.

@@ -66,12 +66,15 @@ struct Cli {
     #[arg(long, value_enum, default_value = "datagram", global = true)]
     uplink: UplinkArg,
     /// Transport: QUIC first with TLS-over-TCP fallback where UDP is blocked (auto),
-    /// QUIC only, or TCP only
+    /// QUIC only, TCP only, or WebSocket over TLS (ws)
     #[arg(long, value_enum, default_value = "auto", global = true)]
     transport: TransportArg,
     /// The server's TLS-over-TCP address [default: --server, over TCP]
     #[arg(long, env = "TERN_TCP_SERVER", global = true)]
     tcp_server: Option<String>,
+    /// The server's WebSocket address [default: --server's host, port + 1]
+    #[arg(long, env = "TERN_WS_SERVER", global = true)]
+    ws_server: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -82,6 +85,7 @@ enum TransportArg {
     Auto,
     Quic,
     Tcp,
+    Ws,
 }
 
 /// `--uplink`.

@@ -42,8 +42,10 @@ impl Session {
             TransportArg::Auto => tern_client::TransportMode::Auto,
             TransportArg::Quic => tern_client::TransportMode::Quic,
             TransportArg::Tcp => tern_client::TransportMode::Tcp,
+            TransportArg::Ws => tern_client::TransportMode::WebSocket,
         };
         config.tcp_server = cli.tcp_server.clone();
+        config.ws_server = cli.ws_server.clone();
         let ca = cli
             .ca
             .clone()
