@@ -17,6 +17,7 @@ mod serverproc;
 mod stats;
 mod suite;
 mod throughput;
+mod transports;
 mod ui;
 mod wire;
 
@@ -45,6 +46,9 @@ enum Command {
     Catchup(catchup::Args),
     /// Group fan-out cost at 10..10,000 members vs a 1:1 message.
     Fanout(fanout::Args),
+    /// QUIC, TLS over TCP and WebSocket side by side: login and first message with UDP
+    /// open and blocked, pipelined msg/s, memory per idle session.
+    Transports(transports::Args),
     /// All six, written to one JSON file.
     All(suite::Args),
     /// docs/bench/README.md and plots from a results file.
@@ -86,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Command::Wire(a) => print(&wire::run(&a).await?),
             Command::Catchup(a) => print(&catchup::run(&a).await?),
             Command::Fanout(a) => print(&fanout::run(&a).await?),
+            Command::Transports(a) => print(&transports::run(&a).await?),
             Command::All(a) => suite::run(&a).await.map(drop),
             Command::Report(a) => report::run(&a),
             Command::EchoServer { cert_out } => serverproc::serve_echo(&cert_out).await,

@@ -21,6 +21,10 @@ pub(crate) struct ServerProc {
     pub addr: SocketAddr,
     /// HTTP API address.
     pub http: SocketAddr,
+    /// TLS-over-TCP address (dev servers print it).
+    pub tcp: Option<SocketAddr>,
+    /// WebSocket address (dev servers print it).
+    pub ws: Option<SocketAddr>,
     /// The dev certificate (DER) and its PEM file.
     pub cert: CertificateDer<'static>,
     /// PEM path of the dev certificate.
@@ -74,10 +78,15 @@ impl ServerProc {
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut http, mut cert_path) = (None, None, None);
+        let (mut tcp, mut ws) = (None, None);
         for line in lines.by_ref() {
             let line = line?;
             if let Some(a) = line.strip_prefix("quic listening on ") {
                 addr = Some(a.parse()?);
+            } else if let Some(a) = line.strip_prefix("tcp listening on ") {
+                tcp = Some(a.parse()?);
+            } else if let Some(a) = line.strip_prefix("ws listening on ") {
+                ws = Some(a.parse()?);
             } else if let Some(a) = line.strip_prefix("http listening on ") {
                 http = Some(a.parse()?);
             } else if let Some(p) = line.strip_prefix("dev certificate: ") {
@@ -95,6 +104,8 @@ impl ServerProc {
             child,
             addr: addr.context("no quic address printed")?,
             http: http.context("no http address printed")?,
+            tcp,
+            ws,
             cert,
             cert_path,
             _dir: None,

@@ -236,7 +236,7 @@ where
     let (mut from_app, mut to_app) = tokio::io::split(pump);
     let (mut sink, mut stream) = ws.split();
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; 8 * 1024];
         loop {
             match from_app.read(&mut buf).await {
                 Ok(0) | Err(_) => {
@@ -274,7 +274,10 @@ pub const WEBSOCKET_MAX_MESSAGE: usize = 320 * 1024;
 /// The WebSocket settings both ends use (message and frame limits).
 #[cfg(feature = "websocket")]
 pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    // Small buffers: an idle session holds them (the default read buffer is 128 KiB).
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(WEBSOCKET_MAX_MESSAGE))
         .max_frame_size(Some(WEBSOCKET_MAX_MESSAGE))
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
 }
