@@ -13,6 +13,11 @@
 //! client reports `Failed` counts as failed. Under the fixed schedule the server gives
 //! pushes up (by design) and the message reaches bob only when a later push reveals
 //! the gap and his client pulls it — that is what the tail shows.
+//!
+//! *tcp* runs the same clients over TLS over TCP (`TransportMode::Tcp`): a
+//! `tern-netsim` TCP relay adds the same delay, and nftables drops the same share of
+//! TCP packets each way (real loss, repaired by TCP), which is where QUIC's design
+//! shows. It needs `nft` and root.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -48,7 +53,8 @@ pub(crate) struct Args {
     /// Seconds after the last send to wait for stragglers.
     #[arg(long, default_value_t = 60)]
     pub deadline: u64,
-    /// Profiles run side by side: datagram, stream, mobileimsdk.
+    /// Profiles run side by side: datagram, stream, mobileimsdk, tcp (TLS over TCP through
+    /// a delaying relay with nftables loss; needs root).
     #[arg(
         long,
         value_delimiter = ',',
@@ -143,15 +149,103 @@ async fn relay(server: SocketAddr, loss: f64, rtt: u64, seed: u64) -> anyhow::Re
     Ok(tern_netsim::start(cfg).await?)
 }
 
+/// The TCP path of the `tcp` profile: a `tern-netsim` TCP relay adding half the RTT
+/// each way, and nftables dropping `loss` % of the TCP packets to and from it (real
+/// loss, repaired by TCP itself). The rules are removed when this is dropped.
+struct TcpPath {
+    relay: tern_netsim::tcp::TcpRelayHandle,
+    table: String,
+}
+
+impl TcpPath {
+    async fn start(server: SocketAddr, loss: u32, rtt: u64) -> anyhow::Result<TcpPath> {
+        let mut cfg = tern_netsim::tcp::TcpRelayConfig::new("127.0.0.1:0".parse()?, server);
+        cfg.delay = Duration::from_millis(rtt / 2);
+        let relay = tern_netsim::tcp::start_tcp(cfg).await?;
+        let port = relay.local_addr().port();
+        let table = format!("tern_bench_{port}");
+        let nft = |args: &[&str]| -> anyhow::Result<()> {
+            let out = std::process::Command::new("nft").args(args).output();
+            match out {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => anyhow::bail!(
+                    "nft {}: {} (the tcp profile needs nftables and root)",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => anyhow::bail!("nft: {e} (the tcp profile needs nftables and root)"),
+            }
+        };
+        nft(&["add", "table", "inet", &table])?;
+        let path = TcpPath { relay, table };
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &path.table,
+            "out",
+            "{ type filter hook output priority 0; }",
+        ])?;
+        if loss > 0 {
+            let loss = loss.to_string();
+            let port = port.to_string();
+            for dir in ["dport", "sport"] {
+                nft(&[
+                    "add",
+                    "rule",
+                    "inet",
+                    &path.table,
+                    "out",
+                    "tcp",
+                    dir,
+                    &port,
+                    "numgen",
+                    "random",
+                    "mod",
+                    "100",
+                    "<",
+                    &loss,
+                    "drop",
+                ])?;
+            }
+        }
+        Ok(path)
+    }
+}
+
+impl Drop for TcpPath {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .output();
+    }
+}
+
 async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<Run> {
     let (push_qos, uplink) = match profile {
-        "datagram" => ("adaptive", Uplink::Datagram),
+        "datagram" | "tcp" => ("adaptive", Uplink::Datagram),
         "stream" => ("adaptive", Uplink::Stream),
         "mobileimsdk" => ("mobileimsdk", Uplink::Datagram),
-        other => anyhow::bail!("unknown profile {other} (datagram, stream, mobileimsdk)"),
+        other => anyhow::bail!("unknown profile {other} (datagram, stream, mobileimsdk, tcp)"),
     };
     let server = ServerProc::start(&["--push-qos", push_qos])?;
     let r = relay(server.addr, loss as f64 / 100.0, rtt, args.seed).await?;
+    let tcp = if profile == "tcp" {
+        let addr = server
+            .tcp
+            .ok_or_else(|| anyhow::anyhow!("server has no TCP listener"))?;
+        Some(TcpPath::start(addr, loss, rtt).await?)
+    } else {
+        None
+    };
+    let tcp_addr = tcp.as_ref().map(|p| p.relay.local_addr().to_string());
+    let transport = |c: &mut tern_client::ClientConfig| match &tcp_addr {
+        Some(a) => {
+            c.transport = tern_client::TransportMode::Tcp;
+            c.tcp_server = Some(a.clone());
+        }
+        None => c.transport = tern_client::TransportMode::Quic,
+    };
     let dir = tempfile::tempdir()?;
     let connect = Duration::from_secs(180);
     let alice = App::start(
@@ -160,7 +254,10 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         &dir.path().join("a"),
         "alice",
         connect,
-        |c| c.uplink = uplink,
+        |c| {
+            c.uplink = uplink;
+            transport(c);
+        },
     )
     .await?;
     let bob = App::start(
@@ -169,7 +266,7 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         &dir.path().join("b"),
         "bob",
         connect,
-        |_| {},
+        transport,
     )
     .await?;
     let gap = Duration::from_secs_f64(1.0 / args.rate);

@@ -33,15 +33,21 @@ async fn a_restored_server_brings_both_clients_back_without_loss_or_duplicates()
     let mut server = spawn_server(&data, "127.0.0.1:0");
     let addr = server.addr.to_string();
     let pem = server.cert_pem.clone();
+    // Heartbeats every 2 s: an idle client learns of the restart from its next one
+    // (the restarted server answers it with a stateless reset), not 30 s later.
+    let quick = |c: &mut tern_client::ClientConfig| {
+        c.heartbeat.foreground.min = Duration::from_secs(1);
+        c.heartbeat.initial = Duration::from_secs(2);
+    };
     let (alice, _) = client_at(
         &addr,
         &pem,
         &dir.path().join("a"),
         "alice",
         "a-phone",
-        |_| {},
+        quick,
     );
-    let (bob, _) = client_at(&addr, &pem, &dir.path().join("b"), "bob", "b-phone", |_| {});
+    let (bob, _) = client_at(&addr, &pem, &dir.path().join("b"), "bob", "b-phone", quick);
     connected(&alice).await;
     connected(&bob).await;
     let stored = |c: &tern_client::Client, n: usize| {
@@ -126,10 +132,26 @@ async fn a_restored_server_brings_both_clients_back_without_loss_or_duplicates()
         alice.send_text("bob", &format!("new {i}")).unwrap();
     }
     // Two senders have no order between them: Bob answers once he has Alice's three.
-    until_within("bob has the new ones", Duration::from_secs(30), || {
-        texts(&bob, "alice").last().is_some_and(|t| t == "new 2")
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !texts(&bob, "alice").last().is_some_and(|t| t == "new 2") {
+        if std::time::Instant::now() > deadline {
+            let sent = alice
+                .messages(ConversationKind::Direct, "bob", None, 100)
+                .unwrap();
+            panic!(
+                "bob: {:?}\nalice: {:?}\nalice diag {:?} state {:?}\nbob diag {:?} state {:?}",
+                texts(&bob, "alice"),
+                sent.iter()
+                    .map(|m| (m.text().unwrap_or("").to_owned(), m.status.clone(), m.seq))
+                    .collect::<Vec<_>>(),
+                alice.diagnostics(),
+                alice.connection_state(),
+                bob.diagnostics(),
+                bob.connection_state()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     bob.send_text("alice", "bob after the restore").unwrap();
     let expected: Vec<String> = (0..5)
         .map(|i| format!("before {i}"))
