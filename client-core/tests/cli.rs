@@ -281,3 +281,47 @@ async fn groups_read_marks_and_recall_from_the_command_line() {
     assert_eq!(theirs[0]["recalled"], true, "{theirs:?}");
     assert_eq!(theirs[0]["text"], "");
 }
+
+/// `tern chat` on a network that blocks UDP: QUIC goes to a socket that answers
+/// nothing, the CLI falls back to TLS over TCP by itself, and the chat works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tern_chat_works_with_udp_blocked() {
+    use std::io::Write;
+    let (server, _sdir) = start().await;
+    let data = tempfile::tempdir().unwrap();
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listener = tern(&server, data.path(), "bob")
+        .args(["listen", "--count", "1", "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let token = tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), "alice", None, 3600);
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("--server")
+        .arg(black_hole.local_addr().unwrap().to_string())
+        .arg("--ca")
+        .arg(&server.cert_path)
+        .arg("--data")
+        .arg(data.path())
+        .args(["--user", "alice", "--token", &token])
+        .env("RUST_LOG", "error")
+        .arg("--tcp-server")
+        .arg(server.tcp_addr.unwrap().to_string())
+        .args(["chat", "--with", "bob"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    stdin.write_all(b"hello with udp blocked\n").unwrap();
+    let out = tokio::task::spawn_blocking(move || listener.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hello with udp blocked"), "{text}");
+    stdin.write_all(b"/quit\n").unwrap();
+    let status = tokio::task::spawn_blocking(move || chat.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}

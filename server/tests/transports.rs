@@ -1,7 +1,8 @@
-//! One session logic for every transport (issue 16): a session over TLS-over-TCP
-//! (the fallback where UDP is blocked) chats, syncs, is kicked out and has multi-device
-//! timelines exactly like one over QUIC, and the two meet in the same conversations.
-//! Raw protocol clients on both transports against a real server.
+//! One session logic for every transport (issue 16): a session over TLS over TCP (the
+//! fallback where UDP is blocked) or WebSocket over TLS chats, syncs, is kicked out and
+//! has multi-device timelines exactly like one over QUIC, and they meet in the same
+//! conversations. Each scenario runs once per byte-stream transport, with raw protocol
+//! clients against a real server.
 
 mod common;
 
@@ -10,18 +11,39 @@ use std::time::Duration;
 use common::*;
 use tern_protocol::frame::{Frame, FrameKind};
 use tern_protocol::pb;
-use tern_testkit::tcp::TcpTestClient;
+use tern_testkit::tcp::{StreamKind, TcpTestClient};
 
-async fn tcp_login(s: &TestServer, user: &str, device: &str, p: pb::Platform) -> TcpTestClient {
-    let (c, r) = TcpTestClient::login(s.tcp_addr(), s.cert(), user, device, p).await;
-    assert_eq!(r.code, 0, "{r:?}");
+const KINDS: [StreamKind; 2] = [StreamKind::Tcp, StreamKind::Ws];
+
+fn addr_of(s: &TestServer, kind: StreamKind) -> std::net::SocketAddr {
+    match kind {
+        StreamKind::Tcp => s.tcp_addr(),
+        StreamKind::Ws => s.ws_addr(),
+    }
+}
+
+async fn stream_login(
+    s: &TestServer,
+    kind: StreamKind,
+    user: &str,
+    device: &str,
+    p: pb::Platform,
+) -> TcpTestClient {
+    let (c, r) = TcpTestClient::login_kind(kind, addr_of(s, kind), s.cert(), user, device, p).await;
+    assert_eq!(r.code, 0, "{kind:?}: {r:?}");
     c
 }
 
 #[tokio::test]
-async fn a_tcp_session_chats_with_a_quic_session_both_ways() {
+async fn a_stream_session_chats_with_a_quic_session_both_ways() {
+    for kind in KINDS {
+        a_stream_session_chats_with_a_quic_session_both_ways_over(kind).await;
+    }
+}
+
+async fn a_stream_session_chats_with_a_quic_session_both_ways_over(kind: StreamKind) {
     let s = TestServer::start(|_| {}).await;
-    let mut alice = tcp_login(&s, "alice", "laptop", pb::Platform::Desktop).await;
+    let mut alice = stream_login(&s, kind, "alice", "laptop", pb::Platform::Desktop).await;
     let mut bob = s.login("bob", "phone").await;
     for i in 0..5 {
         alice.chat("bob", &format!("over tcp {i}")).await;
@@ -81,10 +103,16 @@ async fn a_tcp_session_chats_with_a_quic_session_both_ways() {
 
 #[tokio::test]
 async fn kickout_works_across_transports() {
+    for kind in KINDS {
+        kickout_works_across_transports_over(kind).await;
+    }
+}
+
+async fn kickout_works_across_transports_over(kind: StreamKind) {
     let s = TestServer::start(|_| {}).await;
     // Same platform, QUIC first, then TCP: the QUIC session is told.
     let mut quic = s.login("alice", "phone").await;
-    let mut tcp = tcp_login(&s, "alice", "phone2", pb::Platform::Android).await;
+    let mut tcp = stream_login(&s, kind, "alice", "phone2", pb::Platform::Android).await;
     match quic.recv_until(|f| matches!(f, Frame::Kickout(_))).await {
         Frame::Kickout(k) => assert_eq!(k.reason, pb::KickReason::LoginElsewhere as i32),
         _ => unreachable!(),
@@ -103,9 +131,15 @@ async fn kickout_works_across_transports() {
 
 #[tokio::test]
 async fn two_devices_on_two_transports_see_one_timeline() {
+    for kind in KINDS {
+        two_devices_on_two_transports_see_one_timeline_over(kind).await;
+    }
+}
+
+async fn two_devices_on_two_transports_see_one_timeline_over(kind: StreamKind) {
     let s = TestServer::start(|_| {}).await;
     let mut on_quic = s.login("alice", "phone").await;
-    let mut on_tcp = tcp_login(&s, "alice", "laptop", pb::Platform::Desktop).await;
+    let mut on_tcp = stream_login(&s, kind, "alice", "laptop", pb::Platform::Desktop).await;
     let mut bob = s.login("bob", "phone").await;
     for i in 0..3 {
         bob.chat("alice", &format!("m{i}")).await;
@@ -123,9 +157,15 @@ async fn two_devices_on_two_transports_see_one_timeline() {
 }
 
 #[tokio::test]
-async fn pushes_over_tcp_are_not_resent_within_the_connection() {
+async fn pushes_over_a_stream_are_not_resent_within_the_connection() {
+    for kind in KINDS {
+        pushes_over_a_stream_are_not_resent_within_the_connection_over(kind).await;
+    }
+}
+
+async fn pushes_over_a_stream_are_not_resent_within_the_connection_over(kind: StreamKind) {
     let s = TestServer::start(|_| {}).await;
-    let mut alice = tcp_login(&s, "alice", "laptop", pb::Platform::Desktop).await;
+    let mut alice = stream_login(&s, kind, "alice", "laptop", pb::Platform::Desktop).await;
     let mut bob = s.login("bob", "phone").await;
     bob.chat("alice", "once").await;
     assert_eq!(bob.send_result().await.code, 0);
@@ -146,12 +186,18 @@ async fn pushes_over_tcp_are_not_resent_within_the_connection() {
 }
 
 #[tokio::test]
-async fn bad_input_over_tcp_ends_only_that_connection() {
+async fn bad_input_over_a_stream_ends_only_that_connection() {
+    for kind in KINDS {
+        bad_input_over_a_stream_ends_only_that_connection_over(kind).await;
+    }
+}
+
+async fn bad_input_over_a_stream_ends_only_that_connection_over(kind: StreamKind) {
     let s = TestServer::start(|_| {}).await;
-    let mut alice = tcp_login(&s, "alice", "laptop", pb::Platform::Desktop).await;
+    let mut alice = stream_login(&s, kind, "alice", "laptop", pb::Platform::Desktop).await;
     let mut bob = s.login("bob", "phone").await;
     // Before login: anything but Login.
-    let mut m = TcpTestClient::connect(s.tcp_addr(), s.cert()).await;
+    let mut m = TcpTestClient::connect_kind(kind, addr_of(&s, kind), s.cert()).await;
     m.send(Frame::Heartbeat(pb::Heartbeat { interval_ms: 1 }))
         .await;
     match m.recv().await {
@@ -160,8 +206,15 @@ async fn bad_input_over_tcp_ends_only_that_connection() {
     }
     assert!(m.recv().await.is_none());
     // After login: a Chat whose body is not protobuf.
-    let (mut m, _) =
-        TcpTestClient::login(s.tcp_addr(), s.cert(), "mallory", "x", pb::Platform::Web).await;
+    let (mut m, _) = TcpTestClient::login_kind(
+        kind,
+        addr_of(&s, kind),
+        s.cert(),
+        "mallory",
+        "x",
+        pb::Platform::Web,
+    )
+    .await;
     m.send_raw(&[1, FrameKind::Chat as u8, 0, 3, 0xff, 0xff, 0xff])
         .await;
     match m.recv().await {

@@ -1,5 +1,6 @@
-//! A raw protocol client over TLS-over-TCP (the fallback transport): the same frames
-//! as [`crate::raw::TestClient`], all on one byte stream.
+//! A raw protocol client over a byte stream — TLS over TCP, or WebSocket over TLS (the
+//! fallback transports): the same frames as [`crate::raw::TestClient`], all on one
+//! stream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,16 +10,25 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tern_protocol::frame::Frame;
 use tern_protocol::io::read_frame;
 use tern_protocol::{ClientMsgId, pb};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use crate::raw::{WAIT, chat_frame};
 use crate::token;
 
-/// A raw protocol connection over TLS over TCP.
+/// Which byte-stream transport a [`TcpTestClient`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// TLS over TCP (ALPN `tern/1`).
+    Tcp,
+    /// WebSocket over TLS (ALPN `http/1.1`), frames in binary messages.
+    Ws,
+}
+
+/// A raw protocol connection over a byte stream.
 pub struct TcpTestClient {
-    stream: TlsStream<TcpStream>,
+    read: Box<dyn AsyncRead + Send + Sync + Unpin>,
+    write: Box<dyn AsyncWrite + Send + Sync + Unpin>,
     buf: BytesMut,
     n: u64,
 }
@@ -26,9 +36,21 @@ pub struct TcpTestClient {
 impl TcpTestClient {
     /// Connects (TCP, then TLS 1.3 with ALPN `tern/1`), sending nothing.
     pub async fn connect(addr: SocketAddr, cert: CertificateDer<'static>) -> TcpTestClient {
+        TcpTestClient::connect_kind(StreamKind::Tcp, addr, cert).await
+    }
+
+    /// Connects over `kind` (for WebSocket: TLS, then the upgrade), sending nothing.
+    pub async fn connect_kind(
+        kind: StreamKind,
+        addr: SocketAddr,
+        cert: CertificateDer<'static>,
+    ) -> TcpTestClient {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
-        let tls = tern_protocol::io::tls_client_config(roots).unwrap();
+        let mut tls = tern_protocol::io::tls_client_config(roots).unwrap();
+        if kind == StreamKind::Ws {
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        }
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let tcp = TcpStream::connect(addr).await.expect("TCP connect");
         tcp.set_nodelay(true).unwrap();
@@ -36,8 +58,28 @@ impl TcpTestClient {
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("TLS handshake");
+        let (read, write): (
+            Box<dyn AsyncRead + Send + Sync + Unpin>,
+            Box<dyn AsyncWrite + Send + Sync + Unpin>,
+        ) = match kind {
+            StreamKind::Tcp => {
+                let (r, w) = tokio::io::split(stream);
+                (Box::new(r), Box::new(w))
+            }
+            StreamKind::Ws => {
+                let (ws, _) = tokio_tungstenite::client_async_with_config(
+                    "wss://localhost/tern",
+                    stream,
+                    Some(tern_protocol::link::websocket_config()),
+                )
+                .await
+                .expect("WebSocket upgrade");
+                tern_protocol::link::websocket_stream(ws)
+            }
+        };
         TcpTestClient {
-            stream,
+            read,
+            write,
             buf: BytesMut::new(),
             n: 0,
         }
@@ -51,7 +93,19 @@ impl TcpTestClient {
         device: &str,
         platform: pb::Platform,
     ) -> (TcpTestClient, pb::LoginResult) {
-        let mut c = TcpTestClient::connect(addr, cert).await;
+        TcpTestClient::login_kind(StreamKind::Tcp, addr, cert, user, device, platform).await
+    }
+
+    /// [`TcpTestClient::login`] over `kind`.
+    pub async fn login_kind(
+        kind: StreamKind,
+        addr: SocketAddr,
+        cert: CertificateDer<'static>,
+        user: &str,
+        device: &str,
+        platform: pb::Platform,
+    ) -> (TcpTestClient, pb::LoginResult) {
+        let mut c = TcpTestClient::connect_kind(kind, addr, cert).await;
         c.send(Frame::Login(pb::Login {
             user_id: user.into(),
             token: token(user),
@@ -69,20 +123,19 @@ impl TcpTestClient {
 
     /// Sends a frame.
     pub async fn send(&mut self, frame: Frame) {
-        let _ = self.stream.write_all(&frame.to_bytes(0)).await;
-        let _ = self.stream.flush().await;
+        let _ = self.write.write_all(&frame.to_bytes(0)).await;
+        let _ = self.write.flush().await;
     }
 
     /// Sends raw bytes.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-        let _ = self.stream.flush().await;
+        let _ = self.write.write_all(bytes).await;
+        let _ = self.write.flush().await;
     }
 
     /// The next frame, or `None` when the server closed the connection.
     pub async fn recv(&mut self) -> Option<Frame> {
-        match tokio::time::timeout(WAIT, read_frame(&mut self.stream, &mut self.buf, 1 << 20)).await
-        {
+        match tokio::time::timeout(WAIT, read_frame(&mut self.read, &mut self.buf, 1 << 20)).await {
             Ok(Ok(Some((_, f)))) => Some(f),
             Ok(_) => None,
             Err(_) => panic!("no frame within {WAIT:?}"),
