@@ -323,57 +323,20 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         })
     };
     let mut tasks = vec![accept];
-    if let Some(listener) = tcp {
-        let (shared, mut stop_rx) = (shared.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, remote)) => match shared.unauthenticated.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                tokio::spawn(crate::session::handle_tcp(
-                                    shared.clone(), stream, remote, tls_acceptor.clone(), permit,
-                                ));
-                            }
-                            Err(_) => {
-                                metrics::counter!("tern_connections_refused_total", "reason" => "unauthenticated").increment(1);
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %e, "TCP accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                    _ = stop_rx.changed() => break,
-                }
-            }
-        }));
-    }
-    if let Some(listener) = ws {
-        let (shared, mut stop_rx) = (shared.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, remote)) => match shared.unauthenticated.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                tokio::spawn(crate::session::handle_websocket(
-                                    shared.clone(), stream, remote, ws_acceptor.clone(), permit,
-                                ));
-                            }
-                            Err(_) => {
-                                metrics::counter!("tern_connections_refused_total", "reason" => "unauthenticated").increment(1);
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %e, "WebSocket accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                    _ = stop_rx.changed() => break,
-                }
-            }
-        }));
+    use tern_protocol::link::Transport;
+    for (listener, transport, acceptor) in [
+        (tcp, Transport::Tcp, tls_acceptor),
+        (ws, Transport::WebSocket, ws_acceptor),
+    ] {
+        if let Some(listener) = listener {
+            tasks.push(tokio::spawn(crate::session::accept_streams(
+                shared.clone(),
+                listener,
+                transport,
+                acceptor,
+                stop_rx.clone(),
+            )));
+        }
     }
     let http_task = {
         let router = crate::http::router(shared.clone(), metrics);

@@ -27,7 +27,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::Frame;
 use tern_protocol::io::Inbound;
-use tern_protocol::link::Link;
+use tern_protocol::link::{Link, Transport};
 use tern_protocol::qos::Sender;
 use tern_protocol::{ErrorCode, pb};
 use tokio::sync::mpsc;
@@ -107,85 +107,84 @@ pub async fn handle_incoming(
     }
 }
 
-/// Accepts one TLS-over-TCP connection (the fallback where UDP is blocked) and runs
-/// its session to the end: the TLS handshake and the `Login` frame within
-/// [`LOGIN_TIMEOUT`], then the same session as over QUIC, every frame on the stream.
-pub async fn handle_tcp(
+/// Accepts byte-stream connections on `listener` until `stop` changes: TLS over TCP
+/// (the fallback where UDP is blocked) or WebSocket over TLS (browsers, networks that
+/// pass only HTTPS), as `transport` says. Each takes a slot of `max_unauthenticated`
+/// before any work (none free: closed at once).
+pub async fn accept_streams(
     shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
-    remote: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
+    transport: Transport,
     acceptor: tokio_rustls::TlsAcceptor,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let tls = match timeout(LOGIN_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-            metrics::counter!("tern_handshake_failures_total").increment(1);
-            return;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => match shared.unauthenticated.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(handle_stream(
+                            shared.clone(), stream, remote, transport, acceptor.clone(), permit,
+                        ));
+                    }
+                    Err(_) => {
+                        metrics::counter!("tern_connections_refused_total", "reason" => "unauthenticated").increment(1);
+                    }
+                },
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(transport = transport.as_str(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
         }
-        Err(_) => {
-            metrics::counter!("tern_handshake_failures_total").increment(1);
-            return;
-        }
-    };
-    let (read, write) = tokio::io::split(tls);
-    let session = Box::pin(login::login_stream(
-        &shared,
-        tern_protocol::link::Transport::Tcp,
-        Box::new(read),
-        Box::new(write),
-        remote,
-    ))
-    .await;
-    drop(unauthenticated);
-    if let Some(session) = session {
-        session.run().await;
     }
 }
 
-/// Accepts one WebSocket-over-TLS connection (browsers, networks that pass only
-/// HTTPS) and runs its session: the TLS handshake and the WebSocket upgrade within
-/// [`LOGIN_TIMEOUT`], then the same session as over TCP, frames in binary messages.
-pub async fn handle_websocket(
+/// Runs one byte-stream connection to the end: the TLS handshake (and for WebSocket
+/// the upgrade) and the `Login` frame within [`LOGIN_TIMEOUT`] each, then the same
+/// session as over QUIC, every frame on the stream.
+async fn handle_stream(
     shared: Arc<Shared>,
     stream: tokio::net::TcpStream,
     remote: std::net::SocketAddr,
+    transport: Transport,
     acceptor: tokio_rustls::TlsAcceptor,
     unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let upgrade = async {
+    let open = async {
         let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
-        tokio_tungstenite::accept_async_with_config(
-            tls,
-            Some(tern_protocol::link::websocket_config()),
-        )
-        .await
-        .map_err(|e| e.to_string())
+        Ok::<_, String>(match transport {
+            Transport::WebSocket => {
+                let ws = tokio_tungstenite::accept_async_with_config(
+                    tls,
+                    Some(tern_protocol::link::websocket_config()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                tern_protocol::link::websocket_stream(ws)
+            }
+            _ => {
+                let (read, write) = tokio::io::split(tls);
+                let read: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin> = Box::new(read);
+                let write: tern_protocol::link::StreamWriter = Box::new(write);
+                (read, write)
+            }
+        })
     };
-    let ws = match timeout(LOGIN_TIMEOUT, upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
+    let (read, write) = match timeout(LOGIN_TIMEOUT, open).await {
+        Ok(Ok(halves)) => halves,
+        outcome => {
+            if let Ok(Err(e)) = outcome {
+                tracing::debug!(%remote, transport = transport.as_str(), error = %e, "handshake failed");
+            }
             metrics::counter!("tern_handshake_failures_total").increment(1);
             return;
         }
-        Err(_) => {
-            metrics::counter!("tern_handshake_failures_total").increment(1);
-            return;
-        }
     };
-    let (read, write) = tern_protocol::link::websocket_stream(ws);
-    let session = Box::pin(login::login_stream(
-        &shared,
-        tern_protocol::link::Transport::WebSocket,
-        read,
-        write,
-        remote,
-    ))
-    .await;
+    let session = Box::pin(login::login_stream(&shared, transport, read, write, remote)).await;
     drop(unauthenticated);
     if let Some(session) = session {
         session.run().await;
