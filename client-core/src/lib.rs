@@ -90,6 +90,9 @@ pub struct ClientConfig {
     /// While on TCP, how often QUIC is tried again in the background; the session moves
     /// back to QUIC when it works.
     pub quic_reprobe: Duration,
+    /// `host:port` of an HTTP proxy (`CONNECT`) for the TCP and WebSocket transports,
+    /// on networks that reach the web only through one; QUIC does not use it.
+    pub http_proxy: Option<String>,
     /// `host:port` of the server's WebSocket-over-TLS listener
     /// ([`TransportMode::WebSocket`]); default: `server`'s host, port + 1.
     pub ws_server: Option<String>,
@@ -131,6 +134,7 @@ impl ClientConfig {
             tcp_head_start: Duration::from_millis(300),
             quic_reprobe: Duration::from_secs(300),
             ws_server: None,
+            http_proxy: None,
             heartbeat: HeartbeatConfig::default(),
             backoff: BackoffConfig::default(),
             gap_wait: Duration::from_millis(300),

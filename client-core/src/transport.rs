@@ -121,11 +121,17 @@ async fn tls_over_tcp(
 > {
     let cfg = &inner.config;
     let fail = |e: String| ConnectError::Failed(e);
-    let tcp = tokio::net::TcpStream::connect(server)
-        .await
-        .map_err(|e| fail(format!("TCP connect {server}: {e}")))?;
+    let (tcp, remote) = match &cfg.http_proxy {
+        Some(proxy) => through_proxy(proxy, server).await.map_err(fail)?,
+        None => {
+            let tcp = tokio::net::TcpStream::connect(server)
+                .await
+                .map_err(|e| fail(format!("TCP connect {server}: {e}")))?;
+            let remote = tcp.peer_addr().map_err(|e| fail(e.to_string()))?;
+            (tcp, remote)
+        }
+    };
     let _ = tcp.set_nodelay(true);
-    let remote = tcp.peer_addr().map_err(|e| fail(e.to_string()))?;
     let roots = crate::connection::trust_roots(inner).map_err(fail)?;
     let mut tls = tern_protocol::io::tls_client_config(roots).map_err(fail)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
@@ -216,4 +222,45 @@ pub(crate) async fn connect_tcp(
         .await
         .map_err(|_| fail("TCP connect timed out".into()))??;
     login_link(inner, link, reader, user, token).await
+}
+
+/// A TCP connection to `server` through the HTTP proxy at `proxy` (`host:port`):
+/// `CONNECT server`, a `200` answer, then the tunnel is the connection (TLS runs inside
+/// it, end to end with the server). Returns the tunnel and the proxy's address.
+async fn through_proxy(
+    proxy: &str,
+    server: &str,
+) -> Result<(tokio::net::TcpStream, std::net::SocketAddr), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(proxy)
+        .await
+        .map_err(|e| format!("connect to proxy {proxy}: {e}"))?;
+    let remote = tcp.peer_addr().map_err(|e| e.to_string())?;
+    let request = format!("CONNECT {server} HTTP/1.1\r\nHost: {server}\r\n\r\n");
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("proxy {proxy}: {e}"))?;
+    // The answer's head, byte by byte: nothing of the tunnel may be read past it.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8 * 1024 {
+            return Err(format!("proxy {proxy}: answer head too long"));
+        }
+        let mut b = [0u8; 1];
+        match tcp.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            Ok(_) => return Err(format!("proxy {proxy} closed the connection")),
+            Err(e) => return Err(format!("proxy {proxy}: {e}")),
+        }
+    }
+    let status = String::from_utf8_lossy(&head);
+    let ok = status
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code.starts_with('2'));
+    if !ok {
+        let line = status.lines().next().unwrap_or("").to_owned();
+        return Err(format!("proxy {proxy} refused CONNECT {server}: {line}"));
+    }
+    Ok((tcp, remote))
 }

@@ -195,6 +195,9 @@ pub struct ClientSettings {
     /// `host:port` of the server's WebSocket listener; default: `server`'s port + 1.
     #[uniffi(default = None)]
     pub ws_server: Option<String>,
+    /// `host:port` of an HTTP proxy (CONNECT) for the TCP and WebSocket transports.
+    #[uniffi(default = None)]
+    pub http_proxy: Option<String>,
 }
 
 /// Errors of client calls.
@@ -290,6 +293,7 @@ impl TernClient {
         };
         config.tcp_server = settings.tcp_server;
         config.ws_server = settings.ws_server;
+        config.http_proxy = settings.http_proxy;
         Ok(Arc::new(TernClient {
             client: core::Client::new(config)?,
         }))

@@ -285,3 +285,104 @@ async fn over_a_stalled_and_cut_tcp_path_nothing_is_lost_or_duplicated() {
         "nothing failed"
     );
 }
+
+/// A minimal HTTP CONNECT proxy: answers 200 and joins the two connections. Counts the
+/// tunnels it opened.
+async fn connect_proxy() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tunnels = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = tunnels.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (addr, tunnels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_an_http_proxy_over_websocket_and_tcp() {
+    use std::sync::atomic::Ordering;
+    let s = TestServer::start(|_| {}).await;
+    let pem = std::fs::read(&s.handle.cert_path).unwrap();
+    let (proxy, tunnels) = connect_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (ws, tcp) = (s.ws_addr().to_string(), s.tcp_addr().to_string());
+    // WebSocket through the proxy.
+    let (alice, _) = client_at(
+        &s.addr().to_string(),
+        &pem,
+        &dir.path().join("a"),
+        "alice",
+        "a-browser",
+        |c| {
+            c.transport = TransportMode::WebSocket;
+            c.ws_server = Some(ws.clone());
+            c.http_proxy = Some(proxy.to_string());
+        },
+    );
+    // Automatic with UDP blocked: TLS over TCP through the proxy.
+    let (carol, _) = client_at(
+        &black_hole.local_addr().unwrap().to_string(),
+        &pem,
+        &dir.path().join("c"),
+        "carol",
+        "c-laptop",
+        |c| {
+            c.tcp_server = Some(tcp.clone());
+            c.http_proxy = Some(proxy.to_string());
+        },
+    );
+    let (bob, _) = client_at(
+        &s.addr().to_string(),
+        &pem,
+        &dir.path().join("b"),
+        "bob",
+        "b-phone",
+        |_| {},
+    );
+    connected(&alice).await;
+    connected(&carol).await;
+    connected(&bob).await;
+    alice.send_text("bob", "via proxy, websocket").unwrap();
+    carol.send_text("bob", "via proxy, tcp").unwrap();
+    until_within("bob has both", Duration::from_secs(20), || {
+        texts(&bob, "alice") == ["via proxy, websocket"]
+            && texts(&bob, "carol") == ["via proxy, tcp"]
+    })
+    .await;
+    assert!(
+        tunnels.load(Ordering::SeqCst) >= 2,
+        "both went through the proxy"
+    );
+    assert_eq!(transport(&alice).as_deref(), Some("ws"));
+    assert_eq!(transport(&carol).as_deref(), Some("tcp"));
+}

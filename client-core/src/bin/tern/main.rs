@@ -75,6 +75,9 @@ struct Cli {
     /// The server's WebSocket address [default: --server's host, port + 1]
     #[arg(long, env = "TERN_WS_SERVER", global = true)]
     ws_server: Option<String>,
+    /// An HTTP proxy (host:port, CONNECT) for the TCP and WebSocket transports
+    #[arg(long, env = "TERN_HTTP_PROXY", global = true)]
+    http_proxy: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }

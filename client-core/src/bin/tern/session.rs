@@ -46,6 +46,7 @@ impl Session {
         };
         config.tcp_server = cli.tcp_server.clone();
         config.ws_server = cli.ws_server.clone();
+        config.http_proxy = cli.http_proxy.clone();
         let ca = cli
             .ca
             .clone()
