@@ -644,6 +644,18 @@ impl<'a> Session<'a> {
             .spawn_readers(reader, buf, DEFAULT_MAX_FRAME_BODY, tx);
         let transport = self.link.transport();
         tracing::info!(transport = transport.as_str(), "session transport");
+        let before = self
+            .inner
+            .diagnostics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .transport
+            .clone();
+        if before.as_deref() != Some(transport.as_str()) {
+            self.inner.emit(ClientEvent::TransportChanged {
+                transport: transport.as_str().to_owned(),
+            });
+        }
         // Sends go in datagrams and are retransmitted by the engine only on QUIC.
         let uplink_datagrams = self.inner.config.uplink == crate::Uplink::Datagram;
         m.sync

@@ -202,6 +202,13 @@ pub enum ClientEvent {
         /// Latest seq on the server.
         head: u64,
     },
+    /// A session started on another transport than the last one: `quic`, `tcp` (TLS
+    /// over TCP, where UDP is blocked) or `ws` (WebSocket). Also in
+    /// [`Diagnostics::transport`].
+    TransportChanged {
+        /// The transport now in use.
+        transport: String,
+    },
 }
 
 /// Receives events. Called on the client's event thread, never on a network task;

@@ -168,6 +168,11 @@ pub enum TernEvent {
         /// Latest seq on the server.
         head: u64,
     },
+    /// A session started on another transport: `quic`, `tcp` or `ws`.
+    TransportChanged {
+        /// The transport now in use.
+        transport: String,
+    },
 }
 
 /// How to reach the server and where to keep data.
@@ -589,6 +594,9 @@ impl From<core::ClientEvent> for TernEvent {
             }
             core::ClientEvent::SyncProgress { stored, head } => {
                 TernEvent::SyncProgress { stored, head }
+            }
+            core::ClientEvent::TransportChanged { transport } => {
+                TernEvent::TransportChanged { transport }
             }
         }
     }

@@ -80,6 +80,7 @@ final class ChatStore: ObservableObject {
             refresh()
         case .messageStatusChanged, .messageUpdated, .conversationUpdated: refresh()
         case .syncProgress: break
+        case .transportChanged: break
         }
     }
 

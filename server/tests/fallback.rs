@@ -115,7 +115,7 @@ async fn when_udp_comes_back_the_client_moves_to_quic_without_loss_or_duplicates
     let relay = tern_netsim::start(cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tcp = s.tcp_addr().to_string();
-    let (alice, _) = client_at(
+    let (alice, alice_events) = client_at(
         &relay.local_addr().to_string(),
         &pem,
         &dir.path().join("a"),
@@ -163,6 +163,8 @@ async fn when_udp_comes_back_the_client_moves_to_quic_without_loss_or_duplicates
         .unwrap();
     assert_eq!(sent.len(), total);
     let moved_at = moved_at.expect("the client moved to QUIC once UDP worked");
+    // The app was told: first TCP, then QUIC.
+    assert_eq!(alice_events.transports(), ["tcp", "quic"]);
     eprintln!("moved to QUIC {moved_at:?} after start (UDP back at 4 s, re-probe every 1 s)");
     assert!(moved_at < Duration::from_secs(8), "{moved_at:?}");
 }

@@ -60,6 +60,19 @@ impl Recorder {
             .collect()
     }
 
+    /// The transports announced by `TransportChanged`, in order.
+    pub fn transports(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::TransportChanged { transport } => Some(transport.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// How many messages were reported failed.
     pub fn failures(&self) -> usize {
         self.events

@@ -112,6 +112,7 @@ class ChatRepository(settings: ClientSettings) : TernListener, AutoCloseable {
             is TernEvent.MessageUpdated -> _updates.tryEmit(event.message)
             is TernEvent.ConversationUpdated -> refreshConversations()
             is TernEvent.SyncProgress -> Unit
+            is TernEvent.TransportChanged -> Unit
         }
     }
 
