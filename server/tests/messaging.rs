@@ -1,5 +1,6 @@
 //! Groups through the HTTP API and the protocol, refusals, and the offline push for a
-//! session that is online but does not acknowledge (an app the OS has suspended).
+//! session that is online but does not acknowledge (an app the OS has suspended). Each
+//! scenario runs on every transport (QUIC, TLS over TCP, WebSocket): one session logic.
 
 mod common;
 
@@ -10,6 +11,7 @@ use common::*;
 use serde_json::json;
 use tern_protocol::frame::Frame;
 use tern_protocol::pb;
+use tern_testkit::any::{AnyClient, Wire};
 
 fn group_chat(to: &str, text: &str, n: u8) -> Frame {
     Frame::Chat(pb::ChatMessage {
@@ -23,6 +25,12 @@ fn group_chat(to: &str, text: &str, n: u8) -> Frame {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_through_the_http_api_and_the_protocol() {
+    for wire in Wire::ALL {
+        groups_through_the_http_api_and_the_protocol_over(wire).await;
+    }
+}
+
+async fn groups_through_the_http_api_and_the_protocol_over(wire: Wire) {
     let s = TestServer::start(|c| c.max_group_members = 4).await;
     let http = api();
     let post = |path: &str, body: serde_json::Value| {
@@ -44,8 +52,8 @@ async fn groups_through_the_http_api_and_the_protocol() {
     assert_eq!(created["owner"], "alice");
     assert_eq!(created["members"], json!(["alice", "bob"]));
 
-    let mut bob = s.login("bob", "b").await;
-    let mut alice = s.login("alice", "a").await;
+    let mut bob = s.login_over(wire, "bob", "b").await;
+    let mut alice = s.login_over(wire, "alice", "a").await;
     // The backend announces into the group; it is not a member and need not be.
     let r = post(
         "/v1/messages",
@@ -67,7 +75,7 @@ async fn groups_through_the_http_api_and_the_protocol() {
     alice.send(group_chat(&gid, "hi team", 1)).await;
     assert_eq!(alice.send_result().await.code, pb::ErrorCode::Ok as i32);
     assert_eq!(text_of(&bob.push().await), "hi team");
-    let mut eve = s.login("eve", "e").await;
+    let mut eve = s.login_over(wire, "eve", "e").await;
     eve.send(group_chat(&gid, "let me in", 2)).await;
     assert_eq!(
         eve.send_result().await.code,
@@ -206,6 +214,14 @@ async fn groups_through_the_http_api_and_the_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_online_session_that_does_not_ack_gets_the_push_webhook_after_the_delay() {
+    for wire in Wire::ALL {
+        an_online_session_that_does_not_ack_gets_the_push_webhook_after_the_delay_over(wire).await;
+    }
+}
+
+async fn an_online_session_that_does_not_ack_gets_the_push_webhook_after_the_delay_over(
+    wire: Wire,
+) {
     use axum::body::Bytes;
     use axum::extract::State;
     let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
@@ -227,7 +243,7 @@ async fn an_online_session_that_does_not_ack_gets_the_push_webhook_after_the_del
     })
     .await;
     // bob is online but never acknowledges (the app is suspended).
-    let mut bob = s.login("bob", "phone").await;
+    let mut bob = s.login_over(wire, "bob", "phone").await;
     bob.send(Frame::PushTokenRequest(pb::PushTokenRequest {
         request_id: 1,
         provider: "apns".into(),
@@ -238,7 +254,7 @@ async fn an_online_session_that_does_not_ack_gets_the_push_webhook_after_the_del
         Frame::OpResult(r) => assert_eq!(r.code, pb::ErrorCode::Ok as i32),
         _ => unreachable!(),
     }
-    let mut alice = s.login("alice", "a").await;
+    let mut alice = s.login_over(wire, "alice", "a").await;
     alice.chat("bob", "are you there?").await;
     assert_eq!(alice.send_result().await.code, pb::ErrorCode::Ok as i32);
     let _ = bob.push().await; // arrives, but no DeliveryAck goes back
@@ -258,14 +274,14 @@ async fn an_online_session_that_does_not_ack_gets_the_push_webhook_after_the_del
     assert_eq!(push["message"]["preview"], "are you there?");
 }
 
-async fn op_result(c: &mut TestClient) -> pb::OpResult {
+async fn op_result(c: &mut AnyClient) -> pb::OpResult {
     match c.recv_until(|f| matches!(f, Frame::OpResult(_))).await {
         Frame::OpResult(r) => r,
         _ => unreachable!(),
     }
 }
 
-async fn group_response(c: &mut TestClient) -> pb::GroupResponse {
+async fn group_response(c: &mut AnyClient) -> pb::GroupResponse {
     match c.recv_until(|f| matches!(f, Frame::GroupResponse(_))).await {
         Frame::GroupResponse(r) => r,
         _ => unreachable!(),
@@ -274,8 +290,14 @@ async fn group_response(c: &mut TestClient) -> pb::GroupResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_code_and_the_session_goes_on() {
+    for wire in Wire::ALL {
+        bad_requests_get_a_code_and_the_session_goes_on_over(wire).await;
+    }
+}
+
+async fn bad_requests_get_a_code_and_the_session_goes_on_over(wire: Wire) {
     let s = TestServer::start(|c| c.max_group_members = 10).await;
-    let mut mallory = s.login("mallory", "m").await;
+    let mut mallory = s.login_over(wire, "mallory", "m").await;
     // Read marks for a conversation that does not exist, far beyond the head: no-op.
     mallory
         .send(Frame::MarkRead(pb::MarkRead {
@@ -363,14 +385,13 @@ async fn bad_requests_get_a_code_and_the_session_goes_on() {
     assert_eq!(mallory.send_result().await.code, pb::ErrorCode::Ok as i32);
     // A server-to-client frame from a client ends its session with a code.
     mallory.send(Frame::OpResult(pb::OpResult::default())).await;
-    match mallory.closed().await {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(c.error_code, (pb::ErrorCode::UnexpectedFrame as u32).into())
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        mallory.ended_with().await,
+        Some(pb::ErrorCode::UnexpectedFrame as u32),
+        "{wire:?}"
+    );
     // Everyone else is unaffected.
-    let mut bob = s.login("bob", "b").await;
+    let mut bob = s.login_over(wire, "bob", "b").await;
     bob.chat("bob", "still serving").await;
     assert_eq!(bob.send_result().await.code, pb::ErrorCode::Ok as i32);
 }

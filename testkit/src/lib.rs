@@ -11,6 +11,7 @@
 //!
 //! Nothing here ships: the crate is `publish = false` and only ever a dev-dependency.
 
+pub mod any;
 pub mod client;
 pub mod raw;
 pub mod server;
