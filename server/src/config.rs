@@ -266,6 +266,83 @@ pub struct Config {
 }
 
 impl Config {
+    /// The effective configuration as `key = value` lines, in the TOML file's key
+    /// names, secrets masked (`tern-server config check`).
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let addr = |a: &Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        let masked = |v: &[u8]| format!("(set, {} bytes)", v.len());
+        let list = |v: &[String]| format!("[{}]", v.join(", "));
+        let secs = |d: Duration| d.as_secs().to_string();
+        vec![
+            ("quic", self.quic.to_string()),
+            ("tcp", addr(&self.tcp)),
+            ("ws", addr(&self.ws)),
+            ("http", self.http.to_string()),
+            ("data", self.data.display().to_string()),
+            ("dev", self.dev.to_string()),
+            (
+                "tls_cert / tls_key",
+                self.tls
+                    .as_ref()
+                    .map_or("(dev certificate)".into(), |(c, k)| {
+                        format!("{} / {}", c.display(), k.display())
+                    }),
+            ),
+            ("token_secret", masked(&self.token_secret)),
+            ("api_key", masked(self.api_key.as_bytes())),
+            ("webhook_secret", masked(&self.webhook_secret)),
+            ("kick_policy", format!("{:?}", self.kick_policy)),
+            ("max_body_bytes", self.max_body_bytes.to_string()),
+            ("heartbeat_timeout_secs", secs(self.heartbeat_timeout)),
+            ("rate_per_sec", self.rate_per_sec.to_string()),
+            ("rate_burst", self.rate_burst.to_string()),
+            ("max_sessions", self.max_sessions.to_string()),
+            (
+                "max_sessions_per_user",
+                self.max_sessions_per_user.to_string(),
+            ),
+            (
+                "max_concurrent_logins",
+                self.max_concurrent_logins.to_string(),
+            ),
+            ("max_unauthenticated", self.max_unauthenticated.to_string()),
+            ("create_store", self.create_store.to_string()),
+            ("min_client_version", opt(&self.min_client_version)),
+            (
+                "require_known_recipient",
+                self.require_known_recipient.to_string(),
+            ),
+            (
+                "durability",
+                format!("{:?}", self.durability).to_lowercase(),
+            ),
+            ("banned_users", list(&self.banned_users)),
+            (
+                "log_format",
+                format!("{:?}", self.log_format).to_lowercase(),
+            ),
+            ("push_qos", format!("{:?}", self.push_qos).to_lowercase()),
+            ("max_group_members", self.max_group_members.to_string()),
+            (
+                "max_large_group_members",
+                self.max_large_group_members.to_string(),
+            ),
+            (
+                "group_receipts_max_members",
+                self.group_receipts_max_members.to_string(),
+            ),
+            ("recall_window_secs", secs(self.recall_window)),
+            ("push_webhook_url", opt(&self.push_webhook_url)),
+            (
+                "push_webhook_delay_ms",
+                self.push_webhook_delay.as_millis().to_string(),
+            ),
+            ("service_accounts", list(&self.service_accounts)),
+            ("service_webhook_url", opt(&self.service_webhook_url)),
+        ]
+    }
+
     /// Applies defaults and checks the combination.
     pub fn resolve(s: Settings) -> anyhow::Result<Config> {
         let dev = s.dev.unwrap_or(false);
@@ -400,6 +477,20 @@ impl Config {
 mod tests {
     use super::*;
     use tern_protocol::qos::QosConfig;
+
+    #[test]
+    fn the_example_file_is_valid_and_describe_masks_secrets() {
+        let file: Settings =
+            toml::from_str(include_str!("../tern.example.toml")).expect("example parses");
+        let c = Config::resolve(file).expect("example is a valid configuration");
+        let lines = c.describe();
+        let secret = lines.iter().find(|(k, _)| *k == "token_secret").unwrap();
+        assert!(secret.1.starts_with("(set, "), "{secret:?}");
+        assert!(
+            lines.iter().all(|(_, v)| !v.contains("change-me")),
+            "no secret value is printed"
+        );
+    }
 
     #[test]
     fn flags_override_file_and_production_needs_secrets() {

@@ -6,6 +6,8 @@
 //!   with the configured secret (`--dev` uses the public dev secret), and nothing else.
 //! * `tern-server backup --data DIR --out FILE` writes a consistent copy of the database
 //!   while the server keeps running.
+//! * `tern-server config check [--config FILE]` validates the configuration and prints
+//!   the effective values, secrets masked.
 //! * `tern-server restore --data DIR --from FILE` puts a backup in place (server
 //!   stopped) and starts a new store generation (see docs/operations.md).
 
@@ -59,12 +61,25 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Configuration tools
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Replace the database with a backup (stop the server first) and start a new
     /// store generation, so clients that saw newer data resynchronise
     Restore {
         /// The backup file (from `tern-server backup`)
         #[arg(long)]
         from: PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file, environment, flags) and print the effective
+    /// values, secrets masked; exits non-zero with the reason if it is invalid
+    Check {
         #[command(flatten)]
         settings: Settings,
     },
@@ -153,6 +168,16 @@ fn main() -> anyhow::Result<()> {
             data.join("tern.db").display(),
             out.display()
         );
+        return Ok(());
+    }
+    if let Some(Command::Config(ConfigCommand::Check { settings: flags })) = cli.command {
+        let config = Config::resolve(settings(flags.over(cli.settings), &cli.config)?)?;
+        let lines = config.describe();
+        let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (key, value) in lines {
+            println!("{key:width$} = {value}");
+        }
+        eprintln!("configuration is valid");
         return Ok(());
     }
     if let Some(Command::Restore {
