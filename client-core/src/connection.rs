@@ -155,6 +155,13 @@ fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
     Ok(endpoint)
 }
 
+/// The TLS name of the server: the configured one, or the host of `server`.
+pub(crate) fn tls_name(cfg: &crate::ClientConfig) -> String {
+    cfg.server_name
+        .clone()
+        .unwrap_or_else(|| server_name(&cfg.server))
+}
+
 pub(crate) fn server_name(server: &str) -> String {
     let host = server
         .rsplit_once(':')
@@ -192,10 +199,7 @@ async fn handshake(
         .map_err(|e| fail(format!("resolve {}: {e}", cfg.server)))?
         .next()
         .ok_or_else(|| fail(format!("{} resolves to nothing", cfg.server)))?;
-    let name = cfg
-        .server_name
-        .clone()
-        .unwrap_or_else(|| server_name(&cfg.server));
+    let name = tls_name(cfg);
     let connecting = endpoint
         .connect(addr, &name)
         .map_err(|e| fail(e.to_string()))?;

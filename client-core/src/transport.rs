@@ -135,11 +135,8 @@ async fn tls_over_tcp(
     let roots = crate::connection::trust_roots(inner).map_err(fail)?;
     let mut tls = tern_protocol::io::tls_client_config(roots).map_err(fail)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let name = cfg
-        .server_name
-        .clone()
-        .unwrap_or_else(|| crate::connection::server_name(&cfg.server));
-    let name = ServerName::try_from(name).map_err(|e| fail(e.to_string()))?;
+    let name =
+        ServerName::try_from(crate::connection::tls_name(cfg)).map_err(|e| fail(e.to_string()))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
         .await
@@ -168,11 +165,7 @@ pub(crate) async fn connect_ws(
         });
     let attempt = async {
         let (tls, remote) = tls_over_tcp(inner, &server, b"http/1.1").await?;
-        let host = cfg
-            .server_name
-            .clone()
-            .unwrap_or_else(|| crate::connection::server_name(&cfg.server));
-        let url = format!("wss://{host}/tern");
+        let url = format!("wss://{}/tern", crate::connection::tls_name(cfg));
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             url,
             tls,
@@ -190,9 +183,22 @@ pub(crate) async fn connect_ws(
             Reader::Stream(read),
         ))
     };
+    login_within(inner, budget, "WebSocket", attempt, user, token).await
+}
+
+/// Gives `attempt` (a connection to the server, up to a link and its reader) at most
+/// `budget`, then logs in on what it made.
+async fn login_within(
+    inner: &Arc<Inner>,
+    budget: Duration,
+    what: &str,
+    attempt: impl std::future::Future<Output = Result<(Link, Reader), ConnectError>>,
+    user: &str,
+    token: &str,
+) -> Result<Connected, ConnectError> {
     let (link, reader) = timeout(budget, attempt)
         .await
-        .map_err(|_| fail("WebSocket connect timed out".into()))??;
+        .map_err(|_| ConnectError::Failed(format!("{what} connect timed out")))??;
     login_link(inner, link, reader, user, token).await
 }
 
@@ -204,7 +210,6 @@ pub(crate) async fn connect_tcp(
     budget: Duration,
 ) -> Result<Connected, ConnectError> {
     let cfg = &inner.config;
-    let fail = |e: String| ConnectError::Failed(e);
     let server = cfg.tcp_server.clone().unwrap_or_else(|| cfg.server.clone());
     let attempt = async {
         let (stream, remote) = tls_over_tcp(inner, &server, tern_protocol::ALPN).await?;
@@ -218,10 +223,7 @@ pub(crate) async fn connect_tcp(
             Reader::Stream(Box::new(read)),
         ))
     };
-    let (link, reader) = timeout(budget, attempt)
-        .await
-        .map_err(|_| fail("TCP connect timed out".into()))??;
-    login_link(inner, link, reader, user, token).await
+    login_within(inner, budget, "TCP", attempt, user, token).await
 }
 
 /// A TCP connection to `server` through the HTTP proxy at `proxy` (`host:port`):

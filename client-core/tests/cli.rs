@@ -17,9 +17,21 @@ fn tern_with_token(
     user: &str,
     token: &str,
 ) -> Command {
+    tern_at(&server.quic_addr.to_string(), server, data, user, token)
+}
+
+/// `tern` logged in as `user`, with QUIC pointed at `quic` (trusting `server`'s
+/// certificate).
+fn tern_at(
+    quic: &str,
+    server: &tern_server::server::ServerHandle,
+    data: &std::path::Path,
+    user: &str,
+    token: &str,
+) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
     c.arg("--server")
-        .arg(server.quic_addr.to_string())
+        .arg(quic)
         .arg("--ca")
         .arg(&server.cert_path)
         .arg("--data")
@@ -296,15 +308,8 @@ async fn tern_chat_works_with_udp_blocked() {
         .spawn()
         .unwrap();
     let token = tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), "alice", None, 3600);
-    let mut chat = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("--server")
-        .arg(black_hole.local_addr().unwrap().to_string())
-        .arg("--ca")
-        .arg(&server.cert_path)
-        .arg("--data")
-        .arg(data.path())
-        .args(["--user", "alice", "--token", &token])
-        .env("RUST_LOG", "error")
+    let quic = black_hole.local_addr().unwrap().to_string();
+    let mut chat = tern_at(&quic, &server, data.path(), "alice", &token)
         .arg("--tcp-server")
         .arg(server.tcp_addr.unwrap().to_string())
         .args(["chat", "--with", "bob"])

@@ -649,7 +649,7 @@ async fn a_clock_stepped_back_across_a_restart_never_reorders_messages() {
         &dir.path().join("a"),
         "alice",
         "a-phone",
-        quick_heartbeats,
+        tern_testkit::client::quick_heartbeats,
     );
     let (bob, _) = tern_testkit::client::client_at(
         &addr,
@@ -657,7 +657,7 @@ async fn a_clock_stepped_back_across_a_restart_never_reorders_messages() {
         &dir.path().join("b"),
         "bob",
         "b-phone",
-        quick_heartbeats,
+        tern_testkit::client::quick_heartbeats,
     );
     tern_testkit::client::connected(&alice).await;
     tern_testkit::client::connected(&bob).await;
@@ -775,11 +775,4 @@ async fn a_newline_in_a_user_id_cannot_forge_a_log_line() {
         text.contains("mallory\\n2026"),
         "the id is logged escaped:\n{text}"
     );
-}
-
-/// Heartbeats every 2 s: an idle client learns of a server restart from its next one
-/// (answered with a stateless reset), not after the default 30 s.
-fn quick_heartbeats(c: &mut tern_client::ClientConfig) {
-    c.heartbeat.foreground.min = Duration::from_secs(1);
-    c.heartbeat.initial = Duration::from_secs(2);
 }

@@ -33,12 +33,7 @@ async fn a_restored_server_brings_both_clients_back_without_loss_or_duplicates()
     let mut server = spawn_server(&data, "127.0.0.1:0");
     let addr = server.addr.to_string();
     let pem = server.cert_pem.clone();
-    // Heartbeats every 2 s: an idle client learns of the restart from its next one
-    // (the restarted server answers it with a stateless reset), not 30 s later.
-    let quick = |c: &mut tern_client::ClientConfig| {
-        c.heartbeat.foreground.min = Duration::from_secs(1);
-        c.heartbeat.initial = Duration::from_secs(2);
-    };
+    let quick = tern_testkit::client::quick_heartbeats;
     let (alice, _) = client_at(
         &addr,
         &pem,

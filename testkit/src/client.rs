@@ -92,6 +92,13 @@ impl Recorder {
     }
 }
 
+/// Heartbeats every 2 s instead of 30 s: an idle client learns of a server restart
+/// from its next one (answered with a stateless reset). For tests that restart servers.
+pub fn quick_heartbeats(c: &mut ClientConfig) {
+    c.heartbeat.foreground.min = std::time::Duration::from_secs(1);
+    c.heartbeat.initial = std::time::Duration::from_secs(2);
+}
+
 /// A client of `server` logged in as `user` on `device` (platform Android).
 pub fn client(
     server: &ServerHandle,
