@@ -40,6 +40,17 @@ echo "== compiling (kotlinc)"
   android-demo/app/src/test/java/dev/tern/demo/ChatRepositoryTest.kt 2>&1 | grep -v '^warning:' || true
 test -f "$out/classes/dev/tern/demo/ChatRepositoryTest.class"
 
+if [ "${TERN_TEST_STORE:-}" = postgres ]; then
+  # The test class starts one server: give it a new scratch database (TERN_STORE).
+  : "${TERN_TEST_PG:?TERN_TEST_STORE=postgres needs TERN_TEST_PG}"
+  db=tern_kt_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+  psql "$TERN_TEST_PG" -qc "CREATE DATABASE $db"
+  base=${TERN_TEST_PG%%\?*} query=
+  case $TERN_TEST_PG in *\?*) query="?${TERN_TEST_PG#*\?}" ;; esac
+  export TERN_STORE="${base%/*}/$db$query"
+  echo "== on the PostgreSQL store ($db)"
+fi
+
 echo "== running JUnit 5"
 TERN_SERVER_BIN=$root/target/debug/tern-server java -Djna.library.path="$root/target/debug" \
   -jar /usr/share/java/junit-platform-console-standalone.jar \

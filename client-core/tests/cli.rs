@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tern_server::config::{Config, DEV_TOKEN_SECRET};
+use tern_server::config::DEV_TOKEN_SECRET;
 
 fn tern(server: &tern_server::server::ServerHandle, data: &std::path::Path, user: &str) -> Command {
     let token = tern_server::auth::mint(DEV_TOKEN_SECRET.as_bytes(), user, None, 3600);
@@ -46,7 +46,7 @@ fn tern_at(
 
 async fn start() -> (tern_server::server::ServerHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::dev_loopback(dir.path());
+    let mut config = tern_testkit::server::dev_config(dir.path());
     config.rate_per_sec = 10_000;
     config.rate_burst = 10_000;
     (tern_server::server::start(config).await.unwrap(), dir)

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tern_client::{Client, ClientConfig, ConnectionState, ConversationKind, MessageStatus};
-use tern_server::config::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_arrive_once_and_in_order_across_an_offline_period() {
@@ -259,7 +258,7 @@ async fn reconnects_after_a_server_restart_and_network_change_keeps_working() {
     s.shutdown().await;
     // quinn releases the UDP socket just after shutdown returns; retry the bind briefly.
     let s = loop {
-        let mut config = Config::dev_loopback(sdir.path());
+        let mut config = tern_testkit::server::dev_config(sdir.path());
         config.quic = addr;
         match tern_server::server::start(config).await {
             Ok(s) => break s,
@@ -288,7 +287,7 @@ async fn reconnects_after_a_server_restart_and_network_change_keeps_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_sends_are_retried_not_failed() {
     let sdir = tempfile::tempdir().unwrap();
-    let mut config = Config::dev_loopback(sdir.path());
+    let mut config = tern_testkit::server::dev_config(sdir.path());
     config.rate_per_sec = 30;
     config.rate_burst = 10;
     let s = tern_server::server::start(config).await.unwrap();

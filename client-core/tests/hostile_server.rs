@@ -193,7 +193,7 @@ async fn an_unreadable_frame_is_reported_and_backed_off() {
     use tern_protocol::io::read_frame;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = tern_server::config::Config::dev_loopback(dir.path());
+    let config = tern_testkit::server::dev_config(dir.path());
     let tls = tern_server::server::tls_material(&config).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider)

@@ -129,6 +129,18 @@ pub struct Settings {
     /// Store durability: full (fsync per commit) or normal [default: full]
     #[arg(long, env = "TERN_DURABILITY")]
     pub durability: Option<Durability>,
+    /// PostgreSQL store, e.g. postgres://tern:PASSWORD@db.internal/tern (sslmode=disable for plain TCP); unset = the SQLite store in --data [default: none]
+    #[arg(long = "store", env = "TERN_STORE", hide_env_values = true)]
+    pub store_url: Option<String>,
+    /// PostgreSQL writer lanes (connections writing side by side; a user's writes keep one lane) [default: 8]
+    #[arg(long, env = "TERN_STORE_WRITERS")]
+    pub store_writers: Option<usize>,
+    /// PostgreSQL connections for reads and outbox work [default: 16]
+    #[arg(long, env = "TERN_STORE_POOL_SIZE")]
+    pub store_pool_size: Option<usize>,
+    /// Extra CA certificate (PEM) trusted for TLS to PostgreSQL [default: none; the public web roots]
+    #[arg(long, env = "TERN_STORE_CA_FILE")]
+    pub store_ca_file: Option<PathBuf>,
     /// Users refused at login (comma-separated)
     #[arg(long, env = "TERN_BANNED_USERS", value_delimiter = ',')]
     pub banned_users: Option<Vec<String>>,
@@ -186,7 +198,7 @@ impl Settings {
         overlay!(self, base; quic, tcp, ws, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
             max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, durability,
-            banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
+            store_url, store_writers, store_pool_size, store_ca_file, banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
             recall_window_secs, push_webhook_url, push_webhook_delay_ms, service_accounts,
             service_webhook_url, webhook_secret)
     }
@@ -239,6 +251,8 @@ pub struct Config {
     pub require_known_recipient: bool,
     /// Store durability.
     pub durability: Durability,
+    /// The PostgreSQL store (`None`: SQLite in `data`).
+    pub store: Option<crate::store::postgres::PgSettings>,
     /// Banned users.
     pub banned_users: Vec<String>,
     /// Log format.
@@ -316,6 +330,17 @@ impl Config {
             (
                 "durability",
                 format!("{:?}", self.durability).to_lowercase(),
+            ),
+            (
+                "store",
+                self.store.as_ref().map_or("sqlite (in data)".into(), |p| {
+                    format!(
+                        "{} (writers {}, pool {})",
+                        crate::store::postgres::masked_url(&p.url),
+                        p.writers,
+                        p.pool_size
+                    )
+                }),
             ),
             ("banned_users", list(&self.banned_users)),
             (
@@ -445,6 +470,20 @@ impl Config {
             min_client_version: s.min_client_version,
             require_known_recipient: s.require_known_recipient.unwrap_or(false),
             durability: s.durability.unwrap_or_default(),
+            store: match s.store_url {
+                Some(url) if !url.is_empty() => {
+                    anyhow::ensure!(
+                        url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                        "store_url must be a postgres:// URL (unset it for the SQLite store)"
+                    );
+                    let mut p = crate::store::postgres::PgSettings::new(url);
+                    p.writers = s.store_writers.unwrap_or(p.writers).max(1);
+                    p.pool_size = s.store_pool_size.unwrap_or(p.pool_size).max(1);
+                    p.ca_file = s.store_ca_file;
+                    Some(p)
+                }
+                _ => None,
+            },
             banned_users: s.banned_users.unwrap_or_default(),
             log_format: s.log_format.unwrap_or_default(),
             push_qos: s.push_qos.unwrap_or_default(),
@@ -489,6 +528,33 @@ mod tests {
         assert!(
             lines.iter().all(|(_, v)| !v.contains("change-me")),
             "no secret value is printed"
+        );
+    }
+
+    #[test]
+    fn a_postgres_store_is_configured_and_its_password_never_printed() {
+        let file: Settings = toml::from_str(
+            "dev = true\nstore_url = \"postgres://tern:s3cret-pw@db:5432/tern\"\nstore_writers = 4",
+        )
+        .unwrap();
+        let c = Config::resolve(file).unwrap();
+        let pg = c.store.as_ref().expect("postgres store");
+        assert_eq!((pg.writers, pg.pool_size), (4, 16));
+        let store = c
+            .describe()
+            .into_iter()
+            .find(|(k, _)| *k == "store")
+            .unwrap();
+        assert_eq!(
+            store.1,
+            "postgres://tern:***@db:5432/tern (writers 4, pool 16)"
+        );
+        let bad: Settings = toml::from_str("dev = true\nstore_url = \"mysql://x\"").unwrap();
+        assert!(Config::resolve(bad).is_err(), "only postgres:// URLs");
+        let unset: Settings = toml::from_str("dev = true").unwrap();
+        assert!(
+            Config::resolve(unset).unwrap().store.is_none(),
+            "SQLite by default"
         );
     }
 

@@ -10,6 +10,9 @@
 //!   the effective values, secrets masked.
 //! * `tern-server restore --data DIR --from FILE` puts a backup in place (server
 //!   stopped) and starts a new store generation (see docs/operations.md).
+//! * `tern-server migrate --store postgres://...` applies the PostgreSQL schema.
+//! * `tern-server import-sqlite --data DIR --store postgres://...` copies a SQLite store
+//!   into an empty PostgreSQL one.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,6 +76,17 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Apply the PostgreSQL store's schema migrations (the server also does at start)
+    Migrate {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Copy a SQLite data directory (--data; stop its server first) into the empty
+    /// PostgreSQL store (--store)
+    ImportSqlite {
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +104,29 @@ fn settings(flags: Settings, file: &Option<PathBuf>) -> anyhow::Result<Settings>
         Some(path) => flags.over(Settings::from_file(path)?),
         None => flags,
     })
+}
+
+/// The PostgreSQL settings of `s`, or why there are none.
+fn postgres_settings(s: Settings) -> anyhow::Result<tern_server::store::postgres::PgSettings> {
+    anyhow::ensure!(
+        s.store_url.as_deref().is_some_and(|u| !u.is_empty()),
+        "no PostgreSQL store configured (set --store, TERN_STORE or store_url)"
+    );
+    let mut s = s;
+    // Only the store matters here: resolve the rest leniently as a dev configuration.
+    s.dev = Some(true);
+    s.tls_cert = None;
+    s.tls_key = None;
+    Config::resolve(s)?
+        .store
+        .ok_or_else(|| anyhow::anyhow!("no PostgreSQL store configured"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start tokio")
 }
 
 fn init_logging(format: LogFormat) {
@@ -193,6 +230,33 @@ fn main() -> anyhow::Result<()> {
             "restored {} into {} (store generation {generation}); the replaced files are beside it",
             from.display(),
             data.join("tern.db").display(),
+        );
+        return Ok(());
+    }
+    if let Some(Command::Migrate { settings: flags }) = cli.command {
+        let s = settings(flags.over(cli.settings), &cli.config)?;
+        let pg = postgres_settings(s)?;
+        let applied = runtime()?.block_on(tern_server::store::postgres::PgStore::migrate(&pg))?;
+        eprintln!(
+            "{}: {applied} migration(s) applied; the schema is current",
+            tern_server::store::postgres::masked_url(&pg.url)
+        );
+        return Ok(());
+    }
+    if let Some(Command::ImportSqlite { settings: flags }) = cli.command {
+        let s = settings(flags.over(cli.settings), &cli.config)?;
+        let data = s.data.clone().unwrap_or_else(|| PathBuf::from("tern-data"));
+        let pg = postgres_settings(s)?;
+        let report = runtime()?
+            .block_on(tern_server::store::postgres::import_sqlite(&data, &pg))
+            .with_context(|| format!("import {}", data.join("tern.db").display()))?;
+        for (table, rows) in &report.tables {
+            println!("{table:16} {rows}");
+        }
+        eprintln!(
+            "imported {} into {}",
+            data.join("tern.db").display(),
+            tern_server::store::postgres::masked_url(&pg.url)
         );
         return Ok(());
     }

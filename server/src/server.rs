@@ -29,6 +29,7 @@ use crate::registry::SessionCmd;
 use crate::session::handle_incoming;
 use crate::state::Shared;
 use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 
 /// ALPN protocol id of Tern (defined once, in `tern-protocol`).
@@ -243,10 +244,17 @@ pub struct ServerHandle {
 pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let metrics = metrics_handle();
     let tls = tls_material(&config)?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open_with(&config.data, config.durability, config.create_store)
-            .with_context(|| format!("open store in {}", config.data.display()))?,
-    );
+    let store: Arc<dyn Store> = match &config.store {
+        Some(pg) => Arc::new(
+            PgStore::open(pg)
+                .await
+                .context("open the PostgreSQL store")?,
+        ),
+        None => Arc::new(
+            SqliteStore::open_with(&config.data, config.durability, config.create_store)
+                .with_context(|| format!("open store in {}", config.data.display()))?,
+        ),
+    };
     let verifier = Arc::new(HmacVerifier::new(
         config.token_secret.clone(),
         config.banned_users.clone(),

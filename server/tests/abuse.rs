@@ -380,6 +380,9 @@ async fn connections_that_never_log_in_cost_little() {
 /// conversation the user does not have writes nothing.
 #[tokio::test]
 async fn read_marks_with_invalid_or_unknown_names_are_refused() {
+    if tern_testkit::server::sqlite_only("it reads the SQLite file") {
+        return;
+    }
     let s = TestServer::start(|_| {}).await;
     let db = s.dir.path().join("tern.db");
     let mut mallory = s.login("mallory", "phone").await;
@@ -639,6 +642,9 @@ async fn a_hung_service_webhook_never_delays_offline_pushes() {
 /// orders by the server's store order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_stepped_back_across_a_restart_never_reorders_messages() {
+    if tern_testkit::server::sqlite_only("it reads the SQLite file") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let mut p = spawn_server(&data, "127.0.0.1:0");

@@ -336,7 +336,7 @@ async fn a_retransmitted_message_is_stored_once() {
     // And across a restart of the server (idempotency is in the store).
     let data = s.dir.path().to_owned();
     s.handle.shutdown().await;
-    let handle = tern_server::server::start(tern_server::config::Config::dev_loopback(&data))
+    let handle = tern_server::server::start(tern_testkit::server::dev_config(&data))
         .await
         .unwrap();
     let (mut alice, _) = TestClient::login(

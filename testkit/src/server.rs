@@ -1,6 +1,11 @@
 //! Servers for tests: in process on ephemeral loopback ports ([`TestServer`],
 //! [`server_with`]), or the `tern-server` binary as a child process that a test can
 //! kill ([`spawn_server`]).
+//!
+//! With `TERN_TEST_STORE=postgres` (and `TERN_TEST_PG`, see
+//! `tern_server::store::postgres::testing`) every server here runs on its own scratch
+//! PostgreSQL database instead of SQLite: the same tests, the other backend. A server
+//! restarted on the same data directory finds the same database again.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -14,6 +19,66 @@ use tern_server::server::{ServerHandle, start};
 
 use crate::raw::TestClient;
 
+/// Whether the servers of this test run use the PostgreSQL store.
+pub fn on_postgres() -> bool {
+    std::env::var("TERN_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// `true` (and a line on stderr) when a test of the SQLite file itself runs on
+/// PostgreSQL: such a test returns early, `why` says what ties it to SQLite.
+pub fn sqlite_only(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    on_postgres()
+}
+
+/// The PostgreSQL URL of the server whose data directory is `data` when tests run on
+/// PostgreSQL ([`on_postgres`]): a scratch database made on first use and remembered
+/// in the directory, so a restarted server finds its data again.
+pub fn test_store(data: &Path) -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    let file = data.join("test-store-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(url);
+    }
+    let base = tern_server::store::postgres::testing::base_url()
+        .expect("TERN_TEST_STORE=postgres needs TERN_TEST_PG");
+    // Its own thread and runtime: callers may be inside a runtime already.
+    let url = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(tern_server::store::postgres::testing::scratch_database(
+                &base,
+            ))
+            .expect("create a scratch PostgreSQL database")
+    })
+    .join()
+    .unwrap();
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(&file, &url).unwrap();
+    Some(url)
+}
+
+/// `config` on the test store of its data directory (see [`test_store`]).
+fn use_test_store(config: &mut Config) {
+    if let Some(url) = test_store(&config.data) {
+        config.store = Some(tern_server::store::postgres::PgSettings::new(url));
+    }
+}
+
+/// The dev-mode loopback configuration for data in `dir`, on the test store
+/// ([`test_store`]) when tests run on PostgreSQL.
+pub fn dev_config(dir: &Path) -> Config {
+    let mut config = Config::dev_loopback(dir);
+    use_test_store(&mut config);
+    config
+}
+
 /// An in-process dev server with its own data directory.
 pub struct TestServer {
     /// The running server.
@@ -26,7 +91,7 @@ impl TestServer {
     /// Starts a dev server on loopback with `tweak` applied to its configuration.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::dev_loopback(dir.path());
+        let mut config = dev_config(dir.path());
         tweak(&mut config);
         let handle = start(config).await.expect("server starts");
         TestServer { handle, dir }
@@ -81,7 +146,7 @@ pub async fn server(dir: &Path) -> ServerHandle {
 
 /// A dev server with test-friendly rate limits and `tune` applied to its config.
 pub async fn server_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> ServerHandle {
-    let mut config = Config::dev_loopback(dir);
+    let mut config = dev_config(dir);
     config.rate_per_sec = 100_000;
     config.rate_burst = 100_000;
     tune(&mut config);
@@ -145,6 +210,9 @@ pub fn spawn_server_logging(
     level: &str,
     log: impl Into<Stdio>,
 ) -> Proc {
+    let store: Vec<String> = test_store(data)
+        .map(|url| vec!["--store".into(), url])
+        .unwrap_or_default();
     let mut child = Command::new(bin)
         .args([
             "--dev",
@@ -159,6 +227,7 @@ pub fn spawn_server_logging(
         ])
         .arg("--data")
         .arg(data)
+        .args(&store)
         .args(extra)
         .env("RUST_LOG", level)
         .stdout(Stdio::piped())

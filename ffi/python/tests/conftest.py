@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -22,12 +23,26 @@ def server_binary() -> str:
     return path
 
 
+def store_args() -> list:
+    """With TERN_TEST_STORE=postgres, a new scratch database on TERN_TEST_PG's server
+    (made with psql) for each server; otherwise nothing (the SQLite store)."""
+    if os.environ.get("TERN_TEST_STORE") != "postgres":
+        return []
+    base = os.environ.get("TERN_TEST_PG")
+    if not base:
+        pytest.fail("TERN_TEST_STORE=postgres needs TERN_TEST_PG")
+    name = f"tern_py_{os.urandom(8).hex()}"
+    subprocess.run(["psql", base, "-qc", f"CREATE DATABASE {name}"], check=True)
+    parts = urllib.parse.urlsplit(base)
+    return ["--store", urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))]
+
+
 class Server:
     def __init__(self, data: pathlib.Path):
         self.bin = server_binary()
         self.proc = subprocess.Popen(
             [self.bin, "--dev", "--data", str(data), "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0",
-             "--rate-per-sec", "10000", "--rate-burst", "10000"],
+             "--rate-per-sec", "10000", "--rate-burst", "10000"] + store_args(),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         self.addr = self.cert = None

@@ -11,6 +11,8 @@
 //! *timeline* with the next per-user `seq` (contiguous, starting at 1). Clients sync by
 //! seq. Per-conversation rows keep unread counts and the latest seq for summaries.
 
+pub(crate) mod ops;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
@@ -270,6 +272,29 @@ pub enum StoreError {
     /// Stored data could not be decoded, or the database file is damaged.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The database server cannot be reached (down, restarting, network): retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused the credentials.
+    #[error("database access denied: {0}")]
+    AccessDenied(String),
+    /// A deadlock or serialization failure between concurrent writers; the writer runs
+    /// the batch again, so callers see it only when that keeps failing.
+    #[error("write conflict: {0}")]
+    Conflict(String),
+    /// The database's schema is newer than this binary knows: upgrade the server.
+    #[error(
+        "the database schema is at migration {found}, this tern-server knows up to {known}: run a newer tern-server"
+    )]
+    SchemaTooNew {
+        /// Migrations applied in the database.
+        found: usize,
+        /// Migrations this binary has.
+        known: usize,
+    },
+    /// The store's configuration is invalid (URL, certificate file).
+    #[error("store configuration: {0}")]
+    Config(String),
 }
 
 impl StoreError {

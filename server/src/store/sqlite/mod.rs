@@ -42,11 +42,12 @@ mod schema;
 mod timeline;
 mod writer;
 
+use super::ops::{WriteOp, WriteReply};
 pub use schema::Durability;
 use schema::{migrate, open};
 use timeline::{head_seq, read_summaries, read_timeline};
 pub use writer::MAX_BATCH;
-use writer::{Job, WriteOp, WriteReply, writer_loop};
+use writer::{Job, writer_loop};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {

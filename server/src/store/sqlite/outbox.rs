@@ -5,9 +5,8 @@
 //! the business backend". The delivery worker (`crate::webhook`) reads due rows, POSTs
 //! them, and deletes them on a 2xx or pushes `next_at_ms` back on failure.
 
-use base64::Engine as _;
 use rusqlite::{Connection, Transaction, params};
-use tern_protocol::{ClientMsgId, pb};
+use tern_protocol::pb;
 
 use super::StoreError;
 use crate::store::{PushTarget, PushToken, WebhookJob};
@@ -63,26 +62,6 @@ pub(super) fn push_target(conn: &Connection, user: &str) -> Result<PushTarget, S
         badge: badge as u64,
         delivered_seq: delivered as u64,
     })
-}
-
-/// The JSON a business backend receives for a message to a service account.
-pub(super) fn c2s_payload(m: &pb::StoredMessage) -> Vec<u8> {
-    let client_msg_id = ClientMsgId::from_slice(&m.client_msg_id)
-        .map(|i| i.to_hex())
-        .unwrap_or_default();
-    serde_json::to_vec(&serde_json::json!({
-        "type": "message",
-        "server_msg_id": m.server_msg_id,
-        "client_msg_id": client_msg_id,
-        "sender": m.sender,
-        "recipient": m.recipient,
-        "content_type": m.content_type,
-        "text": std::str::from_utf8(&m.body).ok(),
-        "body_base64": base64::engine::general_purpose::STANDARD.encode(&m.body),
-        "client_ts_ms": m.client_ts_ms,
-        "server_ts_ms": m.server_ts_ms,
-    }))
-    .expect("a JSON value always serialises")
 }
 
 pub(super) fn enqueue(tx: &Transaction<'_>, hook: &str, payload: &[u8]) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use crate::store::suite::msg;
 crate::store::suite::store_suite!(|| async {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), Durability::Full).unwrap());
-    (dir, store)
+    Some((dir, store))
 });
 
 #[tokio::test]

@@ -215,7 +215,7 @@ pub(super) fn store_message(
         recalled: false,
     };
     if m.to_service {
-        outbox::enqueue(tx, "c2s", &outbox::c2s_payload(&stored))?;
+        outbox::enqueue(tx, "c2s", &crate::store::ops::c2s_payload(&stored))?;
     }
     let entry = |seq| pb::TimelineEntry {
         seq,

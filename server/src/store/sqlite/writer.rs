@@ -5,63 +5,13 @@
 use std::time::Instant;
 
 use rusqlite::{Connection, Transaction, params};
-use tern_protocol::pb;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{StoreError, groups, marks, order, outbox, timeline};
-use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, NewMessage, StoredMessage};
+use crate::store::ops::{WriteOp, WriteReply};
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 512;
-
-pub(super) enum WriteOp {
-    Store(NewMessage),
-    Ack {
-        user: String,
-        device: String,
-        seq: u64,
-    },
-    Login {
-        user: String,
-        device: String,
-    },
-    Flush,
-    Group(GroupOp, GroupLimits),
-    MarkRead {
-        user: String,
-        kind: pb::ConversationKind,
-        conversation: String,
-        up_to_seq: u64,
-        group_receipts_max: usize,
-    },
-    Recall {
-        user: String,
-        server_msg_id: u64,
-        window_ms: u64,
-    },
-    PushToken {
-        user: String,
-        device: String,
-        platform: pb::Platform,
-        provider: String,
-        token: String,
-    },
-    WebhookEnqueue(String, Vec<u8>),
-    WebhookDone(u64),
-    WebhookRetry(u64, u64),
-    SkipSend {
-        user: String,
-        device: String,
-        send_seq: u64,
-    },
-}
-
-pub(super) enum WriteReply {
-    Stored(StoredMessage),
-    Fanout(Vec<Fanout>),
-    Group(GroupOutcome),
-    Done,
-}
 
 pub(super) struct Job {
     pub(super) op: WriteOp,

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Starts a local PostgreSQL for Tern (Debian's `postgresql`, started with pg_ctlcluster),
+# installing it first if it is missing, and makes a role and a database `tern` that may
+# create databases (the tests make a scratch database each). Prints the store URL.
+#
+#   bash server/dev-postgres.sh          # then: tern-server --dev --store "$(that URL)"
+#   bash server/dev-postgres.sh stop     # stops the cluster again
+#
+# Runs as root or with sudo (installing and starting a cluster needs it).
+set -euo pipefail
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+as_postgres() { if [ "$(id -u)" = 0 ]; then su postgres -c "$1"; else sudo -u postgres sh -c "$1"; fi; }
+
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "== installing PostgreSQL (Debian's postgresql)" >&2
+  as_root apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+version=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
+if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$version main"; then
+  as_root pg_createcluster "$version" main >/dev/null
+fi
+if [ "${1:-start}" = stop ]; then
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main stop
+  exit 0
+fi
+if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $4}' | grep -qx online; then
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+fi
+port=$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')
+for _ in $(seq 1 50); do
+  pg_isready -q -h 127.0.0.1 -p "$port" && break
+  sleep 0.2
+done
+as_postgres "psql -p $port -qtAc \"SELECT 1 FROM pg_roles WHERE rolname = 'tern'\"" | grep -qx 1 ||
+  as_postgres "psql -p $port -qc \"CREATE ROLE tern LOGIN CREATEDB PASSWORD 'tern'\""
+as_postgres "psql -p $port -qtAc \"SELECT 1 FROM pg_database WHERE datname = 'tern'\"" | grep -qx 1 ||
+  as_postgres "createdb -p $port -O tern tern"
+echo "postgres://tern:tern@127.0.0.1:$port/tern?sslmode=disable"
