@@ -55,6 +55,9 @@ pub(crate) struct Args {
     /// Markdown report to write.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run the server on this PostgreSQL store (`--store`) instead of SQLite.
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 /// One group size.
@@ -150,12 +153,16 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         .unwrap_or(2)
         .max(2)
         .to_string();
-    let server = ServerProc::start(&[
+    let mut flags = vec![
         "--max-group-members",
         &max,
         "--max-large-group-members",
         &max_large,
-    ])?;
+    ];
+    if let Some(url) = &args.store {
+        flags.extend(["--store", url.as_str()]);
+    }
+    let server = ServerProc::start(&flags)?;
     let endpoints = raw::endpoints(&server.cert, 4)?;
     let http = reqwest::Client::new();
     let mut rows = vec![];

@@ -15,6 +15,7 @@ mod raw;
 mod report;
 mod serverproc;
 mod stats;
+mod stores;
 mod suite;
 mod throughput;
 mod transports;
@@ -49,6 +50,8 @@ enum Command {
     /// QUIC, TLS over TCP and WebSocket side by side: login and first message with UDP
     /// open and blocked, pipelined msg/s, memory per idle session.
     Transports(transports::Args),
+    /// The SQLite and PostgreSQL stores side by side: capacity, CPU, latency, fan-out.
+    Stores(stores::Args),
     /// All six, written to one JSON file.
     All(suite::Args),
     /// docs/bench/README.md and plots from a results file.
@@ -90,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             Command::Wire(a) => print(&wire::run(&a).await?),
             Command::Catchup(a) => print(&catchup::run(&a).await?),
             Command::Fanout(a) => print(&fanout::run(&a).await?),
+            Command::Stores(a) => print(&stores::run(&a).await?),
             Command::Transports(a) => print(&transports::run(&a).await?),
             Command::All(a) => suite::run(&a).await.map(drop),
             Command::Report(a) => report::run(&a),

@@ -117,6 +117,11 @@ impl ServerProc {
         rss_of(self.child.id())
     }
 
+    /// CPU time (user + system) the server process has used so far, seconds.
+    pub(crate) fn cpu_secs(&self) -> anyhow::Result<f64> {
+        cpu_secs_of(self.child.id())
+    }
+
     /// The PEM of the dev certificate (for `tern-client`'s `ca_pem`).
     pub(crate) fn cert_pem(&self) -> Vec<u8> {
         std::fs::read(&self.cert_path).unwrap_or_default()
@@ -131,6 +136,32 @@ impl Drop for ServerProc {
 }
 
 /// Resident set size of process `pid`, in bytes.
+/// CPU time (user + system) of process `pid` so far, seconds (`/proc/<pid>/stat`,
+/// in clock ticks of 1/100 s as on Linux).
+pub(crate) fn cpu_secs_of(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
+        + fields.get(12).context("no stime")?.parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+/// CPU time of every process named `name` (e.g. all of PostgreSQL's), seconds.
+pub(crate) fn cpu_secs_named(name: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .filter_map(|pid| cpu_secs_of(pid).ok())
+        .sum()
+}
+
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status

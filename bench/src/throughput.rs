@@ -121,9 +121,64 @@ fn peer(i: usize, n: usize) -> String {
 
 type Setup = (ServerProc, Arc<Vec<RawClient>>, Arc<Counter>, f64, u64, u64);
 
-/// Starts a server with `extra` flags, logs the clients in, and measures the closed-loop
-/// capacity. Returns the server, the clients and their sink, capacity and server RSS.
+/// A capacity phase with the CPU it cost.
+pub(crate) struct Capacity {
+    /// Deliveries per second, closed loop.
+    pub per_sec: f64,
+    /// Server process CPU per delivered message, µs.
+    pub server_us_per_msg: f64,
+    /// CPU of every `postgres` process per delivered message, µs (0 on SQLite).
+    pub postgres_us_per_msg: f64,
+    /// p50 / p99 at 50 % of capacity, ms.
+    pub half_load: LoadPoint,
+}
+
+/// Capacity (with server and PostgreSQL CPU per message) and latency at 50 % load, on a
+/// server started with `extra` flags.
+pub(crate) async fn capacity_and_half_load(
+    args: &Args,
+    extra: &[&str],
+    label: &str,
+) -> anyhow::Result<Capacity> {
+    let cpu = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0)));
+    let (server, clients, sink, capacity, _, _) =
+        measure_capacity_with(args, extra, label, Some(cpu.clone())).await?;
+    let (server_cpu, pg_cpu, delivered) = *cpu.lock().expect("lock");
+    let half_load = load_phase(
+        &clients,
+        &sink,
+        args.clients.max(2),
+        capacity,
+        50,
+        args.secs,
+    )
+    .await;
+    for c in clients.iter() {
+        c.close();
+    }
+    drop(server);
+    Ok(Capacity {
+        per_sec: capacity,
+        server_us_per_msg: server_cpu * 1e6 / delivered.max(1.0),
+        postgres_us_per_msg: pg_cpu * 1e6 / delivered.max(1.0),
+        half_load,
+    })
+}
+
 async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::Result<Setup> {
+    measure_capacity_with(args, extra, label, None).await
+}
+
+/// Starts a server with `extra` flags, logs the clients in, and measures the closed-loop
+/// capacity. Returns the server, the clients and their sink, capacity and server RSS;
+/// with `cpu`, also the server's and PostgreSQL's CPU seconds and the deliveries of the
+/// measured window.
+async fn measure_capacity_with(
+    args: &Args,
+    extra: &[&str],
+    label: &str,
+    cpu: Option<Arc<std::sync::Mutex<(f64, f64, f64)>>>,
+) -> anyhow::Result<Setup> {
     let server = ServerProc::start(extra)?;
     let endpoints = raw::endpoints(&server.cert, args.endpoints)?;
     let n = args.clients.max(2);
@@ -166,9 +221,20 @@ async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::R
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
     let (d0, t0) = (sink.delivered.load(Ordering::Relaxed), Instant::now());
     let r0 = sink.refused.load(Ordering::Relaxed);
+    let (s0, p0) = (
+        server.cpu_secs().unwrap_or(0.0),
+        crate::serverproc::cpu_secs_named("postgres"),
+    );
     ui::tick_for(&bar, Duration::from_secs(args.secs)).await;
-    let capacity =
-        (sink.delivered.load(Ordering::Relaxed) - d0) as f64 / t0.elapsed().as_secs_f64();
+    let delivered = sink.delivered.load(Ordering::Relaxed) - d0;
+    let capacity = delivered as f64 / t0.elapsed().as_secs_f64();
+    if let Some(cpu) = cpu {
+        *cpu.lock().expect("lock") = (
+            server.cpu_secs().unwrap_or(0.0) - s0,
+            crate::serverproc::cpu_secs_named("postgres") - p0,
+            delivered as f64,
+        );
+    }
     let server_rss = server.rss().unwrap_or(0);
     let refused = sink.refused.load(Ordering::Relaxed) - r0;
     stop.store(true, Ordering::Relaxed);
@@ -190,45 +256,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     // Latency at fractions of capacity, open loop.
     let mut loads = vec![];
     for &pct in &args.loads {
-        let rate = capacity * pct as f64 / 100.0;
-        let bar = ui::spinner(&format!("{pct}% load ({rate:.0} msg/s)"));
-        sink.samples.lock().expect("lock").clear();
-        sink.record.store(true, Ordering::Relaxed);
-        let d0 = sink.delivered.load(Ordering::Relaxed);
-        let r0 = sink.refused.load(Ordering::Relaxed);
-        let started = Instant::now();
-        let mut sent = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        let phase = Duration::from_secs(args.secs);
-        while started.elapsed() < phase {
-            tick.tick().await;
-            let due = (started.elapsed().as_secs_f64() * rate) as u64;
-            while sent < due {
-                let i = (sent as usize) % n;
-                clients[i].send(&peer(i, n), raw::timed_body());
-                sent += 1;
-            }
-            bar.tick();
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        sink.record.store(false, Ordering::Relaxed);
-        let received = sink.delivered.load(Ordering::Relaxed) - d0;
-        let latency = Latency::of(std::mem::take(&mut *sink.samples.lock().expect("lock")));
-        ui::done(
-            &bar,
-            format!(
-                "{pct}%: p50 {:.1} ms, p99 {:.1} ms",
-                latency.p50_ms, latency.p99_ms
-            ),
-        );
-        loads.push(LoadPoint {
-            pct,
-            offered_per_sec: rate,
-            sent,
-            received,
-            refused: sink.refused.load(Ordering::Relaxed) - r0,
-            latency,
-        });
+        loads.push(load_phase(&clients, &sink, n, capacity, pct, args.secs).await);
     }
     for c in clients.iter() {
         c.close();
@@ -254,6 +282,56 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         refused_in_capacity,
         loads,
     })
+}
+
+/// Open-loop sends at `pct` % of `capacity` for `secs`: send-to-receive latency.
+async fn load_phase(
+    clients: &[RawClient],
+    sink: &Counter,
+    n: usize,
+    capacity: f64,
+    pct: u32,
+    secs: u64,
+) -> LoadPoint {
+    let rate = capacity * pct as f64 / 100.0;
+    let bar = ui::spinner(&format!("{pct}% load ({rate:.0} msg/s)"));
+    sink.samples.lock().expect("lock").clear();
+    sink.record.store(true, Ordering::Relaxed);
+    let d0 = sink.delivered.load(Ordering::Relaxed);
+    let r0 = sink.refused.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let phase = Duration::from_secs(secs);
+    while started.elapsed() < phase {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while sent < due {
+            let i = (sent as usize) % n;
+            clients[i].send(&peer(i, n), raw::timed_body());
+            sent += 1;
+        }
+        bar.tick();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sink.record.store(false, Ordering::Relaxed);
+    let received = sink.delivered.load(Ordering::Relaxed) - d0;
+    let latency = Latency::of(std::mem::take(&mut *sink.samples.lock().expect("lock")));
+    ui::done(
+        &bar,
+        format!(
+            "{pct}%: p50 {:.1} ms, p99 {:.1} ms",
+            latency.p50_ms, latency.p99_ms
+        ),
+    );
+    LoadPoint {
+        pct,
+        offered_per_sec: rate,
+        sent,
+        received,
+        refused: sink.refused.load(Ordering::Relaxed) - r0,
+        latency,
+    }
 }
 
 /// Echoes/s over `n` connections to a datagram echo endpoint, `window` in flight each.

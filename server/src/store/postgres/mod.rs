@@ -211,9 +211,10 @@ impl PgStore {
     }
 
     async fn conn(&self) -> Result<Object, StoreError> {
+        let started = std::time::Instant::now();
         let c = schema::connect(&self.pool, &self.described).await?;
-        let status = self.pool.status();
-        metrics::gauge!("tern_store_pool_waiting").set(status.waiting as f64);
+        metrics::histogram!("tern_store_pool_wait_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("tern_store_pool_waiting").set(self.pool.status().waiting as f64);
         Ok(c)
     }
 

@@ -15,7 +15,10 @@ use tokio_postgres::config::SslMode;
 use super::StoreError;
 
 /// The schema, one file per migration; a released migration is never edited.
-pub(super) const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_schema.sql"),
+    include_str!("migrations/0002_hot_paths.sql"),
+];
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x0074_6572_6e6d_6967; // "ternmig"

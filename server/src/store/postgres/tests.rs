@@ -329,3 +329,47 @@ async fn an_imported_sqlite_store_is_the_same_store() {
     let again = import_sqlite(dir.path(), &PgSettings::new(&url)).await;
     assert!(matches!(again, Err(StoreError::Config(_))), "{again:?}");
 }
+
+/// Two servers' webhook workers share one outbox: every push job is taken by exactly
+/// one of them; the ordered `c2s` hook hands out one job at a time, whoever asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_share_the_webhook_outbox_without_taking_a_job_twice() {
+    let Some(url) = testing::scratch().await else {
+        return;
+    };
+    let (a, b) = (open(&url, 1).await, open(&url, 1).await);
+    for i in 0..50 {
+        a.webhook_enqueue("push", format!("{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let now = tern_protocol::unix_ms();
+    let mut taken = vec![];
+    for _ in 0..5 {
+        let (x, y) = tokio::join!(
+            a.webhooks_due("push", now, 8),
+            b.webhooks_due("push", now, 8)
+        );
+        taken.extend(x.unwrap().into_iter().map(|j| j.id));
+        taken.extend(y.unwrap().into_iter().map(|j| j.id));
+    }
+    let mut unique = taken.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), taken.len(), "no job taken twice");
+    assert_eq!(taken.len(), 50, "every job taken");
+    // A job of a worker that died comes due again when its lease ends.
+    let later = now + outbox::LEASE_MS + 1;
+    assert_eq!(b.webhooks_due("push", later, 100).await.unwrap().len(), 50);
+
+    for i in 0..3 {
+        a.webhook_enqueue("c2s", vec![i]).await.unwrap();
+    }
+    let first = a.webhooks_due("c2s", now, 10).await.unwrap();
+    assert_eq!(first.len(), 1, "c2s: one at a time");
+    assert_eq!(first[0].payload, vec![0]);
+    assert!(b.webhooks_due("c2s", now, 10).await.unwrap().is_empty());
+    b.webhook_done(first[0].id).await.unwrap();
+    let second = b.webhooks_due("c2s", now, 10).await.unwrap();
+    assert_eq!(second[0].payload, vec![1], "in order, on any server");
+}

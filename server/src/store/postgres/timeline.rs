@@ -181,11 +181,124 @@ async fn insert_message_entries(
     Ok(())
 }
 
+/// The message as the timelines and webhooks carry it.
+fn stored_pb(m: &NewMessage, id: u64, ts: u64) -> pb::StoredMessage {
+    pb::StoredMessage {
+        server_msg_id: id,
+        client_msg_id: bytes::Bytes::copy_from_slice(&m.client_msg_id.0),
+        sender: m.sender.clone(),
+        recipient: m.recipient.clone(),
+        kind: m.kind as i32,
+        content_type: m.content_type,
+        body: m.body.clone(),
+        client_ts_ms: m.client_ts_ms,
+        server_ts_ms: ts,
+        recalled: false,
+    }
+}
+
+/// A direct message in one round trip (`tern_store_direct`, migration 0002), with
+/// the same rules as the group path below: idempotent, the device's order first, a
+/// refusal for good keeps the send seq taken, heads locked in id order. On a bare
+/// connection it is its own transaction.
+pub(super) async fn store_direct(
+    c: &impl GenericClient,
+    m: &NewMessage,
+    last_ts: &mut u64,
+) -> Result<StoredMessage, StoreError> {
+    let ts = tern_protocol::unix_ms().max(*last_ts);
+    let r = query_one(
+        c,
+        "SELECT o_status, o_id, o_sender_seq, o_recipient_seq, o_server_ts, o_expected, o_kind, o_recipient
+         FROM tern_store_direct($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &m.sender,
+            &&m.client_msg_id.0[..],
+            &m.recipient,
+            &(m.kind as i32),
+            &(m.content_type as i64),
+            &&m.body[..],
+            &(m.client_ts_ms as i64),
+            &(ts as i64),
+            &m.device,
+            &(m.send_seq as i64),
+            &m.require_known_recipient,
+        ],
+    )
+    .await?;
+    let int = |i| r.get::<_, Option<i64>>(i).unwrap_or(0) as u64;
+    match r.get::<_, &str>(0) {
+        "duplicate" => {
+            // Stored before, perhaps as a large group's message (its seq is in the log).
+            let kind: i32 = r.get::<_, Option<i32>>(6).unwrap_or_default();
+            let recipient: String = r.get::<_, Option<String>>(7).unwrap_or_default();
+            let in_log = kind == pb::ConversationKind::Group as i32
+                && groups::is_large(c, &recipient).await?;
+            Ok(StoredMessage {
+                server_msg_id: int(1),
+                sender_seq: if in_log { 0 } else { int(2) },
+                log_seq: if in_log { int(2) } else { 0 },
+                server_ts_ms: int(4),
+                duplicate: true,
+                fanout: vec![],
+            })
+        }
+        "out_of_order" => Err(StoreError::OutOfOrder { expected: int(5) }),
+        "unknown_recipient" => Err(StoreError::UnknownRecipient),
+        "stored" => {
+            *last_ts = ts;
+            let (id, sender_seq) = (int(1), int(2));
+            let stored = stored_pb(m, id, ts);
+            let entry = |seq| pb::TimelineEntry {
+                seq,
+                body: Some(pb::timeline_entry::Body::Message(stored.clone())),
+            };
+            let mut fanout = vec![Fanout {
+                user: m.sender.clone(),
+                entry: entry(sender_seq),
+                log: None,
+            }];
+            if m.recipient != m.sender {
+                fanout.push(Fanout {
+                    user: m.recipient.clone(),
+                    entry: entry(int(3)),
+                    log: None,
+                });
+            }
+            Ok(StoredMessage {
+                server_msg_id: id,
+                sender_seq,
+                log_seq: 0,
+                server_ts_ms: ts,
+                duplicate: false,
+                fanout,
+            })
+        }
+        other => Err(StoreError::Database(format!(
+            "tern_store_direct answered {other:?}"
+        ))),
+    }
+}
+
+/// Stores a message inside a transaction: a direct one with [`store_direct`] (and its
+/// c2s webhook in the same transaction), a group one statement by statement.
 pub(super) async fn store_message(
     tx: &Tx<'_>,
     m: &NewMessage,
     last_ts: &mut u64,
 ) -> Result<StoredMessage, StoreError> {
+    if m.kind != pb::ConversationKind::Group {
+        let stored = store_direct(tx, m, last_ts).await?;
+        if m.to_service && !stored.duplicate {
+            let payload = crate::store::ops::c2s_payload(&stored_pb(
+                m,
+                stored.server_msg_id,
+                stored.server_ts_ms,
+            ));
+            super::outbox::enqueue(tx, "c2s", &payload).await?;
+        }
+        return Ok(stored);
+    }
     let existing = query_opt(
         tx,
         "SELECT id, sender_seq, server_ts, kind, recipient FROM messages WHERE sender = $1 AND client_msg_id = $2",
@@ -210,47 +323,31 @@ pub(super) async fn store_message(
         // As in SQLite: the order is checked before anything else is judged.
         super::order::take_send_seq(tx, &m.sender, &m.device, m.send_seq).await?;
     }
-    let to_group = m.kind == pb::ConversationKind::Group;
-    let mut large = false;
-    let mut members: Vec<String> = vec![];
-    if to_group {
-        // The group row is read FOR SHARE: a membership change (which takes it FOR
-        // UPDATE) is ordered before or after this send, never beside it.
-        let Some(l) = groups::lock_shared(tx, &m.recipient).await? else {
-            return Err(StoreError::GroupNotFound);
-        };
-        large = l;
-        if !m.from_backend && !groups::is_member(tx, &m.recipient, &m.sender).await? {
-            return Err(StoreError::NotAllowed("not a member of the group"));
-        }
-        if !large {
-            members = groups::members(tx, &m.recipient).await?.unwrap_or_default();
-        }
+    // The group row is read FOR SHARE: a membership change (which takes it FOR UPDATE)
+    // is ordered before or after this send, never beside it.
+    let Some(large) = groups::lock_shared(tx, &m.recipient).await? else {
+        return Err(StoreError::GroupNotFound);
+    };
+    if !m.from_backend && !groups::is_member(tx, &m.recipient, &m.sender).await? {
+        return Err(StoreError::NotAllowed("not a member of the group"));
     }
-    if m.require_known_recipient
-        && !to_group
-        && query_opt(tx, "SELECT 1 FROM users WHERE uid = $1", &[&m.recipient])
-            .await?
-            .is_none()
-    {
-        return Err(StoreError::UnknownRecipient);
-    }
+    let members = if large {
+        vec![]
+    } else {
+        groups::members(tx, &m.recipient).await?.unwrap_or_default()
+    };
     let kind = m.kind as i32;
     // Heads first (ordered locks), then the id: ids grow in every timeline's order.
     let seqs = if large {
         bump_heads(tx, &[&log_key(&m.recipient)]).await?
     } else {
         let mut owners: Vec<&str> = vec![&m.sender];
-        if to_group {
-            owners.extend(
-                members
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|u| *u != m.sender),
-            );
-        } else if m.recipient != m.sender {
-            owners.push(&m.recipient);
-        }
+        owners.extend(
+            members
+                .iter()
+                .map(String::as_str)
+                .filter(|u| *u != m.sender),
+        );
         bump_heads(tx, &owners).await?
     };
     let sender_seq = if large {
@@ -278,18 +375,7 @@ pub(super) async fn store_message(
     )
     .await?
     .get::<_, i64>(0) as u64;
-    let stored = pb::StoredMessage {
-        server_msg_id: id,
-        client_msg_id: bytes::Bytes::copy_from_slice(&m.client_msg_id.0),
-        sender: m.sender.clone(),
-        recipient: m.recipient.clone(),
-        kind,
-        content_type: m.content_type,
-        body: m.body.clone(),
-        client_ts_ms: m.client_ts_ms,
-        server_ts_ms: ts,
-        recalled: false,
-    };
+    let stored = stored_pb(m, id, ts);
     if m.to_service {
         super::outbox::enqueue(tx, "c2s", &crate::store::ops::c2s_payload(&stored)).await?;
     }
@@ -315,12 +401,8 @@ pub(super) async fn store_message(
     }
     // Sender first, then the others in the order their heads were taken.
     let mut rows: Vec<(&str, u64, &str, i64)> = vec![(&m.sender, sender_seq, &m.recipient, 0)];
-    if to_group {
-        for u in members.iter().filter(|u| **u != m.sender) {
-            rows.push((u, seqs[u.as_str()], &m.recipient, 1));
-        }
-    } else if m.recipient != m.sender {
-        rows.push((&m.recipient, seqs[&m.recipient], &m.sender, 1));
+    for u in members.iter().filter(|u| **u != m.sender) {
+        rows.push((u, seqs[u.as_str()], &m.recipient, 1));
     }
     insert_message_entries(tx, kind, id, &rows).await?;
     let fanout = rows
@@ -341,115 +423,59 @@ pub(super) async fn store_message(
     })
 }
 
-/// Senders (other than `user`) of direct messages in `user`'s timeline with
-/// `after < seq <= up_to`, and the newest message id of each.
-async fn direct_senders(
-    tx: &Tx<'_>,
-    user: &str,
-    after: u64,
-    up_to: u64,
-) -> Result<Vec<(String, i64)>, StoreError> {
-    Ok(query(
-        tx,
-        "SELECT m.sender, MAX(m.id) FROM timeline t JOIN messages m ON m.id = t.message_id
-         WHERE t.uid = $1 AND t.seq > $2 AND t.seq <= $3 AND t.conv_kind = $4 AND m.sender != $1
-         GROUP BY m.sender ORDER BY m.sender",
-        &[
-            &user,
-            &(after as i64),
-            &(up_to as i64),
-            &(pb::ConversationKind::Direct as i32),
-        ],
-    )
-    .await?
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect())
-}
-
+/// A device of `user` stored everything up to `seq` (`tern_ack`, migration 0002, moves
+/// the cursors and takes the receipts' seqs in one round trip); the DELIVERED receipts
+/// it asks for are written here in one more.
 pub(super) async fn ack_delivered(
     tx: &Tx<'_>,
     user: &str,
     device: &str,
     seq: u64,
 ) -> Result<Vec<Fanout>, StoreError> {
-    let seq = seq.min(head_seq(tx, user).await?);
-    let device_seq = query_opt(
+    let direct = pb::ConversationKind::Direct as i32;
+    let rows = query(
         tx,
-        "SELECT delivered_seq FROM devices WHERE uid = $1 AND device = $2",
-        &[&user, &device],
+        "SELECT o_sender, o_seq, o_up_to FROM tern_ack($1, $2, $3, $4)",
+        &[&user, &device, &(seq.min(i64::MAX as u64) as i64), &direct],
     )
-    .await?
-    .map_or(0, |r| r.get::<_, i64>(0) as u64);
-    if seq <= device_seq {
+    .await?;
+    if rows.is_empty() {
         return Ok(vec![]);
+    }
+    let mut users = Vec::with_capacity(rows.len());
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut encoded = Vec::with_capacity(rows.len());
+    let mut fanout = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (sender, at, up_to): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        let receipt = pb::Receipt {
+            status: pb::receipt::Status::Delivered as i32,
+            kind: direct,
+            conversation: user.to_owned(),
+            by_user: user.to_owned(),
+            up_to_server_msg_id: up_to as u64,
+            ..Default::default()
+        };
+        encoded.push(receipt.encode_to_vec());
+        fanout.push(Fanout {
+            user: sender.clone(),
+            log: None,
+            entry: pb::TimelineEntry {
+                seq: at as u64,
+                body: Some(pb::timeline_entry::Body::Receipt(receipt)),
+            },
+        });
+        users.push(sender);
+        seqs.push(at);
     }
     execute(
         tx,
-        "INSERT INTO devices (uid, device, delivered_seq) VALUES ($1, $2, $3)
-         ON CONFLICT (uid, device) DO UPDATE SET delivered_seq = GREATEST(devices.delivered_seq, excluded.delivered_seq)",
-        &[&user, &device, &(seq as i64)],
+        "INSERT INTO timeline (uid, seq, conv_kind, conversation, receipt)
+         SELECT u, s, $3, $4, r FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS x(u, s, r)",
+        &[&users, &seqs, &direct, &user, &encoded],
     )
     .await?;
-    let user_seq = |r: Option<Row>| r.map_or(0, |r| r.get::<_, i64>(0) as u64);
-    let before = user_seq(
-        query_opt(
-            tx,
-            "SELECT delivered_seq FROM users WHERE uid = $1",
-            &[&user],
-        )
-        .await?,
-    );
-    if seq <= before {
-        return Ok(vec![]);
-    }
-    // The receipts' timelines and this user's row, locked in one order; then the
-    // user's progress again under the lock (another device, on another server, may
-    // have moved it): only what no device acknowledged before gets a receipt.
-    let senders = direct_senders(tx, user, before, seq).await?;
-    let mut lock: Vec<&str> = senders.iter().map(|(s, _)| s.as_str()).collect();
-    lock.push(user);
-    lock.sort_unstable();
-    lock_heads(tx, &lock).await?;
-    let locked = user_seq(
-        query_opt(
-            tx,
-            "SELECT delivered_seq FROM users WHERE uid = $1",
-            &[&user],
-        )
-        .await?,
-    );
-    if seq <= locked {
-        return Ok(vec![]);
-    }
-    execute(
-        tx,
-        "UPDATE users SET delivered_seq = $2 WHERE uid = $1",
-        &[&user, &(seq as i64)],
-    )
-    .await?;
-    let senders = if locked == before {
-        senders
-    } else {
-        direct_senders(tx, user, locked, seq).await?
-    };
-    let receipts = senders
-        .into_iter()
-        .map(|(sender, up_to)| {
-            (
-                sender,
-                pb::Receipt {
-                    status: pb::receipt::Status::Delivered as i32,
-                    kind: pb::ConversationKind::Direct as i32,
-                    conversation: user.to_owned(),
-                    by_user: user.to_owned(),
-                    up_to_server_msg_id: up_to as u64,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    append_receipts(tx, receipts).await
+    Ok(fanout)
 }
 
 pub(super) const ENTRY_COLUMNS: &str =

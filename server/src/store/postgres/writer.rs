@@ -117,6 +117,15 @@ async fn attempt_once(
     op: &WriteOp,
     last_ts: &mut u64,
 ) -> Result<WriteReply, StoreError> {
+    if let WriteOp::Store(m) = op {
+        if m.kind != tern_protocol::pb::ConversationKind::Group && !m.to_service {
+            // One statement, its own transaction (a refusal for good it makes keeps
+            // the send seq taken, as `after_refusal` does for the others).
+            return timeline::store_direct(&*c, m, last_ts)
+                .await
+                .map(WriteReply::Stored);
+        }
+    }
     let tx = c.transaction().await?;
     match apply(&tx, op, last_ts).await {
         Ok(reply) => {
