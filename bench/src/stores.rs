@@ -30,11 +30,14 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 8)]
     pub secs: u64,
     /// Writer lanes of the PostgreSQL store.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 2)]
     pub writers: usize,
     /// Group sizes for the fan-out phase (write diffusion).
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     pub sizes: Vec<usize>,
+    /// The load of the latency phase, % of each backend's capacity.
+    #[arg(long, default_value_t = 50)]
+    pub load: u32,
     /// Tiny sizes: proves the program runs, measures nothing.
     #[arg(long)]
     pub quick: bool,
@@ -104,7 +107,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         endpoints: 4,
         window: 2,
         secs: if q { 1 } else { args.secs },
-        loads: vec![50],
+        loads: vec![args.load],
     };
     let postgres = postgres_settings(&args.postgres).await?;
     let mut backends = vec![];

@@ -132,7 +132,7 @@ pub struct Settings {
     /// PostgreSQL store, e.g. postgres://tern:PASSWORD@db.internal/tern (sslmode=disable for plain TCP); unset = the SQLite store in --data [default: none]
     #[arg(long = "store", env = "TERN_STORE", hide_env_values = true)]
     pub store_url: Option<String>,
-    /// PostgreSQL writer lanes (connections writing side by side; a user's writes keep one lane) [default: 8]
+    /// PostgreSQL writer lanes (connections writing side by side; a user's writes keep one lane) [default: 2]
     #[arg(long, env = "TERN_STORE_WRITERS")]
     pub store_writers: Option<usize>,
     /// PostgreSQL connections for reads and outbox work [default: 16]

@@ -24,7 +24,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Object, Pool};
@@ -147,7 +147,7 @@ pub struct PgStore {
     described: String,
     lanes: Vec<mpsc::Sender<Job>>,
     generation: u64,
-    conflicts: Arc<AtomicU64>,
+    stats: Arc<writer::LaneStats>,
 }
 
 impl PgStore {
@@ -169,7 +169,7 @@ impl PgStore {
             .get::<_, i64>(0)
             .max(0) as u64;
         drop(conn);
-        let conflicts = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(writer::LaneStats::default());
         let lanes = (0..settings.writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(8192);
@@ -178,7 +178,7 @@ impl PgStore {
                     described.clone(),
                     rx,
                     last_ts,
-                    conflicts.clone(),
+                    stats.clone(),
                 ));
                 tx
             })
@@ -189,7 +189,7 @@ impl PgStore {
             described,
             lanes,
             generation,
-            conflicts,
+            stats,
         })
     }
 
@@ -202,7 +202,12 @@ impl PgStore {
 
     /// Writes run again after a deadlock or serialization failure, since the start.
     pub fn conflicts(&self) -> u64 {
-        self.conflicts.load(Ordering::Relaxed)
+        self.stats.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Jobs written in batches of more than one, since the start.
+    pub fn batched(&self) -> u64 {
+        self.stats.batched.load(Ordering::Relaxed)
     }
 
     /// Where the store is (`host:port/db as user`).

@@ -18,6 +18,7 @@ use super::StoreError;
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_schema.sql"),
     include_str!("migrations/0002_hot_paths.sql"),
+    include_str!("migrations/0003_write_batches.sql"),
 ];
 
 /// Key of the advisory lock held while migrating.
@@ -42,7 +43,7 @@ impl PgSettings {
         PgSettings {
             url: url.into(),
             pool_size: 16,
-            writers: 8,
+            writers: 2,
             ca_file: None,
         }
     }

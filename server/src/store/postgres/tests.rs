@@ -170,6 +170,12 @@ async fn concurrent_writers_keep_every_timeline_contiguous_and_every_message_onc
         conflicts, 0,
         "locks taken in one order: no deadlock to run again"
     );
+    let batched: u64 = stores.iter().map(|s| s.batched()).sum();
+    assert!(
+        batched > 0,
+        "pipelined sends and ACKs were written in batches"
+    );
+    println!("{batched} of the writes went in batches");
     assert_eq!(seen.len() as u64, sent, "every message is in timelines");
     for (id, holders) in &seen {
         let mut unique = holders.clone();

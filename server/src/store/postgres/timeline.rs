@@ -226,12 +226,26 @@ pub(super) async fn store_direct(
         ],
     )
     .await?;
-    let int = |i| r.get::<_, Option<i64>>(i).unwrap_or(0) as u64;
-    match r.get::<_, &str>(0) {
+    let stored = direct_result(c, m, &r, 0, ts).await?;
+    *last_ts = ts;
+    Ok(stored)
+}
+
+/// What `tern_store_direct` (or `tern_write_batch` for one message) answered for `m`:
+/// its columns start at `at` in `r`; `ts` is the server time it was given.
+pub(super) async fn direct_result(
+    c: &impl GenericClient,
+    m: &NewMessage,
+    r: &Row,
+    at: usize,
+    ts: u64,
+) -> Result<StoredMessage, StoreError> {
+    let int = |i| r.get::<_, Option<i64>>(at + i).unwrap_or(0) as u64;
+    match r.get::<_, &str>(at) {
         "duplicate" => {
             // Stored before, perhaps as a large group's message (its seq is in the log).
-            let kind: i32 = r.get::<_, Option<i32>>(6).unwrap_or_default();
-            let recipient: String = r.get::<_, Option<String>>(7).unwrap_or_default();
+            let kind: i32 = r.get::<_, Option<i32>>(at + 6).unwrap_or_default();
+            let recipient: String = r.get::<_, Option<String>>(at + 7).unwrap_or_default();
             let in_log = kind == pb::ConversationKind::Group as i32
                 && groups::is_large(c, &recipient).await?;
             Ok(StoredMessage {
@@ -246,7 +260,6 @@ pub(super) async fn store_direct(
         "out_of_order" => Err(StoreError::OutOfOrder { expected: int(5) }),
         "unknown_recipient" => Err(StoreError::UnknownRecipient),
         "stored" => {
-            *last_ts = ts;
             let (id, sender_seq) = (int(1), int(2));
             let stored = stored_pb(m, id, ts);
             let entry = |seq| pb::TimelineEntry {
@@ -439,40 +452,71 @@ pub(super) async fn ack_delivered(
         &[&user, &device, &(seq.min(i64::MAX as u64) as i64), &direct],
     )
     .await?;
-    if rows.is_empty() {
+    let receipts = rows
+        .iter()
+        .map(|r| Delivered {
+            by: user.to_owned(),
+            sender: r.get(0),
+            seq: r.get::<_, i64>(1) as u64,
+            up_to: r.get::<_, i64>(2) as u64,
+        })
+        .collect();
+    write_delivered(tx, receipts).await
+}
+
+/// A DELIVERED receipt `tern_ack` took a seq for: `by` has the messages of `sender` up
+/// to `up_to`; it goes to `sender`'s timeline at `seq`.
+pub(super) struct Delivered {
+    pub(super) by: String,
+    pub(super) sender: String,
+    pub(super) seq: u64,
+    pub(super) up_to: u64,
+}
+
+/// Writes DELIVERED receipts (one statement) and returns them for pushing.
+pub(super) async fn write_delivered(
+    tx: &Tx<'_>,
+    receipts: Vec<Delivered>,
+) -> Result<Vec<Fanout>, StoreError> {
+    if receipts.is_empty() {
         return Ok(vec![]);
     }
-    let mut users = Vec::with_capacity(rows.len());
-    let mut seqs = Vec::with_capacity(rows.len());
-    let mut encoded = Vec::with_capacity(rows.len());
-    let mut fanout = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let (sender, at, up_to): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    let direct = pb::ConversationKind::Direct as i32;
+    let n = receipts.len();
+    let (mut users, mut seqs, mut convs, mut encoded) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut fanout = Vec::with_capacity(n);
+    for d in receipts {
         let receipt = pb::Receipt {
             status: pb::receipt::Status::Delivered as i32,
             kind: direct,
-            conversation: user.to_owned(),
-            by_user: user.to_owned(),
-            up_to_server_msg_id: up_to as u64,
+            conversation: d.by.clone(),
+            by_user: d.by.clone(),
+            up_to_server_msg_id: d.up_to,
             ..Default::default()
         };
         encoded.push(receipt.encode_to_vec());
         fanout.push(Fanout {
-            user: sender.clone(),
+            user: d.sender.clone(),
             log: None,
             entry: pb::TimelineEntry {
-                seq: at as u64,
+                seq: d.seq,
                 body: Some(pb::timeline_entry::Body::Receipt(receipt)),
             },
         });
-        users.push(sender);
-        seqs.push(at);
+        users.push(d.sender);
+        seqs.push(d.seq as i64);
+        convs.push(d.by);
     }
     execute(
         tx,
         "INSERT INTO timeline (uid, seq, conv_kind, conversation, receipt)
-         SELECT u, s, $3, $4, r FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS x(u, s, r)",
-        &[&users, &seqs, &direct, &user, &encoded],
+         SELECT u, s, $3, c, r FROM unnest($1::text[], $2::bigint[], $4::text[], $5::bytea[]) AS x(u, s, c, r)",
+        &[&users, &seqs, &direct, &convs, &encoded],
     )
     .await?;
     Ok(fanout)
