@@ -68,11 +68,13 @@ enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Replace the database with a backup (stop the server first) and start a new
-    /// store generation, so clients that saw newer data resynchronise
+    /// store generation, so clients that saw newer data resynchronise. On PostgreSQL
+    /// (--store), restore the database with its own tools first, then run this without
+    /// --from
     Restore {
-        /// The backup file (from `tern-server backup`)
+        /// The backup file (from `tern-server backup`); SQLite only
         #[arg(long)]
-        from: PathBuf,
+        from: Option<PathBuf>,
         #[command(flatten)]
         settings: Settings,
     },
@@ -223,6 +225,21 @@ fn main() -> anyhow::Result<()> {
     }) = cli.command
     {
         let s = settings(flags.over(cli.settings), &cli.config)?;
+        if s.store_url.as_deref().is_some_and(|u| !u.is_empty()) {
+            anyhow::ensure!(
+                from.is_none(),
+                "--from is for the SQLite store; restore PostgreSQL with its own tools, then run `tern-server restore --store ...` without --from"
+            );
+            let pg = postgres_settings(s)?;
+            let generation =
+                runtime()?.block_on(tern_server::store::postgres::PgStore::mark_restored(&pg))?;
+            eprintln!(
+                "{}: marked as restored (store generation {generation}); clients resynchronise at their next login",
+                tern_server::store::postgres::masked_url(&pg.url)
+            );
+            return Ok(());
+        }
+        let from = from.context("--from: the backup file to restore")?;
         let data = s.data.unwrap_or_else(|| PathBuf::from("tern-data"));
         let generation = tern_server::store::sqlite::SqliteStore::restore(&data, &from)
             .with_context(|| format!("restore {} into {}", from.display(), data.display()))?;

@@ -210,6 +210,37 @@ impl PgStore {
         self.stats.batched.load(Ordering::Relaxed)
     }
 
+    /// After the database was restored from a backup with PostgreSQL's tools (server
+    /// stopped): makes the store safe for the clients that saw newer data, as
+    /// `SqliteStore::restore` does — a new store generation, each timeline's head
+    /// recorded as its restore point, and message ids continued above any the old
+    /// database can have handed out (from `unix_ms × 1000`). Returns the generation.
+    pub async fn mark_restored(settings: &PgSettings) -> Result<u64, StoreError> {
+        let (pool, described) = schema::pool(settings)?;
+        let mut conn = schema::connect(&pool, &described).await?;
+        schema::migrate(&mut conn).await?;
+        let tx = conn.transaction().await?;
+        let generation = (rand::random::<u64>() & ((1 << 52) - 1)) + 1;
+        tx.execute(
+            "UPDATE meta SET value = $1 WHERE key = 'generation'",
+            &[&(generation as i64)],
+        )
+        .await?;
+        tx.batch_execute(
+            "DELETE FROM restore_points;
+             INSERT INTO restore_points (owner, seq) SELECT uid, head_seq FROM users",
+        )
+        .await?;
+        let floor = (tern_protocol::unix_ms() * 1000) as i64;
+        tx.execute(
+            "SELECT setval('messages_id_seq', GREATEST((SELECT COALESCE(MAX(id), 0) FROM messages), $1))",
+            &[&floor],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(generation)
+    }
+
     /// Where the store is (`host:port/db as user`).
     pub fn describe(&self) -> &str {
         &self.described

@@ -379,3 +379,30 @@ async fn servers_share_the_webhook_outbox_without_taking_a_job_twice() {
     let second = b.webhooks_due("c2s", now, 10).await.unwrap();
     assert_eq!(second[0].payload, vec![1], "in order, on any server");
 }
+
+/// After a restore with PostgreSQL's tools, `mark_restored` gives the store a new
+/// generation, records each timeline's head as its restore point, and continues message
+/// ids above any the lost data can have used.
+#[tokio::test]
+async fn a_restored_database_is_marked_for_the_clients() {
+    let Some(url) = testing::scratch().await else {
+        return;
+    };
+    let store = open(&url, 1).await;
+    for n in 1..=3 {
+        store.store_message(msg("alice", "bob", n)).await.unwrap();
+    }
+    let before = store.generation();
+    drop(store);
+    let generation = PgStore::mark_restored(&PgSettings::new(&url))
+        .await
+        .unwrap();
+    assert_ne!(generation, before);
+    let store = open(&url, 1).await;
+    assert_eq!(store.generation(), generation);
+    assert_eq!(store.restore_point("bob").await.unwrap(), 3);
+    assert_eq!(store.restore_point("alice").await.unwrap(), 3);
+    let next = store.store_message(msg("alice", "bob", 9)).await.unwrap();
+    assert!(next.server_msg_id > tern_protocol::unix_ms() * 1000 - 60_000_000);
+    assert_eq!(next.sender_seq, 4, "seqs continue");
+}
