@@ -20,6 +20,7 @@ crate::store::suite::store_suite!(|| async {
 });
 
 use std::collections::HashMap;
+use std::str::FromStr;
 
 use tern_protocol::{ClientMsgId, pb};
 
@@ -405,4 +406,100 @@ async fn a_restored_database_is_marked_for_the_clients() {
     let next = store.store_message(msg("alice", "bob", 9)).await.unwrap();
     assert!(next.server_msg_id > tern_protocol::unix_ms() * 1000 - 60_000_000);
     assert_eq!(next.sender_seq, 4, "seqs continue");
+}
+
+/// A TLS terminator in front of the test database, as a managed PostgreSQL with TLS
+/// looks to a client: it answers the client's `SSLRequest` with `S`, completes the TLS
+/// handshake with `cert` (for "localhost"), and forwards the plaintext to `upstream`.
+async fn tls_front(
+    upstream: std::net::SocketAddr,
+    cert: rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 8];
+                if socket.read_exact(&mut request).await.is_err() {
+                    return;
+                }
+                // length 8, code 80877103: SSLRequest.
+                assert_eq!(
+                    request,
+                    [0, 0, 0, 8, 4, 210, 22, 47],
+                    "client asked for TLS"
+                );
+                socket.write_all(b"S").await.unwrap();
+                let Ok(mut tls) = acceptor.accept(socket).await else {
+                    return; // the client refused our certificate
+                };
+                let mut db = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut db).await;
+            });
+        }
+    });
+    addr
+}
+
+/// TLS to the database with rustls: a server whose certificate the configured CA file
+/// vouches for is used; one that nothing vouches for is refused at start.
+#[tokio::test]
+async fn tls_to_the_database_is_verified_against_the_configured_ca() {
+    let Some(url) = testing::scratch().await else {
+        return;
+    };
+    let config = tokio_postgres::Config::from_str(&url).unwrap();
+    let upstream = match (&config.get_hosts()[0], config.get_ports().first()) {
+        (tokio_postgres::config::Host::Tcp(h), port) => {
+            let host = if h == "localhost" { "127.0.0.1" } else { h };
+            format!("{host}:{}", port.copied().unwrap_or(5432))
+                .parse()
+                .unwrap()
+        }
+        _ => panic!("TERN_TEST_PG must use TCP for this test: {url}"),
+    };
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, cert.cert.pem()).unwrap();
+    let front = tls_front(upstream, cert).await;
+    // The same database through the TLS front, with TLS required.
+    let (creds, db) = {
+        let rest = url.split_once("://").unwrap().1;
+        let (creds, after) = rest.split_once('@').unwrap();
+        let db = after.split_once('/').unwrap().1.split('?').next().unwrap();
+        (creds.to_owned(), db.to_owned())
+    };
+    let tls_url = format!(
+        "postgres://{creds}@localhost:{}/{db}?sslmode=require",
+        front.port()
+    );
+    let untrusted = PgStore::open(&PgSettings::new(&tls_url))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&untrusted, StoreError::Unavailable(m) if m.contains("cannot reach PostgreSQL") && m.contains("certificate")),
+        "{untrusted}"
+    );
+    let mut settings = PgSettings::new(&tls_url);
+    settings.ca_file = Some(ca_file);
+    let store = PgStore::open(&settings)
+        .await
+        .expect("TLS with the CA file");
+    let stored = store.store_message(msg("alice", "bob", 1)).await.unwrap();
+    assert_eq!(stored.sender_seq, 1);
 }
