@@ -330,3 +330,17 @@ async fn tern_chat_works_with_udp_blocked() {
         .unwrap();
     assert!(status.success());
 }
+
+/// `tern completions SHELL` prints a completion script without logging in.
+#[test]
+fn completions_need_no_server() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["completions", "zsh"])
+        .env("TERN_SERVER", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("#compdef tern"), "{text}");
+    assert!(text.contains("conversations"), "subcommands are completed");
+}

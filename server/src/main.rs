@@ -78,6 +78,12 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print a shell completion script, e.g. `tern-server completions bash >
+    /// /etc/bash_completion.d/tern-server`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     /// Apply the PostgreSQL store's schema migrations (the server also does at start)
     Migrate {
         #[command(flatten)]
@@ -159,6 +165,15 @@ async fn wait_for_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Completions { shell }) = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "tern-server",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
     if let Some(Command::Token {
         user,
         device,

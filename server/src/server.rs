@@ -58,6 +58,42 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Counters and gauges that alerting and the dashboard read (server/deploy/), shown
+/// at 0 from the start: a counter that appears only at its first increment makes
+/// `increase()` miss that increment, and a missing series cannot be told from a
+/// missing node.
+fn register_metrics() {
+    for name in [
+        "tern_messages_in_total",
+        "tern_messages_stored_total",
+        "tern_messages_duplicate_total",
+        "tern_messages_rejected_total",
+        "tern_pushes_total",
+        "tern_pushes_routed_total",
+        "tern_push_retransmissions_total",
+        "tern_push_failed_total",
+        "tern_pushes_skipped_total",
+        "tern_push_queue_full_total",
+        "tern_store_busy_total",
+        "tern_store_commit_failures_total",
+        "tern_store_retries_total",
+        "tern_sync_pages_total",
+        "tern_rate_limited_total",
+        "tern_http_messages_total",
+        "tern_http_unauthorized_total",
+        "tern_group_ops_total",
+        "tern_history_pages_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::counter!("tern_logins_total", "result" => "OK").increment(0);
+    metrics::gauge!("tern_sessions").set(0.0);
+    for hook in ["push", "c2s"] {
+        metrics::gauge!("tern_webhook_backlog", "hook" => hook).set(0.0);
+        metrics::counter!("tern_webhooks_total", "hook" => hook, "result" => "ok").increment(0);
+    }
+}
+
 /// Certificate chain and key, plus where the certificate is (for clients to trust).
 pub struct TlsMaterial {
     /// Certificate chain.
@@ -243,6 +279,7 @@ pub struct ServerHandle {
 /// Opens the store, binds both listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let metrics = metrics_handle();
+    register_metrics();
     let tls = tls_material(&config)?;
     let store: Arc<dyn Store> = match &config.store {
         Some(pg) => Arc::new(

@@ -38,6 +38,8 @@ pub const PREVIEW_CHARS: usize = 100;
 const PUSH_MAX_ATTEMPTS: u32 = 10;
 /// Per-request timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often each worker counts its hook's backlog (`tern_webhook_backlog`).
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// Push deliveries under way at once.
 pub const PUSH_CONCURRENCY: usize = 16;
 
@@ -155,7 +157,15 @@ impl Webhooks {
         };
         let mut in_flight = tokio::task::JoinSet::new();
         let mut busy = std::collections::HashSet::new();
+        let mut counted_at: Option<std::time::Instant> = None;
         while !*stop.borrow() {
+            // The backlog (what alerting watches), counted every few seconds.
+            if counted_at.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY) {
+                counted_at = Some(std::time::Instant::now());
+                if let Ok(n) = self.store.webhook_backlog(hook).await {
+                    metrics::gauge!("tern_webhook_backlog", "hook" => hook).set(n as f64);
+                }
+            }
             let room = concurrency - in_flight.len();
             let mut started = 0;
             if room > 0 {

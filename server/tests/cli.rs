@@ -44,3 +44,24 @@ fn config_check_refuses_an_invalid_configuration_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_body_bytes must be at most"), "{err}");
 }
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef tern-server"),
+        ("fish", "complete -c tern-server"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {text}");
+        assert!(
+            text.contains("import-sqlite"),
+            "{shell}: subcommands are completed"
+        );
+    }
+}

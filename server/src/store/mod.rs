@@ -503,6 +503,9 @@ pub trait Store: Send + Sync + 'static {
     /// A delivery failed: try again at `next_at_ms`.
     async fn webhook_retry(&self, id: u64, next_at_ms: u64) -> Result<(), StoreError>;
 
+    /// Deliveries of `hook` still queued (due or waiting for a retry): the backlog.
+    async fn webhook_backlog(&self, hook: &str) -> Result<u64, StoreError>;
+
     /// Waits until everything queued so far is committed.
     async fn flush(&self) -> Result<(), StoreError>;
 }

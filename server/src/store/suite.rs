@@ -392,6 +392,8 @@ pub(crate) async fn c2s_messages_queue_a_webhook_in_the_same_write(store: &dyn S
     };
     store.store_message(m.clone()).await.unwrap();
     store.store_message(m).await.unwrap(); // a resend: no second delivery
+    assert_eq!(store.webhook_backlog("c2s").await.unwrap(), 1);
+    assert_eq!(store.webhook_backlog("push").await.unwrap(), 0);
     let due = store.webhooks_due("c2s", u64::MAX, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     // Each hook has its own queue.
@@ -414,6 +416,7 @@ pub(crate) async fn c2s_messages_queue_a_webhook_in_the_same_write(store: &dyn S
         1
     );
     store.webhook_done(due[0].id).await.unwrap();
+    assert_eq!(store.webhook_backlog("c2s").await.unwrap(), 0);
     assert!(
         store
             .webhooks_due("c2s", u64::MAX, 10)

@@ -100,6 +100,12 @@ enum UplinkArg {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Print a shell completion script, e.g. `tern completions bash >
+    /// /etc/bash_completion.d/tern` (no login, no server needed)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     /// Send a text (or N numbered texts) and wait until the server stored them (and
     /// anything an earlier run left in the outbox; `--count 0` sends only that)
     Send {
@@ -302,6 +308,7 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Group(g) => group(&mut s, g).await,
         Cmd::Conversations { json } => conversations(&mut s, *json).await,
         Cmd::Chat { with } => chat(&mut s, with).await,
+        Cmd::Completions { .. } => ExitCode::SUCCESS, // printed in `main`, before any login
     };
     s.client.shutdown();
     code
@@ -309,6 +316,15 @@ async fn run(cli: Cli) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "tern",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

@@ -539,6 +539,17 @@ impl Store for PgStore {
             .await
     }
 
+    async fn webhook_backlog(&self, hook: &str) -> Result<u64, StoreError> {
+        let c = self.conn().await?;
+        Ok(query_one(
+            &c,
+            "SELECT COUNT(*) FROM webhook_outbox WHERE hook = $1",
+            &[&hook],
+        )
+        .await?
+        .get::<_, i64>(0) as u64)
+    }
+
     async fn webhook_retry(&self, id: u64, next_at_ms: u64) -> Result<(), StoreError> {
         self.with_tx(move |tx| Box::pin(async move { outbox::retry(tx, id, next_at_ms).await }))
             .await

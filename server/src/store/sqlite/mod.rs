@@ -446,6 +446,17 @@ impl Store for SqliteStore {
         self.write(WriteOp::WebhookDone(id)).await.map(|_| ())
     }
 
+    async fn webhook_backlog(&self, hook: &str) -> Result<u64, StoreError> {
+        let hook = hook.to_owned();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT COUNT(*) FROM webhook_outbox WHERE hook = ?1")?
+                    .query_row(params![hook], |r| r.get::<_, i64>(0))? as u64,
+            )
+        })
+        .await
+    }
+
     async fn webhook_retry(&self, id: u64, next_at_ms: u64) -> Result<(), StoreError> {
         self.write(WriteOp::WebhookRetry(id, next_at_ms))
             .await
