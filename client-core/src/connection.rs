@@ -135,7 +135,7 @@ pub(crate) fn trust_roots(inner: &Inner) -> Result<rustls::RootCertStore, String
     Ok(roots)
 }
 
-fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
+pub(crate) fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
     let cfg = &inner.config;
     let mut client = tern_protocol::io::client_config(trust_roots(inner)?)?;
     let mut transport = quinn::TransportConfig::default();

@@ -25,6 +25,7 @@
 uniffi::setup_scaffolding!();
 
 mod connection;
+mod doctor;
 mod requests;
 pub mod store;
 pub mod sync;
@@ -42,6 +43,7 @@ use tern_protocol::qos::QosConfig;
 use tern_protocol::{ClientMsgId, is_valid_user_id, unix_ms};
 use tokio::sync::{mpsc, watch};
 
+pub use doctor::{CheckStatus, DoctorCheck};
 pub use store::DbError;
 pub use tern_protocol::pb::Platform;
 pub use types::{

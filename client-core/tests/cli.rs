@@ -344,3 +344,112 @@ fn completions_need_no_server() {
     assert!(text.starts_with("#compdef tern"), "{text}");
     assert!(text.contains("conversations"), "subcommands are completed");
 }
+
+/// `tern doctor`: every check passes against a dev server; an expired token, a
+/// certificate nobody vouches for and a closed port each fail with their fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_what_is_wrong_and_the_fix() {
+    let (server, _sdir) = start().await;
+    let data = tempfile::tempdir().unwrap();
+    let run = |mut c: Command| {
+        let out = c.arg("doctor").output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // The dev server's TLS-over-TCP port differs from its QUIC port here (both are
+    // ephemeral); in a deployment they are the same number.
+    let tcp = server.tcp_addr.unwrap().to_string();
+    let with_tcp = |mut c: Command| {
+        c.args(["--tcp-server", &tcp]);
+        c
+    };
+    let (ok, text) = run(with_tcp(tern(&server, data.path(), "alice")));
+    assert!(ok, "{text}");
+    for line in [
+        "✓ address",
+        "✓ token",
+        "✓ QUIC (UDP)",
+        "✓ TLS over TCP",
+        "✓ certificate",
+        "✓ login",
+        "✓ clock",
+        "✓ session",
+    ] {
+        assert!(text.contains(line), "{line}:\n{text}");
+    }
+    assert!(
+        text.contains("connected over quic; heartbeat every"),
+        "{text}"
+    );
+
+    let expired = tern_server::auth::mint_claims(
+        DEV_TOKEN_SECRET.as_bytes(),
+        &tern_server::auth::Claims {
+            sub: "alice".into(),
+            exp: tern_protocol::unix_ms() / 1000 - 7200,
+            dev: None,
+            plat: None,
+        },
+    );
+    let (ok, text) = run(with_tcp(tern_with_token(
+        &server,
+        data.path(),
+        "alice",
+        &expired,
+    )));
+    assert!(!ok);
+    assert!(
+        text.contains("✗ token") && text.contains("expired 2 h ago"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✗ login") && text.contains("TOKEN_EXPIRED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: get a new token from your backend"),
+        "{text}"
+    );
+
+    // No --ca: the dev certificate is not from a public CA.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+    c.args([
+        "--server",
+        &server.quic_addr.to_string(),
+        "--user",
+        "alice",
+        "--token",
+    ])
+    .arg(tern_server::auth::mint(
+        DEV_TOKEN_SECRET.as_bytes(),
+        "alice",
+        None,
+        3600,
+    ))
+    .arg("--data")
+    .arg(data.path())
+    .current_dir(data.path())
+    .env("RUST_LOG", "error");
+    let (ok, text) = run(c);
+    assert!(!ok);
+    assert!(
+        text.contains("✗ certificate") && text.contains("--ca PEM"),
+        "{text}"
+    );
+
+    // Nothing listening.
+    let (ok, text) = run(tern_at(
+        "127.0.0.1:1",
+        &server,
+        data.path(),
+        "alice",
+        &expired,
+    ));
+    assert!(!ok);
+    assert!(
+        text.contains("✗ QUIC (UDP)") && text.contains("UDP to 127.0.0.1:1 is blocked"),
+        "{text}"
+    );
+}

@@ -100,6 +100,10 @@ enum UplinkArg {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// When it does not connect: checks the address, the token, QUIC (UDP) and TLS over
+    /// TCP each alone, the certificate, the login and the clock, then a short session;
+    /// one line per check with the fix (exit 1 if any failed)
+    Doctor,
     /// Print a shell completion script, e.g. `tern completions bash >
     /// /etc/bash_completion.d/tern` (no login, no server needed)
     Completions {
@@ -308,7 +312,8 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Group(g) => group(&mut s, g).await,
         Cmd::Conversations { json } => conversations(&mut s, *json).await,
         Cmd::Chat { with } => chat(&mut s, with).await,
-        Cmd::Completions { .. } => ExitCode::SUCCESS, // printed in `main`, before any login
+        // Both run in `main`, before any login.
+        Cmd::Completions { .. } | Cmd::Doctor => ExitCode::SUCCESS,
     };
     s.client.shutdown();
     code
@@ -316,6 +321,9 @@ async fn run(cli: Cli) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Doctor = cli.command {
+        return doctor(&cli);
+    }
     if let Cmd::Completions { shell } = cli.command {
         clap_complete::generate(
             shell,
@@ -339,4 +347,49 @@ fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     rt.block_on(run(cli))
+}
+
+/// `tern doctor`: the checks, one line each, with the fix under a failed or doubtful one.
+fn doctor(cli: &Cli) -> ExitCode {
+    let (user, token) = match session::credentials(cli) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let config = match session::client_config(cli, &user) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    // Its own data directory: the doctor must not touch the user's outbox.
+    let scratch = std::env::temp_dir().join(format!("tern-doctor-{}", std::process::id()));
+    let config = tern_client::ClientConfig {
+        data_dir: scratch.clone(),
+        ..config
+    };
+    let client = match tern_client::Client::new(config) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let checks = client.doctor(&user, &token);
+    client.shutdown();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    for c in &checks {
+        let mark = match c.status {
+            tern_client::CheckStatus::Ok => "✓",
+            tern_client::CheckStatus::Warning => "!",
+            tern_client::CheckStatus::Failed => "✗",
+        };
+        println!("{mark} {:width$}  {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("  {:width$}  fix: {fix}", "");
+        }
+    }
+    if checks
+        .iter()
+        .any(|c| c.status == tern_client::CheckStatus::Failed)
+    {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -24,39 +24,8 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) async fn start(cli: &Cli) -> Result<Session, String> {
-        let user = cli
-            .user
-            .clone()
-            .ok_or("--user is required (or TERN_USER)")?;
-        let token = cli.token.clone().ok_or("--token is required (or TERN_TOKEN); in development: tern-server token --dev --user <user>")?;
-        let mut config = ClientConfig::new(
-            cli.server.clone(),
-            cli.data.clone(),
-            cli.device.clone().unwrap_or(format!("cli-{user}")),
-        );
-        config.uplink = match cli.uplink {
-            UplinkArg::Datagram => tern_client::Uplink::Datagram,
-            UplinkArg::Stream => tern_client::Uplink::Stream,
-        };
-        config.transport = match cli.transport {
-            TransportArg::Auto => tern_client::TransportMode::Auto,
-            TransportArg::Quic => tern_client::TransportMode::Quic,
-            TransportArg::Tcp => tern_client::TransportMode::Tcp,
-            TransportArg::Ws => tern_client::TransportMode::WebSocket,
-        };
-        config.tcp_server = cli.tcp_server.clone();
-        config.ws_server = cli.ws_server.clone();
-        config.http_proxy = cli.http_proxy.clone();
-        let ca = cli
-            .ca
-            .clone()
-            .or_else(|| Some(PathBuf::from("tern-data/dev-cert.pem")).filter(|p| p.exists()));
-        if let Some(path) = ca {
-            config.ca_pem = Some(
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            );
-        }
-        let client = Client::new(config).map_err(|e| e.to_string())?;
+        let (user, token) = credentials(cli)?;
+        let client = Client::new(client_config(cli, &user)?).map_err(|e| e.to_string())?;
         let (tx, events) = mpsc::unbounded_channel();
         client.set_listener(Arc::new(Forward(tx)));
         client.login(&user, &token).map_err(|e| e.to_string())?;
@@ -98,4 +67,47 @@ impl Session {
             }
         }
     }
+}
+
+/// `--user` and `--token`, or what to pass.
+pub(crate) fn credentials(cli: &Cli) -> Result<(String, String), String> {
+    let user = cli
+        .user
+        .clone()
+        .ok_or("--user is required (or TERN_USER)")?;
+    let token = cli.token.clone().ok_or(
+        "--token is required (or TERN_TOKEN); in development: tern-server token --dev --user <user>",
+    )?;
+    Ok((user, token))
+}
+
+/// The client configuration the global options describe.
+pub(crate) fn client_config(cli: &Cli, user: &str) -> Result<ClientConfig, String> {
+    let mut config = ClientConfig::new(
+        cli.server.clone(),
+        cli.data.clone(),
+        cli.device.clone().unwrap_or(format!("cli-{user}")),
+    );
+    config.uplink = match cli.uplink {
+        UplinkArg::Datagram => tern_client::Uplink::Datagram,
+        UplinkArg::Stream => tern_client::Uplink::Stream,
+    };
+    config.transport = match cli.transport {
+        TransportArg::Auto => tern_client::TransportMode::Auto,
+        TransportArg::Quic => tern_client::TransportMode::Quic,
+        TransportArg::Tcp => tern_client::TransportMode::Tcp,
+        TransportArg::Ws => tern_client::TransportMode::WebSocket,
+    };
+    config.tcp_server = cli.tcp_server.clone();
+    config.ws_server = cli.ws_server.clone();
+    config.http_proxy = cli.http_proxy.clone();
+    let ca = cli
+        .ca
+        .clone()
+        .or_else(|| Some(PathBuf::from("tern-data/dev-cert.pem")).filter(|p| p.exists()));
+    if let Some(path) = ca {
+        config.ca_pem =
+            Some(std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
+    }
+    Ok(config)
 }
