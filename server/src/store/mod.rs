@@ -13,6 +13,7 @@
 
 pub(crate) mod ops;
 pub mod postgres;
+pub(crate) mod rules;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;

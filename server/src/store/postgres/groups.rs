@@ -12,10 +12,7 @@ use tern_protocol::pb;
 
 use super::timeline::{bump_heads, insert_event, next_seq};
 use super::{StoreError, Tx, execute, query, query_one, query_opt};
-use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, LogRoute, log_key};
-
-/// Most member ids listed in one group event (every member gets a copy).
-const EVENT_MEMBERS_MAX: usize = 64;
+use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, LogRoute, log_key, rules};
 
 /// Whether `group` exists and is large, locking its row against membership changes.
 pub(super) async fn lock_shared(tx: &Tx<'_>, group: &str) -> Result<Option<bool>, StoreError> {
@@ -156,14 +153,6 @@ pub(super) async fn of_user(
     Ok(out)
 }
 
-fn valid_members(members: &[String]) -> Result<(), StoreError> {
-    if members.iter().all(|m| tern_protocol::is_valid_user_id(m)) {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid("invalid member id"))
-    }
-}
-
 /// Inserts members with consecutive join numbers from `first`.
 async fn insert_members(
     tx: &Tx<'_>,
@@ -207,25 +196,7 @@ pub(super) async fn apply(
             members,
             large,
         } => {
-            valid_members(members)?;
-            let max_members = if *large {
-                limits.large_members
-            } else {
-                limits.members
-            };
-            if members.len() > max_members {
-                return Err(StoreError::GroupFull);
-            }
-            let mut all = vec![owner.clone()];
-            let mut seen: HashSet<&str> = HashSet::from([owner.as_str()]);
-            for m in members {
-                if seen.insert(m) {
-                    all.push(m.clone());
-                }
-            }
-            if all.len() > max_members {
-                return Err(StoreError::GroupFull);
-            }
+            let all = rules::initial_members(owner, members, rules::max_members(limits, *large))?;
             let inserted = execute(
                 tx,
                 "INSERT INTO groups (id, name, owner, created_ms, large) VALUES ($1, $2, $3, $4, $5)
@@ -240,7 +211,7 @@ pub(super) async fn apply(
             (id, owner.clone(), Type::Created, all.clone(), vec![])
         }
         GroupOp::Add { group, by, members } => {
-            valid_members(members)?;
+            rules::valid_members(members)?;
             let Some(large) = lock_for_change(tx, group).await? else {
                 return Err(StoreError::GroupNotFound);
             };
@@ -249,21 +220,11 @@ pub(super) async fn apply(
                     return Err(StoreError::NotAllowed("only members may add members"));
                 }
             }
-            let max_members = if large {
-                limits.large_members
-            } else {
-                limits.members
-            };
+            let max_members = rules::max_members(limits, large);
             if members.len() > max_members {
                 return Err(StoreError::GroupFull);
             }
-            let mut named: Vec<&String> = vec![];
-            let mut seen: HashSet<&str> = HashSet::new();
-            for m in members {
-                if seen.insert(m) {
-                    named.push(m);
-                }
-            }
+            let named = rules::distinct(members);
             let present: HashSet<String> = query(
                 tx,
                 "SELECT uid FROM group_members WHERE grp = $1 AND uid = ANY($2)",
@@ -302,21 +263,7 @@ pub(super) async fn apply(
                 .await?
                 .ok_or(StoreError::GroupNotFound)?;
             let g = info(tx, group).await?.ok_or(StoreError::GroupNotFound)?;
-            if let Some(by) = by {
-                if *by != g.owner {
-                    return Err(StoreError::NotAllowed("only the owner may remove members"));
-                }
-                if members.contains(by) {
-                    return Err(StoreError::Invalid("the owner leaves, not removes itself"));
-                }
-            }
-            let named: HashSet<&String> = members.iter().collect();
-            let removed: Vec<String> = g
-                .members
-                .iter()
-                .filter(|m| named.contains(m))
-                .cloned()
-                .collect();
+            let removed = rules::removed_members(&g, by.as_ref(), members)?;
             execute(
                 tx,
                 "DELETE FROM group_members WHERE grp = $1 AND uid = ANY($2)",
@@ -336,24 +283,20 @@ pub(super) async fn apply(
                 .await?
                 .ok_or(StoreError::GroupNotFound)?;
             let g = info(tx, group).await?.ok_or(StoreError::GroupNotFound)?;
-            if !g.members.contains(user) {
-                return Err(StoreError::NotAllowed("not a member of the group"));
-            }
+            let heir = rules::leaving(&g, user)?;
             execute(
                 tx,
                 "DELETE FROM group_members WHERE grp = $1 AND uid = $2",
                 &[group, user],
             )
             .await?;
-            if g.owner == *user {
-                if let Some(heir) = g.members.iter().find(|m| *m != user) {
-                    execute(
-                        tx,
-                        "UPDATE groups SET owner = $2 WHERE id = $1",
-                        &[group, heir],
-                    )
-                    .await?;
-                }
+            if let Some(heir) = heir {
+                execute(
+                    tx,
+                    "UPDATE groups SET owner = $2 WHERE id = $1",
+                    &[group, &heir],
+                )
+                .await?;
             }
             (
                 group,
@@ -371,20 +314,7 @@ pub(super) async fn apply(
             fanout: vec![],
         });
     }
-    let event = pb::GroupEvent {
-        r#type: kind as i32,
-        group: group.clone(),
-        by_user: by,
-        members: if kind == Type::Created || changed.len() > EVENT_MEMBERS_MAX {
-            vec![]
-        } else {
-            changed.clone()
-        },
-        name: info.name.clone(),
-        member_count: info.members.len() as u32,
-        large: info.large,
-        log_seq: 0,
-    };
+    let event = rules::group_event(kind, by, &changed, &info);
     let gkind = pb::ConversationKind::Group as i32;
     if info.large {
         // One entry in the log; an event in the own timeline of each member concerned,

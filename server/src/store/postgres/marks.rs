@@ -11,7 +11,7 @@ use super::timeline::{
     restore_point, row_to_entry,
 };
 use super::{StoreError, Tx, execute, groups, query, query_one, query_opt};
-use crate::store::{Fanout, log_key};
+use crate::store::{Fanout, log_key, rules};
 
 /// Senders of incoming messages of a conversation with `after < seq <= up_to` in
 /// `user`'s timeline, with the newest id of each.
@@ -66,13 +66,11 @@ pub(super) async fn mark_read(
         return Ok(vec![]);
     }
     let up_to = up_to_seq.min(head_seq(tx, user).await?);
-    let tell_senders = match kind {
-        pb::ConversationKind::Direct => true,
-        pb::ConversationKind::Group => groups::members(tx, conversation)
-            .await?
-            .is_some_and(|m| m.len() <= group_receipts_max),
-        pb::ConversationKind::System => false,
+    let members = match kind {
+        pb::ConversationKind::Group => groups::members(tx, conversation).await?.map(|m| m.len()),
+        _ => None,
     };
+    let tell_senders = rules::tells_senders(kind, members, group_receipts_max);
     // Every head this write appends to, locked first in one order; then the mark is
     // read under the lock (a mark from another server may have moved it).
     let prev = read_mark(tx, user, kind_i, conversation).await?;
@@ -113,34 +111,12 @@ pub(super) async fn mark_read(
     let up_to_msg = read.iter().map(|(_, id)| *id).max().unwrap_or(0) as u64;
     let mut receipts = vec![(
         user.to_owned(),
-        pb::Receipt {
-            status: pb::receipt::Status::Read as i32,
-            kind: kind_i,
-            conversation: conversation.to_owned(),
-            by_user: user.to_owned(),
-            up_to_server_msg_id: up_to_msg,
-            up_to_seq: up_to,
-            unread: unread as u64,
-            ..Default::default()
-        },
+        rules::own_read_mark(kind, user, conversation, up_to_msg, up_to, unread as u64),
     )];
     if tell_senders {
         for (sender, id) in read {
-            receipts.push((
-                sender,
-                pb::Receipt {
-                    status: pb::receipt::Status::Read as i32,
-                    kind: kind_i,
-                    conversation: if kind == pb::ConversationKind::Direct {
-                        user.to_owned()
-                    } else {
-                        conversation.to_owned()
-                    },
-                    by_user: user.to_owned(),
-                    up_to_server_msg_id: id as u64,
-                    ..Default::default()
-                },
-            ));
+            let receipt = rules::read_receipt_to_sender(kind, user, conversation, id as u64);
+            receipts.push((sender, receipt));
         }
     }
     append_receipts(tx, receipts).await
@@ -335,33 +311,19 @@ pub(super) async fn recall(
         &[&(server_msg_id as i64)],
     )
     .await?;
-    let recall_body = |conversation: &str| {
-        pb::timeline_entry::Body::Recall(pb::Recall {
-            server_msg_id,
-            kind,
-            conversation: conversation.to_owned(),
-            by_user: user.to_owned(),
-        })
-    };
+    let recall_body =
+        |conversation: &str| rules::recall_entry(server_msg_id, kind, conversation, user);
     if kind == pb::ConversationKind::Group as i32 && groups::is_large(tx, &recipient).await? {
         return Ok(vec![
             groups::append_to_log(tx, &recipient, recall_body(&recipient)).await?,
         ]);
     }
-    let mut holders: Vec<(String, String)> = vec![];
-    if kind == pb::ConversationKind::Group as i32 {
-        for m in groups::members(tx, &recipient).await?.unwrap_or_default() {
-            holders.push((m, recipient.clone()));
-        }
-        if !holders.iter().any(|(u, _)| *u == sender) {
-            holders.push((sender.clone(), recipient.clone()));
-        }
+    let members = if kind == pb::ConversationKind::Group as i32 {
+        groups::members(tx, &recipient).await?.unwrap_or_default()
     } else {
-        holders.push((sender.clone(), recipient.clone()));
-        if recipient != sender {
-            holders.push((recipient.clone(), sender.clone()));
-        }
-    }
+        vec![]
+    };
+    let holders = rules::recall_holders(kind, &sender, &recipient, members);
     let owners: Vec<&str> = holders.iter().map(|(h, _)| h.as_str()).collect();
     let seqs = bump_heads(tx, &owners).await?;
     let mut fanout = Vec::with_capacity(holders.len());

@@ -18,7 +18,7 @@ use tern_protocol::pb;
 use tokio_postgres::Row;
 
 use super::{StoreError, Tx, execute, groups, query, query_one, query_opt};
-use crate::store::{Fanout, NewMessage, StoredMessage, SummaryPage, TimelinePage, log_key};
+use crate::store::{Fanout, NewMessage, StoredMessage, SummaryPage, TimelinePage, log_key, rules};
 
 /// Takes the next seq of each timeline in `users` (ascending id order, one statement)
 /// and returns them by user. Creates the heads of users seen for the first time.
@@ -491,14 +491,7 @@ pub(super) async fn write_delivered(
     );
     let mut fanout = Vec::with_capacity(n);
     for d in receipts {
-        let receipt = pb::Receipt {
-            status: pb::receipt::Status::Delivered as i32,
-            kind: direct,
-            conversation: d.by.clone(),
-            by_user: d.by.clone(),
-            up_to_server_msg_id: d.up_to,
-            ..Default::default()
-        };
+        let receipt = rules::delivered_receipt(&d.by, d.up_to);
         encoded.push(receipt.encode_to_vec());
         fanout.push(Fanout {
             user: d.sender.clone(),

@@ -21,15 +21,12 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tern_protocol::pb;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::StoreError;
 use super::timeline::{append_event, insert_event, next_seq};
+use crate::store::rules;
 use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, LogRoute, log_key};
-
-/// Most member ids listed in one group event (every member gets a copy).
-const EVENT_MEMBERS_MAX: usize = 64;
 
 /// Whether `group` exists.
 pub(super) fn exists(conn: &Connection, group: &str) -> Result<bool, StoreError> {
@@ -138,14 +135,6 @@ pub(super) fn of_user(conn: &Connection, user: &str) -> Result<Vec<pb::GroupInfo
     Ok(out)
 }
 
-fn valid_members(members: &[String]) -> Result<(), StoreError> {
-    if members.iter().all(|m| tern_protocol::is_valid_user_id(m)) {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid("invalid member id"))
-    }
-}
-
 fn next_join(tx: &Transaction<'_>, group: &str) -> Result<i64, StoreError> {
     Ok(tx
         .prepare_cached("SELECT COALESCE(MAX(joined), 0) + 1 FROM group_members WHERE grp = ?1")?
@@ -167,25 +156,7 @@ pub(super) fn apply(
             members,
             large,
         } => {
-            valid_members(members)?;
-            let max_members = if *large {
-                limits.large_members
-            } else {
-                limits.members
-            };
-            if members.len() > max_members {
-                return Err(StoreError::GroupFull);
-            }
-            let mut all = vec![owner.clone()];
-            let mut seen: HashSet<&str> = HashSet::from([owner.as_str()]);
-            for m in members {
-                if seen.insert(m) {
-                    all.push(m.clone());
-                }
-            }
-            if all.len() > max_members {
-                return Err(StoreError::GroupFull);
-            }
+            let all = rules::initial_members(owner, members, rules::max_members(limits, *large))?;
             let inserted = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO groups (id, name, owner, created_ms, large) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -203,7 +174,7 @@ pub(super) fn apply(
             (id, owner.clone(), Type::Created, all.clone(), vec![])
         }
         GroupOp::Add { group, by, members } => {
-            valid_members(members)?;
+            rules::valid_members(members)?;
             if !exists(tx, group)? {
                 return Err(StoreError::GroupNotFound);
             }
@@ -212,21 +183,16 @@ pub(super) fn apply(
                     return Err(StoreError::NotAllowed("only members may add members"));
                 }
             }
-            let max_members = if is_large(tx, group)? {
-                limits.large_members
-            } else {
-                limits.members
-            };
+            let max_members = rules::max_members(limits, is_large(tx, group)?);
             if members.len() > max_members {
                 return Err(StoreError::GroupFull);
             }
             // One indexed lookup per named member (the request is capped), never a scan
             // of the group per member.
             let mut added: Vec<String> = vec![];
-            let mut seen: HashSet<&str> = HashSet::new();
-            for m in members {
-                if seen.insert(m) && !is_member(tx, group, m)? {
-                    added.push(m.clone());
+            for m in rules::distinct(members) {
+                if !is_member(tx, group, m)? {
+                    added.push(m.to_string());
                 }
             }
             if member_count(tx, group)? + added.len() > max_members {
@@ -248,21 +214,7 @@ pub(super) fn apply(
         }
         GroupOp::Remove { group, by, members } => {
             let g = info(tx, group)?.ok_or(StoreError::GroupNotFound)?;
-            if let Some(by) = by {
-                if *by != g.owner {
-                    return Err(StoreError::NotAllowed("only the owner may remove members"));
-                }
-                if members.contains(by) {
-                    return Err(StoreError::Invalid("the owner leaves, not removes itself"));
-                }
-            }
-            let named: HashSet<&String> = members.iter().collect();
-            let removed: Vec<String> = g
-                .members
-                .iter()
-                .filter(|m| named.contains(m))
-                .cloned()
-                .collect();
+            let removed = rules::removed_members(&g, by.as_ref(), members)?;
             for m in &removed {
                 tx.prepare_cached("DELETE FROM group_members WHERE grp = ?1 AND user = ?2")?
                     .execute(params![group, m])?;
@@ -277,16 +229,12 @@ pub(super) fn apply(
         }
         GroupOp::Leave { group, user } => {
             let g = info(tx, group)?.ok_or(StoreError::GroupNotFound)?;
-            if !g.members.contains(user) {
-                return Err(StoreError::NotAllowed("not a member of the group"));
-            }
+            let heir = rules::leaving(&g, user)?;
             tx.prepare_cached("DELETE FROM group_members WHERE grp = ?1 AND user = ?2")?
                 .execute(params![group, user])?;
-            if g.owner == *user {
-                if let Some(heir) = g.members.iter().find(|m| *m != user) {
-                    tx.prepare_cached("UPDATE groups SET owner = ?2 WHERE id = ?1")?
-                        .execute(params![group, heir])?;
-                }
+            if let Some(heir) = heir {
+                tx.prepare_cached("UPDATE groups SET owner = ?2 WHERE id = ?1")?
+                    .execute(params![group, heir])?;
             }
             (
                 group,
@@ -305,20 +253,7 @@ pub(super) fn apply(
             fanout: vec![],
         });
     }
-    let event = pb::GroupEvent {
-        r#type: kind as i32,
-        group: group.clone(),
-        by_user: by,
-        members: if kind == Type::Created || changed.len() > EVENT_MEMBERS_MAX {
-            vec![]
-        } else {
-            changed.clone()
-        },
-        name: info.name.clone(),
-        member_count: info.members.len() as u32,
-        large: info.large,
-        log_seq: 0,
-    };
+    let event = rules::group_event(kind, by, &changed, &info);
     if info.large {
         // One entry in the log for the members; an event in the own timeline of each
         // member concerned, with the log position (a new member starts there).

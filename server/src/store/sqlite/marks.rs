@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tern_protocol::page::PageBudget;
 use tern_protocol::pb;
 
-use crate::store::{Fanout, log_key};
+use crate::store::{Fanout, log_key, rules};
 
 use super::{
     StoreError, groups, timeline,
@@ -78,39 +78,15 @@ pub(super) fn mark_read(
     let mut fanout = vec![append_receipt(
         tx,
         user,
-        pb::Receipt {
-            status: pb::receipt::Status::Read as i32,
-            kind: kind_i,
-            conversation: conversation.to_owned(),
-            by_user: user.to_owned(),
-            up_to_server_msg_id: up_to_msg,
-            up_to_seq: up_to,
-            unread: unread as u64,
-            ..Default::default()
-        },
+        rules::own_read_mark(kind, user, conversation, up_to_msg, up_to, unread as u64),
     )?];
-    let tell_senders = match kind {
-        pb::ConversationKind::Direct => true,
-        pb::ConversationKind::Group => {
-            groups::members(tx, conversation)?.is_some_and(|m| m.len() <= group_receipts_max)
-        }
-        pb::ConversationKind::System => false,
+    let members = match kind {
+        pb::ConversationKind::Group => groups::members(tx, conversation)?.map(|m| m.len()),
+        _ => None,
     };
-    if tell_senders {
+    if rules::tells_senders(kind, members, group_receipts_max) {
         for (sender, id) in newly_read {
-            let receipt = pb::Receipt {
-                status: pb::receipt::Status::Read as i32,
-                kind: kind_i,
-                // From the sender's view: the peer (direct) or the group.
-                conversation: if kind == pb::ConversationKind::Direct {
-                    user.to_owned()
-                } else {
-                    conversation.to_owned()
-                },
-                by_user: user.to_owned(),
-                up_to_server_msg_id: id as u64,
-                ..Default::default()
-            };
+            let receipt = rules::read_receipt_to_sender(kind, user, conversation, id as u64);
             fanout.push(append_receipt(tx, &sender, receipt)?);
         }
     }
@@ -284,14 +260,8 @@ pub(super) fn recall(
         "UPDATE messages SET body = x'', content_type = 0, recalled = 1 WHERE id = ?1",
     )?
     .execute(params![server_msg_id as i64])?;
-    let recall_body = |conversation: &str| {
-        pb::timeline_entry::Body::Recall(pb::Recall {
-            server_msg_id,
-            kind,
-            conversation: conversation.to_owned(),
-            by_user: user.to_owned(),
-        })
-    };
+    let recall_body =
+        |conversation: &str| rules::recall_entry(server_msg_id, kind, conversation, user);
     if kind == pb::ConversationKind::Group as i32 && groups::is_large(tx, &recipient)? {
         // One entry in the group's log; every member (the sender too) applies it.
         return Ok(vec![groups::append_to_log(
@@ -300,22 +270,12 @@ pub(super) fn recall(
             recall_body(&recipient),
         )?]);
     }
-    // Who holds it: both sides of a direct chat; the sender and the current members of
-    // a group (someone who left since keeps the original, like a copy already read).
-    let mut holders: Vec<(String, String)> = vec![];
-    if kind == pb::ConversationKind::Group as i32 {
-        for m in groups::members(tx, &recipient)?.unwrap_or_default() {
-            holders.push((m, recipient.clone()));
-        }
-        if !holders.iter().any(|(u, _)| *u == sender) {
-            holders.push((sender.clone(), recipient.clone()));
-        }
+    let members = if kind == pb::ConversationKind::Group as i32 {
+        groups::members(tx, &recipient)?.unwrap_or_default()
     } else {
-        holders.push((sender.clone(), recipient.clone()));
-        if recipient != sender {
-            holders.push((recipient.clone(), sender.clone()));
-        }
-    }
+        vec![]
+    };
+    let holders = rules::recall_holders(kind, &sender, &recipient, members);
     let mut fanout = Vec::with_capacity(holders.len());
     for (holder, conversation) in holders {
         fanout.push(append_event(

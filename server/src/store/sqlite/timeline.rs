@@ -8,7 +8,7 @@ use tern_protocol::page::PageBudget;
 use tern_protocol::pb;
 
 use super::{StoreError, groups, order, outbox};
-use crate::store::{Fanout, NewMessage, StoredMessage, SummaryPage, TimelinePage, log_key};
+use crate::store::{Fanout, NewMessage, StoredMessage, SummaryPage, TimelinePage, log_key, rules};
 
 pub(super) fn next_seq(tx: &Transaction<'_>, user: &str) -> Result<u64, StoreError> {
     let seq: i64 = tx
@@ -351,15 +351,11 @@ pub(super) fn ack_delivered(
         .collect::<Result<_, _>>()?;
     let mut fanout = vec![];
     for (sender, up_to) in senders {
-        let receipt = pb::Receipt {
-            status: pb::receipt::Status::Delivered as i32,
-            kind: pb::ConversationKind::Direct as i32,
-            conversation: user.to_owned(),
-            by_user: user.to_owned(),
-            up_to_server_msg_id: up_to as u64,
-            ..Default::default()
-        };
-        fanout.push(append_receipt(tx, &sender, receipt)?);
+        fanout.push(append_receipt(
+            tx,
+            &sender,
+            rules::delivered_receipt(user, up_to as u64),
+        )?);
     }
     Ok(fanout)
 }
