@@ -5,6 +5,7 @@
 #
 #   bash server/dev-postgres.sh          # then: tern-server --dev --store "$(that URL)"
 #   bash server/dev-postgres.sh stop     # stops the cluster again
+#   bash server/dev-postgres.sh clean    # drops the tests' scratch databases (tern_t_*, tern_py_*, tern_kt_*)
 #
 # Runs as root or with sudo (installing and starting a cluster needs it).
 set -euo pipefail
@@ -19,6 +20,14 @@ fi
 version=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
 if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$version main"; then
   as_root pg_createcluster "$version" main >/dev/null
+fi
+if [ "${1:-start}" = clean ]; then
+  port=$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')
+  for db in $(as_postgres "psql -p $port -qtAc \"SELECT datname FROM pg_database WHERE datname ~ '^tern_(t|py|kt)_[0-9a-f]+\$'\""); do
+    as_postgres "psql -p $port -qc 'DROP DATABASE $db'"
+    echo "dropped $db"
+  done
+  exit 0
 fi
 if [ "${1:-start}" = stop ]; then
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main stop
