@@ -13,7 +13,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::spawn_server;
-use tern_client::{ConversationKind, MessageStatus};
 use tern_netsim::RelayConfig;
 use tern_protocol::sim::LinkConfig;
 use tern_testkit::client::{client_at, connected};
@@ -124,13 +123,7 @@ async fn outage(kind: Outage) -> Duration {
     until_within(
         "alice's messages acknowledged",
         Duration::from_secs(10),
-        || {
-            alice
-                .messages(ConversationKind::Direct, "bob", None, 10)
-                .unwrap()
-                .iter()
-                .all(|m| matches!(m.status, MessageStatus::Sent | MessageStatus::Delivered))
-        },
+        || tern_testkit::client::all_acknowledged(&alice, "bob", 10),
     )
     .await;
     assert_eq!(

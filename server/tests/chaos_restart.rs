@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::spawn_server;
-use tern_client::{Client, ConnectionState, ConversationKind, MessageStatus};
+use tern_client::{Client, ConnectionState, ConversationKind};
 use tern_netsim::RelayConfig;
 use tern_protocol::sim::LinkConfig;
 use tern_testkit::client::{Recorder, client_at};
@@ -98,13 +98,7 @@ async fn server_killed_and_restarted_mid_send_loses_and_duplicates_nothing() {
     until_within(
         "alice's messages all acknowledged",
         Duration::from_secs(60),
-        || {
-            alice
-                .messages(ConversationKind::Direct, "bob", None, TOTAL as u32 + 10)
-                .unwrap()
-                .iter()
-                .all(|m| matches!(m.status, MessageStatus::Sent | MessageStatus::Delivered))
-        },
+        || tern_testkit::client::all_acknowledged(&alice, "bob", TOTAL as u32 + 10),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -11,7 +11,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tern_client::{ConversationKind, MessageStatus};
 use tern_server::store::Store;
 use tern_server::store::postgres::{PgSettings, PgStore, testing};
 use tern_testkit::client::client_at;
@@ -100,13 +99,7 @@ async fn postgres_down_for_ten_seconds_under_load_loses_and_duplicates_nothing()
     until_within(
         "alice's messages all acknowledged",
         Duration::from_secs(60),
-        || {
-            alice
-                .messages(ConversationKind::Direct, "bob", None, TOTAL as u32 + 10)
-                .unwrap()
-                .iter()
-                .all(|m| matches!(m.status, MessageStatus::Sent | MessageStatus::Delivered))
-        },
+        || tern_testkit::client::all_acknowledged(&alice, "bob", TOTAL as u32 + 10),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -162,6 +162,20 @@ pub async fn connected(c: &Client) {
     );
 }
 
+/// Whether every message of `c`'s direct conversation with `with` (up to `limit`) has
+/// been acknowledged by the server (`Sent` or `Delivered`).
+pub fn all_acknowledged(c: &Client, with: &str, limit: u32) -> bool {
+    c.messages(ConversationKind::Direct, with, None, limit)
+        .unwrap()
+        .iter()
+        .all(|m| {
+            matches!(
+                m.status,
+                tern_client::MessageStatus::Sent | tern_client::MessageStatus::Delivered
+            )
+        })
+}
+
 /// The texts of a direct conversation as the device shows it, oldest first.
 pub fn texts(c: &Client, with: &str) -> Vec<String> {
     let mut m = c

@@ -56,6 +56,25 @@ pub struct NewMessage {
     pub send_seq: u64,
 }
 
+impl NewMessage {
+    /// The message as timelines, pushes and webhooks carry it, once stored as `id` at
+    /// server time `ts`.
+    pub fn stored(&self, id: u64, ts: u64) -> pb::StoredMessage {
+        pb::StoredMessage {
+            server_msg_id: id,
+            client_msg_id: bytes::Bytes::copy_from_slice(&self.client_msg_id.0),
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+            kind: self.kind as i32,
+            content_type: self.content_type,
+            body: self.body.clone(),
+            client_ts_ms: self.client_ts_ms,
+            server_ts_ms: ts,
+            recalled: false,
+        }
+    }
+}
+
 /// A change to a group's membership.
 #[derive(Debug, Clone)]
 pub enum GroupOp {

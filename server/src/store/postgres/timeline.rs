@@ -181,22 +181,6 @@ async fn insert_message_entries(
     Ok(())
 }
 
-/// The message as the timelines and webhooks carry it.
-fn stored_pb(m: &NewMessage, id: u64, ts: u64) -> pb::StoredMessage {
-    pb::StoredMessage {
-        server_msg_id: id,
-        client_msg_id: bytes::Bytes::copy_from_slice(&m.client_msg_id.0),
-        sender: m.sender.clone(),
-        recipient: m.recipient.clone(),
-        kind: m.kind as i32,
-        content_type: m.content_type,
-        body: m.body.clone(),
-        client_ts_ms: m.client_ts_ms,
-        server_ts_ms: ts,
-        recalled: false,
-    }
-}
-
 /// A direct message in one round trip (`tern_store_direct`, migration 0002), with
 /// the same rules as the group path below: idempotent, the device's order first, a
 /// refusal for good keeps the send seq taken, heads locked in id order. On a bare
@@ -261,7 +245,7 @@ pub(super) async fn direct_result(
         "unknown_recipient" => Err(StoreError::UnknownRecipient),
         "stored" => {
             let (id, sender_seq) = (int(1), int(2));
-            let stored = stored_pb(m, id, ts);
+            let stored = m.stored(id, ts);
             let entry = |seq| pb::TimelineEntry {
                 seq,
                 body: Some(pb::timeline_entry::Body::Message(stored.clone())),
@@ -303,11 +287,9 @@ pub(super) async fn store_message(
     if m.kind != pb::ConversationKind::Group {
         let stored = store_direct(tx, m, last_ts).await?;
         if m.to_service && !stored.duplicate {
-            let payload = crate::store::ops::c2s_payload(&stored_pb(
-                m,
-                stored.server_msg_id,
-                stored.server_ts_ms,
-            ));
+            let payload = crate::store::ops::c2s_payload(
+                &m.stored(stored.server_msg_id, stored.server_ts_ms),
+            );
             super::outbox::enqueue(tx, "c2s", &payload).await?;
         }
         return Ok(stored);
@@ -388,7 +370,7 @@ pub(super) async fn store_message(
     )
     .await?
     .get::<_, i64>(0) as u64;
-    let stored = stored_pb(m, id, ts);
+    let stored = m.stored(id, ts);
     if m.to_service {
         super::outbox::enqueue(tx, "c2s", &crate::store::ops::c2s_payload(&stored)).await?;
     }

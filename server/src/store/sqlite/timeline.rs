@@ -202,18 +202,7 @@ pub(super) fn store_message(
         ],
     )?;
     let id = tx.last_insert_rowid() as u64;
-    let stored = pb::StoredMessage {
-        server_msg_id: id,
-        client_msg_id: bytes::Bytes::copy_from_slice(&m.client_msg_id.0),
-        sender: m.sender.clone(),
-        recipient: m.recipient.clone(),
-        kind,
-        content_type: m.content_type,
-        body: m.body.clone(),
-        client_ts_ms: m.client_ts_ms,
-        server_ts_ms: ts,
-        recalled: false,
-    };
+    let stored = m.stored(id, ts);
     if m.to_service {
         outbox::enqueue(tx, "c2s", &crate::store::ops::c2s_payload(&stored))?;
     }
