@@ -9,23 +9,26 @@
 #
 # Runs as root or with sudo (installing and starting a cluster needs it).
 set -euo pipefail
+# Only the URL goes to standard output (callers capture it with $(...)); everything the
+# installer, pg_ctlcluster or psql print goes to standard error.
+exec 3>&1 1>&2
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 as_postgres() { if [ "$(id -u)" = 0 ]; then su postgres -c "$1"; else sudo -u postgres sh -c "$1"; fi; }
 
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   echo "== installing PostgreSQL (Debian's postgresql)" >&2
   as_root apt-get update -qq >/dev/null
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 3>&-
 fi
 version=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
 if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$version main"; then
-  as_root pg_createcluster "$version" main >/dev/null
+  as_root pg_createcluster "$version" main 3>&-
 fi
 if [ "${1:-start}" = clean ]; then
   port=$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')
   for db in $(as_postgres "psql -p $port -qtAc \"SELECT datname FROM pg_database WHERE datname ~ '^tern_(t|py|kt)_[0-9a-f]+\$'\""); do
     as_postgres "psql -p $port -qc 'DROP DATABASE $db'"
-    echo "dropped $db"
+    echo "dropped $db" >&3
   done
   exit 0
 fi
@@ -34,7 +37,8 @@ if [ "${1:-start}" = stop ]; then
   exit 0
 fi
 if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $4}' | grep -qx online; then
-  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  # 3>&-: the server must not inherit the caller's capture pipe, or $(...) never ends.
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 3>&-
 fi
 port=$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')
 for _ in $(seq 1 50); do
@@ -45,4 +49,4 @@ as_postgres "psql -p $port -qtAc \"SELECT 1 FROM pg_roles WHERE rolname = 'tern'
   as_postgres "psql -p $port -qc \"CREATE ROLE tern LOGIN CREATEDB PASSWORD 'tern'\""
 as_postgres "psql -p $port -qtAc \"SELECT 1 FROM pg_database WHERE datname = 'tern'\"" | grep -qx 1 ||
   as_postgres "createdb -p $port -O tern tern"
-echo "postgres://tern:tern@127.0.0.1:$port/tern?sslmode=disable"
+echo "postgres://tern:tern@127.0.0.1:$port/tern?sslmode=disable" >&3
