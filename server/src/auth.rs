@@ -120,7 +120,7 @@ pub(crate) fn sign(secret: &[u8], parts: &[&[u8]]) -> HmacSha256 {
 pub fn mint(secret: &[u8], user: &str, device: Option<&str>, ttl_secs: u64) -> String {
     let claims = Claims {
         sub: user.to_owned(),
-        exp: unix_now() + ttl_secs,
+        exp: unix_now().saturating_add(ttl_secs),
         dev: device.map(str::to_owned),
         plat: None,
     };

@@ -318,6 +318,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The store refused the request by its rules (unknown id, not allowed, a limit, out
+    /// of order): the caller's doing, answered with its code, not a store failure (which
+    /// is logged as an error and counted).
+    pub fn is_refusal(&self) -> bool {
+        self.is_final_refusal()
+            || matches!(
+                self,
+                StoreError::OutOfOrder { .. }
+                    | StoreError::GroupFull
+                    | StoreError::MessageNotFound
+                    | StoreError::RecallExpired
+            )
+    }
+
     /// A refusal for good of a message (resending it cannot succeed): it still uses up
     /// the message's send seq, so one bad message never blocks the device's outbox.
     pub fn is_final_refusal(&self) -> bool {

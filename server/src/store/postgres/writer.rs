@@ -132,15 +132,7 @@ async fn single(
 /// Logs and counts a write that failed for a reason other than a refusal.
 fn report(r: &Result<WriteReply, StoreError>) {
     if let Err(e) = r {
-        if !e.is_final_refusal()
-            && !matches!(
-                e,
-                StoreError::OutOfOrder { .. }
-                    | StoreError::GroupFull
-                    | StoreError::MessageNotFound
-                    | StoreError::RecallExpired
-            )
-        {
+        if !e.is_refusal() {
             metrics::counter!("tern_store_commit_failures_total").increment(1);
             tracing::error!(error = %e, "store write failed; nothing was acknowledged");
         }

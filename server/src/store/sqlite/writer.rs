@@ -62,8 +62,12 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
         match outcome {
             Ok(results) => {
                 for (job, r) in batch.into_iter().zip(results) {
-                    if let Err(e) = &r {
-                        tracing::error!(error = %e, "store job failed");
+                    match &r {
+                        Err(e) if e.is_refusal() => {
+                            tracing::debug!(error = %e, "store job refused")
+                        }
+                        Err(e) => tracing::error!(error = %e, "store job failed"),
+                        Ok(_) => {}
                     }
                     let _ = job.reply.send(r);
                 }
