@@ -6,7 +6,7 @@
 #
 # PROFILE: debug, release (default) or mobile (size-tuned, see Cargo.toml).
 # OUT_DIR: default target/bindings; gets kotlin/, swift/, python/ and a copy of the library.
-# The Python package in ffi/python/tern/ receives the module and the library too.
+# (The Python package is built as a wheel by maturin instead: see ffi/python/pyproject.toml.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-release}
@@ -27,6 +27,4 @@ for lang in kotlin swift python; do
   "target/$dir/uniffi-bindgen" generate "$lib" --language "$lang" --out-dir "$out/$lang" --no-format >/dev/null
 done
 cp "$lib" "$out/"
-cp "$out/python/tern_ffi.py" "$out/python/tern_client.py" ffi/python/tern/
-cp "$lib" ffi/python/tern/
 echo "bindings in $out (library: $lib, $(du -h "$lib" | cut -f1))"

@@ -1,10 +1,36 @@
 #!/usr/bin/env bash
-# Generates the Python bindings (debug library) and runs the pytest suite against a real
-# tern-server process.
+# Builds the Python wheel as a user would get it (maturin, uniffi bindings mode: a
+# platform wheel carrying libtern_ffi and the generated modules), installs it with pip into
+# a fresh virtual environment, and runs the pytest suite against the installed package
+# (not the source tree) and a real tern-server process.
+#
+#   bash ffi/python-test.sh                 # debug build (fast; what CI runs)
+#   PROFILE=release bash ffi/python-test.sh # the wheel you would publish
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install --quiet pytest
-ffi/generate-bindings.sh debug target/bindings >/dev/null
+root=$(pwd)
+tools=$root/target/tools/maturin-venv
+if [ ! -x "$tools/bin/maturin" ]; then
+  echo "== installing maturin 1.16.0 (PyPI) into $tools"
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install --quiet "maturin==1.16.0"
+fi
+flags=()
+[ "${PROFILE:-debug}" = release ] && flags=(--release)
+echo "== building the wheel (maturin build ${flags[*]})"
+rm -rf target/wheels
+(cd ffi/python && "$tools/bin/maturin" build "${flags[@]}" --quiet 2>&1 | grep -v "old-style --config" | tail -n 3)
+wheel=$(ls target/wheels/tern_client-*.whl)
+echo "   $wheel ($(du -h "$wheel" | cut -f1))"
 cargo build -p tern-server --quiet
-cd ffi/python
-TERN_SERVER_BIN=../../target/debug/tern-server python3 -m pytest -q tests
+
+venv=$root/target/py-test-venv
+rm -rf "$venv"
+python3 -m venv "$venv"
+echo "== pip install the wheel and pytest into a fresh virtual environment"
+"$venv/bin/pip" install --quiet "$wheel" pytest
+"$venv/bin/python" -c 'import tern, sys; print("   tern from", tern.__file__)'
+# Run from an empty directory so nothing but the installed package can be imported.
+cd "$(mktemp -d)"
+TERN_PY_EXPECT_PREFIX=$venv TERN_SERVER_BIN=$root/target/debug/tern-server \
+  "$venv/bin/pytest" -q -p no:cacheprovider "$root/ffi/python/tests"

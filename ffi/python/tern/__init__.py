@@ -12,12 +12,12 @@ Always call ``client.shutdown()`` before the interpreter exits: it returns only 
 callback can arrive any more (a callback into an exiting interpreter aborts Python).
 """
 
-from .tern_ffi import *  # noqa: F401,F403  (the generated module is the API)
+from ._native.tern_ffi import *  # noqa: F401,F403  (the generated module is the API)
 # Types the client core itself derives uniffi on are generated into their own module
 # (one module per Rust crate); they are part of the same API.
-from .tern_client import *  # noqa: F401,F403
-from .tern_client import ConversationKind, GroupInfo, MessageStatus  # noqa: F401
-from .tern_ffi import (  # noqa: F401  (names for IDEs and readers)
+from ._native.tern_client import *  # noqa: F401,F403
+from ._native.tern_client import ConversationKind, GroupInfo, MessageStatus  # noqa: F401
+from ._native.tern_ffi import (  # noqa: F401  (names for IDEs and readers)
     ClientSettings,
     ConnectionState,
     Conversation,

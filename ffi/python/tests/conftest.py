@@ -11,9 +11,14 @@ import urllib.parse
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "ffi" / "python"))
 
+# The package under test is the installed one (the wheel: ffi/python-test.sh), never the
+# source tree, which has no native library; TERN_PY_EXPECT_PREFIX makes sure of it.
 import tern  # noqa: E402
+
+_prefix = os.environ.get("TERN_PY_EXPECT_PREFIX")
+if _prefix and not os.path.realpath(tern.__file__).startswith(os.path.realpath(_prefix)):
+    raise RuntimeError(f"tern was imported from {tern.__file__}, not from the installed wheel in {_prefix}")
 
 
 def server_binary() -> str:

@@ -166,7 +166,6 @@ def test_interpreter_exit_after_shutdown_is_clean(server, tmp_path):
     (a callback into an exiting interpreter would abort with 134)."""
     script = textwrap.dedent(f"""
         import sys, threading
-        sys.path.insert(0, {str(ROOT / "ffi" / "python")!r})
         import tern
         done = threading.Event()
         class L(tern.TernListener):
