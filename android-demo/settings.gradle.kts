@@ -13,4 +13,4 @@ dependencyResolutionManagement {
     }
 }
 rootProject.name = "tern-android-demo"
-include(":app")
+include(":app", ":tern")

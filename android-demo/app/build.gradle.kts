@@ -14,7 +14,7 @@ android {
         targetSdk = 35
         versionCode = 1
         versionName = "0.1.0"
-        // build-native.sh builds these ABIs into src/main/jniLibs.
+        // The :tern library module carries these ABIs (build-native.sh).
         ndk { abiFilters += listOf("arm64-v8a", "armeabi-v7a", "x86_64") }
     }
     buildFeatures {
@@ -37,8 +37,8 @@ dependencies {
     implementation(libs.lifecycle.viewmodel.compose)
     implementation(libs.lifecycle.process)
     implementation(libs.coroutines.android)
-    // The generated bindings call the native library through JNA (the AAR carries
-    // JNA's own native parts for every ABI).
-    implementation("${libs.jna.get()}@aar")
+    // The Tern client: bindings + native libraries as an Android library (AAR), which
+    // brings JNA and kotlinx-coroutines with it.
+    implementation(project(":tern"))
     testImplementation(libs.junit.jupiter)
 }
