@@ -18,12 +18,8 @@ done
 ffi/generate-bindings.sh release target/bindings >/dev/null
 
 work=target/ios
-rm -rf "$work" && mkdir -p "$work/headers" "$work/sim"
-cp target/bindings/swift/TernFFI.h target/bindings/swift/TernClientFFI.h "$work/headers/"
-# An xcframework wants one module map named module.modulemap: both C modules (tern-ffi's
-# and the one for the types tern-client derives uniffi on) go in it.
-cat target/bindings/swift/TernFFI.modulemap target/bindings/swift/TernClientFFI.modulemap \
-  >"$work/headers/module.modulemap"
+rm -rf "$work" && mkdir -p "$work/sim"
+"$here/assemble-ternkit.sh" target/bindings "$work/headers" "$here/TernKit"
 lipo -create target/aarch64-apple-ios-sim/mobile/libtern_ffi.a target/x86_64-apple-ios/mobile/libtern_ffi.a \
   -output "$work/sim/libtern_ffi.a"
 rm -rf "$here/TernKit/TernFFI.xcframework"
@@ -31,7 +27,6 @@ xcodebuild -create-xcframework \
   -library target/aarch64-apple-ios/mobile/libtern_ffi.a -headers "$work/headers" \
   -library "$work/sim/libtern_ffi.a" -headers "$work/headers" \
   -output "$here/TernKit/TernFFI.xcframework"
-cp target/bindings/swift/Tern.swift target/bindings/swift/TernClient.swift "$here/TernKit/Sources/Tern/"
 if [ -f tern-data/dev-cert.pem ]; then cp tern-data/dev-cert.pem "$here/TernDemo/dev-cert.pem"; fi
 du -sh "$here/TernKit/TernFFI.xcframework"
 echo "TernKit is ready: add ios-demo/TernKit as a local Swift package (or run xcodegen in ios-demo/)."
