@@ -47,14 +47,20 @@ pub(crate) struct Args {
     /// Round-trip times, in ms (half each way, ±10 % jitter).
     #[arg(long, value_delimiter = ',', default_value = "100,300")]
     pub rtt: Vec<u64>,
+    /// Messages sent back to back in each burst (1: evenly paced at `rate`); bursts
+    /// start every `burst / rate` seconds. The last message of each burst is the
+    /// "tail": nothing behind it reveals its loss (`Run::tail`).
+    #[arg(long, default_value_t = 1)]
+    pub burst: usize,
     /// RNG seed of the relays.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Seconds after the last send to wait for stragglers.
     #[arg(long, default_value_t = 60)]
     pub deadline: u64,
-    /// Profiles run side by side: datagram, stream, mobileimsdk, tcp (TLS over TCP through
-    /// a delaying relay with nftables loss; needs root).
+    /// Profiles run side by side: datagram, nocopies (datagram without copies on a lossy
+    /// path), stream, mobileimsdk, tcp (TLS over TCP through a delaying relay with
+    /// nftables loss; needs root).
     #[arg(
         long,
         value_delimiter = ',',
@@ -89,6 +95,9 @@ pub(crate) struct Run {
     pub uplink: Latency,
     /// And stored until bob's listener saw it (downlink: push QoS, or a gap pull).
     pub downlink: Latency,
+    /// Send-to-receive time of the last message of each burst (with `--burst`).
+    #[serde(default)]
+    pub tail: Latency,
 }
 
 /// Result.
@@ -116,9 +125,21 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
             for r in all {
                 let r = r?;
                 line += &format!(
-                    " {} up p99 {:.0} / down p99 {:.0} ms ({}/{});",
-                    r.profile, r.uplink.p99_ms, r.downlink.p99_ms, r.received, r.sent
+                    " {} up p50/p99 {:.0}/{:.0} / down {:.0}/{:.0} / all {:.0}/{:.0} ms ({}/{})",
+                    r.profile,
+                    r.uplink.p50_ms,
+                    r.uplink.p99_ms,
+                    r.downlink.p50_ms,
+                    r.downlink.p99_ms,
+                    r.latency.p50_ms,
+                    r.latency.p99_ms,
+                    r.received,
+                    r.sent
                 );
+                if args.burst > 1 {
+                    line += &format!(" tail p99 {:.0} ms", r.tail.p99_ms);
+                }
+                line += ";";
                 runs.push(r);
             }
             ui::done(&bar, line);
@@ -223,12 +244,22 @@ impl Drop for TcpPath {
 
 async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<Run> {
     let (push_qos, uplink) = match profile {
-        "datagram" | "tcp" => ("adaptive", Uplink::Datagram),
+        "datagram" | "tcp" | "nocopies" => ("adaptive", Uplink::Datagram),
         "stream" => ("adaptive", Uplink::Stream),
         "mobileimsdk" => ("mobileimsdk", Uplink::Datagram),
-        other => anyhow::bail!("unknown profile {other} (datagram, stream, mobileimsdk, tcp)"),
+        other => {
+            anyhow::bail!("unknown profile {other} (datagram, nocopies, stream, mobileimsdk, tcp)")
+        }
     };
-    let server = ServerProc::start(&["--push-qos", push_qos])?;
+    // "nocopies": the datagram uplink without copies on a lossy path (the design before
+    // `tern_protocol::redundancy`), for side-by-side runs.
+    let copies = profile != "nocopies";
+    let server = ServerProc::start(&[
+        "--push-qos",
+        push_qos,
+        "--loss-copies",
+        if copies { "true" } else { "false" },
+    ])?;
     let r = relay(server.addr, loss as f64 / 100.0, rtt, args.seed).await?;
     let tcp = if profile == "tcp" {
         let addr = server
@@ -256,6 +287,7 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         connect,
         |c| {
             c.uplink = uplink;
+            c.loss_copies = copies;
             transport(c);
         },
     )
@@ -273,8 +305,9 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
     let mut sent_at = Vec::with_capacity(args.messages);
     let mut local_ids = Vec::with_capacity(args.messages);
     let start = Instant::now();
+    let burst = args.burst.max(1);
     for i in 0..args.messages {
-        tokio::time::sleep_until((start + gap * i as u32).into()).await;
+        tokio::time::sleep_until((start + gap * (i / burst * burst) as u32).into()).await;
         sent_at.push(Instant::now());
         local_ids.push(alice.client.send_text("bob", &format!("m{i}"))?.local_id);
     }
@@ -282,12 +315,15 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
     until(Duration::from_secs(args.deadline), || bob.seen.count() >= n).await;
     let received = bob.seen.received.lock().expect("lock").clone();
     let stored = alice.seen.stored_at.lock().expect("lock").clone();
-    let (mut samples, mut up, mut down) = (vec![], vec![], vec![]);
+    let (mut samples, mut up, mut down, mut tail) = (vec![], vec![], vec![], vec![]);
     for (i, t) in sent_at.iter().enumerate() {
         let Some(r) = received.get(&format!("m{i}")) else {
             continue;
         };
         samples.push(r.duration_since(*t));
+        if burst > 1 && ((i + 1) % burst == 0 || i + 1 == n) {
+            tail.push(r.duration_since(*t));
+        }
         if let Some(s) = stored.get(&local_ids[i]) {
             up.push(s.duration_since(*t));
             down.push(r.saturating_duration_since(*s));
@@ -310,5 +346,6 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         latency: Latency::of(samples),
         uplink: Latency::of(up),
         downlink: Latency::of(down),
+        tail: Latency::of(tail),
     })
 }

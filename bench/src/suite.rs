@@ -114,6 +114,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Results> {
         rate: if q { 20.0 } else { 10.0 },
         loss: if q { vec![0, 30] } else { vec![0, 10, 30, 50] },
         rtt: if q { vec![100] } else { vec![100, 300] },
+        burst: 1,
         seed: 7,
         deadline: if q { 30 } else { 60 },
         profiles: vec!["datagram".into(), "stream".into(), "mobileimsdk".into()],

@@ -715,10 +715,15 @@ impl<'a> Session<'a> {
                         // QUIC measures the path's RTT on every ACK; the send engine's own
                         // samples are rare (Karn's rule, and answers that waited behind a
                         // gap do not count), so it also learns from QUIC, once a second.
+                        // The path's loss, likewise: on a lossy path sends go twice.
                         if rtt_fed.elapsed() >= Duration::from_secs(1) {
                             rtt_fed = Instant::now();
                             if let Some(conn) = self.quic() {
                                 m.sync.on_rtt_sample(conn.rtt());
+                                if self.inner.config.loss_copies {
+                                    let path = conn.stats().path;
+                                    m.sync.on_packet_counts(path.sent_packets, path.lost_packets);
+                                }
                             }
                         }
                         self.on_frame(*f, m)

@@ -81,6 +81,11 @@ pub struct ClientConfig {
     pub qos: QosConfig,
     /// How sends travel to the server (see [`Uplink`]).
     pub uplink: Uplink,
+    /// On a path QUIC measures lossy (10 % or more), send each send datagram twice, the
+    /// copy a quarter RTT later (`tern_protocol::redundancy`): the uplink needs two
+    /// lossy trips (the send and its answer) where a push needs one. Costs bytes only
+    /// while the path is lossy. Default on.
+    pub loss_copies: bool,
     /// Which transports the client may use (see [`TransportMode`]).
     pub transport: TransportMode,
     /// `host:port` of the server's TLS-over-TCP listener; default: `server` (the same
@@ -131,6 +136,7 @@ impl ClientConfig {
             network_label: "default".into(),
             qos: QosConfig::uplink(),
             uplink: Uplink::Datagram,
+            loss_copies: true,
             transport: TransportMode::Auto,
             tcp_server: None,
             tcp_head_start: Duration::from_millis(300),

@@ -69,6 +69,9 @@ struct Device {
     up: Link,
     down: Link,
     up_stream_free: Instant,
+    /// The link's loss rate, reported to the machine as QUIC's packet counts would be
+    /// (on a lossy link sends then go twice, `tern_protocol::redundancy`).
+    path_loss: f64,
     down_stream_free: Instant,
     /// Message bodies announced to the app, in announcement order.
     announced: Vec<String>,
@@ -192,6 +195,7 @@ impl World {
             sync: SyncMachine::new(config, self.now),
             epoch: 0,
             online: false,
+            path_loss: link.loss,
             up: Link::new(link.clone(), self.start, seed),
             down: Link::new(link, self.start, seed ^ 0x9e37_79b9),
             up_stream_free: self.now,
@@ -662,6 +666,9 @@ impl World {
                     d.up_stream_free = now;
                     d.down_stream_free = now;
                     d.sync.on_connected(login, now, &mut d.db).unwrap();
+                    d.sync.on_packet_counts(0, 0);
+                    d.sync
+                        .on_packet_counts(1_000, (d.path_loss * 1_000.0) as u64);
                     self.drain(dev);
                 }
             }

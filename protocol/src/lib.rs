@@ -17,6 +17,8 @@
 //!   stream, so one session logic serves every transport.
 //! * [`page`]: the byte budget of one answer (pages, summaries, member lists).
 //! * [`rate`]: the send budget (token bucket) the server enforces and the client paces to.
+//! * [`redundancy`]: when QoS datagrams go twice (a path measured lossy), and how much
+//!   later the copy goes.
 //! * [`sim`]: a deterministic network simulator (virtual time, seeded loss, delay,
 //!   jitter, reordering, duplication, blackouts) used by the tests and benchmarks.
 //!
@@ -38,6 +40,7 @@ pub mod link;
 pub mod page;
 pub mod qos;
 pub mod rate;
+pub mod redundancy;
 pub mod send_order;
 pub mod sim;
 

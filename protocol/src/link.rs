@@ -93,6 +93,27 @@ impl Link {
         }
     }
 
+    /// QUIC's smoothed RTT of the path (`None` on a byte stream).
+    pub fn rtt(&self) -> Option<Duration> {
+        match self {
+            Link::Quic { conn, .. } => Some(conn.rtt()),
+            Link::Stream { .. } => None,
+        }
+    }
+
+    /// The path's cumulative (packets sent, packets declared lost), for
+    /// [`LossMeter`](crate::redundancy::LossMeter); `None` on a byte stream (no
+    /// datagrams to copy there).
+    pub fn packet_counts(&self) -> Option<(u64, u64)> {
+        match self {
+            Link::Quic { conn, .. } => {
+                let path = conn.stats().path;
+                Some((path.sent_packets, path.lost_packets))
+            }
+            Link::Stream { .. } => None,
+        }
+    }
+
     /// Sends `bytes` as one datagram; `false` if there are no datagrams or it was refused.
     pub fn send_datagram(&self, bytes: Bytes) -> bool {
         match self {

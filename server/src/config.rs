@@ -126,6 +126,10 @@ pub struct Settings {
     /// Only accept messages to users who logged in before [default: false]
     #[arg(long, env = "TERN_REQUIRE_KNOWN_RECIPIENT", num_args = 0..=1, default_missing_value = "true")]
     pub require_known_recipient: Option<bool>,
+    /// On a path measured lossy, repeat the latest send results in one more datagram
+    /// (the uplink's tail under loss; costs bytes only while the path is lossy) [default: true]
+    #[arg(long, env = "TERN_LOSS_COPIES", num_args = 0..=1, default_missing_value = "true")]
+    pub loss_copies: Option<bool>,
     /// Store durability: full (fsync per commit) or normal [default: full]
     #[arg(long, env = "TERN_DURABILITY")]
     pub durability: Option<Durability>,
@@ -197,7 +201,7 @@ impl Settings {
     pub fn over(self, base: Settings) -> Settings {
         overlay!(self, base; quic, tcp, ws, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
-            max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, durability,
+            max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, loss_copies, durability,
             store_url, store_writers, store_pool_size, store_ca_file, banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
             recall_window_secs, push_webhook_url, push_webhook_delay_ms, service_accounts,
             service_webhook_url, webhook_secret)
@@ -249,6 +253,8 @@ pub struct Config {
     pub min_client_version: Option<String>,
     /// Refuse unknown recipients.
     pub require_known_recipient: bool,
+    /// Repeat send results on a lossy path.
+    pub loss_copies: bool,
     /// Store durability.
     pub durability: Durability,
     /// The PostgreSQL store (`None`: SQLite in `data`).
@@ -327,6 +333,7 @@ impl Config {
                 "require_known_recipient",
                 self.require_known_recipient.to_string(),
             ),
+            ("loss_copies", self.loss_copies.to_string()),
             (
                 "durability",
                 format!("{:?}", self.durability).to_lowercase(),
@@ -469,6 +476,7 @@ impl Config {
             max_sessions_per_user: s.max_sessions_per_user.unwrap_or(16).max(1),
             min_client_version: s.min_client_version,
             require_known_recipient: s.require_known_recipient.unwrap_or(false),
+            loss_copies: s.loss_copies.unwrap_or(true),
             durability: s.durability.unwrap_or_default(),
             store: match s.store_url {
                 Some(url) if !url.is_empty() => {

@@ -30,6 +30,7 @@ use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
 use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
 use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
 use tern_protocol::rate::TokenBucket;
+use tern_protocol::redundancy::{LossMeter, copy_delay};
 use tern_protocol::{ClientMsgId, ErrorCode, pb, unix_ms};
 
 use crate::store::{Applied, Db, DbError};
@@ -153,6 +154,9 @@ struct Link {
     empty_pages: u32,
     /// When the backed-off pull goes out.
     pull_at: Option<Instant>,
+    /// Second copies of sends due (a lossy path, [`tern_protocol::redundancy`]), in
+    /// time order; at most one window's worth.
+    copies: VecDeque<(Instant, ClientMsgId)>,
 }
 
 /// The longest wait between pulls that bring nothing.
@@ -177,6 +181,8 @@ pub struct SyncMachine {
     paced_at: Option<Instant>,
     /// The latest time an input carried (charges frames queued without one).
     now: Instant,
+    /// The path's measured loss: sends go twice while it is lossy.
+    loss: LossMeter,
     next_request: u64,
     /// The server store's generation announced at the last login.
     generation: u64,
@@ -198,6 +204,7 @@ impl SyncMachine {
             reserve: 0.0,
             paced_at: None,
             now,
+            loss: LossMeter::default(),
             next_request: 1,
             generation: 0,
             link: None,
@@ -232,6 +239,17 @@ impl SyncMachine {
         self.qos.on_rtt_sample(rtt);
     }
 
+    /// The transport's cumulative packet counts (QUIC: sent, declared lost), now and
+    /// then: on a path measured lossy each send datagram goes twice.
+    pub fn on_packet_counts(&mut self, sent: u64, lost: u64) {
+        self.loss.on_counts(sent, lost);
+    }
+
+    /// Whether sends currently go twice (the path is measured lossy).
+    pub fn sends_copied(&self) -> bool {
+        self.loss.redundant()
+    }
+
     /// The driver sent a request of its own (an app call): it counts against the send
     /// budget like every frame but ACKs and heartbeats.
     pub fn on_frame_sent(&mut self, now: Instant) {
@@ -260,6 +278,7 @@ impl SyncMachine {
             self.paced_at,
             link.gap_at,
             link.pull_at,
+            link.copies.front().map(|c| c.0),
         ]
         .into_iter()
         .flatten()
@@ -304,11 +323,45 @@ impl SyncMachine {
             );
             return;
         }
+        let on_stream = !self.config.datagram_sends;
+        let copy_at = now + copy_delay(self.qos.rtt().srtt());
+        let window = self.qos.config().window;
+        let copy = !on_stream && self.loss.redundant();
         if let Some(l) = self.link.as_mut() {
             l.waiting_since.get_or_insert(now);
+            if copy && l.copies.len() < window {
+                if let Ok(id) = ClientMsgId::from_slice(&chat.client_msg_id) {
+                    l.copies.push_back((copy_at, id));
+                }
+            }
         }
-        let on_stream = !self.config.datagram_sends;
         self.push_transmit(Frame::Chat(chat), flags, on_stream);
+    }
+
+    /// Sends the second copies that are due, of sends still unanswered.
+    fn send_copies(&mut self, now: Instant) {
+        let keep = 1.0 + self.reserve / 2.0;
+        loop {
+            let Some(l) = self.link.as_mut() else { return };
+            let Some(&(at, id)) = l.copies.front() else {
+                return;
+            };
+            if at > now {
+                return;
+            }
+            l.copies.pop_front();
+            let Some(chat) = self.qos.payload(&id).cloned() else {
+                continue; // answered (or taken out of flight) meanwhile
+            };
+            if self
+                .budget
+                .as_mut()
+                .is_some_and(|b| b.available(now) < keep)
+            {
+                continue; // a copy is never worth a RATE_LIMITED
+            }
+            self.push_transmit(Frame::Chat(chat), FLAG_RETRANSMIT, false);
+        }
     }
 
     /// The connection has datagrams (QUIC) or is a reliable stream only (TLS over
@@ -485,6 +538,7 @@ impl SyncMachine {
         if self.link.is_none() {
             return Ok(());
         }
+        self.send_copies(now);
         self.qos.handle_timeout(now);
         let mut freed = false;
         while let Some(ev) = self.qos.poll_event() {

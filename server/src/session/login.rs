@@ -337,6 +337,9 @@ async fn authenticate(
         order: tern_protocol::send_order::SendOrder::new(next_send_seq),
         chat_datagrams: false,
         recent_results: Default::default(),
+        loss: Default::default(),
+        loss_fed: now,
+        repeat_results_at: None,
     })
 }
 

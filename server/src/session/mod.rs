@@ -29,6 +29,7 @@ use tern_protocol::frame::Frame;
 use tern_protocol::io::Inbound;
 use tern_protocol::link::{Link, Transport};
 use tern_protocol::qos::Sender;
+use tern_protocol::redundancy::{LossMeter, copy_delay};
 use tern_protocol::{ErrorCode, pb};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -241,6 +242,12 @@ struct Session {
     /// lost result is then usually repaired by the next send's answer instead of by
     /// the client resending the message a retransmission timeout later.
     recent_results: std::collections::VecDeque<bytes::Bytes>,
+    /// The path's measured loss: while it is lossy, the latest results go once more
+    /// ([`tern_protocol::redundancy`]).
+    loss: LossMeter,
+    loss_fed: Instant,
+    /// When the latest results are repeated (lossy path, after a result datagram).
+    repeat_results_at: Option<Instant>,
 }
 
 /// How many earlier send results ride along with each new one.
@@ -322,8 +329,40 @@ impl Session {
                 self.recent_results.pop_front();
             }
             self.recent_results.push_back(bytes.clone());
+            if self.loss.redundant() && self.repeat_results_at.is_none() {
+                self.repeat_results_at = Some(Instant::now() + copy_delay(self.link.rtt()));
+            }
         }
         true
+    }
+
+    /// On a lossy path, the latest results once more, a little after they went: the
+    /// last sends of a burst have no later answer to carry theirs, and would otherwise
+    /// wait for the client's retransmission timer when an answer is lost.
+    fn repeat_results(&mut self) {
+        self.repeat_results_at = None;
+        let Some(max) = self.link.max_datagram_size() else {
+            return;
+        };
+        let mut datagram = bytes::BytesMut::new();
+        for r in self.recent_results.iter().rev() {
+            if datagram.len() + r.len() <= max {
+                datagram.extend_from_slice(r);
+            }
+        }
+        if !datagram.is_empty() && self.link.send_datagram(datagram.freeze()) {
+            metrics::counter!("tern_send_results_repeated_total").increment(1);
+        }
+    }
+
+    /// Feeds the path's packet counts to the loss meter, at most once a second.
+    fn measure_loss(&mut self) {
+        if self.shared.config.loss_copies && self.loss_fed.elapsed() >= Duration::from_secs(1) {
+            self.loss_fed = Instant::now();
+            if let Some((sent, lost)) = self.link.packet_counts() {
+                self.loss.on_counts(sent, lost);
+            }
+        }
     }
 
     /// Writes the answer of a request that finished; an `OUT_OF_ORDER` from the store
@@ -343,6 +382,7 @@ impl Session {
         let hb_timeout = self.shared.config.heartbeat_timeout;
         loop {
             let qos_at = self.push_qos.poll_timeout().map(Instant::from_std);
+            let repeat_at = self.repeat_results_at;
             let idle_at = self.last_rx + hb_timeout;
             let step = tokio::select! {
                 // Handlers are boxed: inline, their futures made every session's task
@@ -357,6 +397,7 @@ impl Session {
                     }
                     Some(Inbound::Datagram(f)) => {
                         self.last_rx = Instant::now();
+                        self.measure_loss();
                         self.chat_datagrams |= matches!(*f, Frame::Chat(_));
                         Box::pin(self.on_frame(*f)).await
                     }
@@ -382,6 +423,10 @@ impl Session {
                     None => Ok(()),
                 },
                 _ = sleep_until(qos_at.unwrap_or(idle_at)), if qos_at.is_some() => Box::pin(self.on_qos_timer()).await,
+                _ = sleep_until(repeat_at.unwrap_or(idle_at)), if repeat_at.is_some() => {
+                    self.repeat_results();
+                    Ok(())
+                }
                 _ = sleep_until(idle_at) => {
                     tracing::info!(user = %self.user, session = self.id, "heartbeat timeout");
                     metrics::counter!("tern_sessions_expired_total").increment(1);
