@@ -723,6 +723,7 @@ impl<'a> Session<'a> {
                                 if self.inner.config.loss_copies {
                                     let path = conn.stats().path;
                                     m.sync.on_packet_counts(path.sent_packets, path.lost_packets);
+                                    self.update_diagnostics(m);
                                 }
                             }
                         }
@@ -848,6 +849,7 @@ impl<'a> Session<'a> {
             heartbeats_sent: m.heartbeats_sent,
             srtt_ms: m.sync.qos().rtt().srtt().map(|d| d.as_millis() as u64),
             in_flight: m.sync.qos().in_flight() as u64,
+            sends_copied: m.sync.sends_copied(),
             network: net,
         };
     }

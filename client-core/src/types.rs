@@ -233,6 +233,9 @@ pub struct Diagnostics {
     pub srtt_ms: Option<u64>,
     /// Messages sent and not yet acknowledged by the server.
     pub in_flight: u64,
+    /// Whether sends currently go twice because the path is measured lossy
+    /// (`ClientConfig::loss_copies`).
+    pub sends_copied: bool,
     /// The transport of the current (or last) session: `quic`, or `tcp` (TLS over TCP,
     /// where UDP is blocked). `None` before the first session.
     pub transport: Option<String>,

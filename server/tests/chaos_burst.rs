@@ -83,14 +83,27 @@ async fn a_burst_through_30_percent_loss_with_reordering_keeps_the_senders_order
     connected(&alice).await;
     connected(&bob).await;
     let want = texts("m", N);
+    let mut copied = false;
     for t in &want {
         alice.send_text("bob", t).unwrap();
+        copied |= alice.diagnostics().sends_copied;
     }
     until_within("bob to have the burst", Duration::from_secs(120), || {
+        copied |= alice.diagnostics().sends_copied;
         bob_seen.texts().len() >= N
     })
     .await;
     all_settled(&alice, ConversationKind::Direct, "bob", N).await;
+    // The path was measured lossy: alice's sends went twice and the server repeated
+    // its results (tern_protocol::redundancy); order and exactly-once held regardless.
+    assert!(copied, "alice measured the path lossy and copied her sends");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tern_send_results_repeated_total") && !l.ends_with(" 0")),
+        "the server repeated send results on the lossy path"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(bob_seen.texts(), want, "announced once, in alice's order");
     assert_eq!(

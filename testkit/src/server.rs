@@ -167,6 +167,8 @@ pub async fn metrics(server: &ServerHandle) -> String {
 
 /// An HTTP client for the API.
 pub fn api() -> reqwest::Client {
+    // reqwest's rustls needs a process-wide crypto provider (ring, as everywhere here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
 
@@ -183,6 +185,8 @@ pub struct Proc {
     pub addr: SocketAddr,
     /// Its TLS-over-TCP address.
     pub tcp: Option<SocketAddr>,
+    /// Its HTTP API address.
+    pub http: Option<SocketAddr>,
     /// Its dev certificate.
     pub cert: CertificateDer<'static>,
     /// The same, PEM.
@@ -237,6 +241,7 @@ pub fn spawn_server_logging(
     let stdout = child.stdout.take().unwrap();
     let mut addr = None;
     let mut tcp = None;
+    let mut http = None;
     let mut cert_path = None;
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
@@ -246,6 +251,9 @@ pub fn spawn_server_logging(
         }
         if let Some(a) = line.strip_prefix("tcp listening on ") {
             tcp = Some(a.parse().unwrap());
+        }
+        if let Some(a) = line.strip_prefix("http listening on ") {
+            http = Some(a.parse().unwrap());
         }
         if let Some(p) = line.strip_prefix("dev certificate: ") {
             cert_path = Some(p.to_owned());
@@ -263,6 +271,7 @@ pub fn spawn_server_logging(
         child,
         addr: addr.expect("server printed its address"),
         tcp,
+        http,
         cert,
         cert_pem: pem,
     }
@@ -277,6 +286,19 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// The server's `/metrics` page (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let http = self.http.expect("server printed its HTTP address");
+        api()
+            .get(format!("http://{http}/metrics"))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The process's resident memory, in KiB (Linux `/proc`).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
