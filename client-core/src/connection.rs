@@ -721,8 +721,8 @@ impl<'a> Session<'a> {
                             if let Some(conn) = self.quic() {
                                 m.sync.on_rtt_sample(conn.rtt());
                                 if self.inner.config.loss_copies {
-                                    let path = conn.stats().path;
-                                    m.sync.on_packet_counts(path.sent_packets, path.lost_packets);
+                                    let sample = tern_protocol::redundancy::PathSample::of(conn);
+                                    m.sync.on_path_sample(sample, Instant::now().into_std());
                                     self.update_diagnostics(m);
                                 }
                             }

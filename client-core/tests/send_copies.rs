@@ -10,6 +10,7 @@ use tern_client::sync::{LoginInfo, SyncConfig, SyncMachine};
 use tern_client::types::ConversationKind;
 use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
 use tern_protocol::qos::QosConfig;
+use tern_protocol::redundancy::PathSample;
 use tern_protocol::{ClientMsgId, ErrorCode, pb};
 
 fn machine(t0: Instant, db: &mut Db) -> SyncMachine {
@@ -32,6 +33,18 @@ fn machine(t0: Instant, db: &mut Db) -> SyncMachine {
     sync.on_connected(login, t0, db).unwrap();
     while sync.poll_transmit().is_some() {}
     sync
+}
+
+/// Feeds the machine a roomy path's cumulative counts, `secs` into the test.
+fn path(sync: &mut SyncMachine, t0: Instant, secs: u64, sent: u64, lost: u64) {
+    let sample = PathSample {
+        sent,
+        lost,
+        bytes: sent * 20,
+        cwnd: 120_000,
+        rtt: Duration::from_millis(100),
+    };
+    sync.on_path_sample(sample, t0 + Duration::from_secs(secs));
 }
 
 /// The `Chat` transmits queued now: (send seq, flags).
@@ -68,8 +81,8 @@ fn on_a_lossy_path_each_send_goes_twice_and_on_a_clean_one_once() {
     let t0 = Instant::now();
     let mut db = Db::open_in_memory("alice").unwrap();
     let mut sync = machine(t0, &mut db);
-    sync.on_packet_counts(0, 0);
-    sync.on_packet_counts(200, 1);
+    path(&mut sync, t0, 0, 0, 0);
+    path(&mut sync, t0, 1, 200, 1);
     assert!(!sync.sends_copied());
     send(&mut sync, &mut db, t0, 1);
     assert_eq!(chats(&mut sync), vec![(1, 0)]);
@@ -80,8 +93,8 @@ fn on_a_lossy_path_each_send_goes_twice_and_on_a_clean_one_once() {
     );
 
     // The path turns lossy (30 %).
-    sync.on_packet_counts(300, 31);
-    sync.on_packet_counts(400, 61);
+    path(&mut sync, t0, 2, 300, 31);
+    path(&mut sync, t0, 3, 400, 61);
     assert!(sync.sends_copied());
     let t1 = t0 + Duration::from_millis(60);
     send(&mut sync, &mut db, t1, 2);
@@ -96,8 +109,8 @@ fn an_answer_before_the_copy_is_due_cancels_it() {
     let t0 = Instant::now();
     let mut db = Db::open_in_memory("alice").unwrap();
     let mut sync = machine(t0, &mut db);
-    sync.on_packet_counts(0, 0);
-    sync.on_packet_counts(100, 50);
+    path(&mut sync, t0, 0, 0, 0);
+    path(&mut sync, t0, 1, 100, 50);
     assert!(sync.sends_copied());
     let id = send(&mut sync, &mut db, t0, 1);
     assert_eq!(chats(&mut sync), vec![(1, 0)]);

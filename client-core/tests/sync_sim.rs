@@ -21,6 +21,7 @@ use tern_protocol::frame::FLAG_RETRANSMIT;
 use tern_protocol::frame::Frame;
 use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
 use tern_protocol::rate::TokenBucket;
+use tern_protocol::redundancy::PathSample;
 use tern_protocol::send_order::{Admit, SendOrder};
 use tern_protocol::sim::{EventQueue, Link, LinkConfig};
 use tern_protocol::{ClientMsgId, ErrorCode, pb};
@@ -666,9 +667,17 @@ impl World {
                     d.up_stream_free = now;
                     d.down_stream_free = now;
                     d.sync.on_connected(login, now, &mut d.db).unwrap();
-                    d.sync.on_packet_counts(0, 0);
+                    let path = |sent: u64, lost: u64| PathSample {
+                        sent,
+                        lost,
+                        bytes: sent * 20,
+                        cwnd: 120_000,
+                        rtt: Duration::from_millis(100),
+                    };
+                    d.sync.on_path_sample(path(0, 0), now);
+                    let lost = (d.path_loss * 1_000.0) as u64;
                     d.sync
-                        .on_packet_counts(1_000, (d.path_loss * 1_000.0) as u64);
+                        .on_path_sample(path(1_000, lost), now + Duration::from_secs(1));
                     self.drain(dev);
                 }
             }

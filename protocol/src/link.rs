@@ -101,15 +101,11 @@ impl Link {
         }
     }
 
-    /// The path's cumulative (packets sent, packets declared lost), for
-    /// [`LossMeter`](crate::redundancy::LossMeter); `None` on a byte stream (no
-    /// datagrams to copy there).
-    pub fn packet_counts(&self) -> Option<(u64, u64)> {
+    /// A sample of the path for [`LossMeter`](crate::redundancy::LossMeter); `None` on
+    /// a byte stream (no datagrams to copy there).
+    pub fn path_sample(&self) -> Option<crate::redundancy::PathSample> {
         match self {
-            Link::Quic { conn, .. } => {
-                let path = conn.stats().path;
-                Some((path.sent_packets, path.lost_packets))
-            }
+            Link::Quic { conn, .. } => Some(crate::redundancy::PathSample::of(conn)),
             Link::Stream { .. } => None,
         }
     }

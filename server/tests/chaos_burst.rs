@@ -83,27 +83,14 @@ async fn a_burst_through_30_percent_loss_with_reordering_keeps_the_senders_order
     connected(&alice).await;
     connected(&bob).await;
     let want = texts("m", N);
-    let mut copied = false;
     for t in &want {
         alice.send_text("bob", t).unwrap();
-        copied |= alice.diagnostics().sends_copied;
     }
     until_within("bob to have the burst", Duration::from_secs(120), || {
-        copied |= alice.diagnostics().sends_copied;
         bob_seen.texts().len() >= N
     })
     .await;
     all_settled(&alice, ConversationKind::Direct, "bob", N).await;
-    // The path was measured lossy: alice's sends went twice and the server repeated
-    // its results (tern_protocol::redundancy); order and exactly-once held regardless.
-    assert!(copied, "alice measured the path lossy and copied her sends");
-    let metrics = server.metrics().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("tern_send_results_repeated_total") && !l.ends_with(" 0")),
-        "the server repeated send results on the lossy path"
-    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(bob_seen.texts(), want, "announced once, in alice's order");
     assert_eq!(
@@ -289,5 +276,47 @@ async fn three_members_bursting_into_a_group_see_one_order_that_keeps_each_sende
     for (c, _) in &members {
         c.shutdown();
     }
+    let _ = server.child.kill();
+}
+
+/// Sends paced at 10 a second through 30 % loss: the path is measured lossy and the
+/// window has room, so alice's sends go twice and the server repeats its results
+/// (`tern_protocol::redundancy`); bob still gets each once, in alice's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_sends_through_30_percent_loss_go_twice_and_keep_their_order() {
+    const N: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn_server(&dir.path().join("server"), "127.0.0.1:0");
+    let r = relay(server.addr, lossy(), 11).await;
+    let (alice, alice_seen) = user(r.local_addr(), &server.cert_pem, dir.path(), "alice");
+    let (bob, bob_seen) = user(r.local_addr(), &server.cert_pem, dir.path(), "bob");
+    connected(&alice).await;
+    connected(&bob).await;
+    let want = texts("p", N);
+    let mut copied = false;
+    for t in &want {
+        alice.send_text("bob", t).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        copied |= alice.diagnostics().sends_copied;
+    }
+    until_within("bob to have every message", Duration::from_secs(60), || {
+        bob_seen.texts().len() >= N
+    })
+    .await;
+    all_settled(&alice, ConversationKind::Direct, "bob", N).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bob_seen.texts(), want, "once, in alice's order");
+    assert_eq!(alice_seen.failures(), 0);
+    assert!(copied, "alice measured the path lossy and copied her sends");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tern_send_results_repeated_total") && !l.ends_with(" 0")),
+        "the server repeated send results on the lossy path"
+    );
+    println!("{N} paced through 30 % loss with copies: {}", r.stats());
+    alice.shutdown();
+    bob.shutdown();
     let _ = server.child.kill();
 }

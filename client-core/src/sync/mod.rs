@@ -30,7 +30,7 @@ use tern_protocol::dedup::{DedupConfig, DuplicateFilter};
 use tern_protocol::frame::{FLAG_RETRANSMIT, Frame};
 use tern_protocol::qos::{QosConfig, Sender, SenderEvent};
 use tern_protocol::rate::TokenBucket;
-use tern_protocol::redundancy::{LossMeter, copy_delay};
+use tern_protocol::redundancy::{LossMeter, PathSample, copy_delay};
 use tern_protocol::{ClientMsgId, ErrorCode, pb, unix_ms};
 
 use crate::store::{Applied, Db, DbError};
@@ -239,10 +239,17 @@ impl SyncMachine {
         self.qos.on_rtt_sample(rtt);
     }
 
-    /// The transport's cumulative packet counts (QUIC: sent, declared lost), now and
-    /// then: on a path measured lossy each send datagram goes twice.
-    pub fn on_packet_counts(&mut self, sent: u64, lost: u64) {
-        self.loss.on_counts(sent, lost);
+    /// A sample of the transport's path (QUIC's packet counts, window and RTT), now and
+    /// then: on a path measured lossy whose window has room, each send datagram goes twice.
+    pub fn on_path_sample(&mut self, sample: PathSample, now: Instant) {
+        self.loss.on_sample(sample, now);
+        tracing::trace!(
+            ?sample,
+            loss = self.loss.estimate(),
+            headroom = self.loss.headroom(),
+            copies = self.loss.redundant(),
+            "path sample"
+        );
     }
 
     /// Whether sends currently go twice (the path is measured lossy).

@@ -359,8 +359,8 @@ impl Session {
     fn measure_loss(&mut self) {
         if self.shared.config.loss_copies && self.loss_fed.elapsed() >= Duration::from_secs(1) {
             self.loss_fed = Instant::now();
-            if let Some((sent, lost)) = self.link.packet_counts() {
-                self.loss.on_counts(sent, lost);
+            if let Some(sample) = self.link.path_sample() {
+                self.loss.on_sample(sample, std::time::Instant::now());
             }
         }
     }
