@@ -59,7 +59,9 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 60)]
     pub deadline: u64,
     /// Profiles run side by side: datagram, nocopies (datagram without copies on a lossy
-    /// path), stream, mobileimsdk, tcp (TLS over TCP through a delaying relay with
+    /// path), cubic (datagram with QUIC's CUBIC instead of BBR on both ends), before
+    /// (CUBIC and no copies: the datagram uplink before both), stream,
+    /// mobileimsdk, tcp (TLS over TCP through a delaying relay with
     /// nftables loss; needs root).
     #[arg(
         long,
@@ -244,7 +246,7 @@ impl Drop for TcpPath {
 
 async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<Run> {
     let (push_qos, uplink) = match profile {
-        "datagram" | "tcp" | "nocopies" => ("adaptive", Uplink::Datagram),
+        "datagram" | "tcp" | "nocopies" | "cubic" | "before" => ("adaptive", Uplink::Datagram),
         "stream" => ("adaptive", Uplink::Stream),
         "mobileimsdk" => ("mobileimsdk", Uplink::Datagram),
         other => {
@@ -253,12 +255,21 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
     };
     // "nocopies": the datagram uplink without copies on a lossy path (the design before
     // `tern_protocol::redundancy`), for side-by-side runs.
-    let copies = profile != "nocopies";
+    let copies = profile != "nocopies" && profile != "before";
+    // "cubic": QUIC's loss-based controller on both ends instead of BBR; "before":
+    // CUBIC and no copies, the datagram uplink as it was before both.
+    let congestion = if profile == "cubic" || profile == "before" {
+        tern_protocol::io::Congestion::Cubic
+    } else {
+        tern_protocol::io::Congestion::Bbr
+    };
     let server = ServerProc::start(&[
         "--push-qos",
         push_qos,
         "--loss-copies",
         if copies { "true" } else { "false" },
+        "--congestion",
+        congestion.as_str(),
     ])?;
     let r = relay(server.addr, loss as f64 / 100.0, rtt, args.seed).await?;
     let tcp = if profile == "tcp" {
@@ -288,6 +299,7 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         |c| {
             c.uplink = uplink;
             c.loss_copies = copies;
+            c.congestion = congestion;
             transport(c);
         },
     )
@@ -298,7 +310,10 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         &dir.path().join("b"),
         "bob",
         connect,
-        transport,
+        |c| {
+            c.congestion = congestion;
+            transport(c);
+        },
     )
     .await?;
     let gap = Duration::from_secs_f64(1.0 / args.rate);

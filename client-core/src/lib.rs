@@ -86,6 +86,9 @@ pub struct ClientConfig {
     /// lossy trips (the send and its answer) where a push needs one. Costs bytes only
     /// while the path is lossy. Default on.
     pub loss_copies: bool,
+    /// QUIC's congestion controller for what this client sends: BBR by default (random
+    /// loss on a weak path is not congestion), CUBIC one setting away.
+    pub congestion: tern_protocol::io::Congestion,
     /// Which transports the client may use (see [`TransportMode`]).
     pub transport: TransportMode,
     /// `host:port` of the server's TLS-over-TCP listener; default: `server` (the same
@@ -137,6 +140,7 @@ impl ClientConfig {
             qos: QosConfig::uplink(),
             uplink: Uplink::Datagram,
             loss_copies: true,
+            congestion: tern_protocol::io::Congestion::default(),
             transport: TransportMode::Auto,
             tcp_server: None,
             tcp_head_start: Duration::from_millis(300),

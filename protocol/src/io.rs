@@ -267,6 +267,44 @@ pub async fn write_stream(
     }
 }
 
+/// QUIC's congestion controller, the same choice on both ends (a client and a server
+/// each control what they send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// BBR (the default): paces to the measured bottleneck bandwidth and RTT and does not
+    /// read random loss as congestion. On a weak mobile path most loss is random; CUBIC
+    /// halves its window on each loss and at 50 % loss sits at its two-packet minimum,
+    /// where sends queue behind it (docs/bench/analysis.md, "The uplink under loss").
+    /// quinn's BBR is marked experimental by its authors: `Cubic` is one setting away.
+    #[default]
+    Bbr,
+    /// CUBIC, quinn's own default (loss-based).
+    Cubic,
+}
+
+impl Congestion {
+    /// The setting's name: `bbr` or `cubic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Congestion::Bbr => "bbr",
+            Congestion::Cubic => "cubic",
+        }
+    }
+}
+
+/// Puts `congestion` into a QUIC transport configuration.
+#[cfg(feature = "quinn")]
+pub fn set_congestion(transport: &mut quinn::TransportConfig, congestion: Congestion) {
+    match congestion {
+        Congestion::Bbr => transport.congestion_controller_factory(std::sync::Arc::new(
+            quinn::congestion::BbrConfig::default(),
+        )),
+        Congestion::Cubic => transport.congestion_controller_factory(std::sync::Arc::new(
+            quinn::congestion::CubicConfig::default(),
+        )),
+    };
+}
+
 /// The TLS 1.3 client configuration of a Tern client over QUIC: ring, TLS 1.3 only,
 /// ALPN [`crate::ALPN`], trusting `roots`. Transport settings are the caller's.
 #[cfg(feature = "quinn")]

@@ -34,6 +34,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// QUIC's congestion controller (see `tern_protocol::io::Congestion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionControl {
+    /// BBR: does not read random loss as congestion (weak mobile paths).
+    #[default]
+    Bbr,
+    /// CUBIC, quinn's own default (loss-based).
+    Cubic,
+}
+
+impl CongestionControl {
+    /// The protocol crate's setting.
+    pub fn to_protocol(self) -> tern_protocol::io::Congestion {
+        match self {
+            CongestionControl::Bbr => tern_protocol::io::Congestion::Bbr,
+            CongestionControl::Cubic => tern_protocol::io::Congestion::Cubic,
+        }
+    }
+}
+
 /// Retransmission schedule for pushes to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
@@ -130,6 +151,9 @@ pub struct Settings {
     /// (the uplink's tail under loss; costs bytes only while the path is lossy) [default: true]
     #[arg(long, env = "TERN_LOSS_COPIES", num_args = 0..=1, default_missing_value = "true")]
     pub loss_copies: Option<bool>,
+    /// QUIC congestion controller: bbr (random loss is not congestion) or cubic [default: bbr]
+    #[arg(long, env = "TERN_CONGESTION")]
+    pub congestion: Option<CongestionControl>,
     /// Store durability: full (fsync per commit) or normal [default: full]
     #[arg(long, env = "TERN_DURABILITY")]
     pub durability: Option<Durability>,
@@ -201,7 +225,7 @@ impl Settings {
     pub fn over(self, base: Settings) -> Settings {
         overlay!(self, base; quic, tcp, ws, http, data, dev, tls_cert, tls_key, token_secret, api_key, kick_policy,
             max_body_bytes, heartbeat_timeout_secs, rate_per_sec, rate_burst, max_sessions,
-            max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, loss_copies, durability,
+            max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, loss_copies, congestion, durability,
             store_url, store_writers, store_pool_size, store_ca_file, banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
             recall_window_secs, push_webhook_url, push_webhook_delay_ms, service_accounts,
             service_webhook_url, webhook_secret)
@@ -255,6 +279,8 @@ pub struct Config {
     pub require_known_recipient: bool,
     /// Repeat send results on a lossy path.
     pub loss_copies: bool,
+    /// QUIC congestion controller.
+    pub congestion: CongestionControl,
     /// Store durability.
     pub durability: Durability,
     /// The PostgreSQL store (`None`: SQLite in `data`).
@@ -334,6 +360,10 @@ impl Config {
                 self.require_known_recipient.to_string(),
             ),
             ("loss_copies", self.loss_copies.to_string()),
+            (
+                "congestion",
+                self.congestion.to_protocol().as_str().to_owned(),
+            ),
             (
                 "durability",
                 format!("{:?}", self.durability).to_lowercase(),
@@ -477,6 +507,7 @@ impl Config {
             min_client_version: s.min_client_version,
             require_known_recipient: s.require_known_recipient.unwrap_or(false),
             loss_copies: s.loss_copies.unwrap_or(true),
+            congestion: s.congestion.unwrap_or_default(),
             durability: s.durability.unwrap_or_default(),
             store: match s.store_url {
                 Some(url) if !url.is_empty() => {
