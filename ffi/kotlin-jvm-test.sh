@@ -12,12 +12,8 @@ root=$(pwd)
 tools=$root/target/tools
 mkdir -p "$tools"
 
+# ffi/jvm-artifact.sh (below) fetches kotlinc (npm kotlin-compiler) if it is missing.
 kotlinc=$tools/kotlin/package/bin/kotlinc
-if [ ! -x "$kotlinc" ]; then
-  echo "== fetching kotlinc (npm package kotlin-compiler 2.4.20)"
-  mkdir -p "$tools/kotlin"
-  (cd "$tools/kotlin" && npm pack --silent kotlin-compiler@2.4.20 >/dev/null && tar xzf kotlin-compiler-2.4.20.tgz)
-fi
 klib=$tools/kotlin/package/lib
 if [ ! -f /usr/share/java/jna.jar ] || [ ! -f /usr/share/java/junit-platform-console-standalone.jar ]; then
   echo "== installing JNA and JUnit 5 (Debian)"
@@ -45,13 +41,10 @@ test ! -e "$out/classes/dev/tern/TernClient.class"
 
 if [ "${TERN_TEST_STORE:-}" = postgres ]; then
   # The test class starts one server: give it a new scratch database (TERN_STORE).
-  : "${TERN_TEST_PG:?TERN_TEST_STORE=postgres needs TERN_TEST_PG}"
-  db=tern_kt_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-  psql "$TERN_TEST_PG" -qc "CREATE DATABASE $db"
-  base=${TERN_TEST_PG%%\?*} query=
-  case $TERN_TEST_PG in *\?*) query="?${TERN_TEST_PG#*\?}" ;; esac
-  export TERN_STORE="${base%/*}/$db$query"
-  echo "== on the PostgreSQL store ($db)"
+  TERN_STORE=$(bash server/dev-postgres.sh scratch tern_kt)
+  export TERN_STORE
+  db=${TERN_STORE##*/}
+  echo "== on the PostgreSQL store (${db%%\?*})"
 fi
 
 echo "== running JUnit 5 (the native library comes from the artifact jar, through JNA)"

@@ -8,7 +8,7 @@
 #
 #   bash server/api-check.sh                 # SQLite store, fixed seed (as CI runs it)
 #   SEED=random EXAMPLES=500 bash server/api-check.sh
-#   TERN_TEST_STORE=postgres bash server/api-check.sh  # on a scratch database of TERN_TEST_PG
+#   TERN_TEST_STORE=postgres bash server/api-check.sh  # on a scratch database (dev-postgres.sh)
 #
 # Left out: positive_data_acceptance. JSON Schema counts 5.0 as an integer, which serde
 # refuses, and "exactly one of text and body_base64" is not expressed in the schema; both
@@ -30,13 +30,10 @@ s=[socket.socket() for _ in range(2)]
 print(" ".join(str(x.getsockname()[1]) for x in s))')
 read -r quic http <<<"$ports"
 if [ "${TERN_TEST_STORE:-}" = postgres ]; then
-  : "${TERN_TEST_PG:?TERN_TEST_STORE=postgres needs TERN_TEST_PG}"
-  db=tern_t_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-  psql "$TERN_TEST_PG" -qc "CREATE DATABASE $db"
-  base=${TERN_TEST_PG%%\?*} query=
-  case $TERN_TEST_PG in *\?*) query="?${TERN_TEST_PG#*\?}" ;; esac
-  export TERN_STORE="${base%/*}/$db$query"
-  echo "== on the PostgreSQL store ($db)"
+  TERN_STORE=$(bash server/dev-postgres.sh scratch tern_t)
+  export TERN_STORE
+  db=${TERN_STORE##*/}
+  echo "== on the PostgreSQL store (${db%%\?*})"
 fi
 data=$(mktemp -d)
 log=$data/server.log

@@ -6,6 +6,7 @@
 #   bash server/dev-postgres.sh          # then: tern-server --dev --store "$(that URL)"
 #   bash server/dev-postgres.sh stop     # stops the cluster again
 #   bash server/dev-postgres.sh clean    # drops the tests' scratch databases (tern_t_*, tern_py_*, tern_kt_*)
+#   bash server/dev-postgres.sh scratch tern_kt   # a new empty database tern_kt_<random>; prints its URL
 #
 # Runs as root or with sudo (installing and starting a cluster needs it).
 set -euo pipefail
@@ -30,6 +31,13 @@ if [ "${1:-start}" = clean ]; then
     as_postgres "psql -p $port -qc 'DROP DATABASE $db'"
     echo "dropped $db" >&3
   done
+  exit 0
+fi
+if [ "${1:-start}" = scratch ]; then
+  port=$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')
+  db=${2:-tern_t}_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+  as_postgres "createdb -p $port -O tern $db"
+  echo "postgres://tern:tern@127.0.0.1:$port/$db?sslmode=disable" >&3
   exit 0
 fi
 if [ "${1:-start}" = stop ]; then

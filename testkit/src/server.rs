@@ -155,8 +155,13 @@ pub async fn server_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> ServerHa
 
 /// The server's `/metrics` page (Prometheus text).
 pub async fn metrics(server: &ServerHandle) -> String {
+    metrics_at(server.http_addr).await
+}
+
+/// The `/metrics` page of the HTTP API at `http`.
+pub async fn metrics_at(http: SocketAddr) -> String {
     api()
-        .get(format!("http://{}/metrics", server.http_addr))
+        .get(format!("http://{http}/metrics"))
         .send()
         .await
         .expect("metrics answer")
@@ -288,15 +293,7 @@ impl Drop for Proc {
 impl Proc {
     /// The server's `/metrics` page (Prometheus text).
     pub async fn metrics(&self) -> String {
-        let http = self.http.expect("server printed its HTTP address");
-        api()
-            .get(format!("http://{http}/metrics"))
-            .send()
-            .await
-            .expect("metrics answer")
-            .text()
-            .await
-            .expect("metrics text")
+        metrics_at(self.http.expect("server printed its HTTP address")).await
     }
 
     /// The process's resident memory, in KiB (Linux `/proc`).

@@ -520,12 +520,7 @@ async fn add_members(
     Id(id): Id,
     Body(req): Body<Members>,
 ) -> Result<Json<Group>, ApiError> {
-    use pb::group_request::{Members, Op};
-    let op = Op::Add(Members {
-        group: id,
-        members: req.members,
-    });
-    group_call(&api, op).await
+    group_call(&api, pb::group_request::Op::Add(req.of(id))).await
 }
 
 /// Removes members.
@@ -546,12 +541,7 @@ async fn remove_members(
     Id(id): Id,
     Body(req): Body<Members>,
 ) -> Result<Json<Group>, ApiError> {
-    use pb::group_request::{Members, Op};
-    let op = Op::Remove(Members {
-        group: id,
-        members: req.members,
-    });
-    group_call(&api, op).await
+    group_call(&api, pb::group_request::Op::Remove(req.of(id))).await
 }
 
 /// A member leaves (an owner hands the group on).

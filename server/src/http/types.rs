@@ -192,6 +192,16 @@ pub struct Members {
     pub members: Vec<String>,
 }
 
+impl Members {
+    /// The wire request for these members of `group`.
+    pub fn of(self, group: String) -> pb::group_request::Members {
+        pb::group_request::Members {
+            group,
+            members: self.members,
+        }
+    }
+}
+
 /// Body of `POST /v1/groups/{id}/leave`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
