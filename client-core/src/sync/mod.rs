@@ -315,13 +315,7 @@ impl SyncMachine {
     /// A send: in a datagram, or on the stream (`Uplink::Stream`).
     fn send_chat(&mut self, chat: pb::ChatMessage, flags: u8) {
         let now = self.now;
-        let keep = 1.0 + self.reserve / 2.0;
-        if flags & FLAG_RETRANSMIT != 0
-            && self
-                .budget
-                .as_mut()
-                .is_some_and(|b| b.available(now) < keep)
-        {
+        if flags & FLAG_RETRANSMIT != 0 && self.budget_short_for_copy(now) {
             // A copy the budget cannot pay for now would be refused RATE_LIMITED (and
             // pause the outbox): skip it; the engine's next timer sends it again.
             tracing::debug!(
@@ -331,23 +325,37 @@ impl SyncMachine {
             return;
         }
         let on_stream = !self.config.datagram_sends;
-        let copy_at = now + copy_delay(self.qos.rtt().srtt());
-        let window = self.qos.config().window;
-        let copy = !on_stream && self.loss.redundant();
+        let copy = (!on_stream && self.loss.redundant()).then(|| {
+            (
+                now + copy_delay(self.qos.rtt().srtt()),
+                self.qos.config().window,
+            )
+        });
         if let Some(l) = self.link.as_mut() {
             l.waiting_since.get_or_insert(now);
-            if copy && l.copies.len() < window {
-                if let Ok(id) = ClientMsgId::from_slice(&chat.client_msg_id) {
-                    l.copies.push_back((copy_at, id));
+            if let Some((copy_at, window)) = copy {
+                if l.copies.len() < window {
+                    if let Ok(id) = ClientMsgId::from_slice(&chat.client_msg_id) {
+                        l.copies.push_back((copy_at, id));
+                    }
                 }
             }
         }
         self.push_transmit(Frame::Chat(chat), flags, on_stream);
     }
 
+    /// Whether the send budget cannot pay for a copy of a send now (a retransmission or
+    /// a second copy) while keeping half the reserve for other frames: such a copy would
+    /// draw RATE_LIMITED and pause the outbox, so it is skipped.
+    fn budget_short_for_copy(&mut self, now: Instant) -> bool {
+        let keep = 1.0 + self.reserve / 2.0;
+        self.budget
+            .as_mut()
+            .is_some_and(|b| b.available(now) < keep)
+    }
+
     /// Sends the second copies that are due, of sends still unanswered.
     fn send_copies(&mut self, now: Instant) {
-        let keep = 1.0 + self.reserve / 2.0;
         loop {
             let Some(l) = self.link.as_mut() else { return };
             let Some(&(at, id)) = l.copies.front() else {
@@ -360,11 +368,7 @@ impl SyncMachine {
             let Some(chat) = self.qos.payload(&id).cloned() else {
                 continue; // answered (or taken out of flight) meanwhile
             };
-            if self
-                .budget
-                .as_mut()
-                .is_some_and(|b| b.available(now) < keep)
-            {
+            if self.budget_short_for_copy(now) {
                 continue; // a copy is never worth a RATE_LIMITED
             }
             self.push_transmit(Frame::Chat(chat), FLAG_RETRANSMIT, false);

@@ -316,11 +316,7 @@ impl Session {
             return false;
         }
         let mut datagram = bytes::BytesMut::from(&bytes[..]);
-        for prev in self.recent_results.iter().rev() {
-            if datagram.len() + prev.len() <= max {
-                datagram.extend_from_slice(prev);
-            }
-        }
+        self.pack_recent_results(&mut datagram, max);
         if !self.link.send_datagram(datagram.freeze()) {
             return false;
         }
@@ -336,6 +332,15 @@ impl Session {
         true
     }
 
+    /// Appends the latest results, newest first, as far as they fit in `max` bytes.
+    fn pack_recent_results(&self, datagram: &mut bytes::BytesMut, max: usize) {
+        for r in self.recent_results.iter().rev() {
+            if datagram.len() + r.len() <= max {
+                datagram.extend_from_slice(r);
+            }
+        }
+    }
+
     /// On a lossy path, the latest results once more, a little after they went: the
     /// last sends of a burst have no later answer to carry theirs, and would otherwise
     /// wait for the client's retransmission timer when an answer is lost.
@@ -345,11 +350,7 @@ impl Session {
             return;
         };
         let mut datagram = bytes::BytesMut::new();
-        for r in self.recent_results.iter().rev() {
-            if datagram.len() + r.len() <= max {
-                datagram.extend_from_slice(r);
-            }
-        }
+        self.pack_recent_results(&mut datagram, max);
         if !datagram.is_empty() && self.link.send_datagram(datagram.freeze()) {
             metrics::counter!("tern_send_results_repeated_total").increment(1);
         }
