@@ -156,11 +156,17 @@ pub(crate) fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
     Ok(endpoint)
 }
 
-/// The TLS name of the server: the configured one, or the host of `server`.
+/// The TLS name of the server: the configured one, or the host of the first `server`
+/// entry (the TCP and WebSocket transports' default).
 pub(crate) fn tls_name(cfg: &crate::ClientConfig) -> String {
+    tls_name_for(cfg, &crate::servers::first(&cfg.server))
+}
+
+/// The TLS name for the `server` entry `entry`: the configured one, or its host.
+pub(crate) fn tls_name_for(cfg: &crate::ClientConfig, entry: &str) -> String {
     cfg.server_name
         .clone()
-        .unwrap_or_else(|| server_name(&cfg.server))
+        .unwrap_or_else(|| server_name(entry))
 }
 
 pub(crate) fn server_name(server: &str) -> String {
@@ -195,20 +201,27 @@ async fn handshake(
 ) -> Result<quinn::Connection, ConnectError> {
     let cfg = &inner.config;
     let fail = |e: String| ConnectError::Failed(e);
-    let addr = tokio::net::lookup_host(&cfg.server)
-        .await
-        .map_err(|e| fail(format!("resolve {}: {e}", cfg.server)))?
-        .next()
-        .ok_or_else(|| fail(format!("{} resolves to nothing", cfg.server)))?;
-    let name = tls_name(cfg);
+    let candidate = inner.servers.pick().await.map_err(fail)?;
+    let addr = candidate.addr;
+    let name = tls_name_for(cfg, &candidate.entry);
     let connecting = endpoint
         .connect(addr, &name)
         .map_err(|e| fail(e.to_string()))?;
-    let conn = timeout(handshake_timeout, connecting)
-        .await
-        .map_err(|_| fail("connect timed out".into()))?
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(conn)
+    let conn = timeout(handshake_timeout, connecting).await;
+    match conn {
+        Ok(Ok(conn)) => {
+            inner.servers.connected(addr);
+            Ok(conn)
+        }
+        Ok(Err(e)) => {
+            inner.servers.failed(addr);
+            Err(fail(format!("{addr}: {e}")))
+        }
+        Err(_) => {
+            inner.servers.failed(addr);
+            Err(fail(format!("{addr}: connect timed out")))
+        }
+    }
 }
 
 /// Logs in on a connection whose handshake completed.
@@ -451,6 +464,7 @@ pub(crate) async fn run(
             }
             End::Lost(why) => {
                 tracing::info!(%user, %why, "connection lost");
+                inner.servers.lost();
                 let lost = *lost_at.get_or_insert_with(Instant::now);
                 if !refused && lost.elapsed() < RACE_FOR && sends_waiting(&inner, &state) {
                     continue; // race the reconnect (the racing attempts are the wait)
@@ -462,7 +476,9 @@ pub(crate) async fn run(
             }
             End::NetworkChanged => immediate = true,
             End::Kicked(pb::KickReason::ServerShutdown, text) => {
-                tracing::info!(%user, %text, "server going away")
+                // Another node (if there is one) is tried at once.
+                immediate = inner.servers.going_away();
+                tracing::info!(%user, %text, elsewhere = immediate, "server going away")
             }
             End::Kicked(reason, text) => {
                 tracing::warn!(%user, reason = reason.as_str_name(), %text, "kicked out");

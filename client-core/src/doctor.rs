@@ -186,21 +186,16 @@ async fn attempt(
 async fn run(inner: Arc<Inner>, user: String, token: String) -> Vec<DoctorCheck> {
     let cfg = &inner.config;
     let mut out = vec![];
-    match tokio::time::timeout(STEP, tokio::net::lookup_host(cfg.server.clone())).await {
-        Ok(Ok(mut addrs)) => match addrs.next() {
-            Some(a) => out.push(check(
+    match tokio::time::timeout(STEP, inner.servers.resolve()).await {
+        Ok(Ok(addrs)) => {
+            let list: Vec<String> = addrs.iter().map(|c| c.addr.to_string()).collect();
+            out.push(check(
                 "address",
                 CheckStatus::Ok,
-                format!("{} is {a}", cfg.server),
+                format!("{} is {}", cfg.server, list.join(", ")),
                 None,
-            )),
-            None => out.push(check(
-                "address",
-                CheckStatus::Failed,
-                format!("{} resolves to nothing", cfg.server),
-                Some("check the server address (host:port) and DNS"),
-            )),
-        },
+            ))
+        }
         Ok(Err(e)) => out.push(check(
             "address",
             CheckStatus::Failed,
@@ -245,7 +240,10 @@ async fn run(inner: Arc<Inner>, user: String, token: String) -> Vec<DoctorCheck>
         ),
     };
     out.push(quic);
-    let tcp_server = cfg.tcp_server.clone().unwrap_or_else(|| cfg.server.clone());
+    let tcp_server = cfg
+        .tcp_server
+        .clone()
+        .unwrap_or_else(|| crate::servers::first(&cfg.server));
     let tcp_hint = format!(
         "nothing accepts TLS over TCP at {tcp_server}: the server may run without --tcp, or a firewall drops it"
     );

@@ -27,6 +27,7 @@ uniffi::setup_scaffolding!();
 mod connection;
 mod doctor;
 mod requests;
+pub mod servers;
 pub mod store;
 pub mod sync;
 mod transport;
@@ -57,9 +58,13 @@ use crate::store::Db;
 /// How to reach the server and where to keep data.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `host:port` of the server's QUIC endpoint.
+    /// `host:port` of the server's QUIC endpoint; for a cluster several, comma-separated
+    /// (`a.example.com:7443,b.example.com:7443`), and a host name may resolve to several
+    /// addresses. The client keeps to the last node that worked, tries the others in
+    /// turn when it fails, and moves at once when a node says it is going away.
     pub server: String,
-    /// TLS server name; default: the host part of `server` (`localhost` for IPs).
+    /// TLS server name; default: the host part of the `server` entry being tried
+    /// (`localhost` for IPs).
     pub server_name: Option<String>,
     /// PEM certificate(s) to trust (e.g. the dev certificate); `None` trusts the
     /// public web PKI roots.
@@ -246,6 +251,8 @@ pub(crate) struct Inner {
     state: watch::Sender<ConnectionState>,
     max_body: AtomicU32,
     diagnostics: Mutex<Diagnostics>,
+    /// The server addresses and which to try next.
+    servers: servers::Servers,
 }
 
 impl Inner {
@@ -333,7 +340,7 @@ impl Client {
                 "device_id must be 1 to 128 bytes".into(),
             ));
         }
-        if config.server.is_empty() {
+        if servers::entries(&config.server).is_empty() {
             return Err(ClientError::InvalidArgument(
                 "server address is empty".into(),
             ));
@@ -347,6 +354,7 @@ impl Client {
         let (events_tx, events_rx) = std::sync::mpsc::channel::<ClientEvent>();
         let (state, _) = watch::channel(ConnectionState::Disconnected);
         let inner = Arc::new(Inner {
+            servers: servers::Servers::new(&config.server),
             config,
             db: Mutex::new(None),
             commands: Mutex::new(None),

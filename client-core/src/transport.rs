@@ -24,7 +24,9 @@ use crate::{Inner, TransportMode};
 
 /// Connects with the transport(s) the configuration allows, in the order this network
 /// worked best last time. `urgent`: sends are waiting after a recent loss (QUIC races
-/// fresh handshakes; see `connect_racing`).
+/// fresh handshakes; see `connect_racing`). With several server addresses QUIC races
+/// too, each fresh handshake to the next address, so a dead node costs one probe
+/// interval, not a handshake timeout.
 pub(crate) async fn connect_any(
     inner: &Arc<Inner>,
     endpoint: &quinn::Endpoint,
@@ -36,7 +38,7 @@ pub(crate) async fn connect_any(
 ) -> Result<Connected, ConnectError> {
     let cfg = &inner.config;
     let quic = async {
-        if urgent {
+        if urgent || inner.servers.several() {
             connect_racing(inner, endpoint, user, token, budget).await
         } else {
             connect(inner, endpoint, user, token, budget).await
@@ -153,15 +155,16 @@ pub(crate) async fn connect_ws(
 ) -> Result<Connected, ConnectError> {
     let cfg = &inner.config;
     let fail = |e: String| ConnectError::Failed(e);
+    let first = crate::servers::first(&cfg.server);
     let server = cfg
         .ws_server
         .clone()
-        .unwrap_or_else(|| match cfg.server.rsplit_once(':') {
+        .unwrap_or_else(|| match first.rsplit_once(':') {
             Some((host, port)) => match port.parse::<u16>() {
                 Ok(p) => format!("{host}:{}", p.wrapping_add(1)),
-                Err(_) => cfg.server.clone(),
+                Err(_) => first.clone(),
             },
-            None => cfg.server.clone(),
+            None => first.clone(),
         });
     let attempt = async {
         let (tls, remote) = tls_over_tcp(inner, &server, b"http/1.1").await?;
@@ -210,7 +213,10 @@ pub(crate) async fn connect_tcp(
     budget: Duration,
 ) -> Result<Connected, ConnectError> {
     let cfg = &inner.config;
-    let server = cfg.tcp_server.clone().unwrap_or_else(|| cfg.server.clone());
+    let server = cfg
+        .tcp_server
+        .clone()
+        .unwrap_or_else(|| crate::servers::first(&cfg.server));
     let attempt = async {
         let (stream, remote) = tls_over_tcp(inner, &server, tern_protocol::ALPN).await?;
         let (read, write) = tokio::io::split(stream);

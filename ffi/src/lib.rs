@@ -178,7 +178,8 @@ pub enum TernEvent {
 /// How to reach the server and where to keep data.
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct ClientSettings {
-    /// `host:port` of the server.
+    /// `host:port` of the server; for a cluster several, comma-separated (the client
+    /// keeps to the node that works and moves on when one fails or goes away).
     pub server: String,
     /// PEM certificate(s) to trust; `None` trusts the public web PKI.
     pub ca_pem: Option<String>,

@@ -149,10 +149,13 @@ fn any_frame() -> impl Strategy<Value = Frame> {
         Just(Frame::Logout(pb::Logout {})),
         (0..6i32, text()).prop_map(|(reason, text)| Frame::Kickout(pb::Kickout { reason, text })),
         any::<u32>().prop_map(|i| Frame::Heartbeat(pb::Heartbeat { interval_ms: i })),
-        (text(), any::<u64>()).prop_map(|(a, t)| Frame::HeartbeatReply(pb::HeartbeatReply {
-            observed_addr: a,
-            server_time_ms: t
-        })),
+        (text(), any::<u64>(), any::<u64>()).prop_map(|(a, t, h)| Frame::HeartbeatReply(
+            pb::HeartbeatReply {
+                observed_addr: a,
+                server_time_ms: t,
+                inbox_head_seq: h,
+            }
+        )),
         (
             blob(),
             text(),

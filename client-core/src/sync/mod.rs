@@ -714,6 +714,15 @@ impl SyncMachine {
             }
             Frame::SyncResponse(page) => self.on_page(page, now, db)?,
             Frame::Summaries(s) => self.on_summaries(s, db)?,
+            Frame::HeartbeatReply(r) => {
+                // The server's head (a cluster node says it): an entry whose live push
+                // was lost between nodes is pulled now, not at the next push.
+                if r.inbox_head_seq > self.head() {
+                    self.link_mut().head = r.inbox_head_seq;
+                    self.pull(db)?;
+                }
+                return Ok(Some(Frame::HeartbeatReply(r)));
+            }
             Frame::OpResult(r) => {
                 let Some((kind, conversation, up_to)) = self.link_mut().reads.remove(&r.request_id)
                 else {

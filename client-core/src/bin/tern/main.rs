@@ -33,7 +33,7 @@ use tern_client::ConversationKind;
 #[derive(Debug, Parser)]
 #[command(name = "tern", version, about = "Tern command-line client")]
 struct Cli {
-    /// Server QUIC address
+    /// Server QUIC address; for a cluster several, comma-separated (a.example:7443,b.example:7443)
     #[arg(
         long,
         env = "TERN_SERVER",
