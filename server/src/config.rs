@@ -205,6 +205,18 @@ pub struct Settings {
     /// HMAC-SHA256 key that signs every webhook request (X-Tern-Signature)
     #[arg(long, env = "TERN_WEBHOOK_SECRET")]
     pub webhook_secret: Option<String>,
+    /// Cluster: NATS URL(s), comma-separated; set, this node routes pushes to the other nodes on the same PostgreSQL store [default: none, a single node]
+    #[arg(long, env = "TERN_NATS")]
+    pub nats: Option<String>,
+    /// Cluster: this node's name, unique in the cluster [default: the host name and QUIC port]
+    #[arg(long, env = "TERN_NODE")]
+    pub node: Option<String>,
+    /// Cluster: this node's number 0-65535, unique in the cluster; the first two bytes of its QUIC connection IDs (load balancers route on them) [default: 0]
+    #[arg(long, env = "TERN_NODE_NUMBER")]
+    pub node_number: Option<u16>,
+    /// Secret (at least 32 bytes) from which the QUIC stateless-reset and connection-ID keys are derived; every node of a cluster needs the same [default: quic-reset.key in the data directory]
+    #[arg(long, env = "TERN_QUIC_RESET_KEY", hide_env_values = true)]
+    pub quic_reset_key: Option<String>,
 }
 
 macro_rules! overlay {
@@ -228,7 +240,7 @@ impl Settings {
             max_concurrent_logins, create_store, max_unauthenticated, max_sessions_per_user, min_client_version, require_known_recipient, loss_copies, congestion, durability,
             store_url, store_writers, store_pool_size, store_ca_file, banned_users, log_format, push_qos, max_group_members, max_large_group_members, group_receipts_max_members,
             recall_window_secs, push_webhook_url, push_webhook_delay_ms, service_accounts,
-            service_webhook_url, webhook_secret)
+            service_webhook_url, webhook_secret, nats, node, node_number, quic_reset_key)
     }
 }
 
@@ -309,6 +321,10 @@ pub struct Config {
     pub service_webhook_url: Option<String>,
     /// Webhook signing key.
     pub webhook_secret: Vec<u8>,
+    /// Cluster settings (`None`: a single node).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// The QUIC reset secret (`None`: the file in the data directory).
+    pub quic_reset_key: Option<Vec<u8>>,
 }
 
 impl Config {
@@ -402,6 +418,18 @@ impl Config {
             ),
             ("service_accounts", list(&self.service_accounts)),
             ("service_webhook_url", opt(&self.service_webhook_url)),
+            (
+                "nats / node / node_number",
+                self.cluster.as_ref().map_or("(single node)".into(), |c| {
+                    format!("{} / {} / {}", c.nats_url, c.node, c.node_number)
+                }),
+            ),
+            (
+                "quic_reset_key",
+                self.quic_reset_key
+                    .as_deref()
+                    .map_or("(quic-reset.key in data)".into(), masked),
+            ),
         ]
     }
 
@@ -482,6 +510,33 @@ impl Config {
             }
             None => None,
         };
+        let quic_reset_key = match s.quic_reset_key {
+            Some(k) if k.len() >= 32 => Some(k.into_bytes()),
+            Some(_) => anyhow::bail!("quic_reset_key must be at least 32 bytes"),
+            None => None,
+        };
+        let cluster = match s.nats {
+            Some(url) if !url.is_empty() => {
+                anyhow::ensure!(
+                    s.store_url.as_deref().is_some_and(|u| !u.is_empty()),
+                    "a cluster (nats) needs the PostgreSQL store (store_url): every node must see the same store"
+                );
+                let node = s.node.unwrap_or_else(|| {
+                    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
+                    format!("{host}-{}", quic.port())
+                });
+                anyhow::ensure!(
+                    !node.is_empty() && node.len() <= 64,
+                    "node must be 1-64 characters"
+                );
+                Some(crate::cluster::ClusterSettings {
+                    nats_url: url,
+                    node,
+                    node_number: s.node_number.unwrap_or(0),
+                })
+            }
+            _ => None,
+        };
         Ok(Config {
             quic,
             tcp,
@@ -535,6 +590,8 @@ impl Config {
             service_accounts,
             service_webhook_url: s.service_webhook_url,
             webhook_secret,
+            cluster,
+            quic_reset_key,
         })
     }
 
@@ -595,6 +652,30 @@ mod tests {
             Config::resolve(unset).unwrap().store.is_none(),
             "SQLite by default"
         );
+    }
+
+    #[test]
+    fn a_cluster_needs_the_postgres_store_and_a_long_reset_key() {
+        let pg = "dev = true\nstore_url = \"postgres://tern@db/tern\"\n";
+        let c: Settings = toml::from_str(&format!(
+            "{pg}nats = \"nats://n1:4222,nats://n2:4222\"\nnode = \"a\"\nnode_number = 7\nquic_reset_key = \"0123456789abcdef0123456789abcdef\""
+        ))
+        .unwrap();
+        let c = Config::resolve(c).unwrap();
+        let cluster = c.cluster.as_ref().expect("a cluster node");
+        assert_eq!((cluster.node.as_str(), cluster.node_number), ("a", 7));
+        assert_eq!(c.quic_reset_key.as_deref().map(<[u8]>::len), Some(32));
+        let shown = c.describe();
+        let key = shown.iter().find(|(k, _)| *k == "quic_reset_key").unwrap();
+        assert!(key.1.starts_with("(set, "), "{key:?}");
+        let no_pg: Settings = toml::from_str("dev = true\nnats = \"nats://n1:4222\"").unwrap();
+        let err = Config::resolve(no_pg).unwrap_err().to_string();
+        assert!(err.contains("PostgreSQL"), "{err}");
+        let short: Settings =
+            toml::from_str(&format!("{pg}quic_reset_key = \"too short\"")).unwrap();
+        assert!(Config::resolve(short).is_err());
+        let single: Settings = toml::from_str(pg).unwrap();
+        assert!(Config::resolve(single).unwrap().cluster.is_none());
     }
 
     #[test]

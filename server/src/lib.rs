@@ -18,11 +18,13 @@
 //! [`tern_protocol`]; this crate is the tokio/quinn driver around it.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod groups;
 pub mod http;
 pub mod http_serve;
 pub mod registry;
+pub mod routing;
 pub mod server;
 pub mod session;
 pub mod state;

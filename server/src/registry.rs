@@ -32,6 +32,36 @@ pub enum KickPolicy {
     PerDevice,
 }
 
+impl KickPolicy {
+    /// Whether a new login of `device` on `platform` ends the session `old` of the same
+    /// user, and with which command.
+    pub fn displaces(
+        self,
+        old: &SessionInfo,
+        device: &str,
+        platform: pb::Platform,
+    ) -> Option<SessionCmd> {
+        let same_device = old.device == device;
+        let conflict = same_device
+            || match self {
+                KickPolicy::PerUser => true,
+                KickPolicy::PerPlatform => old.platform == platform,
+                KickPolicy::PerDevice => false,
+            };
+        // Even for the same device id: a stale connection never sees the frame, but two
+        // live clients sharing an id would otherwise replace each other forever, each
+        // reconnecting after the other's login.
+        conflict.then(|| SessionCmd::Kick {
+            reason: pb::KickReason::LoginElsewhere,
+            text: if same_device {
+                "logged in again with this device id".to_owned()
+            } else {
+                format!("logged in on another device ({device})")
+            },
+        })
+    }
+}
+
 /// Commands a session task receives.
 #[derive(Debug, Clone)]
 pub enum SessionCmd {
@@ -132,33 +162,15 @@ impl Registry {
         let mut entry = self.users.entry(info.user.clone()).or_default();
         let mut displaced = vec![];
         let policy = self.policy;
-        entry.retain(|old| {
-            let same_device = old.device == info.device;
-            let conflict = same_device
-                || match policy {
-                    KickPolicy::PerUser => true,
-                    KickPolicy::PerPlatform => old.platform == info.platform,
-                    KickPolicy::PerDevice => false,
-                };
-            if conflict {
-                // Even for the same device id: a stale connection never sees the frame,
-                // but two live clients sharing an id would otherwise replace each other
-                // forever, each reconnecting after the other's login.
-                let text = if same_device {
-                    "logged in again with this device id".to_owned()
-                } else {
-                    format!("logged in on another device ({})", info.device)
-                };
-                displaced.push((
-                    old.clone(),
-                    SessionCmd::Kick {
-                        reason: pb::KickReason::LoginElsewhere,
-                        text,
-                    },
-                ));
-            }
-            !conflict
-        });
+        entry.retain(
+            |old| match policy.displaces(old, &info.device, info.platform) {
+                Some(cmd) => {
+                    displaced.push((old.clone(), cmd));
+                    false
+                }
+                None => true,
+            },
+        );
         // Oldest first: sessions are pushed in login order.
         while entry.len() >= self.per_user {
             let oldest = entry.remove(0);
@@ -192,6 +204,40 @@ impl Registry {
         if removed {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// A session of `user` logged in on another node (with `device`, `platform`, at
+    /// `since_ms`): removes the local sessions the kick policy says it displaces and
+    /// returns them with the command to send. Only sessions that logged in before it
+    /// give way, so two logins racing on two nodes cannot end each other.
+    pub fn displace_for(
+        &self,
+        user: &str,
+        device: &str,
+        platform: pb::Platform,
+        since_ms: Option<u64>,
+    ) -> Vec<(SessionInfo, SessionCmd)> {
+        let mut displaced = vec![];
+        if let Some(mut list) = self.users.get_mut(user) {
+            list.retain(|old| {
+                let older = since_ms.is_none_or(|t| {
+                    old.since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                        <= t
+                });
+                match self.policy.displaces(old, device, platform) {
+                    Some(cmd) if older => {
+                        displaced.push((old.clone(), cmd));
+                        false
+                    }
+                    _ => true,
+                }
+            });
+        }
+        self.users.remove_if(user, |_, list| list.is_empty());
+        self.count.fetch_sub(displaced.len(), Ordering::AcqRel);
+        displaced
     }
 
     /// Offers `push` to `user`'s sessions except `except`. Returns how many took it.

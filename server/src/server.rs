@@ -201,17 +201,22 @@ fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::Serv
 }
 
 /// QUIC endpoint settings that must survive a restart: the stateless-reset key and the
-/// connection-ID validation key, both derived from `quic-reset.key` in the data directory.
+/// connection-ID validation key, both derived from one secret (`quic_reset_key`, else
+/// `quic-reset.key` in the data directory).
 ///
 /// quinn's defaults are random per process. After a restart (a crash, a deploy) the new
 /// process then drops clients' packets as carrying invalid connection IDs, or answers
 /// with resets whose tokens clients do not recognise, and every client keeps sending into
 /// a dead connection until its heartbeat misses pile up (measured: ~55 s). With both keys
 /// persisted, the first packet a client sends to the restarted server is answered with a
-/// valid stateless reset and the client reconnects at once. Nodes behind one address
-/// should share the file.
-fn endpoint_config(data: &Path) -> anyhow::Result<quinn::EndpointConfig> {
-    let secret = reset_secret(data)?;
+/// valid stateless reset and the client reconnects at once. The nodes of a cluster share
+/// the secret, so any node answers a dead node's clients that way; their connection IDs
+/// carry the node number ([`crate::cluster::cid`]).
+fn endpoint_config(config: &Config) -> anyhow::Result<quinn::EndpointConfig> {
+    let secret = match &config.quic_reset_key {
+        Some(k) => k.clone(),
+        None => reset_secret(&config.data)?,
+    };
     let derive = |label: &[u8]| {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
         ring::hmac::sign(&key, label)
@@ -222,11 +227,20 @@ fn endpoint_config(data: &Path) -> anyhow::Result<quinn::EndpointConfig> {
             .try_into()
             .expect("8 bytes"),
     );
-    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
-    config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
-    Ok(config)
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(reset));
+    match &config.cluster {
+        Some(c) => {
+            let node = c.node_number;
+            endpoint
+                .cid_generator(move || Box::new(crate::cluster::cid::NodeCidGenerator::new(node)));
+        }
+        None => {
+            endpoint.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+        }
+    }
+    Ok(endpoint)
 }
 
 fn reset_secret(data: &Path) -> anyhow::Result<Vec<u8>> {
@@ -308,7 +322,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         );
     }
     let endpoint = quinn::Endpoint::new(
-        endpoint_config(&config.data)?,
+        endpoint_config(&config)?,
         Some(quic_config(&config, &tls)?),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -342,9 +356,26 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .await
         .with_context(|| format!("bind HTTP on {}", config.http))?;
     let http_addr = http.local_addr()?;
-    let shared = Arc::new(Shared::new(config, store, verifier));
+    let (cluster, inbound) = match &config.cluster {
+        Some(c) => {
+            let (cluster, inbound) = crate::cluster::Cluster::connect(c.clone())
+                .await
+                .context("join the cluster")?;
+            tracing::info!(node = %c.node, number = c.node_number, nats = %c.nats_url, "cluster node");
+            (Some(cluster), Some(inbound))
+        }
+        None => (None, None),
+    };
+    let shared = Arc::new(Shared::new(config, store, verifier, cluster));
     let (stop, stop_rx) = watch::channel(false);
     let webhooks = tokio::spawn(shared.webhooks.clone().run(stop_rx.clone()));
+    let routing = inbound.map(|inbound| {
+        tokio::spawn(crate::routing::run(
+            shared.clone(),
+            inbound,
+            stop_rx.clone(),
+        ))
+    });
 
     let accept = {
         let (endpoint, shared, mut stop_rx) = (endpoint.clone(), shared.clone(), stop_rx.clone());
@@ -391,6 +422,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     tracing::info!(%quic_addr, ?tcp_addr, ?ws_addr, %http_addr, "tern-server started");
     tasks.push(http_task);
     tasks.push(webhooks);
+    tasks.extend(routing);
     Ok(ServerHandle {
         quic_addr,
         tcp_addr,
@@ -422,6 +454,9 @@ impl ServerHandle {
         }
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(error = %e, "store flush at shutdown failed");
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.close().await;
         }
         self.endpoint.close(
             quinn::VarInt::from_u32(pb::ErrorCode::ShuttingDown as u32),

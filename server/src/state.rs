@@ -8,9 +8,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use tern_protocol::pb;
 use tokio::sync::Semaphore;
 
 use crate::auth::TokenVerifier;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::registry::{Push, Registry};
 use crate::store::{Fanout, Store};
@@ -36,12 +38,19 @@ pub struct Shared {
     pub webhooks: Arc<Webhooks>,
     /// Members of large groups, for routing their log entries (see [`Shared::fan_out`]).
     pub log_members: dashmap::DashMap<String, Arc<Vec<String>>>,
+    /// The link to the other nodes of a cluster (`None`: a single node).
+    pub cluster: Option<Arc<Cluster>>,
     next_id: AtomicU64,
 }
 
 impl Shared {
     /// Shared state for a server.
-    pub fn new(config: Config, store: Arc<dyn Store>, verifier: Arc<dyn TokenVerifier>) -> Self {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        verifier: Arc<dyn TokenVerifier>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Shared {
             registry: Registry::new(config.kick_policy, config.max_sessions_per_user),
             unauthenticated: Arc::new(Semaphore::new(config.max_unauthenticated)),
@@ -52,6 +61,7 @@ impl Shared {
                 store.clone(),
             )),
             log_members: dashmap::DashMap::new(),
+            cluster,
             next_id: AtomicU64::new(1),
             config,
             store,
@@ -77,14 +87,17 @@ impl Shared {
         if to_service {
             self.webhooks.kick();
         }
-        self.webhooks
-            .message_stored(&self.registry, sender, &fanout);
+        // In a cluster a user may be online on another node: the push webhook then
+        // waits its delay for a device's ACK as for a local session.
+        let maybe_online = |user: &str| self.cluster.is_some() || self.registry.is_online(user);
+        self.webhooks.message_stored(maybe_online, sender, &fanout);
         self.fan_out(fanout, except);
     }
 
     /// Routes new timeline entries to online sessions (except the one that caused them):
     /// an entry of a user's timeline to that user's sessions, an entry of a large group's
-    /// log to the sessions of every member. A large group's members come from a cache
+    /// log to the sessions of every member. In a cluster each entry also goes to the
+    /// user's subject, which reaches the other nodes holding sessions of that user. A large group's members come from a cache
     /// (filled by a read on a miss, emptied by every membership change): the log, not the
     /// push, is the truth, so a push that misses a member who just joined is caught up
     /// by that member's next pull.
@@ -92,38 +105,64 @@ impl Shared {
         for f in fanout {
             let entry = Arc::new(f.entry);
             let Some(route) = f.log else {
-                let n = self
-                    .registry
-                    .route(&f.user, &Push { log: None, entry }, except);
+                let push = Push { log: None, entry };
+                let n = self.registry.route(&f.user, &push, except);
                 metrics::counter!("tern_pushes_routed_total").increment(n as u64);
+                self.publish_push(&f.user, &push);
                 continue;
             };
-            let push = Push {
-                log: Some(Arc::from(route.group.as_str())),
-                entry,
-            };
-            let cached = self.log_members.get(&route.group).map(|m| m.clone());
-            if let Some(members) = cached {
-                self.route_log(&members, &push, except);
-                continue;
-            }
-            let shared = self.clone();
-            tokio::spawn(async move {
-                match shared.store.group_info(&route.group).await {
-                    Ok(Some(info)) => {
-                        let members = Arc::new(info.members);
-                        shared
-                            .log_members
-                            .insert(route.group.clone(), members.clone());
-                        shared.route_log(&members, &push, except);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(group = %route.group, error = %e, "members not read; log entry left for pulls")
-                    }
-                }
-            });
+            self.route_log_entry(&route.group, entry, except, true);
         }
+    }
+
+    /// Routes an entry of large group `group`'s log to the local sessions of its
+    /// members (except `except`); `publish`: also to the other nodes, once, on the
+    /// group's subject (a node that received it from there does not pass it on).
+    pub fn route_log_entry(
+        self: &Arc<Self>,
+        group: &str,
+        entry: Arc<pb::TimelineEntry>,
+        except: Option<u64>,
+        publish: bool,
+    ) {
+        if !publish && matches!(entry.body, Some(pb::timeline_entry::Body::Group(_))) {
+            // A membership change made on another node: this node's cache is stale.
+            self.log_members.remove(group);
+        }
+        let push = Push {
+            log: Some(Arc::from(group)),
+            entry,
+        };
+        if publish {
+            if let Some(cluster) = &self.cluster {
+                cluster.publish_to(
+                    &crate::cluster::Target::Group(group.to_owned()),
+                    pb::cluster_message::Body::Push(pb::Push {
+                        entry: Some((*push.entry).clone()),
+                        log: group.to_owned(),
+                    }),
+                );
+            }
+        }
+        let cached = self.log_members.get(group).map(|m| m.clone());
+        if let Some(members) = cached {
+            self.route_log(&members, &push, except);
+            return;
+        }
+        let (shared, group) = (self.clone(), group.to_owned());
+        tokio::spawn(async move {
+            match shared.store.group_info(&group).await {
+                Ok(Some(info)) => {
+                    let members = Arc::new(info.members);
+                    shared.log_members.insert(group, members.clone());
+                    shared.route_log(&members, &push, except);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "members not read; log entry left for pulls")
+                }
+            }
+        });
     }
 
     fn route_log(&self, members: &[String], push: &Push, except: Option<u64>) {
@@ -132,5 +171,18 @@ impl Shared {
             .map(|m| self.registry.route(m, push, except))
             .sum();
         metrics::counter!("tern_pushes_routed_total").increment(n as u64);
+    }
+
+    /// In a cluster: `push` to the other nodes holding sessions of `user`.
+    fn publish_push(&self, user: &str, push: &Push) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(
+                user,
+                pb::cluster_message::Body::Push(pb::Push {
+                    entry: Some((*push.entry).clone()),
+                    log: push.log.as_deref().unwrap_or_default().to_owned(),
+                }),
+            );
+        }
     }
 }

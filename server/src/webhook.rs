@@ -29,7 +29,6 @@ use tern_protocol::pb;
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
-use crate::registry::Registry;
 use crate::store::{Fanout, Store, StoreError, WebhookJob};
 
 /// Longest text in a push preview, in characters.
@@ -271,8 +270,14 @@ impl Webhooks {
     }
 
     /// Called with the fan-out of a newly stored message (`sender` excluded): schedules
-    /// the offline push for every recipient entry (`registry` tells who is online).
-    pub fn message_stored(self: &Arc<Self>, registry: &Registry, sender: &str, fanout: &[Fanout]) {
+    /// the offline push for every recipient entry (`online` tells who may be online:
+    /// their push waits the delay for a device's ACK).
+    pub fn message_stored(
+        self: &Arc<Self>,
+        online: impl Fn(&str) -> bool,
+        sender: &str,
+        fanout: &[Fanout],
+    ) {
         if self.settings.push_url.is_none() {
             return;
         }
@@ -286,7 +291,7 @@ impl Webhooks {
                 continue;
             };
             let (hooks, user, seq, m) = (self.clone(), f.user.clone(), f.entry.seq, m.clone());
-            let online = registry.is_online(&user);
+            let online = online(&user);
             tokio::spawn(async move {
                 if online {
                     tokio::time::sleep(hooks.settings.push_delay).await;

@@ -13,6 +13,7 @@
 
 pub mod any;
 pub mod client;
+pub mod cluster;
 pub mod raw;
 pub mod server;
 pub mod tcp;

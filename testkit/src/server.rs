@@ -219,6 +219,19 @@ pub fn spawn_server_logging(
     level: &str,
     log: impl Into<Stdio>,
 ) -> Proc {
+    spawn_server_env(bin, data, quic, extra, &[], level, log)
+}
+
+/// Like [`spawn_server_logging`], with `env` set for the process.
+pub fn spawn_server_env(
+    bin: &str,
+    data: &Path,
+    quic: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    level: &str,
+    log: impl Into<Stdio>,
+) -> Proc {
     let store: Vec<String> = test_store(data)
         .map(|url| vec!["--store".into(), url])
         .unwrap_or_default();
@@ -238,6 +251,7 @@ pub fn spawn_server_logging(
         .arg(data)
         .args(&store)
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", level)
         .stdout(Stdio::piped())
         .stderr(log)

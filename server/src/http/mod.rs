@@ -342,7 +342,7 @@ async fn send_message(
     }))
 }
 
-/// The user's live sessions on this server.
+/// The user's live sessions, on every node of a cluster.
 #[utoipa::path(get, path = "/v1/users/{id}/presence", tag = "users", security(("bearer" = [])),
     params(UserPath),
     responses(
@@ -351,22 +351,35 @@ async fn send_message(
         (status = 401, description = "Missing or wrong bearer key", body = ErrorBody),
     ))]
 async fn presence(State(api): State<Api>, Id(id): Id) -> Json<Presence> {
-    let sessions: Vec<_> = api
+    let cluster = api.shared.cluster.as_ref();
+    let node = cluster.map(|c| c.node().to_owned());
+    let mut sessions: Vec<_> = api
         .shared
         .registry
         .sessions_of(&id)
         .into_iter()
         .map(|s| SessionInfo {
+            since_ms: crate::routing::since_ms(&s),
             device: s.device,
             platform: s.platform.as_str_name().to_owned(),
             remote: s.remote.to_string(),
-            since_ms: s
-                .since
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            node: node.clone(),
         })
         .collect();
+    if let Some(c) = cluster {
+        sessions.extend(c.remote_sessions(&id).await.into_iter().map(|s| {
+            SessionInfo {
+                device: s.device,
+                platform: pb::Platform::try_from(s.platform)
+                    .unwrap_or(pb::Platform::Unspecified)
+                    .as_str_name()
+                    .to_owned(),
+                remote: s.remote,
+                since_ms: s.since_ms,
+                node: Some(s.node),
+            }
+        }));
+    }
     Json(Presence {
         user: id,
         online: !sessions.is_empty(),
@@ -398,6 +411,16 @@ async fn kick(
         None
     }
     .unwrap_or_else(|| "signed out by the administrator".into());
+    if let Some(c) = &api.shared.cluster {
+        // The user's sessions on other nodes end too (not counted in `kicked`).
+        c.publish(
+            &id,
+            pb::cluster_message::Body::Kick(pb::ClusterKick {
+                reason: pb::KickReason::Admin as i32,
+                text: text.clone(),
+            }),
+        );
+    }
     let n = api.shared.registry.command_user(
         &id,
         SessionCmd::Kick {

@@ -113,10 +113,13 @@ pub struct SessionInfo {
     pub device: String,
     /// `ANDROID`, `IOS`, `DESKTOP`, `WEB`, ... (`PLATFORM_UNSPECIFIED` when not given).
     pub platform: String,
-    /// The client's address as this server sees it.
+    /// The client's address as its node sees it.
     pub remote: String,
     /// When the session logged in, milliseconds since the Unix epoch.
     pub since_ms: u64,
+    /// The cluster node holding the session (`null` on a single node).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Answer of `GET /v1/users/{id}/presence`.
@@ -143,7 +146,8 @@ pub struct KickRequest {
 pub struct KickResponse {
     /// The user kicked.
     pub user: String,
-    /// How many sessions were told to end.
+    /// How many sessions were told to end on the node that answered; in a cluster the
+    /// other nodes end theirs too, uncounted here.
     pub kicked: u64,
 }
 

@@ -222,6 +222,18 @@ async fn authenticate(
         reject(&mut link, refuse(code, message), code).await;
         return None;
     }
+    // In a cluster: receive what other nodes publish for this user from before the
+    // head is read, so an entry committed elsewhere meanwhile is pushed, not missed.
+    let cluster_watch = match &shared.cluster {
+        Some(c) => match c.watch(&login.user_id).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(user = %login.user_id, error = %e, "cluster subscription failed; pushes from other nodes wait for sync");
+                None
+            }
+        },
+        None => None,
+    };
     let store = &shared.store;
     let (user, device) = (&login.user_id, &login.device_id);
     let read = async {
@@ -243,13 +255,14 @@ async fn authenticate(
     let id = shared.next_session_id();
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let platform = pb::Platform::try_from(login.platform).unwrap_or(pb::Platform::Unspecified);
+    let since = SystemTime::now();
     let info = SessionInfo {
         id,
         user: login.user_id.clone(),
         device: login.device_id.clone(),
         platform,
         remote,
-        since: SystemTime::now(),
+        since,
         tx: cmd_tx,
     };
     let Some(displaced) = shared
@@ -272,6 +285,19 @@ async fn authenticate(
         });
     }
     metrics::gauge!("tern_sessions").set(shared.registry.len() as f64);
+    if let Some(c) = &shared.cluster {
+        // The kick policy on the other nodes holding sessions of this user.
+        c.publish(
+            &login.user_id,
+            pb::cluster_message::Body::Login(pb::ClusterLogin {
+                device: login.device_id.clone(),
+                platform: platform as i32,
+                since_ms: since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            }),
+        );
+    }
     let result = Frame::LoginResult(pb::LoginResult {
         code: ErrorCode::Ok as i32,
         message: String::new(),
@@ -340,6 +366,8 @@ async fn authenticate(
         loss: Default::default(),
         loss_fed: now,
         repeat_results_at: None,
+        _cluster_watch: cluster_watch,
+        group_watches: Default::default(),
     })
 }
 

@@ -248,6 +248,43 @@ struct Session {
     loss_fed: Instant,
     /// When the latest results are repeated (lossy path, after a result datagram).
     repeat_results_at: Option<Instant>,
+    /// In a cluster: this user's subject stays subscribed while the session lives.
+    _cluster_watch: Option<crate::cluster::Watch>,
+    /// In a cluster: the subjects of the user's large groups (their log entries).
+    group_watches: GroupWatches,
+}
+
+/// The large groups whose subjects a session keeps subscribed (filled by its `Logs`
+/// answer and by large-group events pushed to it).
+pub(crate) type GroupWatches =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, crate::cluster::Watch>>>;
+
+/// Subscribes (in the background) to the subjects of `groups` not yet in `watches`.
+pub(crate) fn watch_groups(shared: &Shared, watches: &GroupWatches, groups: Vec<String>) {
+    let Some(cluster) = shared.cluster.clone() else {
+        return;
+    };
+    let new: Vec<String> = {
+        let held = watches.lock().expect("lock");
+        groups
+            .into_iter()
+            .filter(|g| !held.contains_key(g))
+            .collect()
+    };
+    if new.is_empty() {
+        return;
+    }
+    let watches = watches.clone();
+    tokio::spawn(async move {
+        for g in new {
+            match cluster.watch_group(&g).await {
+                Ok(w) => {
+                    watches.lock().expect("lock").insert(g, w);
+                }
+                Err(e) => tracing::debug!(group = %g, error = %e, "large group not subscribed"),
+            }
+        }
+    });
 }
 
 /// How many earlier send results ride along with each new one.
@@ -504,9 +541,16 @@ impl Session {
                 self.push_tails().await
             }
             Frame::Heartbeat(_) => {
+                // In a cluster the head goes along (a store read per heartbeat): what a
+                // lost hint between nodes did not push is pulled now.
+                let inbox_head_seq = match &self.shared.cluster {
+                    Some(_) => self.shared.store.head_seq(&self.user).await.unwrap_or(0),
+                    None => 0,
+                };
                 let reply = Frame::HeartbeatReply(pb::HeartbeatReply {
                     observed_addr: self.link.remote_address().to_string(),
                     server_time_ms: tern_protocol::unix_ms(),
+                    inbox_head_seq,
                 });
                 self.write(&reply, 0).await
             }

@@ -42,6 +42,12 @@ impl Session {
     }
 
     pub(super) async fn push(&mut self, p: Push) -> Result<(), End> {
+        if let (None, Some(pb::timeline_entry::Body::Group(ev))) = (&p.log, &p.entry.body) {
+            if ev.large && self.shared.cluster.is_some() {
+                // Joined (or changed) a large group while online: receive its log.
+                super::watch_groups(&self.shared, &self.group_watches, vec![ev.group.clone()]);
+            }
+        }
         let key: PushKey = (self.log_number(p.log.as_deref()), p.entry.seq);
         if self.push_qos.is_pending(&key) {
             return Ok(());

@@ -317,13 +317,22 @@ impl Session {
 
     pub(super) fn on_logs(&mut self, r: pb::LogsRequest) {
         let (store, user) = (self.shared.store.clone(), self.user.clone());
+        let (shared, watches) = (self.shared.clone(), self.group_watches.clone());
         self.reads.push(Box::pin(async move {
             Some(match store.logs(&user, 5).await {
-                Ok((groups, more)) => Frame::Logs(pb::Logs {
-                    request_id: r.request_id,
-                    groups,
-                    more,
-                }),
+                Ok((groups, more)) => {
+                    // In a cluster: this node now receives these groups' log entries.
+                    let ids = groups
+                        .iter()
+                        .map(|g| g.log.clone())
+                        .filter(|g| !g.is_empty());
+                    super::watch_groups(&shared, &watches, ids.collect());
+                    Frame::Logs(pb::Logs {
+                        request_id: r.request_id,
+                        groups,
+                        more,
+                    })
+                }
                 Err(e) => Frame::error(store_failure(e).0, "logs failed", r.request_id),
             })
         }));
