@@ -6,6 +6,7 @@
 
 mod app;
 mod catchup;
+mod cluster;
 mod fanout;
 mod idle;
 mod idle_cost;
@@ -52,6 +53,9 @@ enum Command {
     Transports(transports::Args),
     /// The SQLite and PostgreSQL stores side by side: capacity, CPU, latency, fan-out.
     Stores(stores::Args),
+    /// One node against a cluster of three (PostgreSQL + NATS): capacity, CPU, latency of
+    /// a cross-node push, NATS traffic per message and per large-group message.
+    Cluster(cluster::Args),
     /// All six, written to one JSON file.
     All(suite::Args),
     /// docs/bench/README.md and plots from a results file.
@@ -94,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             Command::Catchup(a) => print(&catchup::run(&a).await?),
             Command::Fanout(a) => print(&fanout::run(&a).await?),
             Command::Stores(a) => print(&stores::run(&a).await?),
+            Command::Cluster(a) => print(&cluster::run(&a).await?),
             Command::Transports(a) => print(&transports::run(&a).await?),
             Command::All(a) => suite::run(&a).await.map(drop),
             Command::Report(a) => report::run(&a),

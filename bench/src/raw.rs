@@ -169,6 +169,13 @@ impl RawClient {
         let _ = self.writer.send(frame.to_bytes(0));
     }
 
+    /// Asks for the user's large groups (`LogsRequest`; the answer is ignored): in a
+    /// cluster the node then receives those groups' log entries.
+    pub(crate) fn request_logs(&self) {
+        let frame = Frame::LogsRequest(pb::LogsRequest { request_id: 1 });
+        let _ = self.writer.send(frame.to_bytes(0));
+    }
+
     /// Closes the connection.
     pub(crate) fn close(&self) {
         self.conn.close(0u32.into(), b"bench done");
@@ -250,11 +257,35 @@ pub(crate) async fn login_many(
     sink: Arc<dyn Sink>,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<(Vec<RawClient>, Duration)> {
+    login_many_to(
+        endpoints,
+        &[server],
+        name,
+        range,
+        concurrency,
+        sink,
+        progress,
+    )
+    .await
+}
+
+/// Like [`login_many`], client `i` logging in to `servers[i % servers.len()]` (the
+/// nodes of a cluster).
+pub(crate) async fn login_many_to(
+    endpoints: &[quinn::Endpoint],
+    servers: &[SocketAddr],
+    name: impl Fn(usize) -> String,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    sink: Arc<dyn Sink>,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<(Vec<RawClient>, Duration)> {
     use futures_util::StreamExt;
     let started = Instant::now();
     let mut out: Vec<(usize, RawClient)> = futures_util::stream::iter(range)
         .map(|i| {
             let (endpoint, user, sink) = (&endpoints[i % endpoints.len()], name(i), sink.clone());
+            let server = servers[i % servers.len()];
             async move {
                 let mut tries = 0;
                 loop {

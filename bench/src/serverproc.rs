@@ -112,14 +112,14 @@ impl ServerProc {
         })
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Resident set size of the server process, in bytes.
     pub(crate) fn rss(&self) -> anyhow::Result<u64> {
         rss_of(self.child.id())
-    }
-
-    /// CPU time (user + system) the server process has used so far, seconds.
-    pub(crate) fn cpu_secs(&self) -> anyhow::Result<f64> {
-        cpu_secs_of(self.child.id())
     }
 
     /// The PEM of the dev certificate (for `tern-client`'s `ca_pem`).

@@ -57,6 +57,15 @@ pub(crate) struct Results {
 }
 
 impl Meta {
+    /// The provenance lines of a markdown report (command, machine, date and commit,
+    /// quick, wall time).
+    pub(crate) fn lines(&self) -> String {
+        format!(
+            "- command: `{}`\n- machine: {}\n- date: {}, commit {}\n- quick: {}\n- wall time: {:.0} s\n",
+            self.command, self.machine, self.date, self.commit, self.quick, self.secs
+        )
+    }
+
     /// This machine and command, for a run that started at `started`.
     pub(crate) fn now(quick: bool, started: std::time::Instant) -> Meta {
         Meta {

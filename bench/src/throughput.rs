@@ -180,71 +180,149 @@ async fn measure_capacity_with(
     cpu: Option<Arc<std::sync::Mutex<(f64, f64, f64)>>>,
 ) -> anyhow::Result<Setup> {
     let server = ServerProc::start(extra)?;
-    let endpoints = raw::endpoints(&server.cert, args.endpoints)?;
-    let n = args.clients.max(2);
-    let permits = Arc::new(Semaphore::new(0));
-    let sink = Arc::new(Counter {
-        permits: Some(permits.clone()),
-        ..Counter::default()
-    });
-    let bar = ui::bar(n as u64, "logging in");
-    let (clients, _) = raw::login_many(
-        &endpoints,
-        server.addr,
-        |i| format!("tp{i}"),
-        0..n,
-        256,
-        sink.clone(),
-        &bar,
-    )
-    .await?;
-    bar.finish();
-    let clients = Arc::new(clients);
-
-    // Capacity: closed loop end to end.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut drivers = vec![];
-    for i in 0..n {
-        let (clients, permits, stop) = (clients.clone(), permits.clone(), stop.clone());
-        drivers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(p) = permits.acquire().await else {
-                    return;
-                };
-                p.forget();
-                clients[i].send(&peer(i, n), raw::timed_body());
-            }
-        }));
-    }
-    permits.add_permits(n * args.window);
-    let bar = ui::spinner(&format!("capacity, {label} (closed loop)"));
-    tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
-    let (d0, t0) = (sink.delivered.load(Ordering::Relaxed), Instant::now());
-    let r0 = sink.refused.load(Ordering::Relaxed);
-    let (s0, p0) = (
-        server.cpu_secs().unwrap_or(0.0),
-        crate::serverproc::cpu_secs_named("postgres"),
-    );
-    ui::tick_for(&bar, Duration::from_secs(args.secs)).await;
-    let delivered = sink.delivered.load(Ordering::Relaxed) - d0;
-    let capacity = delivered as f64 / t0.elapsed().as_secs_f64();
+    let ring = Ring::login(args, &[server.addr], &server.cert).await?;
+    let pid = server.pid();
+    let server_cpu = move || crate::serverproc::cpu_secs_of(pid).unwrap_or(0.0);
+    let m = ring.closed_loop(args, label, &server_cpu).await;
     if let Some(cpu) = cpu {
-        *cpu.lock().expect("lock") = (
-            server.cpu_secs().unwrap_or(0.0) - s0,
-            crate::serverproc::cpu_secs_named("postgres") - p0,
-            delivered as f64,
-        );
+        *cpu.lock().expect("lock") = (m.server_cpu, m.postgres_cpu, m.delivered as f64);
     }
     let server_rss = server.rss().unwrap_or(0);
-    let refused = sink.refused.load(Ordering::Relaxed) - r0;
-    stop.store(true, Ordering::Relaxed);
-    permits.close();
-    for d in drivers {
-        let _ = d.await;
+    Ok((
+        server,
+        ring.clients,
+        ring.sink,
+        m.per_sec,
+        server_rss,
+        m.refused,
+    ))
+}
+
+/// Clients in a ring (client i sends to client i + 1), logged in to one or more
+/// servers (client i to server i mod k: in a cluster every message crosses nodes).
+pub(crate) struct Ring {
+    clients: Arc<Vec<RawClient>>,
+    sink: Arc<Counter>,
+    permits: Arc<Semaphore>,
+}
+
+/// What a closed-loop window measured.
+pub(crate) struct Measured {
+    /// Deliveries per second.
+    pub per_sec: f64,
+    /// Deliveries in the window.
+    pub delivered: u64,
+    /// Refused sends in the window.
+    pub refused: u64,
+    /// CPU seconds of the servers (as the caller counts them) in the window.
+    pub server_cpu: f64,
+    /// CPU seconds of every `postgres` process in the window.
+    pub postgres_cpu: f64,
+}
+
+impl Ring {
+    /// Logs `args.clients` clients in, spread over `servers`.
+    pub(crate) async fn login(
+        args: &Args,
+        servers: &[std::net::SocketAddr],
+        cert: &rustls::pki_types::CertificateDer<'static>,
+    ) -> anyhow::Result<Ring> {
+        let endpoints = raw::endpoints(cert, args.endpoints)?;
+        let n = args.clients.max(2);
+        let permits = Arc::new(Semaphore::new(0));
+        let sink = Arc::new(Counter {
+            permits: Some(permits.clone()),
+            ..Counter::default()
+        });
+        let bar = ui::bar(n as u64, "logging in");
+        let (clients, _) = raw::login_many_to(
+            &endpoints,
+            servers,
+            |i| format!("tp{i}"),
+            0..n,
+            256,
+            sink.clone(),
+            &bar,
+        )
+        .await?;
+        bar.finish();
+        Ok(Ring {
+            clients: Arc::new(clients),
+            sink,
+            permits,
+        })
     }
-    ui::done(&bar, format!("capacity, {label}: {capacity:.0} msg/s"));
-    tokio::time::sleep(Duration::from_secs(3)).await; // drain
-    Ok((server, clients, sink, capacity, server_rss, refused))
+
+    /// Closed loop end to end (`args.window` in flight per client) for `args.secs`
+    /// after a 2 s warm-up; `server_cpu` reads the servers' CPU seconds.
+    pub(crate) async fn closed_loop(
+        &self,
+        args: &Args,
+        label: &str,
+        server_cpu: &dyn Fn() -> f64,
+    ) -> Measured {
+        let n = self.clients.len();
+        let (sink, permits) = (&self.sink, &self.permits);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut drivers = vec![];
+        for i in 0..n {
+            let (clients, permits, stop) = (self.clients.clone(), permits.clone(), stop.clone());
+            drivers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(p) = permits.acquire().await else {
+                        return;
+                    };
+                    p.forget();
+                    clients[i].send(&peer(i, n), raw::timed_body());
+                }
+            }));
+        }
+        permits.add_permits(n * args.window);
+        let bar = ui::spinner(&format!("capacity, {label} (closed loop)"));
+        tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
+        let (d0, t0) = (sink.delivered.load(Ordering::Relaxed), Instant::now());
+        let r0 = sink.refused.load(Ordering::Relaxed);
+        let (s0, p0) = (server_cpu(), crate::serverproc::cpu_secs_named("postgres"));
+        ui::tick_for(&bar, Duration::from_secs(args.secs)).await;
+        let delivered = sink.delivered.load(Ordering::Relaxed) - d0;
+        let per_sec = delivered as f64 / t0.elapsed().as_secs_f64();
+        let measured = Measured {
+            per_sec,
+            delivered,
+            refused: sink.refused.load(Ordering::Relaxed) - r0,
+            server_cpu: server_cpu() - s0,
+            postgres_cpu: crate::serverproc::cpu_secs_named("postgres") - p0,
+        };
+        stop.store(true, Ordering::Relaxed);
+        // A closed semaphore ends the drivers; a fresh one for the next phase.
+        permits.close();
+        for d in drivers {
+            let _ = d.await;
+        }
+        ui::done(&bar, format!("capacity, {label}: {per_sec:.0} msg/s"));
+        tokio::time::sleep(Duration::from_secs(3)).await; // drain
+        measured
+    }
+
+    /// Open-loop latency at `pct` % of `capacity` (see [`load_phase`]).
+    pub(crate) async fn load(&self, capacity: f64, pct: u32, secs: u64) -> LoadPoint {
+        load_phase(
+            &self.clients,
+            &self.sink,
+            self.clients.len(),
+            capacity,
+            pct,
+            secs,
+        )
+        .await
+    }
+
+    /// Closes every client.
+    pub(crate) fn close(&self) {
+        for c in self.clients.iter() {
+            c.close();
+        }
+    }
 }
 
 /// Runs the benchmark.

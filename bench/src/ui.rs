@@ -45,3 +45,12 @@ pub(crate) fn done(bar: &ProgressBar, msg: String) {
     }
     bar.finish_with_message(msg);
 }
+
+/// Writes a markdown report to `out` (if given) and says so.
+pub(crate) fn write_report(out: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    if let Some(out) = out {
+        std::fs::write(out, text).map_err(|e| anyhow::anyhow!("write {}: {e}", out.display()))?;
+        say(format!("wrote {}", out.display()));
+    }
+    Ok(())
+}
