@@ -304,16 +304,30 @@ async fn groups(args: &Args, nats: &Nats) -> anyhow::Result<Vec<GroupRow>> {
     let mut rows = vec![];
     for (run, &(size, large)) in runs.iter().enumerate() {
         let members: Vec<String> = (0..size).map(|i| format!("g{run}m{i}")).collect();
+        // At most 2,000 members a request (the server's limit): create, then add.
+        let mut chunks = members.chunks(tern_server::groups::MAX_MEMBERS_PER_REQUEST);
+        let first = chunks.next().unwrap_or_default();
         let resp: serde_json::Value = http
             .post(format!("http://{}/v1/groups", nodes[0].http))
             .bearer_auth(tern_server::config::DEV_API_KEY)
-            .json(&serde_json::json!({ "name": "bench", "members": members, "large": large }))
+            .json(&serde_json::json!({ "name": "bench", "members": first, "large": large }))
             .send()
             .await?
             .error_for_status()?
             .json()
             .await?;
         let group = resp["group"].as_str().context("group id")?.to_owned();
+        for more in chunks {
+            http.post(format!(
+                "http://{}/v1/groups/{group}/members",
+                nodes[0].http
+            ))
+            .bearer_auth(tern_server::config::DEV_API_KEY)
+            .json(&serde_json::json!({ "members": more }))
+            .send()
+            .await?
+            .error_for_status()?;
+        }
         // Ten members online on each node (their Logs request subscribes the node to
         // the group); the sender is one of them.
         let online = 10 * addrs.len();

@@ -300,11 +300,15 @@ impl Cluster {
         if let Some(extra) = raced {
             extra.abort();
         }
-        // The subscription is on the NATS server once a flush round trip returns. A
-        // failed flush (NATS away) is not fatal: the subscription is replayed on
-        // reconnect, and until then the store and sync carry the user's messages.
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await {
-            tracing::debug!(error = %e, "NATS flush timed out after subscribe");
+        // The subscription is on the NATS server once a flush round trip returns. With
+        // NATS away there is nothing to wait for (a login must not): the subscription
+        // is replayed on reconnect, and until then the store and sync carry the user's
+        // messages.
+        if self.connected() {
+            let flushed = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                tracing::debug!("NATS flush after subscribe did not complete");
+            }
         }
         Ok(guard)
     }
