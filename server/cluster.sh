@@ -27,6 +27,8 @@ mkdir -p "$dir"
 quic_port() { echo $((7403 + 10 * $1)); }
 http_port() { echo $((7490 + $1)); }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Node i answers on its HTTP port (bash's /dev/tcp: no curl needed).
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$(http_port "$1")" && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && head -n 1 <&3 | grep -q " 200 ") 2>/dev/null; }
 
 start_nats() {
   if alive "$dir/nats.pid"; then return; fi
@@ -65,7 +67,7 @@ start_node() {
     > "$dir/node$i.out" 2> "$dir/node$i.log" &
   echo $! > "$dir/node$i.pid"
   for _ in $(seq 150); do
-    if curl -fsS "http://127.0.0.1:$(http_port "$i")/healthz" >/dev/null 2>&1; then
+    if grep -q "^http listening on" "$dir/node$i.out" 2>/dev/null && up "$i"; then
       echo "node$i: QUIC 127.0.0.1:$(quic_port "$i"), HTTP 127.0.0.1:$(http_port "$i")"
       return
     fi
@@ -103,7 +105,7 @@ case "${1:-start}" in
   status)
     alive "$dir/nats.pid" && echo "nats: up" || echo "nats: down"
     for i in $(seq 0 $((nodes - 1))); do
-      if curl -fsS "http://127.0.0.1:$(http_port "$i")/healthz" >/dev/null 2>&1; then
+      if up "$i"; then
         echo "node$i: up"
       else
         echo "node$i: down"
