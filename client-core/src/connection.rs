@@ -797,6 +797,12 @@ impl<'a> Session<'a> {
         if self.probes.len() >= MAX_PROBES {
             return;
         }
+        if self.probes.is_empty() {
+            // The first probe goes back to this node (the path may have blinked); the
+            // ones racing beside it go to the others, if there are others (the node
+            // may be dead).
+            self.inner.servers.lost();
+        }
         tracing::debug!("path suspect: probing with a fresh connection");
         let (inner, endpoint) = (self.inner.clone(), self.endpoint.clone());
         self.probes

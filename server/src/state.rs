@@ -97,10 +97,11 @@ impl Shared {
     /// Routes new timeline entries to online sessions (except the one that caused them):
     /// an entry of a user's timeline to that user's sessions, an entry of a large group's
     /// log to the sessions of every member. In a cluster each entry also goes to the
-    /// user's subject, which reaches the other nodes holding sessions of that user. A large group's members come from a cache
-    /// (filled by a read on a miss, emptied by every membership change): the log, not the
-    /// push, is the truth, so a push that misses a member who just joined is caught up
-    /// by that member's next pull.
+    /// user's subject (a large group's to the group's), which reaches the other nodes
+    /// holding sessions of that user. A large group's members come from a cache (filled
+    /// by a read on a miss, emptied by every membership change): the log, not the push,
+    /// is the truth, so a push that misses a member who just joined is caught up by that
+    /// member's next pull.
     pub fn fan_out(self: &Arc<Self>, fanout: Vec<Fanout>, except: Option<u64>) {
         for f in fanout {
             let entry = Arc::new(f.entry);

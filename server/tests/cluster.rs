@@ -438,12 +438,35 @@ async fn a_node_killed_mid_stream_at_20_percent_loss_its_clients_fail_over() {
     connected(&alice).await;
     connected(&bob).await;
     let sent = numbered("m", 200);
-    let mut killed = None;
+    let alice = Arc::new(alice);
+    let mut watcher = None;
     stream(&alice, "bob", &sent, 40, |i| {
         if i == 80 {
             // Alice's first address is node 0's path: that is her node.
             cluster.kill(0);
-            killed = Some(std::time::Instant::now());
+            // How long until the first message sent after the kill is acknowledged
+            // (by another node): the fail-over time.
+            let (alice, killed) = (alice.clone(), std::time::Instant::now());
+            watcher = Some(tokio::spawn(async move {
+                loop {
+                    let acked = alice
+                        .messages(ConversationKind::Direct, "bob", None, 1000)
+                        .unwrap()
+                        .iter()
+                        .any(|m| {
+                            m.text() == Some("m 80")
+                                && matches!(
+                                    m.status,
+                                    tern_client::MessageStatus::Sent
+                                        | tern_client::MessageStatus::Delivered
+                                )
+                        });
+                    if acked || killed.elapsed() > Duration::from_secs(60) {
+                        return killed.elapsed();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }));
         }
     })
     .await;
@@ -453,6 +476,12 @@ async fn a_node_killed_mid_stream_at_20_percent_loss_its_clients_fail_over() {
         || all_acknowledged(&alice, "bob", 1000),
     )
     .await;
+    let failover = watcher.expect("node killed").await.unwrap();
+    eprintln!("fail-over: the first send after the kill was acknowledged {failover:?} later");
+    assert!(
+        failover < Duration::from_secs(10),
+        "fail-over took {failover:?}"
+    );
     until_within("everything reached bob", Duration::from_secs(30), || {
         texts(&bob, "alice").len() >= sent.len()
     })
