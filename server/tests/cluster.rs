@@ -67,6 +67,38 @@ async fn presence(http: std::net::SocketAddr, user: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// Alice, bob and carol on nodes 0, 1 and 2, connected.
+async fn trio(cluster: &Cluster, dir: &std::path::Path) -> [Client; 3] {
+    let pem = cluster.cert_pem();
+    let users = ["alice", "bob", "carol"];
+    let clients = users.map(|u| {
+        let i = users.iter().position(|x| *x == u).unwrap();
+        at(
+            &cluster.addrs[i].to_string(),
+            &pem,
+            dir,
+            u,
+            &format!("{u}-phone"),
+        )
+        .0
+    });
+    for c in &clients {
+        connected(c).await;
+    }
+    clients
+}
+
+/// The texts of a group conversation as `c` shows it, oldest first.
+fn group_texts(c: &Client, group: &str) -> Vec<String> {
+    let mut m = c
+        .messages(ConversationKind::Group, group, None, 10_000)
+        .unwrap();
+    m.reverse();
+    m.iter()
+        .filter_map(|m| m.text().map(str::to_owned))
+        .collect()
+}
+
 fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix} {i}")).collect()
 }
@@ -77,14 +109,7 @@ async fn users_on_three_nodes_exchange_direct_and_group_messages_once_in_order()
     let Some(cluster) = Cluster::start(BIN, dir.path(), 3, &[]).await else {
         return;
     };
-    let pem = cluster.cert_pem();
-    let a = |i: usize| cluster.addrs[i].to_string();
-    let (alice, _) = at(&a(0), &pem, dir.path(), "alice", "alice-phone");
-    let (bob, _) = at(&a(1), &pem, dir.path(), "bob", "bob-phone");
-    let (carol, _) = at(&a(2), &pem, dir.path(), "carol", "carol-phone");
-    for c in [&alice, &bob, &carol] {
-        connected(c).await;
-    }
+    let [alice, bob, carol] = trio(&cluster, dir.path()).await;
     // Direct, both ways at once, across nodes.
     let to_bob = numbered("a->b", 100);
     let to_alice = numbered("b->a", 50);
@@ -138,24 +163,19 @@ async fn users_on_three_nodes_exchange_direct_and_group_messages_once_in_order()
             c.send_group_text(&group.id, &format!("{who} {i}")).unwrap();
         }
     }
-    let group_texts = |c: &Client| -> Vec<String> {
-        let mut m = c
-            .messages(ConversationKind::Group, &group.id, None, 10_000)
-            .unwrap();
-        m.reverse();
-        m.iter()
-            .filter_map(|m| m.text().map(str::to_owned))
-            .collect()
-    };
     until_within("group messages delivered", Duration::from_secs(20), || {
         [&alice, &bob, &carol]
             .iter()
-            .all(|c| group_texts(c).len() == 3 * per)
+            .all(|c| group_texts(c, &group.id).len() == 3 * per)
     })
     .await;
-    let reference = group_texts(&alice);
+    let reference = group_texts(&alice, &group.id);
     for c in [&bob, &carol] {
-        assert_eq!(group_texts(c), reference, "every member sees one order");
+        assert_eq!(
+            group_texts(c, &group.id),
+            reference,
+            "every member sees one order"
+        );
     }
     for who in ["alice", "bob", "carol"] {
         let mine: Vec<_> = reference
@@ -562,27 +582,18 @@ async fn a_large_group_across_nodes_gets_its_log_live_and_a_member_added_later_t
     let Some(cluster) = Cluster::start(BIN, dir.path(), 3, &[]).await else {
         return;
     };
-    let pem = cluster.cert_pem();
-    let a = |i: usize| cluster.addrs[i].to_string();
-    let (alice, _) = at(&a(0), &pem, dir.path(), "alice", "alice-phone");
-    let (bob, _) = at(&a(1), &pem, dir.path(), "bob", "bob-phone");
-    let (carol, _) = at(&a(2), &pem, dir.path(), "carol", "carol-phone");
-    let (dave, _) = at(&a(1), &pem, dir.path(), "dave", "dave-phone");
-    for c in [&alice, &bob, &carol, &dave] {
-        connected(c).await;
-    }
+    let [alice, bob, carol] = trio(&cluster, dir.path()).await;
+    let (dave, _) = at(
+        &cluster.addrs[1].to_string(),
+        &cluster.cert_pem(),
+        dir.path(),
+        "dave",
+        "dave-phone",
+    );
+    connected(&dave).await;
     let group = alice
         .create_large_group("town", &["bob".into(), "carol".into()])
         .unwrap();
-    let log_texts = |c: &Client| -> Vec<String> {
-        let mut m = c
-            .messages(ConversationKind::Group, &group.id, None, 10_000)
-            .unwrap();
-        m.reverse();
-        m.iter()
-            .filter_map(|m| m.text().map(str::to_owned))
-            .collect()
-    };
     let first = numbered("first", 20);
     for t in &first {
         alice.send_group_text(&group.id, t).unwrap();
@@ -591,11 +602,11 @@ async fn a_large_group_across_nodes_gets_its_log_live_and_a_member_added_later_t
     until_within(
         "the log reached bob and carol",
         Duration::from_secs(20),
-        || log_texts(&bob).len() == 20 && log_texts(&carol).len() == 20,
+        || group_texts(&bob, &group.id).len() == 20 && group_texts(&carol, &group.id).len() == 20,
     )
     .await;
-    assert_eq!(log_texts(&bob), first);
-    assert_eq!(log_texts(&carol), first);
+    assert_eq!(group_texts(&bob, &group.id), first);
+    assert_eq!(group_texts(&carol, &group.id), first);
     // Dave (online on node 1) joins; the next messages reach him live too.
     alice
         .add_group_members(&group.id, &["dave".into()])
@@ -606,25 +617,25 @@ async fn a_large_group_across_nodes_gets_its_log_live_and_a_member_added_later_t
         carol.send_group_text(&group.id, t).unwrap();
     }
     until_within("dave has the new messages", Duration::from_secs(20), || {
-        log_texts(&dave)
+        group_texts(&dave, &group.id)
             .iter()
             .filter(|t| t.starts_with("second"))
             .count()
             == 10
     })
     .await;
-    let got: Vec<_> = log_texts(&dave)
+    let got: Vec<_> = group_texts(&dave, &group.id)
         .into_iter()
         .filter(|t| t.starts_with("second"))
         .collect();
     assert_eq!(got, second);
     for c in [&alice, &bob] {
         until_within("everyone has both rounds", Duration::from_secs(20), || {
-            log_texts(c).len() == 30
+            group_texts(c, &group.id).len() == 30
         })
         .await;
         let mut want = first.clone();
         want.extend(second.iter().cloned());
-        assert_eq!(log_texts(c), want);
+        assert_eq!(group_texts(c, &group.id), want);
     }
 }
