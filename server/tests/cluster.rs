@@ -389,22 +389,12 @@ async fn nats_restarted_mid_stream_delivery_continues_and_live_pushes_resume() {
     };
     let (alice, bob) = alice_and_bob(&cluster, dir.path(), false).await;
     let sent = numbered("m", 150);
-    let mut down = false;
-    let mut killed_at = None;
-    for (i, t) in sent.iter().enumerate() {
-        if i == 50 {
-            cluster.nats.kill();
-            down = true;
-            killed_at = Some(std::time::Instant::now());
-        }
-        if i == 100 && down {
-            cluster.nats.restart();
-            down = false;
-        }
-        alice.send_text("bob", t).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(killed_at.is_some());
+    stream(&alice, "bob", &sent, 50, |i| match i {
+        50 => cluster.nats.kill(),
+        100 => cluster.nats.restart(),
+        _ => {}
+    })
+    .await;
     until_within("all acknowledged", Duration::from_secs(30), || {
         all_acknowledged(&alice, "bob", 1000)
     })

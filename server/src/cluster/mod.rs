@@ -353,28 +353,26 @@ impl Cluster {
             metrics::counter!("tern_cluster_dropped_on_purpose_total").increment(1);
             return;
         }
-        let msg = pb::ClusterMessage {
-            from_node: self.settings.node.clone(),
-            body: Some(body),
-        };
-        let payload = Bytes::from(msg.encode_to_vec());
-        if self.publish.try_send((target.subject(), payload)).is_err() {
-            metrics::counter!("tern_cluster_publish_dropped_total").increment(1);
-        }
+        self.enqueue(target.subject(), body);
     }
 
     /// Sends `msg` to one subject (a presence query's `reply_to`).
     pub fn reply(&self, subject: &str, body: pb::cluster_message::Body) {
+        self.enqueue(subject.to_owned(), body);
+    }
+
+    /// `body` from this node, encoded.
+    fn encode(&self, body: pb::cluster_message::Body) -> Bytes {
         let msg = pb::ClusterMessage {
             from_node: self.settings.node.clone(),
             body: Some(body),
         };
-        let payload = Bytes::from(msg.encode_to_vec());
-        if self
-            .publish
-            .try_send((subject.to_owned(), payload))
-            .is_err()
-        {
+        Bytes::from(msg.encode_to_vec())
+    }
+
+    /// Queues `body` for `subject` without waiting; a full queue drops it (counted).
+    fn enqueue(&self, subject: String, body: pb::cluster_message::Body) {
+        if self.publish.try_send((subject, self.encode(body))).is_err() {
             metrics::counter!("tern_cluster_publish_dropped_total").increment(1);
         }
     }
@@ -387,15 +385,12 @@ impl Cluster {
         let Ok(mut answers) = self.client.subscribe(inbox.clone()).await else {
             return vec![];
         };
-        let query = pb::ClusterMessage {
-            from_node: self.settings.node.clone(),
-            body: Some(pb::cluster_message::Body::PresenceQuery(
-                pb::ClusterPresenceQuery { reply_to: inbox },
-            )),
-        };
+        let query = self.encode(pb::cluster_message::Body::PresenceQuery(
+            pb::ClusterPresenceQuery { reply_to: inbox },
+        ));
         if self
             .client
-            .publish(user_subject(user), Bytes::from(query.encode_to_vec()))
+            .publish(user_subject(user), query)
             .await
             .is_err()
         {
