@@ -96,7 +96,8 @@ servers() {
 
 case "${1:-start}" in
   start)
-    [ -x "$bin" ] || cargo build -q -p tern-server
+    # The nodes, and the `tern` CLI the README chats through the cluster with.
+    if [ ! -x "$bin" ] || [ ! -x target/debug/tern ]; then cargo build -q -p tern-server -p tern-client; fi
     start_nats
     url=$(store_url)
     for i in $(seq 0 $((nodes - 1))); do start_node "$i" "$url"; done
