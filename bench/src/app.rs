@@ -20,6 +20,9 @@ use crate::serverproc::ServerProc;
 pub(crate) struct Seen {
     /// First arrival time of each received text.
     pub received: Mutex<HashMap<String, Instant>>,
+    /// The server's timestamp (`server_ts_ms`, taken when its writer stored the
+    /// message) of each received text.
+    pub server_ts: Mutex<HashMap<String, u64>>,
     /// Outgoing messages reported failed.
     pub failed: Mutex<u64>,
     /// Outgoing messages that reached Delivered.
@@ -35,6 +38,13 @@ impl EventListener for Seen {
         match e {
             ClientEvent::MessageReceived(m) => {
                 if let Some(t) = m.text() {
+                    if let Some(ts) = m.server_ts_ms {
+                        self.server_ts
+                            .lock()
+                            .expect("lock")
+                            .entry(t.to_owned())
+                            .or_insert(ts);
+                    }
                     self.received
                         .lock()
                         .expect("lock")

@@ -149,7 +149,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     // Baseline: the same number of idle QUIC connections (as many as the first point)
     // to a bare quinn endpoint: what QUIC itself costs per connection.
     let floor_n = args.sessions.first().copied().unwrap_or(0);
-    let echo = EchoProc::start()?;
+    let echo = EchoProc::start(false)?;
     let endpoints = raw::endpoints(&echo.cert, args.endpoints)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = echo.rss()?;

@@ -20,7 +20,7 @@
 //! shows. It needs `nft` and root.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tern_client::Uplink;
@@ -93,10 +93,20 @@ pub(crate) struct Run {
     pub push_retransmissions: u64,
     /// Send-to-receive time of the received ones.
     pub latency: Latency,
-    /// Of that, send until alice's client saw it stored (uplink).
+    /// Of that, send until alice's client saw it stored: the send's whole round trip,
+    /// the answer's way back included (named "uplink" in results before `to_server`).
     pub uplink: Latency,
-    /// And stored until bob's listener saw it (downlink: push QoS, or a gap pull).
+    /// And from then until bob's listener saw it (so `uplink + downlink` is the end to
+    /// end; the answer's way back is counted in `uplink` and left out of this).
     pub downlink: Latency,
+    /// One way up: send until the server stored it (the message's `server_ts_ms`, the
+    /// server's clock on the same machine; ms resolution).
+    #[serde(default)]
+    pub to_server: Latency,
+    /// One way down: stored on the server until bob's listener saw it (push QoS, or a
+    /// gap pull). `to_server + from_server` is the end to end.
+    #[serde(default)]
+    pub from_server: Latency,
     /// Send-to-receive time of the last message of each burst (with `--burst`).
     #[serde(default)]
     pub tail: Latency,
@@ -127,12 +137,14 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
             for r in all {
                 let r = r?;
                 line += &format!(
-                    " {} up p50/p99 {:.0}/{:.0} / down {:.0}/{:.0} / all {:.0}/{:.0} ms ({}/{})",
+                    " {} to server p50/p99 {:.0}/{:.0} / from server {:.0}/{:.0} / acked {:.0}/{:.0} / all {:.0}/{:.0} ms ({}/{})",
                     r.profile,
+                    r.to_server.p50_ms,
+                    r.to_server.p99_ms,
+                    r.from_server.p50_ms,
+                    r.from_server.p99_ms,
                     r.uplink.p50_ms,
                     r.uplink.p99_ms,
-                    r.downlink.p50_ms,
-                    r.downlink.p99_ms,
                     r.latency.p50_ms,
                     r.latency.p99_ms,
                     r.received,
@@ -320,6 +332,14 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
     let mut sent_at = Vec::with_capacity(args.messages);
     let mut local_ids = Vec::with_capacity(args.messages);
     let start = Instant::now();
+    // The server's timestamps are Unix ms: this maps them onto `Instant`s.
+    let start_unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0;
+    let at_server =
+        |ts: u64| start + Duration::from_secs_f64(((ts as f64 - start_unix_ms) / 1000.0).max(0.0));
     let burst = args.burst.max(1);
     for i in 0..args.messages {
         tokio::time::sleep_until((start + gap * (i / burst * burst) as u32).into()).await;
@@ -330,7 +350,9 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
     until(Duration::from_secs(args.deadline), || bob.seen.count() >= n).await;
     let received = bob.seen.received.lock().expect("lock").clone();
     let stored = alice.seen.stored_at.lock().expect("lock").clone();
+    let server_ts = bob.seen.server_ts.lock().expect("lock").clone();
     let (mut samples, mut up, mut down, mut tail) = (vec![], vec![], vec![], vec![]);
+    let (mut to_server, mut from_server) = (vec![], vec![]);
     for (i, t) in sent_at.iter().enumerate() {
         let Some(r) = received.get(&format!("m{i}")) else {
             continue;
@@ -342,6 +364,11 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         if let Some(s) = stored.get(&local_ids[i]) {
             up.push(s.duration_since(*t));
             down.push(r.saturating_duration_since(*s));
+        }
+        if let Some(&ts) = server_ts.get(&format!("m{i}")) {
+            let s = at_server(ts);
+            to_server.push(s.saturating_duration_since(*t));
+            from_server.push(r.saturating_duration_since(s));
         }
     }
     let metrics = crate::metrics::scrape(server.http)
@@ -361,6 +388,8 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
         latency: Latency::of(samples),
         uplink: Latency::of(up),
         downlink: Latency::of(down),
+        to_server: Latency::of(to_server),
+        from_server: Latency::of(from_server),
         tail: Latency::of(tail),
     })
 }

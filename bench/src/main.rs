@@ -7,6 +7,7 @@
 mod app;
 mod catchup;
 mod cluster;
+mod echo;
 mod fanout;
 mod idle;
 mod idle_cost;
@@ -66,6 +67,9 @@ enum Command {
         /// Where to write the certificate (DER).
         #[arg(long)]
         cert_out: std::path::PathBuf,
+        /// Commit each datagram to this SQLite file before echoing it (the durable echo).
+        #[arg(long)]
+        durable: Option<std::path::PathBuf>,
     },
 }
 
@@ -102,7 +106,9 @@ fn main() -> anyhow::Result<()> {
             Command::Transports(a) => print(&transports::run(&a).await?),
             Command::All(a) => suite::run(&a).await.map(drop),
             Command::Report(a) => report::run(&a),
-            Command::EchoServer { cert_out } => serverproc::serve_echo(&cert_out).await,
+            Command::EchoServer { cert_out, durable } => {
+                echo::serve(&cert_out, durable.as_deref()).await
+            }
         }
     })
 }

@@ -124,6 +124,24 @@ fn markdown(r: &Results) -> String {
         t.ratio * 100.0,
         verdict(t.ratio >= 0.40)
     );
+    if t.durable_echo_per_sec > 0.0 {
+        let _ = writeln!(
+            s,
+            "| throughput ≥ 50 % of the durable-echo ceiling | {:.0} msg/s vs {:.0} durable echoes/s = {:.1} % | {} |",
+            t.capacity_per_sec,
+            t.durable_echo_per_sec,
+            t.durable_ratio * 100.0,
+            verdict(t.durable_ratio >= 0.50)
+        );
+    }
+    if t.server_us_per_msg > 0.0 {
+        let _ = writeln!(
+            s,
+            "| ≤ 80 µs of server CPU per message | {:.0} µs/msg | {} |",
+            t.server_us_per_msg,
+            verdict(t.server_us_per_msg <= 80.0)
+        );
+    }
     if let Some(l) = p50 {
         let _ = writeln!(
             s,
@@ -172,7 +190,7 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## 1. Relay throughput and latency\n");
     let _ = writeln!(
         s,
-        "`tern-bench throughput`: {} raw protocol clients logged in; client *i* sends 20-byte texts to client *i+1*. A message counts when the receiver got its push (after the server committed it with `synchronous=FULL`) and sent its `DeliveryAck`; each message also produces a delivered receipt pushed back to the sender and acknowledged. Capacity is a closed loop (2 messages in flight per client); latency phases send open-loop at a fraction of it. The ceiling is the same number of quinn connections to an endpoint that echoes 64-byte datagrams, closed loop with the same window, in the same run.\n",
+        "`tern-bench throughput`: {} raw protocol clients logged in; client *i* sends 20-byte texts to client *i+1*. A message counts when the receiver got its push (after the server committed it with `synchronous=FULL`) and sent its `DeliveryAck`; each message also produces a delivered receipt pushed back to the sender and acknowledged. Capacity is a closed loop (2 messages in flight per client); latency phases send open-loop at a fraction of it. The ceiling is the same number of quinn connections to an endpoint that echoes 64-byte datagrams, closed loop with the same window, in the same run; the *durable* ceiling is the same endpoint committing each datagram to SQLite first (WAL, `synchronous=FULL`, one writer thread taking every waiting datagram up to the server's batch limit into one transaction), the least a server that acknowledges only what is on disk must do.\n",
         t.clients
     );
     let _ = writeln!(s, "| | per second |\n|---|---|");
@@ -191,7 +209,33 @@ fn markdown(r: &Results) -> String {
         "| datagram echo ceiling (bare quinn, its own process) | {:.0} round trips |",
         t.echo_per_sec
     );
-    let _ = writeln!(s, "| ratio | {:.2} % |\n", t.ratio * 100.0);
+    if t.durable_echo_per_sec > 0.0 {
+        let _ = writeln!(
+            s,
+            "| durable echo ceiling (quinn + one SQLite row per datagram, group commit) | {:.0} round trips |",
+            t.durable_echo_per_sec
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| ratio to the echo ceiling | {:.2} % |",
+        t.ratio * 100.0
+    );
+    if t.durable_echo_per_sec > 0.0 {
+        let _ = writeln!(
+            s,
+            "| ratio to the durable echo ceiling | {:.1} % |",
+            t.durable_ratio * 100.0
+        );
+    }
+    if t.server_us_per_msg > 0.0 {
+        let _ = writeln!(
+            s,
+            "| server CPU per message (capacity window) | {:.0} µs |",
+            t.server_us_per_msg
+        );
+    }
+    let _ = writeln!(s);
     let _ = writeln!(
         s,
         "Sends refused with `SERVER_BUSY` (store queue full) during the capacity phase: {}.\n",
@@ -257,17 +301,17 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## 3. Delivery under loss\n");
     let _ = writeln!(
         s,
-        "`tern-bench loss`: the real stack — `tern-server` and two `tern-client`s through `tern-netsim` (loss each way, RTT/2 delay ±10 % jitter each way, same seed for both profiles). Alice sends {} messages at {} per second; time is from `send_text` to bob's listener. *datagram* is Tern's default (sends in datagrams under the client's QoS engine, adaptive push QoS); *stream* sends on the QUIC stream (adaptive pushes); *mobileimsdk* is the same server with `--push-qos mobileimsdk` (MobileIMSDK's fixed schedule). (Results older than the datagram uplink name the stream uplink with adaptive pushes *adaptive*.) *given up* counts pushes the server stopped retransmitting; those messages reach bob only when his client notices the gap and pulls it.\n",
+        "`tern-bench loss`: the real stack — `tern-server` and two `tern-client`s through `tern-netsim` (loss each way, RTT/2 delay ±10 % jitter each way, same seed for both profiles). Alice sends {} messages at {} per second; time is from `send_text` to bob's listener, split at the server's store (`server_ts_ms`, same machine): *to server* is one way up, *from server* one way down; *acked* is the send's whole round trip as alice's client sees it (the answer's way back included). *datagram* is Tern's default (sends in datagrams under the client's QoS engine, adaptive push QoS); *stream* sends on the QUIC stream (adaptive pushes); *mobileimsdk* is the same server with `--push-qos mobileimsdk` (MobileIMSDK's fixed schedule). (Results older than the datagram uplink name the stream uplink with adaptive pushes *adaptive*.) *given up* counts pushes the server stopped retransmitting; those messages reach bob only when his client notices the gap and pulls it.\n",
         r.loss.messages, r.loss.rate
     );
     let _ = writeln!(
         s,
-        "| loss | RTT | profile | received | failed | p50 ms | p99 ms | max ms | uplink p50 / p99 ms | downlink p50 / p99 ms | push retransmissions | pushes given up |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| loss | RTT | profile | received | failed | p50 ms | p99 ms | max ms | to server p50 / p99 ms | from server p50 / p99 ms | acked p50 / p99 ms | push retransmissions | pushes given up |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for x in &r.loss.runs {
         let _ = writeln!(
             s,
-            "| {} % | {} ms | {} | {}/{} | {} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {} |",
+            "| {} % | {} ms | {} | {}/{} | {} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {} |",
             x.loss_pct,
             x.rtt_ms,
             x.profile,
@@ -277,10 +321,12 @@ fn markdown(r: &Results) -> String {
             x.latency.p50_ms,
             x.latency.p99_ms,
             x.latency.max_ms,
+            x.to_server.p50_ms,
+            x.to_server.p99_ms,
+            x.from_server.p50_ms,
+            x.from_server.p99_ms,
             x.uplink.p50_ms,
             x.uplink.p99_ms,
-            x.downlink.p50_ms,
-            x.downlink.p99_ms,
             x.push_retransmissions,
             x.pushes_given_up
         );

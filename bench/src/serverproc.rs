@@ -187,14 +187,17 @@ pub(crate) struct EchoProc {
 }
 
 impl EchoProc {
-    /// Starts the echo server.
-    pub(crate) fn start() -> anyhow::Result<EchoProc> {
+    /// Starts the echo server; `durable` stores each datagram before echoing it
+    /// ([`crate::echo`]), in a database in its temporary directory.
+    pub(crate) fn start(durable: bool) -> anyhow::Result<EchoProc> {
         let dir = tempfile::Builder::new().prefix("tern-echo-").tempdir()?;
         let cert_path = dir.path().join("cert.der");
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("echo-server")
-            .arg("--cert-out")
-            .arg(&cert_path)
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("echo-server").arg("--cert-out").arg(&cert_path);
+        if durable {
+            cmd.arg("--durable").arg(dir.path().join("echo.db"));
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -228,48 +231,4 @@ impl Drop for EchoProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The `echo-server` subcommand: serves until killed.
-pub(crate) async fn serve_echo(cert_out: &Path) -> anyhow::Result<()> {
-    use std::sync::Arc;
-
-    use quinn::crypto::rustls::QuicServerConfig;
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    std::fs::write(cert_out, ck.cert.der())?;
-    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)?;
-    crypto.alpn_protocols = vec![tern_protocol::ALPN.to_vec()];
-    let mut config =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(2u32.into());
-    transport.max_concurrent_uni_streams(0u32.into());
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(
-        std::time::Duration::from_secs(600),
-    )?));
-    config.transport_config(Arc::new(transport));
-    let (socket, _) =
-        tern_protocol::io::udp_socket("127.0.0.1:0".parse()?, tern_protocol::io::UDP_BUFFER_BYTES)?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    println!("echo listening on {}", endpoint.local_addr()?);
-    while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
-            while let Ok(d) = conn.read_datagram().await {
-                let _ = conn.send_datagram(d);
-            }
-        });
-    }
-    Ok(())
 }

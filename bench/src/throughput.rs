@@ -73,6 +73,18 @@ pub(crate) struct Report {
     pub echo_per_sec: f64,
     /// capacity / ceiling.
     pub ratio: f64,
+    /// Durable echoes per second over as many connections: each datagram committed to
+    /// SQLite (`synchronous=FULL`, group commit like Tern's writer) before it is echoed
+    /// (`crate::echo`). 0 in results from before it was measured.
+    #[serde(default)]
+    pub durable_echo_per_sec: f64,
+    /// capacity / durable ceiling.
+    #[serde(default)]
+    pub durable_ratio: f64,
+    /// Server CPU (user + system, from /proc) per delivered message in the capacity
+    /// window, µs. 0 in results from before it was measured.
+    #[serde(default)]
+    pub server_us_per_msg: f64,
     /// Sends the server refused (SERVER_BUSY) during the capacity phase.
     pub refused_in_capacity: u64,
     /// Server RSS at the end of the capacity phase, bytes.
@@ -328,8 +340,11 @@ impl Ring {
 /// Runs the benchmark.
 pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let n = args.clients.max(2);
+    let cpu = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0)));
     let (server, clients, sink, capacity, server_rss, refused_in_capacity) =
-        measure_capacity(args, &[], "durability full").await?;
+        measure_capacity_with(args, &[], "durability full", Some(cpu.clone())).await?;
+    let (server_cpu, _, delivered) = *cpu.lock().expect("lock");
+    let server_us_per_msg = server_cpu * 1e6 / delivered.max(1.0);
 
     // Latency at fractions of capacity, open loop.
     let mut loads = vec![];
@@ -349,13 +364,17 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     drop(server);
 
-    let echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs).await?;
+    let echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, false).await?;
+    let durable_echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, true).await?;
     Ok(Report {
         clients: n,
         capacity_per_sec: capacity,
         capacity_normal_per_sec: capacity_normal,
         echo_per_sec: echo,
         ratio: capacity / echo,
+        durable_echo_per_sec: durable_echo,
+        durable_ratio: capacity / durable_echo,
+        server_us_per_msg,
         server_rss,
         refused_in_capacity,
         loads,
@@ -412,12 +431,20 @@ async fn load_phase(
     }
 }
 
-/// Echoes/s over `n` connections to a datagram echo endpoint, `window` in flight each.
-async fn echo_ceiling(n: usize, endpoints: usize, window: usize, secs: u64) -> anyhow::Result<f64> {
-    let echo = EchoProc::start()?;
+/// Echoes/s over `n` connections to a datagram echo endpoint, `window` in flight each;
+/// `durable`: the endpoint commits each datagram before echoing it.
+async fn echo_ceiling(
+    n: usize,
+    endpoints: usize,
+    window: usize,
+    secs: u64,
+    durable: bool,
+) -> anyhow::Result<f64> {
+    let what = if durable { "durable echo" } else { "echo" };
+    let echo = EchoProc::start(durable)?;
     let (addr, cert) = (echo.addr, echo.cert.clone());
     let clients = raw::endpoints(&cert, endpoints)?;
-    let bar = ui::bar(n as u64, "echo: connecting");
+    let bar = ui::bar(n as u64, &format!("{what}: connecting"));
     let mut conns = vec![];
     for i in 0..n {
         conns.push(
@@ -451,13 +478,13 @@ async fn echo_ceiling(n: usize, endpoints: usize, window: usize, secs: u64) -> a
             }
         }));
     }
-    let bar = ui::spinner("echo ceiling (closed loop)");
+    let bar = ui::spinner(&format!("{what} ceiling (closed loop)"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (e0, t0) = (echoed.load(Ordering::Relaxed), Instant::now());
     ui::tick_for(&bar, Duration::from_secs(secs)).await;
     let rate = (echoed.load(Ordering::Relaxed) - e0) as f64 / t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    ui::done(&bar, format!("echo ceiling {rate:.0}/s"));
+    ui::done(&bar, format!("{what} ceiling {rate:.0}/s"));
     for c in &conns {
         c.close(0u32.into(), b"done");
     }
