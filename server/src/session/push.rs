@@ -151,27 +151,30 @@ impl Session {
         }
         // A group log's ACK only settles the pushes: no cursor or receipts on the server.
         // An ACK that does not move this device's cursor costs no write.
-        let written = self.acked_cursor.load(std::sync::atomic::Ordering::Relaxed);
-        if a.cumulative_seq <= written || log.is_some() {
+        if log.is_some() || !self.acked_cursor.moves(a.cumulative_seq) {
             return;
         }
-        let acked_cursor = self.acked_cursor.clone();
-        let shared = self.shared.clone();
-        let (user, device, seq) = (self.user.clone(), self.device.clone(), a.cumulative_seq);
-        // Spawned, not tied to the session: the cursor and receipts must advance even if
-        // the connection drops right after the ACK.
-        tokio::spawn(async move {
-            match shared.store.ack_delivered(&user, &device, seq).await {
-                Ok(fanout) => {
-                    acked_cursor.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
-                    shared.fan_out(fanout, None)
+        let (shared, user, device) = (self.shared.clone(), self.user.clone(), self.device.clone());
+        self.acked_cursor.ack(a.cumulative_seq, move |seq| {
+            let (shared, user, device) = (shared.clone(), user.clone(), device.clone());
+            async move {
+                match shared.store.ack_delivered(&user, &device, seq).await {
+                    Ok(fanout) => {
+                        metrics::counter!("tern_cursor_writes_total").increment(1);
+                        shared.fan_out(fanout, None);
+                        true
+                    }
+                    // Busy (counted like every refused write): the next ACK's cumulative
+                    // seq covers this one.
+                    Err(e @ StoreError::Busy) => {
+                        store_failure(e);
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!(%user, error = %e, "delivery ack not recorded");
+                        false
+                    }
                 }
-                // Busy (counted like every refused write): the next ACK's cumulative
-                // seq covers this one.
-                Err(e @ StoreError::Busy) => {
-                    store_failure(e);
-                }
-                Err(e) => tracing::error!(%user, error = %e, "delivery ack not recorded"),
             }
         });
     }
