@@ -392,6 +392,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         window: 2,
         secs: if q { 1 } else { args.secs },
         loads: vec![50],
+        baseline: None,
     };
     let nats = Nats::start()?;
     let one = setup(args, "1 node", 1, None, &tp).await?;

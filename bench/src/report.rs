@@ -241,6 +241,23 @@ fn markdown(r: &Results) -> String {
         "Sends refused with `SERVER_BUSY` (store queue full) during the capacity phase: {}.\n",
         t.refused_in_capacity
     );
+    if let Some(b) = &t.baseline {
+        let half = t.loads.iter().find(|l| l.pct == 50);
+        let _ = writeln!(
+            s,
+            "Against the baseline build `{}`, measured the same way in the same run: {:.0} msg/s ({:.2}× for this build), {:.0} µs of server CPU per message (this build {:.0}), p99 at 50 % of its own capacity {:.1} ms (this build {}).\n",
+            b.bin,
+            b.capacity_per_sec,
+            t.capacity_per_sec / b.capacity_per_sec.max(1.0),
+            b.server_us_per_msg,
+            t.server_us_per_msg,
+            b.half_load.latency.p99_ms,
+            half.map_or("not measured".to_string(), |l| format!(
+                "{:.1} ms",
+                l.latency.p99_ms
+            ))
+        );
+    }
     let _ = writeln!(
         s,
         "| load | offered msg/s | sent | received | refused (busy) | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|---|"

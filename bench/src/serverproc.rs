@@ -51,15 +51,27 @@ impl ServerProc {
     /// Starts a dev server on loopback with a fresh data directory, no rate limits to
     /// speak of, and `extra` flags.
     pub(crate) fn start(extra: &[&str]) -> anyhow::Result<ServerProc> {
+        Self::start_bin(None, extra)
+    }
+
+    /// Like [`start`](Self::start), with another `tern-server` binary (a baseline build).
+    pub(crate) fn start_bin(bin: Option<&Path>, extra: &[&str]) -> anyhow::Result<ServerProc> {
         let dir = tempfile::Builder::new().prefix("tern-bench-").tempdir()?;
-        let mut p = Self::start_in(dir.path(), extra)?;
+        let mut p = Self::start_in_bin(bin, dir.path(), extra)?;
         p._dir = Some(dir);
         Ok(p)
     }
 
     /// Like [`start`](Self::start) with a given data directory (kept afterwards).
     pub(crate) fn start_in(data: &Path, extra: &[&str]) -> anyhow::Result<ServerProc> {
-        let bin = server_bin()?;
+        Self::start_in_bin(None, data, extra)
+    }
+
+    fn start_in_bin(bin: Option<&Path>, data: &Path, extra: &[&str]) -> anyhow::Result<ServerProc> {
+        let bin = match bin {
+            Some(b) => b.to_path_buf(),
+            None => server_bin()?,
+        };
         let mut child = Command::new(&bin)
             .args(["--dev", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(["--rate-per-sec", "1000000", "--rate-burst", "1000000"])

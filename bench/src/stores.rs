@@ -108,6 +108,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         window: 2,
         secs: if q { 1 } else { args.secs },
         loads: vec![args.load],
+        baseline: None,
     };
     let postgres = postgres_settings(&args.postgres).await?;
     let mut backends = vec![];

@@ -104,6 +104,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Results> {
         window: 2,
         secs: if q { 2 } else { 10 },
         loads: vec![25, 50, 90],
+        baseline: None,
     })
     .await?;
     ui::say("== 2/6 idle sessions");

@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// Offered loads for the latency phases, in % of the measured capacity.
     #[arg(long, value_delimiter = ',', default_value = "25,50,90")]
     pub loads: Vec<u32>,
+    /// Another `tern-server` binary (an older build) measured the same way in the same
+    /// run, after this one: capacity, server CPU per message, latency at 50 % load.
+    #[arg(long)]
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 /// One latency phase.
@@ -91,6 +95,22 @@ pub(crate) struct Report {
     pub server_rss: u64,
     /// Latency at the offered loads.
     pub loads: Vec<LoadPoint>,
+    /// The `--baseline` build, measured in the same run.
+    #[serde(default)]
+    pub baseline: Option<Baseline>,
+}
+
+/// A baseline build's numbers, measured like this build's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Baseline {
+    /// The binary.
+    pub bin: String,
+    /// Deliveries per second, closed loop.
+    pub capacity_per_sec: f64,
+    /// Server CPU per delivered message, µs.
+    pub server_us_per_msg: f64,
+    /// Latency at 50 % of its own capacity.
+    pub half_load: LoadPoint,
 }
 
 #[derive(Default)]
@@ -152,9 +172,19 @@ pub(crate) async fn capacity_and_half_load(
     extra: &[&str],
     label: &str,
 ) -> anyhow::Result<Capacity> {
+    capacity_and_half_load_of(None, args, extra, label).await
+}
+
+/// [`capacity_and_half_load`] of another `tern-server` binary (`None`: this build's).
+async fn capacity_and_half_load_of(
+    bin: Option<&std::path::Path>,
+    args: &Args,
+    extra: &[&str],
+    label: &str,
+) -> anyhow::Result<Capacity> {
     let cpu = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0)));
     let (server, clients, sink, capacity, _, _) =
-        measure_capacity_with(args, extra, label, Some(cpu.clone())).await?;
+        measure_capacity_with(bin, args, extra, label, Some(cpu.clone())).await?;
     let (server_cpu, pg_cpu, delivered) = *cpu.lock().expect("lock");
     let half_load = load_phase(
         &clients,
@@ -178,7 +208,7 @@ pub(crate) async fn capacity_and_half_load(
 }
 
 async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::Result<Setup> {
-    measure_capacity_with(args, extra, label, None).await
+    measure_capacity_with(None, args, extra, label, None).await
 }
 
 /// Starts a server with `extra` flags, logs the clients in, and measures the closed-loop
@@ -186,12 +216,13 @@ async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::R
 /// with `cpu`, also the server's and PostgreSQL's CPU seconds and the deliveries of the
 /// measured window.
 async fn measure_capacity_with(
+    bin: Option<&std::path::Path>,
     args: &Args,
     extra: &[&str],
     label: &str,
     cpu: Option<Arc<std::sync::Mutex<(f64, f64, f64)>>>,
 ) -> anyhow::Result<Setup> {
-    let server = ServerProc::start(extra)?;
+    let server = ServerProc::start_bin(bin, extra)?;
     let ring = Ring::login(args, &[server.addr], &server.cert).await?;
     let pid = server.pid();
     let server_cpu = move || crate::serverproc::cpu_secs_of(pid).unwrap_or(0.0);
@@ -342,7 +373,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let n = args.clients.max(2);
     let cpu = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0)));
     let (server, clients, sink, capacity, server_rss, refused_in_capacity) =
-        measure_capacity_with(args, &[], "durability full", Some(cpu.clone())).await?;
+        measure_capacity_with(None, args, &[], "durability full", Some(cpu.clone())).await?;
     let (server_cpu, _, delivered) = *cpu.lock().expect("lock");
     let server_us_per_msg = server_cpu * 1e6 / delivered.max(1.0);
 
@@ -366,6 +397,18 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
 
     let echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, false).await?;
     let durable_echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, true).await?;
+    let baseline = match &args.baseline {
+        Some(bin) => {
+            let c = capacity_and_half_load_of(Some(bin), args, &[], "baseline build").await?;
+            Some(Baseline {
+                bin: bin.display().to_string(),
+                capacity_per_sec: c.per_sec,
+                server_us_per_msg: c.server_us_per_msg,
+                half_load: c.half_load,
+            })
+        }
+        None => None,
+    };
     Ok(Report {
         clients: n,
         capacity_per_sec: capacity,
@@ -375,6 +418,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         durable_echo_per_sec: durable_echo,
         durable_ratio: capacity / durable_echo,
         server_us_per_msg,
+        baseline,
         server_rss,
         refused_in_capacity,
         loads,

@@ -85,3 +85,45 @@ fn sqlite_errors_are_sorted_by_cause() {
         "a full disk is not logged as a corrupt row"
     );
 }
+
+/// The writer never checkpoints (`wal_autocheckpoint = 0`); the checkpointer thread
+/// does, so the WAL is reused instead of growing with everything ever written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_keeps_the_wal_from_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Durability::Full).unwrap();
+    let wal = dir.path().join("tern.db-wal");
+    let mut id = 0;
+    let mut round = || {
+        let store = &store;
+        let start = id;
+        id += 300;
+        async move {
+            let writes = (start..start + 300u32).map(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                store.store_message(NewMessage {
+                    client_msg_id: tern_protocol::ids::ClientMsgId(id),
+                    ..msg("alice", "bob", 0)
+                })
+            });
+            for r in futures_util::future::join_all(writes).await {
+                r.unwrap();
+            }
+            // More than the checkpointer's interval: it has run in between.
+            tokio::time::sleep(checkpoint::INTERVAL * 3).await;
+        }
+    };
+    round().await;
+    let first = std::fs::metadata(&wal).unwrap().len();
+    for _ in 0..6 {
+        round().await;
+    }
+    let after = std::fs::metadata(&wal).unwrap().len();
+    assert!(first > 0);
+    assert!(
+        after < first * 3,
+        "the WAL is reused: {first} bytes after the first round, {after} after seven"
+    );
+    assert_eq!(store.head_seq("bob").await.unwrap(), 2100);
+}
