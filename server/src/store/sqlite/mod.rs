@@ -34,7 +34,6 @@ use super::{
     StoreFuture, StoredMessage, SummaryPage, TimelinePage, WebhookJob,
 };
 
-mod checkpoint;
 mod groups;
 mod marks;
 mod order;
@@ -57,8 +56,6 @@ pub struct SqliteStore {
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     path: PathBuf,
-    /// Dropped with the store: the checkpointer thread ends.
-    _checkpointer: checkpoint::Handle,
 }
 
 impl SqliteStore {
@@ -78,11 +75,6 @@ impl SqliteStore {
         schema::check_existing(&path, create)?;
         let mut writer = open(&path, durability, false)?;
         migrate(&mut writer)?;
-        // Checkpoints are the checkpointer thread's job (`checkpoint::run`), not the
-        // writer's: SQLite's automatic one runs inside the commit that crosses the
-        // threshold and held every job of that batch up for its whole length.
-        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = checkpoint::start(open(&path, durability, false)?)?;
         let generation = schema::generation(&writer)?;
         let readers = (0..4)
             .map(|_| open(&path, durability, true).map(Mutex::new))
@@ -98,7 +90,6 @@ impl SqliteStore {
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             path,
-            _checkpointer: checkpointer,
         })
     }
 

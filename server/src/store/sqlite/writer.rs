@@ -10,12 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{StoreError, groups, marks, order, outbox, timeline};
 use crate::store::ops::{WriteOp, WriteReply};
 
-/// Most jobs committed in one transaction. Under a deep queue a commit costs mostly the
-/// pages it writes: each B-tree page a batch touched goes to the WAL once and is
-/// fsynced, however many jobs touched it, so a larger batch shares them among more
-/// messages (the queue holds 8,192; a batch takes what is waiting and never waits for
-/// more, so at low load batches stay small and commits prompt).
-pub const MAX_BATCH: usize = 2048;
+/// Most jobs committed in one transaction. It also bounds how long one commit takes, and
+/// so how long a message that arrives during it waits: 2,048 was tried (`d41dfd6`) and
+/// the p99 at 50 % load went from 12–18 ms to 25–298 ms across runs, for no steady gain
+/// in capacity (docs/bench/analysis.md, "Cost per message").
+pub const MAX_BATCH: usize = 512;
 
 pub(super) struct Job {
     pub(super) op: WriteOp,
