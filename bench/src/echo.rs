@@ -4,8 +4,8 @@
 //!
 //! The durable echo is the honest ceiling for a server that acknowledges only what it
 //! has on disk: the same quinn connections, and one writer thread that owns the
-//! database (WAL, `synchronous=FULL`), takes every datagram waiting (up to
-//! `tern_server::store::sqlite::MAX_BATCH`, the server's own limit), inserts one row
+//! database (WAL, `synchronous=FULL`), takes every datagram waiting by the server
+//! writer's own rule (`tern_server::store::sqlite::next_batch`), inserts one row
 //! per datagram in one transaction, commits, and only then echoes them. What Tern does
 //! beyond that (timelines, receipts, cursors, fan-out, sessions) is the gap between the
 //! two numbers.
@@ -104,15 +104,7 @@ fn writer_loop(
     mut conn: rusqlite::Connection,
     mut rx: mpsc::Receiver<Job>,
 ) -> rusqlite::Result<()> {
-    let max = tern_server::store::sqlite::MAX_BATCH;
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = tern_server::store::sqlite::next_batch(&mut rx) {
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare_cached("INSERT INTO echoes (body, ts) VALUES (?1, ?2)")?;

@@ -15,7 +15,6 @@
 //! asks), `push` (push QoS and delivery ACKs); this file
 //! holds the loop that multiplexes them.
 
-mod cursor;
 mod login;
 mod push;
 mod requests;
@@ -224,9 +223,9 @@ struct Session {
     bucket: TokenBucket,
     /// The flood guard for ACKs and heartbeats.
     control_bucket: TokenBucket,
-    /// The device's delivery cursor, written with the ACKs coalesced: an ACK at or
-    /// below what is written costs no write.
-    acked_cursor: Arc<cursor::AckCursor>,
+    /// The highest delivery cursor this session wrote: an ACK at or below it costs no
+    /// write (set by the write itself, so an ACK refused as busy is retried).
+    acked_cursor: Arc<std::sync::atomic::AtomicU64>,
     /// Sends and other writes in flight (each holds one small frame's worth of state).
     tasks: FuturesUnordered<BoxFuture<'static, Option<Frame>>>,
     /// Reads in flight (sync, history, summaries, logs, groups): each answer may be a

@@ -46,8 +46,8 @@ use super::ops::{WriteOp, WriteReply};
 pub use schema::Durability;
 use schema::{migrate, open};
 use timeline::{head_seq, read_summaries, read_timeline};
-pub use writer::MAX_BATCH;
 use writer::{Job, writer_loop};
+pub use writer::{MAX_BATCH, next_batch};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
