@@ -222,6 +222,7 @@ async fn an_idle_client_behind_a_nat_learns_to_stay_reachable() {
         reply_timeout: Duration::from_millis(1500),
         max_missed: 3,
         max_networks: 4,
+        reprobe_after: None,
     };
     let bob = Client::new(config).unwrap();
     let bob_events = Arc::new(Recorder::default());

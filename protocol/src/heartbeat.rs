@@ -21,6 +21,9 @@
 //!   few milliseconds later) and phones fire timers late. With the defaults a 45 s NAT locks at
 //!   33.75 s after 10 probes and a 120 s NAT at 101.25 s after 13 probes (see
 //!   `tests/sim_heartbeat.rs` and docs/bench/qos-sim.md).
+//! * **Re-probe.** A lock is not forever: after it stood `reprobe_after` (12 h), one idle
+//!   probe tests the old ceiling. A NAT that became more lenient passes it and learning
+//!   resumes above; an unchanged NAT expires that one mapping and the lock is back at once.
 //! * **Per network.** Learned state is kept per network label (e.g. the Wi-Fi SSID hash
 //!   or "cellular"), so returning to a known network starts from its learned value.
 //! * **Foreground/background.** The learned value is a property of the network; each
@@ -70,6 +73,11 @@ pub struct HeartbeatConfig {
     pub max_missed: u32,
     /// Networks remembered (least recently used forgotten first).
     pub max_networks: usize,
+    /// How long a lock stands before the interval is re-probed: one probe at the old
+    /// ceiling finds a NAT that became more lenient (learning resumes from there); if the
+    /// NAT is as before it costs one expired binding, and the lock is taken again at
+    /// once. `None`: a lock is forever.
+    pub reprobe_after: Option<Duration>,
 }
 
 impl HeartbeatConfig {
@@ -108,6 +116,7 @@ impl Default for HeartbeatConfig {
             reply_timeout: Duration::from_secs(8),
             max_missed: 3,
             max_networks: 16,
+            reprobe_after: Some(Duration::from_secs(12 * 3600)),
         }
     }
 }
@@ -134,6 +143,10 @@ pub struct NetworkState {
     pub successes: u32,
     /// Learning finished.
     pub locked: bool,
+    /// When it locked (the re-probe is timed from here).
+    pub locked_at: Option<Instant>,
+    /// Re-probes started after a lock stood for [`HeartbeatConfig::reprobe_after`].
+    pub reprobes: u32,
     /// Idle probes evaluated (successes and failures).
     pub probes: u32,
     /// Probes that failed.
@@ -229,7 +242,7 @@ impl SmartHeartbeat {
                 if st.last_ok.is_none_or(|ok| p.tested > ok) {
                     // Replies stopped after an idle gap longer than anything known to
                     // work: the NAT (or a middlebox) likely dropped the binding.
-                    self.record_failure(p.tested);
+                    self.record_failure(p.tested, now);
                 }
                 return Some(HeartbeatAction::ConnectionLost);
             }
@@ -278,10 +291,10 @@ impl SmartHeartbeat {
         self.last_addr = Some(observed_addr.to_owned());
         if changed {
             if probe.tested > Duration::ZERO {
-                self.record_failure(probe.tested);
+                self.record_failure(probe.tested, now);
             }
         } else if probe.retries == 0 && probe.tested > Duration::ZERO {
-            self.record_success(probe.tested);
+            self.record_success(probe.tested, now);
         }
         Some(now.saturating_duration_since(probe.sent_at))
     }
@@ -336,6 +349,8 @@ impl SmartHeartbeat {
                     ceiling: None,
                     successes: 0,
                     locked: false,
+                    locked_at: None,
+                    reprobes: 0,
                     probes: 0,
                     failures: 0,
                 },
@@ -349,18 +364,35 @@ impl SmartHeartbeat {
     }
 
     /// Locks the current network at its learned value less the safety margin.
-    fn lock(&mut self) {
+    fn lock(&mut self, now: Instant) {
         let (pct, min) = (self.config.safety_margin_pct.min(90), self.min_interval());
         let st = self.state_mut();
         st.locked = true;
+        st.locked_at = Some(now);
         st.learned = st.learned.mul_f64(1.0 - f64::from(pct) / 100.0).max(min);
+    }
+
+    /// The lock has stood for `reprobe_after`: the next idle probe tests the old ceiling
+    /// (the shortest gap that ever failed). Success there means the NAT became more
+    /// lenient: the ceiling is forgotten and growth goes on. Failure there relocks at
+    /// once (the ceiling is within `resolution` of what is known to work).
+    fn reprobe(&mut self) {
+        let st = self.state_mut();
+        let Some(ceiling) = st.ceiling.take() else {
+            return;
+        };
+        st.locked = false;
+        st.locked_at = None;
+        st.reprobes += 1;
+        st.successes = 0;
+        st.learned = ceiling;
     }
 
     fn min_interval(&self) -> Duration {
         self.config.foreground.min.min(self.config.background.min)
     }
 
-    fn record_success(&mut self, tested: Duration) {
+    fn record_success(&mut self, tested: Duration, now: Instant) {
         let cap = if self.foreground {
             self.config.foreground.max
         } else {
@@ -375,7 +407,17 @@ impl SmartHeartbeat {
         st.probes += 1;
         st.last_ok = Some(st.last_ok.map_or(tested, |ok| ok.max(tested)));
         // Only a probe of the learned value itself teaches anything new.
-        if tested + Duration::from_millis(1) < st.learned || st.locked {
+        if tested + Duration::from_millis(1) < st.learned {
+            return;
+        }
+        if st.locked {
+            let stood = st.locked_at.map(|t| now.saturating_duration_since(t));
+            if stood
+                .zip(self.config.reprobe_after)
+                .is_some_and(|(s, after)| s >= after)
+            {
+                self.reprobe();
+            }
             return;
         }
         st.successes += 1;
@@ -388,7 +430,7 @@ impl SmartHeartbeat {
             Some(ceiling) => {
                 let gap = ceiling.saturating_sub(st.learned);
                 if gap <= resolution {
-                    self.lock();
+                    self.lock(now);
                 } else {
                     st.learned += gap / 2;
                 }
@@ -396,7 +438,7 @@ impl SmartHeartbeat {
         }
     }
 
-    fn record_failure(&mut self, tested: Duration) {
+    fn record_failure(&mut self, tested: Duration, now: Instant) {
         let (min, step, resolution) = (
             self.min_interval(),
             self.config.step,
@@ -418,7 +460,7 @@ impl SmartHeartbeat {
         let ceiling = st.ceiling.expect("just set");
         st.locked = false;
         if ceiling.saturating_sub(st.learned) <= resolution || st.learned <= min {
-            self.lock();
+            self.lock(now);
         }
     }
 }

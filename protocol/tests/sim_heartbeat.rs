@@ -51,12 +51,16 @@ fn smart_heartbeat_converges_below_the_nat_timeout_and_stays() {
             "{nat:?}: locked after {:?}",
             r.time_to_lock
         );
+        // A day holds one re-probe of the lock (after 12 h): one probe at the old
+        // ceiling, which this unchanged NAT expires, and the lock is back at once.
+        assert_eq!(r.reprobes, 1, "{nat:?}: the lock is re-probed after 12 h");
         assert_eq!(
-            r.nat_expiries_after_lock, 0,
-            "{nat:?}: stays below the timeout once locked"
+            r.nat_expiries_after_lock,
+            u64::from(r.reprobes),
+            "{nat:?}: stays below the timeout once locked, but for one expiry per re-probe"
         );
         assert!(
-            r.nat_expiries <= 3,
+            r.nat_expiries <= 3 + u64::from(r.reprobes),
             "{nat:?}: probing above the timeout costs few expiries"
         );
         assert_eq!(r.connection_lost, 0);
@@ -99,7 +103,48 @@ fn loss_does_not_teach_a_false_nat_timeout() {
         "{:?}",
         r.final_interval
     );
-    assert_eq!(r.nat_expiries_after_lock, 0);
+    assert!(r.nat_expiries_after_lock <= u64::from(r.reprobes));
+}
+
+#[test]
+fn a_lock_is_reprobed_and_a_more_lenient_nat_is_found_again() {
+    // Locked below a 45 s NAT; after 2 h the NAT keeps mappings for 120 s. The lock
+    // stands 12 h, then one probe at the old ceiling succeeds and learning resumes.
+    let mut s = HeartbeatScenario::background(secs(45), DAY, 4);
+    s.nat_timeout_later = Some((secs(2 * 3600), secs(120)));
+    let r = run(&s);
+    let at = |t: Duration| {
+        r.trace
+            .iter()
+            .take_while(|(when, _)| *when <= t)
+            .last()
+            .map(|(_, i)| *i)
+            .unwrap()
+    };
+    assert!(
+        at(secs(11 * 3600)) < secs(45),
+        "still the 45 s lock at 11 h"
+    );
+    assert!(
+        r.final_interval >= secs(90) && r.final_interval < secs(120),
+        "relearned below the new 120 s timeout: {:?} (trace {:?})",
+        r.final_interval,
+        r.trace
+    );
+    assert!(r.reprobes >= 1);
+    // Without re-probing the lock is forever.
+    let mut s2 = s.clone();
+    s2.config.reprobe_after = None;
+    let r2 = run(&s2);
+    assert!(r2.final_interval < secs(45), "{:?}", r2.final_interval);
+    assert_eq!(r2.reprobes, 0);
+    println!(
+        "45 s NAT turning 120 s at 2 h: final interval {:.1} s with re-probing, {:.1} s without; {:.1} vs {:.1} packets/hour",
+        r.final_interval.as_secs_f64(),
+        r2.final_interval.as_secs_f64(),
+        r.packets_per_hour(DAY),
+        r2.packets_per_hour(DAY)
+    );
 }
 
 #[test]

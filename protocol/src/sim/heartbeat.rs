@@ -16,6 +16,9 @@ use crate::heartbeat::{HeartbeatAction, HeartbeatConfig, SmartHeartbeat};
 pub struct HeartbeatScenario {
     /// The NAT's mapping timeout.
     pub nat_timeout: Duration,
+    /// From this time into the run, the NAT's timeout becomes this (a NAT that changed
+    /// its policy, or a different NAT behind the same network label).
+    pub nat_timeout_later: Option<(Duration, Duration)>,
     /// Virtual time to simulate.
     pub duration: Duration,
     /// The policy. For a fixed-interval baseline, set min = max in both profiles.
@@ -35,6 +38,7 @@ impl HeartbeatScenario {
     pub fn background(nat_timeout: Duration, duration: Duration, seed: u64) -> Self {
         HeartbeatScenario {
             nat_timeout,
+            nat_timeout_later: None,
             duration,
             config: HeartbeatConfig::default(),
             foreground: false,
@@ -70,6 +74,8 @@ pub struct HeartbeatReport {
     pub time_to_lock: Option<Duration>,
     /// Interval in use at the end.
     pub final_interval: Duration,
+    /// Re-probes of a lock that had stood for `reprobe_after`.
+    pub reprobes: u32,
     /// Interval after each change: (time since start, interval).
     pub trace: Vec<(Duration, Duration)>,
 }
@@ -116,10 +122,14 @@ pub fn run(s: &HeartbeatScenario) -> HeartbeatReport {
                     r.heartbeats += 1;
                     r.packets_up += 1;
                     let gap = now.saturating_duration_since(nat_last_out);
-                    if gap >= s.nat_timeout {
+                    let nat_timeout = match s.nat_timeout_later {
+                        Some((from, later)) if now >= t0 + from => later,
+                        _ => s.nat_timeout,
+                    };
+                    if gap >= nat_timeout {
                         nat_port += 1;
                         r.nat_expiries += 1;
-                        r.unreachable += gap - s.nat_timeout;
+                        r.unreachable += gap - nat_timeout;
                         if r.probes_to_lock.is_some() {
                             r.nat_expiries_after_lock += 1;
                         }
@@ -152,5 +162,6 @@ pub fn run(s: &HeartbeatScenario) -> HeartbeatReport {
         }
     }
     r.final_interval = hb.interval();
+    r.reprobes = hb.network_state(LABEL).map_or(0, |st| st.reprobes);
     r
 }
