@@ -81,6 +81,7 @@ fn scaled(c: &HeartbeatConfig, k: f64) -> HeartbeatConfig {
         step: s(c.step),
         resolution: s(c.resolution),
         reply_timeout: s(c.reply_timeout).max(Duration::from_millis(500)),
+        reprobe_after: c.reprobe_after.map(s),
         ..c.clone()
     }
 }
