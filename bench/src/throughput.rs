@@ -151,7 +151,17 @@ fn peer(i: usize, n: usize) -> String {
     format!("tp{}", (i + 1) % n)
 }
 
-type Setup = (ServerProc, Arc<Vec<RawClient>>, Arc<Counter>, f64, u64, u64);
+/// A server after its closed-loop capacity phase, with the clients still logged in.
+struct Setup {
+    /// Kept so the server lives (and is killed when the setup is dropped).
+    _server: ServerProc,
+    clients: Arc<Vec<RawClient>>,
+    sink: Arc<Counter>,
+    /// What the capacity window measured.
+    measured: Measured,
+    /// Server RSS at the end of the capacity phase, bytes.
+    rss: u64,
+}
 
 /// A capacity phase with the CPU it cost.
 pub(crate) struct Capacity {
@@ -166,79 +176,55 @@ pub(crate) struct Capacity {
 }
 
 /// Capacity (with server and PostgreSQL CPU per message) and latency at 50 % load, on a
-/// server started with `extra` flags.
+/// server (`bin`, or this build's) started with `extra` flags.
 pub(crate) async fn capacity_and_half_load(
-    args: &Args,
-    extra: &[&str],
-    label: &str,
-) -> anyhow::Result<Capacity> {
-    capacity_and_half_load_of(None, args, extra, label).await
-}
-
-/// [`capacity_and_half_load`] of another `tern-server` binary (`None`: this build's).
-async fn capacity_and_half_load_of(
     bin: Option<&std::path::Path>,
     args: &Args,
     extra: &[&str],
     label: &str,
 ) -> anyhow::Result<Capacity> {
-    let cpu = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0)));
-    let (server, clients, sink, capacity, _, _) =
-        measure_capacity_with(bin, args, extra, label, Some(cpu.clone())).await?;
-    let (server_cpu, pg_cpu, delivered) = *cpu.lock().expect("lock");
+    let s = measure_capacity(bin, args, extra, label).await?;
     let half_load = load_phase(
-        &clients,
-        &sink,
+        &s.clients,
+        &s.sink,
         args.clients.max(2),
-        capacity,
+        s.measured.per_sec,
         50,
         args.secs,
     )
     .await;
-    for c in clients.iter() {
+    for c in s.clients.iter() {
         c.close();
     }
-    drop(server);
     Ok(Capacity {
-        per_sec: capacity,
-        server_us_per_msg: server_cpu * 1e6 / delivered.max(1.0),
-        postgres_us_per_msg: pg_cpu * 1e6 / delivered.max(1.0),
+        per_sec: s.measured.per_sec,
+        server_us_per_msg: s.measured.us_per_msg(s.measured.server_cpu),
+        postgres_us_per_msg: s.measured.us_per_msg(s.measured.postgres_cpu),
         half_load,
     })
 }
 
-async fn measure_capacity(args: &Args, extra: &[&str], label: &str) -> anyhow::Result<Setup> {
-    measure_capacity_with(None, args, extra, label, None).await
-}
-
-/// Starts a server with `extra` flags, logs the clients in, and measures the closed-loop
-/// capacity. Returns the server, the clients and their sink, capacity and server RSS;
-/// with `cpu`, also the server's and PostgreSQL's CPU seconds and the deliveries of the
-/// measured window.
-async fn measure_capacity_with(
+/// Starts a server (`bin`, or this build's) with `extra` flags, logs the clients in, and
+/// measures the closed-loop capacity.
+async fn measure_capacity(
     bin: Option<&std::path::Path>,
     args: &Args,
     extra: &[&str],
     label: &str,
-    cpu: Option<Arc<std::sync::Mutex<(f64, f64, f64)>>>,
 ) -> anyhow::Result<Setup> {
     let server = ServerProc::start_bin(bin, extra)?;
     let ring = Ring::login(args, &[server.addr], &server.cert).await?;
     let pid = server.pid();
     let server_cpu = move || crate::serverproc::cpu_secs_of(pid).unwrap_or(0.0);
-    let m = ring.closed_loop(args, label, &server_cpu).await;
-    if let Some(cpu) = cpu {
-        *cpu.lock().expect("lock") = (m.server_cpu, m.postgres_cpu, m.delivered as f64);
-    }
-    let server_rss = server.rss().unwrap_or(0);
-    Ok((
-        server,
-        ring.clients,
-        ring.sink,
-        m.per_sec,
-        server_rss,
-        m.refused,
-    ))
+    let measured = ring.closed_loop(args, label, &server_cpu).await;
+    let rss = server.rss().unwrap_or(0);
+    Ok(Setup {
+        _server: server,
+        clients: ring.clients,
+        sink: ring.sink,
+        measured,
+        rss,
+    })
 }
 
 /// Clients in a ring (client i sends to client i + 1), logged in to one or more
@@ -261,6 +247,13 @@ pub(crate) struct Measured {
     pub server_cpu: f64,
     /// CPU seconds of every `postgres` process in the window.
     pub postgres_cpu: f64,
+}
+
+impl Measured {
+    /// `cpu_secs` of the window per delivered message, µs.
+    pub(crate) fn us_per_msg(&self, cpu_secs: f64) -> f64 {
+        cpu_secs * 1e6 / (self.delivered as f64).max(1.0)
+    }
 }
 
 impl Ring {
@@ -371,35 +364,35 @@ impl Ring {
 /// Runs the benchmark.
 pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let n = args.clients.max(2);
-    let cpu = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0)));
-    let (server, clients, sink, capacity, server_rss, refused_in_capacity) =
-        measure_capacity_with(None, args, &[], "durability full", Some(cpu.clone())).await?;
-    let (server_cpu, _, delivered) = *cpu.lock().expect("lock");
-    let server_us_per_msg = server_cpu * 1e6 / delivered.max(1.0);
+    let full = measure_capacity(None, args, &[], "durability full").await?;
+    let capacity = full.measured.per_sec;
 
     // Latency at fractions of capacity, open loop.
     let mut loads = vec![];
     for &pct in &args.loads {
-        loads.push(load_phase(&clients, &sink, n, capacity, pct, args.secs).await);
+        loads.push(load_phase(&full.clients, &full.sink, n, capacity, pct, args.secs).await);
     }
-    for c in clients.iter() {
+    for c in full.clients.iter() {
         c.close();
     }
-    drop(server);
+    let (server_rss, refused_in_capacity) = (full.rss, full.measured.refused);
+    let server_us_per_msg = full.measured.us_per_msg(full.measured.server_cpu);
+    drop(full); // the server goes before the next one starts
     // The same with `--durability normal` (commits reach the OS, fsync at checkpoints):
     // what the fsync per group commit costs.
-    let (server, clients, _, capacity_normal, _, _) =
-        measure_capacity(args, &["--durability", "normal"], "durability normal").await?;
-    for c in clients.iter() {
+    let normal =
+        measure_capacity(None, args, &["--durability", "normal"], "durability normal").await?;
+    for c in normal.clients.iter() {
         c.close();
     }
-    drop(server);
+    let capacity_normal = normal.measured.per_sec;
+    drop(normal);
 
     let echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, false).await?;
     let durable_echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, true).await?;
     let baseline = match &args.baseline {
         Some(bin) => {
-            let c = capacity_and_half_load_of(Some(bin), args, &[], "baseline build").await?;
+            let c = capacity_and_half_load(Some(bin), args, &[], "baseline build").await?;
             Some(Baseline {
                 bin: bin.display().to_string(),
                 capacity_per_sec: c.per_sec,
