@@ -354,7 +354,8 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
     let (mut samples, mut up, mut down, mut tail) = (vec![], vec![], vec![], vec![]);
     let (mut to_server, mut from_server) = (vec![], vec![]);
     for (i, t) in sent_at.iter().enumerate() {
-        let Some(r) = received.get(&format!("m{i}")) else {
+        let text = format!("m{i}");
+        let Some(r) = received.get(&text) else {
             continue;
         };
         samples.push(r.duration_since(*t));
@@ -365,7 +366,7 @@ async fn one(args: &Args, profile: &str, loss: u32, rtt: u64) -> anyhow::Result<
             up.push(s.duration_since(*t));
             down.push(r.saturating_duration_since(*s));
         }
-        if let Some(&ts) = server_ts.get(&format!("m{i}")) {
+        if let Some(&ts) = server_ts.get(&text) {
             let s = at_server(ts);
             to_server.push(s.saturating_duration_since(*t));
             from_server.push(r.saturating_duration_since(s));

@@ -858,7 +858,7 @@ impl<'a> Session<'a> {
 
     fn update_diagnostics(&self, m: &Machines) {
         let net = m.heartbeat.network().to_owned();
-        let locked = m.heartbeat.network_state(&net).is_some_and(|s| s.locked);
+        let locked = m.heartbeat.network_state(&net).is_some_and(|s| s.locked());
         let mut d = self
             .inner
             .diagnostics

@@ -141,9 +141,8 @@ pub struct NetworkState {
     pub ceiling: Option<Duration>,
     /// Consecutive successes at `learned`.
     pub successes: u32,
-    /// Learning finished.
-    pub locked: bool,
-    /// When it locked (the re-probe is timed from here).
+    /// When learning finished and the interval locked (`None` while learning); the
+    /// re-probe is timed from here.
     pub locked_at: Option<Instant>,
     /// Re-probes started after a lock stood for [`HeartbeatConfig::reprobe_after`].
     pub reprobes: u32,
@@ -173,6 +172,13 @@ pub struct SmartHeartbeat {
     probe: Option<Probe>,
     last_addr: Option<String>,
     send_now: bool,
+}
+
+impl NetworkState {
+    /// Learning finished: the interval is locked.
+    pub fn locked(&self) -> bool {
+        self.locked_at.is_some()
+    }
 }
 
 impl SmartHeartbeat {
@@ -348,7 +354,6 @@ impl SmartHeartbeat {
                     last_ok: None,
                     ceiling: None,
                     successes: 0,
-                    locked: false,
                     locked_at: None,
                     reprobes: 0,
                     probes: 0,
@@ -367,7 +372,6 @@ impl SmartHeartbeat {
     fn lock(&mut self, now: Instant) {
         let (pct, min) = (self.config.safety_margin_pct.min(90), self.min_interval());
         let st = self.state_mut();
-        st.locked = true;
         st.locked_at = Some(now);
         st.learned = st.learned.mul_f64(1.0 - f64::from(pct) / 100.0).max(min);
     }
@@ -381,7 +385,6 @@ impl SmartHeartbeat {
         let Some(ceiling) = st.ceiling.take() else {
             return;
         };
-        st.locked = false;
         st.locked_at = None;
         st.reprobes += 1;
         st.successes = 0;
@@ -410,11 +413,12 @@ impl SmartHeartbeat {
         if tested + Duration::from_millis(1) < st.learned {
             return;
         }
-        if st.locked {
-            let stood = st.locked_at.map(|t| now.saturating_duration_since(t));
-            if stood
-                .zip(self.config.reprobe_after)
-                .is_some_and(|(s, after)| s >= after)
+        if let Some(at) = st.locked_at {
+            let stood = now.saturating_duration_since(at);
+            if self
+                .config
+                .reprobe_after
+                .is_some_and(|after| stood >= after)
             {
                 self.reprobe();
             }
@@ -458,7 +462,7 @@ impl SmartHeartbeat {
             .unwrap_or_else(|| tested.saturating_sub(step))
             .max(min);
         let ceiling = st.ceiling.expect("just set");
-        st.locked = false;
+        st.locked_at = None;
         if ceiling.saturating_sub(st.learned) <= resolution || st.learned <= min {
             self.lock(now);
         }

@@ -152,7 +152,7 @@ pub fn run(s: &HeartbeatScenario) -> HeartbeatReport {
             }
         }
         let st = hb.network_state(LABEL).expect("label known");
-        if st.locked && r.probes_to_lock.is_none() {
+        if st.locked() && r.probes_to_lock.is_none() {
             r.probes_to_lock = Some(st.probes);
             r.time_to_lock = Some(at - t0);
         }
