@@ -162,8 +162,9 @@ impl Session {
         // the connection drops right after the ACK. One write per ACK that moves the
         // cursor: folding the ACKs that arrive while a write is in flight into one next
         // write (tried at `4453086`) cut the writer's jobs from 3.0 to 1.9 per message but
-        // released the follow-up writes of a batch together: the p99 at 50 % load doubled
-        // (19.5-23.4 ms against 9.7-14.1) at the same capacity (docs/bench/analysis.md).
+        // likely released the follow-up writes of a batch together: the p99 at 50 % load
+        // was higher in four runs of four (19.5-26.0 ms against 9.7-20.6) at the same
+        // capacity (docs/bench/analysis.md).
         tokio::spawn(async move {
             match shared.store.ack_delivered(&user, &device, seq).await {
                 Ok(fanout) => {

@@ -11,9 +11,10 @@ use super::{StoreError, groups, marks, order, outbox, timeline};
 use crate::store::ops::{WriteOp, WriteReply};
 
 /// Most jobs committed in one transaction. It also bounds how long one commit takes, and
-/// so how long a message that arrives during it waits: 2,048 was tried (`d41dfd6`) and
-/// the p99 at 50 % load went from 12–18 ms to 25–298 ms across runs, for no steady gain
-/// in capacity (docs/bench/analysis.md, "Cost per message").
+/// so how long a message that arrives during it waits. 2,048 was tried together with a
+/// checkpointer thread (`d41dfd6`): p99 at 50 % load higher in three runs of four, no
+/// steady gain in capacity; 2,048 alone was measured only once (docs/bench/analysis.md,
+/// "Cost per message").
 pub const MAX_BATCH: usize = 512;
 
 pub(super) struct Job {
