@@ -69,31 +69,40 @@ impl Db {
         &self,
         only: Option<(ConversationKind, &str)>,
     ) -> Result<Vec<Conversation>, DbError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT c.conv_kind, c.conversation, c.last_local_id, c.last_activity,
+        // Two statements, not one with `?1 IS NULL OR ...`: that form scans every
+        // conversation even when one is asked for (a catch-up asks for each one a page
+        // touched).
+        const COLUMNS: &str = "c.conv_kind, c.conversation, c.last_local_id, c.last_activity,
                  c.base_unread + (SELECT COUNT(*) FROM messages m WHERE m.conv_kind = c.conv_kind
                      AND m.conversation = c.conversation AND m.outgoing = 0 AND m.seq > c.base_seq),
-                 c.latest_seq
-             FROM conversations c
-             WHERE ?1 IS NULL OR (c.conv_kind = ?1 AND c.conversation = ?2)
-             ORDER BY c.last_activity DESC, c.latest_seq DESC",
-        )?;
-        let (kind, id) = match only {
-            Some((k, id)) => (Some(k.to_wire()), Some(id)),
-            None => (None, None),
+                 c.latest_seq";
+        let sql = match only {
+            Some(_) => format!(
+                "SELECT {COLUMNS} FROM conversations c
+                 WHERE c.conv_kind = ?1 AND c.conversation = ?2"
+            ),
+            None => format!(
+                "SELECT {COLUMNS} FROM conversations c
+                 ORDER BY c.last_activity DESC, c.latest_seq DESC"
+            ),
         };
-        let rows: Vec<(i32, String, Option<i64>, i64, i64, i64)> = stmt
-            .query_map(params![kind, id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        type Row = (i32, String, Option<i64>, i64, i64, i64);
+        let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        };
+        let rows: Vec<Row> = match only {
+            Some((k, id)) => stmt.query_map(params![k.to_wire(), id], row)?,
+            None => stmt.query_map([], row)?,
+        }
+        .collect::<Result<_, _>>()?;
         rows.into_iter()
             .map(|(kind, id, last, activity, unread, latest)| {
                 Ok(Conversation {
@@ -197,7 +206,8 @@ pub(super) fn touch_conversation(
     activity: u64,
     seq: u64,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO conversations (conv_kind, conversation, last_local_id, last_activity, latest_seq)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (conv_kind, conversation) DO UPDATE SET

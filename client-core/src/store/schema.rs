@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_large_group_logs.sql"),
     include_str!("migrations/0005_outbox_send_order.sql"),
     include_str!("migrations/0006_order_by_server_id.sql"),
+    include_str!("migrations/0007_unread_index.sql"),
 ];
 
 /// Applies the migrations the database has not seen yet, each in its own transaction.

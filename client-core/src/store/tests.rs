@@ -198,3 +198,43 @@ fn a_receipt_that_overtakes_the_send_result_still_counts() {
         MessageStatus::Sent
     );
 }
+
+#[test]
+/// The local store's share of a catch-up: 500 pages of 200 entries over 500
+/// conversations, each page one transaction followed by the conversation reads its
+/// events make (the catch-up benchmark's shape, without the network or the server).
+#[ignore = "timing probe: cargo test --release -p tern-client -- --ignored --nocapture apply_cost"]
+fn apply_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(dir.path(), "bob").unwrap();
+    let mut id = 0u64;
+    let t = std::time::Instant::now();
+    let mut conv_time = std::time::Duration::ZERO;
+    for page in 0..500u64 {
+        let entries: Vec<_> = (0..200u64)
+            .map(|i| {
+                id += 1;
+                let seq = page * 200 + i + 1;
+                let mut e = entry(seq, &format!("friend{}", seq % 500), "bob", 0);
+                if let Some(Body::Message(m)) = &mut e.body {
+                    m.server_msg_id = id;
+                    m.client_msg_id = id.to_le_bytes().repeat(2).into();
+                }
+                e
+            })
+            .collect();
+        let applied = db.apply_entries(&entries).unwrap();
+        let t2 = std::time::Instant::now();
+        for (k, c) in applied.conversations {
+            db.conversation(k, &c).unwrap();
+        }
+        conv_time += t2.elapsed();
+    }
+    eprintln!(
+        "100k entries: {:?} (conversation reads {:?})",
+        t.elapsed(),
+        conv_time
+    );
+    assert_eq!(db.cursor().unwrap(), 100_000);
+    assert_eq!(db.message_count().unwrap(), 100_000);
+}

@@ -19,17 +19,17 @@ impl Db {
 
     /// Lowest seq stored above the cursor, if any: the end of the first gap.
     pub fn first_held_seq(&self) -> Result<Option<u64>, DbError> {
-        let seq: Option<i64> =
-            self.conn
-                .query_row("SELECT MIN(seq) FROM received_seqs", [], |r| r.get(0))?;
+        let seq: Option<i64> = one(&self.conn, "SELECT MIN(seq) FROM received_seqs", [], |r| {
+            r.get(0)
+        })?;
         Ok(seq.map(|s| s as u64))
     }
 
     /// Highest seq stored at all (above the cursor when there is a gap).
     pub fn max_seq(&self) -> Result<u64, DbError> {
-        let above: Option<i64> =
-            self.conn
-                .query_row("SELECT MAX(seq) FROM received_seqs", [], |r| r.get(0))?;
+        let above: Option<i64> = one(&self.conn, "SELECT MAX(seq) FROM received_seqs", [], |r| {
+            r.get(0)
+        })?;
         Ok(above.map_or(self.cursor()?, |s| s as u64))
     }
 
@@ -155,12 +155,17 @@ pub(super) fn record_seq(tx: &Transaction<'_>, log: Log<'_>, seq: u64) -> rusqli
     };
     let bind = |sql: &str, seq: u64| -> rusqlite::Result<usize> {
         match log {
-            None => tx.execute(sql, params![seq as i64]),
-            Some(g) => tx.execute(sql, params![seq as i64, g]),
+            None => exec(tx, sql, params![seq as i64]),
+            Some(g) => exec(tx, sql, params![seq as i64, g]),
         }
     };
-    bind(insert, seq)?;
     let start = cursor;
+    if seq == cursor + 1 {
+        // In order (a page, a push without a gap): the cursor moves over it at once.
+        cursor = seq;
+    } else {
+        bind(insert, seq)?;
+    }
     while bind(delete, cursor + 1)? == 1 {
         cursor += 1;
     }
@@ -187,7 +192,8 @@ pub(super) fn release(
     let released: Vec<Message> = stmt
         .query_map(params![cursor as i64, log], row_to_message)?
         .collect::<Result<_, _>>()?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE messages SET announced = 1 WHERE announced = 0 AND seq <= ?1 AND log IS ?2",
         params![cursor as i64, log],
     )?;
@@ -231,7 +237,8 @@ pub(super) fn apply_entry(
                     .prepare_cached("SELECT 1 FROM recalled_ids WHERE server_msg_id = ?1")?
                     .exists(params![m.server_msg_id as i64])?;
             let body: &[u8] = if recalled { &[] } else { &m.body };
-            let inserted = tx.execute(
+            let inserted = exec(
+                tx,
                 "INSERT OR IGNORE INTO messages (client_msg_id, server_msg_id, conversation, conv_kind, sender, recipient,
                      content_type, body, client_ts, server_ts, seq, outgoing, status, announced, recalled, log)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",

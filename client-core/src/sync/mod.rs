@@ -19,7 +19,8 @@
 //! and the store is local, synchronous and deterministic, so the machine stays
 //! replayable in a test with a real store in a temporary directory.
 //!
-//! Files: this one (state, inputs, sync pages and gaps), `sends.rs` (the outbox in the
+//! Files: this one (state, inputs, pushes and the gap timer), `pages.rs` (sync pages,
+//! several in flight, and the exact-range gap pull), `sends.rs` (the outbox in the
 //! device's send order, paced to the budget, deferrals, `OUT_OF_ORDER`), `logs.rs`
 //! (large groups' logs).
 
@@ -37,7 +38,10 @@ use crate::store::{Applied, Db, DbError};
 use crate::types::{ConversationKind, MessageStatus};
 
 mod logs;
+mod pages;
 mod sends;
+
+pub use pages::PAGES_IN_FLIGHT;
 
 /// What the server said at login that the machine needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -135,8 +139,10 @@ pub fn permanent(code: ErrorCode) -> bool {
 struct Link {
     /// The server's head as far as known.
     head: u64,
-    /// The sync in progress: (request id, until seq).
-    syncing: Option<(u64, u64)>,
+    /// Sync pages in flight (see `pages.rs`).
+    pages: Vec<pages::PageRequest>,
+    /// The highest seq requested by the pages in flight.
+    requested: u64,
     /// When an open gap will be pulled.
     gap_at: Option<Instant>,
     /// Read marks sent, by request id.
@@ -150,7 +156,7 @@ struct Link {
     /// are unanswered.
     waiting_since: Option<Instant>,
     /// Pages in a row that brought nothing while the server said there was more (a
-    /// misbehaving server): the next pull waits, doubling up to [`MAX_PULL_BACKOFF`].
+    /// misbehaving server): the next pull waits, doubling.
     empty_pages: u32,
     /// When the backed-off pull goes out.
     pull_at: Option<Instant>,
@@ -158,9 +164,6 @@ struct Link {
     /// time order; at most one window's worth.
     copies: VecDeque<(Instant, ClientMsgId)>,
 }
-
-/// The longest wait between pulls that bring nothing.
-const MAX_PULL_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The client's sync and send logic (see the module docs).
 #[derive(Debug)]
@@ -606,48 +609,6 @@ impl SyncMachine {
         Ok(())
     }
 
-    /// Requests the next sync page above the cursor (if none is in flight).
-    fn pull(&mut self, db: &mut Db) -> Result<(), DbError> {
-        if self.link.as_ref().is_none_or(|l| l.syncing.is_some()) {
-            return Ok(());
-        }
-        let cursor = db.cursor()?;
-        let max_seen = db.max_seq()?;
-        if cursor >= self.head().max(max_seen) {
-            return Ok(());
-        }
-        self.request_page(cursor, 0);
-        Ok(())
-    }
-
-    fn request_page(&mut self, after_seq: u64, until_seq: u64) {
-        let request_id = self.next_request_id();
-        self.link_mut().syncing = Some((request_id, until_seq));
-        let limit = self.config.sync_page;
-        self.send(Frame::SyncRequest(pb::SyncRequest {
-            request_id,
-            after_seq,
-            until_seq,
-            limit,
-            ..Default::default()
-        }));
-    }
-
-    /// Requests exactly the first missing range: above the cursor, below the first entry
-    /// already held. (Asking for everything above the cursor would re-send, on every
-    /// lost push, entries the device already has.)
-    fn pull_gap(&mut self, db: &mut Db) -> Result<(), DbError> {
-        if self.link.as_ref().is_none_or(|l| l.syncing.is_some()) {
-            return Ok(());
-        }
-        let cursor = db.cursor()?;
-        let Some(held) = db.first_held_seq()? else {
-            return Ok(());
-        };
-        self.request_page(cursor, held - 1);
-        Ok(())
-    }
-
     /// Stores entries, then acknowledges them (never before the commit; `reliable` for
     /// a page, see [`Transmit::reliable`]), and opens or closes the gap timer.
     fn store_and_ack(
@@ -675,7 +636,7 @@ impl SyncMachine {
         let gap_wait = self.config.gap_wait;
         let link = self.link_mut();
         if max_seen > cursor {
-            if link.gap_at.is_none() && link.syncing.is_none() {
+            if link.gap_at.is_none() && link.pages.is_empty() {
                 link.gap_at = Some(now + gap_wait);
             }
         } else {
@@ -739,12 +700,10 @@ impl SyncMachine {
                 }
             }
             Frame::Error(e) => {
-                let link = self.link_mut();
-                if link.syncing.is_some_and(|(id, _)| id == e.request_id) {
-                    link.syncing = None;
-                    link.gap_at = Some(now + SYNC_RETRY);
-                }
-                link.log_syncing.retain(|_, id| *id != e.request_id);
+                self.on_page_error(e.request_id, now);
+                self.link_mut()
+                    .log_syncing
+                    .retain(|_, id| *id != e.request_id);
                 return Ok(Some(Frame::Error(e)));
             }
             other => return Ok(Some(other)),
@@ -776,60 +735,6 @@ impl SyncMachine {
             return Ok(());
         }
         self.store_and_ack(&[entry], false, now, db)
-    }
-
-    fn on_page(
-        &mut self,
-        page: pb::SyncResponse,
-        now: Instant,
-        db: &mut Db,
-    ) -> Result<(), DbError> {
-        let link = self.link_mut();
-        link.head = link.head.max(page.head_seq);
-        let last = page.entries.last().map(|e| e.seq);
-        self.store_and_ack(&page.entries, true, now, db)?;
-        let cursor = db.cursor()?;
-        let head = self.head();
-        self.events.push_back(SyncEvent::Progress {
-            stored: cursor,
-            head,
-        });
-        let until = self.link_mut().syncing.map_or(0, |(_, u)| u);
-        if last.is_none() && (page.more || head > cursor) {
-            // Nothing came though the server says there is more: never ask again at
-            // once (a misbehaving server would be asked thousands of times a second).
-            let link = self.link_mut();
-            link.syncing = None;
-            link.empty_pages += 1;
-            let wait = SYNC_RETRY
-                .saturating_mul(1 << link.empty_pages.min(6).saturating_sub(1))
-                .min(MAX_PULL_BACKOFF);
-            tracing::warn!(
-                cursor,
-                head,
-                wait_ms = wait.as_millis() as u64,
-                "empty sync page with more to come: waiting"
-            );
-            link.pull_at = Some(now + wait);
-            return Ok(());
-        }
-        if last.is_some() {
-            self.link_mut().empty_pages = 0;
-        }
-        match (page.more, last) {
-            (true, Some(last)) => self.request_page(last, until),
-            _ => {
-                self.link_mut().syncing = None;
-                // Another gap (pushes lost while we synced) is pulled next, after the
-                // usual wait; a backlog beyond everything held is caught up now.
-                if db.max_seq()? > cursor {
-                    self.link_mut().gap_at = Some(now + self.config.gap_wait);
-                } else if head > cursor {
-                    self.pull(db)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     fn on_summaries(&mut self, s: pb::Summaries, db: &mut Db) -> Result<(), DbError> {
