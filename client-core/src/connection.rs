@@ -565,6 +565,9 @@ struct Session<'a> {
     probes: tokio::task::JoinSet<Result<quinn::Connection, ConnectError>>,
     /// UDP datagrams QUIC had received at the last probe tick.
     udp_rx: u64,
+    /// A quiet keepalive waits for QUIC's ACK: the ACK frames and `PATH_CHALLENGE`s
+    /// received before it went.
+    keepalive_mark: Option<(u64, u64)>,
 }
 
 fn lost(e: impl std::fmt::Display) -> End {
@@ -586,6 +589,7 @@ impl<'a> Session<'a> {
             calls: HashMap::new(),
             probes: tokio::task::JoinSet::new(),
             udp_rx: 0,
+            keepalive_mark: None,
         }
     }
 
@@ -693,6 +697,8 @@ impl<'a> Session<'a> {
         }
         let now = Instant::now().into_std();
         m.heartbeat.on_connected(now);
+        // QUIC shows the client its packets acknowledged: locked heartbeats go quiet.
+        m.heartbeat.set_acks_observable(self.quic().is_some());
         // The handshake measured the path: the send timers start from it, not from the
         // engine's conservative initial RTO.
         if let Some(conn) = self.quic() {
@@ -877,15 +883,39 @@ impl<'a> Session<'a> {
         };
     }
 
+    /// A quiet keepalive is settled when QUIC has received an ACK frame since it went
+    /// (the server's QUIC acknowledged it); a `PATH_CHALLENGE` received meanwhile means
+    /// the server saw a new address: the NAT binding had expired.
+    fn settle_keepalive(&mut self, m: &mut Machines) {
+        let (Some((acks, challenges)), Some(conn)) = (self.keepalive_mark, self.quic()) else {
+            return;
+        };
+        let rx = conn.stats().frame_rx;
+        if rx.acks > acks {
+            self.keepalive_mark = None;
+            m.heartbeat
+                .on_acked(Instant::now().into_std(), rx.path_challenge > challenges);
+        }
+    }
+
     async fn on_heartbeat_timer(&mut self, m: &mut Machines) -> Result<(), End> {
+        if m.heartbeat.awaiting_ack() {
+            self.settle_keepalive(m);
+        }
         match m.heartbeat.handle_timeout(Instant::now().into_std()) {
-            Some(HeartbeatAction::Send) => {
+            Some(action @ (HeartbeatAction::Send | HeartbeatAction::Keepalive)) => {
+                let quiet = action == HeartbeatAction::Keepalive;
                 m.heartbeats_sent += 1;
                 self.update_diagnostics(m);
+                self.keepalive_mark = quiet
+                    .then(|| self.quic().map(|c| c.stats().frame_rx))
+                    .flatten()
+                    .map(|rx| (rx.acks, rx.path_challenge));
                 let interval = m.heartbeat.interval().as_millis() as u32;
                 self.write(
                     &Frame::Heartbeat(pb::Heartbeat {
                         interval_ms: interval,
+                        quiet,
                     }),
                     0,
                     m,

@@ -223,6 +223,7 @@ async fn an_idle_client_behind_a_nat_learns_to_stay_reachable() {
         max_missed: 3,
         max_networks: 4,
         reprobe_after: None,
+        answer_every: 20,
     };
     let bob = Client::new(config).unwrap();
     let bob_events = Arc::new(Recorder::default());
@@ -259,8 +260,21 @@ async fn an_idle_client_behind_a_nat_learns_to_stay_reachable() {
         "probing above the timeout expired the mapping only a few times"
     );
 
+    // Locked: quiet keepalives, two packets each (the keepalive and QUIC's ACK), where
+    // an answered heartbeat costs three.
+    let (p0, h0) = (r.stats(), bob.diagnostics().heartbeats_sent);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (p1, h1) = (r.stats(), bob.diagnostics().heartbeats_sent);
+    let packets = p1.up.sent + p1.down.sent - p0.up.sent - p0.down.sent;
+    let beats = h1 - h0;
+    println!("locked: {packets} packets for {beats} heartbeats");
+    assert!(beats >= 3, "{beats} heartbeats in 10 s");
+    assert!(
+        packets as f64 <= 2.5 * beats as f64,
+        "{packets} packets for {beats} heartbeats: not quiet"
+    );
+
     // Still reachable: a push arrives promptly, and the mapping no longer expires.
-    tokio::time::sleep(Duration::from_secs(5)).await;
     let sent = Instant::now();
     alice.send_text("bob", "are you still there?").unwrap();
     until_within(

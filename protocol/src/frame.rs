@@ -420,6 +420,7 @@ mod tests {
         chat().encode(0, &mut buf);
         Frame::Heartbeat(pb::Heartbeat {
             interval_ms: 30_000,
+            ..Default::default()
         })
         .encode(0, &mut buf);
         let (_, a) = decode_buf(&mut buf, DEFAULT_MAX_FRAME_BODY)

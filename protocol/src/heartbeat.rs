@@ -24,6 +24,16 @@
 //! * **Re-probe.** A lock is not forever: after it stood `reprobe_after` (12 h), one idle
 //!   probe tests the old ceiling. A NAT that became more lenient passes it and learning
 //!   resumes above; an unchanged NAT expires that one mapping and the lock is back at once.
+//! * **Quiet once locked.** An answered heartbeat costs three packets: the heartbeat, the
+//!   reply, and QUIC's ACK of the reply. Once the interval is locked (and the transport
+//!   lets the client see its own packets acknowledged: QUIC, [`SmartHeartbeat::set_acks_observable`]),
+//!   heartbeats are *quiet keepalives* the server does not answer: the keepalive and the
+//!   server's QUIC ACK, two packets. The ACK proves the path; a NAT binding that expired
+//!   anyway shows as the server validating the client's new address (a QUIC
+//!   `PATH_CHALLENGE`), reported to [`SmartHeartbeat::on_acked`] as a failure. Every
+//!   `answer_every`-th heartbeat is still answered (RTT, the server's head, and the
+//!   session itself alive, not just its QUIC connection). A keepalive not acknowledged
+//!   within `reply_timeout` is retried as an answered heartbeat, like a missed reply.
 //! * **Per network.** Learned state is kept per network label (e.g. the Wi-Fi SSID hash
 //!   or "cellular"), so returning to a known network starts from its learned value.
 //! * **Foreground/background.** The learned value is a property of the network; each
@@ -73,6 +83,9 @@ pub struct HeartbeatConfig {
     pub max_missed: u32,
     /// Networks remembered (least recently used forgotten first).
     pub max_networks: usize,
+    /// Once locked, one heartbeat in this many is answered; the others are quiet
+    /// keepalives (see the module docs). 0 or 1: every heartbeat is answered.
+    pub answer_every: u32,
     /// How long a lock stands before the interval is re-probed: one probe at the old
     /// ceiling finds a NAT that became more lenient (learning resumes from there); if the
     /// NAT is as before it costs one expired binding, and the lock is taken again at
@@ -117,6 +130,7 @@ impl Default for HeartbeatConfig {
             max_missed: 3,
             max_networks: 16,
             reprobe_after: Some(Duration::from_secs(12 * 3600)),
+            answer_every: 20,
         }
     }
 }
@@ -126,6 +140,9 @@ impl Default for HeartbeatConfig {
 pub enum HeartbeatAction {
     /// Send a heartbeat frame now.
     Send,
+    /// Send a quiet keepalive now (a heartbeat the server does not answer); then report
+    /// the transport's acknowledgement of it with [`SmartHeartbeat::on_acked`].
+    Keepalive,
     /// No reply to `max_missed` heartbeats: treat the connection as dead and reconnect.
     ConnectionLost,
 }
@@ -158,6 +175,8 @@ struct Probe {
     /// The idle gap the first heartbeat of this probe tested.
     tested: Duration,
     retries: u32,
+    /// A quiet keepalive: settled by [`SmartHeartbeat::on_acked`], not by a reply.
+    quiet: bool,
 }
 
 /// The heartbeat state machine of one client connection.
@@ -172,6 +191,10 @@ pub struct SmartHeartbeat {
     probe: Option<Probe>,
     last_addr: Option<String>,
     send_now: bool,
+    /// The transport shows the client its packets acknowledged (QUIC).
+    acks_observable: bool,
+    /// Quiet keepalives since the last answered heartbeat.
+    quiet_run: u32,
 }
 
 impl NetworkState {
@@ -194,6 +217,8 @@ impl SmartHeartbeat {
             probe: None,
             last_addr: None,
             send_now: false,
+            acks_observable: false,
+            quiet_run: 0,
         };
         hb.select(label);
         hb
@@ -252,10 +277,12 @@ impl SmartHeartbeat {
                 }
                 return Some(HeartbeatAction::ConnectionLost);
             }
+            // A retry is always answered: it must prove the session, not just the path.
             self.probe = Some(Probe {
                 sent_at: now,
                 tested: p.tested,
                 retries: p.retries + 1,
+                quiet: false,
             });
             self.last_sent = now;
             return Some(HeartbeatAction::Send);
@@ -268,14 +295,24 @@ impl SmartHeartbeat {
             } else {
                 tested
             };
+            let quiet = !self.send_now
+                && self.acks_observable
+                && self.state().locked()
+                && self.quiet_run + 1 < self.config.answer_every;
+            self.quiet_run = if quiet { self.quiet_run + 1 } else { 0 };
             self.send_now = false;
             self.probe = Some(Probe {
                 sent_at: now,
                 tested,
                 retries: 0,
+                quiet,
             });
             self.last_sent = now;
-            return Some(HeartbeatAction::Send);
+            return Some(if quiet {
+                HeartbeatAction::Keepalive
+            } else {
+                HeartbeatAction::Send
+            });
         }
         None
     }
@@ -305,12 +342,45 @@ impl SmartHeartbeat {
         Some(now.saturating_duration_since(probe.sent_at))
     }
 
+    /// The transport acknowledged a quiet keepalive (QUIC: an ACK frame arrived after it
+    /// went). `rebound`: the server validated a new client address meanwhile (a QUIC
+    /// `PATH_CHALLENGE` arrived): the NAT binding had expired, and this keepalive's gap
+    /// was too long. Ignored unless a quiet keepalive is waiting.
+    pub fn on_acked(&mut self, now: Instant, rebound: bool) {
+        let Some(probe) = self.probe.filter(|p| p.quiet) else {
+            return;
+        };
+        self.probe = None;
+        if rebound {
+            // The observed address changed: the next reply is a new baseline, not a
+            // second failure for the same expiry.
+            self.last_addr = None;
+            if probe.tested > Duration::ZERO {
+                self.record_failure(probe.tested, now);
+            }
+        } else if probe.tested > Duration::ZERO {
+            self.record_success(probe.tested, now);
+        }
+    }
+
+    /// Whether the transport shows the client its packets acknowledged (QUIC: yes; TLS
+    /// over TCP: no, so every heartbeat is answered there).
+    pub fn set_acks_observable(&mut self, observable: bool) {
+        self.acks_observable = observable;
+    }
+
+    /// Whether a quiet keepalive waits for its acknowledgement.
+    pub fn awaiting_ack(&self) -> bool {
+        self.probe.is_some_and(|p| p.quiet)
+    }
+
     /// A new connection is up (after login): timers restart, the address is unknown.
     pub fn on_connected(&mut self, now: Instant) {
         self.last_sent = now;
         self.probe = None;
         self.last_addr = None;
         self.send_now = false;
+        self.quiet_run = 0;
     }
 
     /// The app moved between foreground and background. Entering the foreground sends

@@ -363,9 +363,12 @@ mod tests {
 
     #[tokio::test]
     async fn reads_frames_then_clean_end_or_truncation() {
-        let mut bytes = Frame::Heartbeat(pb::Heartbeat { interval_ms: 1 })
-            .to_bytes(0)
-            .to_vec();
+        let mut bytes = Frame::Heartbeat(pb::Heartbeat {
+            interval_ms: 1,
+            ..Default::default()
+        })
+        .to_bytes(0)
+        .to_vec();
         bytes.extend_from_slice(&Frame::Logout(pb::Logout {}).to_bytes(0));
         let mut r = &bytes[..];
         let mut buf = BytesMut::new();
@@ -389,7 +392,11 @@ mod tests {
 
     #[tokio::test]
     async fn chunk_pump_reassembles_split_frames_and_reports_truncation() {
-        let hb = Frame::Heartbeat(pb::Heartbeat { interval_ms: 1 }).to_bytes(0);
+        let hb = Frame::Heartbeat(pb::Heartbeat {
+            interval_ms: 1,
+            ..Default::default()
+        })
+        .to_bytes(0);
         let mut bytes = hb.to_vec();
         bytes.extend_from_slice(&hb);
         bytes.extend_from_slice(&hb[..2]); // a frame cut short by the end of the stream

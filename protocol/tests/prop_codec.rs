@@ -148,7 +148,10 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             ),
         Just(Frame::Logout(pb::Logout {})),
         (0..6i32, text()).prop_map(|(reason, text)| Frame::Kickout(pb::Kickout { reason, text })),
-        any::<u32>().prop_map(|i| Frame::Heartbeat(pb::Heartbeat { interval_ms: i })),
+        (any::<u32>(), any::<bool>()).prop_map(|(i, quiet)| Frame::Heartbeat(pb::Heartbeat {
+            interval_ms: i,
+            quiet
+        })),
         (text(), any::<u64>(), any::<u64>()).prop_map(|(a, t, h)| Frame::HeartbeatReply(
             pb::HeartbeatReply {
                 observed_addr: a,

@@ -155,3 +155,58 @@ fn foreground_caps_the_interval() {
     assert_eq!(r.final_interval, secs(60));
     assert_eq!(r.nat_expiries, 0);
 }
+
+/// Once locked, heartbeats are quiet keepalives (issue 17): two packets each (the
+/// keepalive and the server's QUIC ACK) instead of three, one in twenty still answered.
+/// Measured after the lock over a day behind a 120 s NAT, against the same client on a
+/// transport that cannot see its ACKs (every heartbeat answered).
+#[test]
+fn locked_heartbeats_are_quiet_keepalives_of_two_packets() {
+    let mut s = HeartbeatScenario::background(secs(120), DAY, 6);
+    s.config.reprobe_after = None;
+    let quiet = run(&s);
+    let mut s2 = s.clone();
+    s2.acks_observable = false;
+    let answered = run(&s2);
+    assert_eq!(quiet.final_interval, answered.final_interval, "same lock");
+    assert_eq!(answered.keepalives, 0);
+    assert_eq!(quiet.nat_expiries_after_lock, 0);
+    // Packets per heartbeat over the whole day (learning included).
+    let per = |r: &HeartbeatReport| (r.packets_up + r.packets_down) as f64 / r.heartbeats as f64;
+    assert!(per(&answered) > 2.9, "{}", per(&answered));
+    assert!(per(&quiet) < 2.15, "{}", per(&quiet));
+    let share = quiet.keepalives as f64 / quiet.heartbeats as f64;
+    assert!((0.85..0.96).contains(&share), "keepalive share {share}");
+    println!(
+        "120 s NAT, a day, locked at {:.2} s: {:.2} packets per heartbeat quiet ({:.1}/h) against {:.2} answered ({:.1}/h)",
+        quiet.final_interval.as_secs_f64(),
+        per(&quiet),
+        quiet.packets_per_hour(DAY),
+        per(&answered),
+        answered.packets_per_hour(DAY)
+    );
+}
+
+/// A NAT that turns stricter after the lock is noticed on a quiet keepalive: the server
+/// validates the new address (a `PATH_CHALLENGE`), the client counts a failure, steps
+/// back and locks again below the new timeout, with no answered heartbeat needed.
+#[test]
+fn a_stricter_nat_is_noticed_on_quiet_keepalives() {
+    let mut s = HeartbeatScenario::background(secs(120), DAY, 7);
+    s.config.reprobe_after = None;
+    s.config.answer_every = u32::MAX; // only the ACK and the path validation tell
+    s.nat_timeout_later = Some((secs(3 * 3600), secs(60)));
+    let r = run(&s);
+    assert!(r.keepalives > 0);
+    assert!(
+        r.final_interval < secs(60),
+        "relearned below the new 60 s timeout: {:?} (trace {:?})",
+        r.final_interval,
+        r.trace
+    );
+    assert!(
+        r.nat_expiries <= 8,
+        "{} expiries: the step back is not found quickly",
+        r.nat_expiries
+    );
+}

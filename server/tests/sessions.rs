@@ -359,6 +359,7 @@ async fn heartbeat_replies_with_the_observed_address_and_silence_expires_the_ses
     let mut bob = s.login("bob", "phone").await;
     bob.send(Frame::Heartbeat(pb::Heartbeat {
         interval_ms: 30_000,
+        ..Default::default()
     }))
     .await;
     match bob.recv().await {
@@ -381,6 +382,37 @@ async fn heartbeat_replies_with_the_observed_address_and_silence_expires_the_ses
         s.handle.shared.registry.sessions_of("bob").is_empty(),
         "a dead session is not kept online"
     );
+}
+
+/// A quiet keepalive (issue 17) is not answered (QUIC's ACK is the client's answer:
+/// two packets on the wire, not three), and it keeps the session alive like any frame.
+#[tokio::test]
+async fn quiet_keepalives_are_not_answered_and_keep_the_session() {
+    let s = TestServer::start(|c| c.heartbeat_timeout = Duration::from_millis(1500)).await;
+    let mut bob = s.login("bob", "phone").await;
+    let quiet = || {
+        Frame::Heartbeat(pb::Heartbeat {
+            interval_ms: 500,
+            quiet: true,
+        })
+    };
+    // Three heartbeat timeouts' worth of quiet keepalives: no answer, no idle kickout.
+    for _ in 0..9 {
+        bob.send(quiet()).await;
+        assert_eq!(
+            bob.recv_within(Duration::from_millis(500)).await,
+            Err(()),
+            "a quiet keepalive is answered"
+        );
+    }
+    assert_eq!(s.handle.shared.registry.sessions_of("bob").len(), 1);
+    // An answered heartbeat still is.
+    bob.send(Frame::Heartbeat(pb::Heartbeat {
+        interval_ms: 500,
+        quiet: false,
+    }))
+    .await;
+    assert!(matches!(bob.recv().await, Some(Frame::HeartbeatReply(_))));
 }
 
 #[tokio::test]

@@ -198,8 +198,11 @@ async fn bad_input_over_a_stream_ends_only_that_connection_over(kind: StreamKind
     let mut bob = s.login("bob", "phone").await;
     // Before login: anything but Login.
     let mut m = TcpTestClient::connect_kind(kind, addr_of(&s, kind), s.cert()).await;
-    m.send(Frame::Heartbeat(pb::Heartbeat { interval_ms: 1 }))
-        .await;
+    m.send(Frame::Heartbeat(pb::Heartbeat {
+        interval_ms: 1,
+        ..Default::default()
+    }))
+    .await;
     match m.recv().await {
         Some(Frame::Error(e)) => assert_eq!(e.code, pb::ErrorCode::UnexpectedFrame as i32),
         other => panic!("{other:?}"),

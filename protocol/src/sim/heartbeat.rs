@@ -5,6 +5,12 @@
 //! [`HeartbeatReply::observed_addr`](crate::pb::HeartbeatReply) changes. While the
 //! mapping is expired the server cannot push to the client: the scenario adds that
 //! up as *unreachable time*, the cost of probing too long an interval.
+//!
+//! Packets counted, as on QUIC: an answered heartbeat is three (the heartbeat, the
+//! reply, the client's ACK of the reply; the NAT's idle time is measured from the
+//! heartbeat, so the model is slightly pessimistic about the mapping); a quiet keepalive
+//! is two (the keepalive, the server's ACK), plus a `PATH_CHALLENGE` and its response when
+//! it went out on an expired mapping.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +37,8 @@ pub struct HeartbeatScenario {
     pub rtt: Duration,
     /// RNG seed.
     pub seed: u64,
+    /// The client sees its packets acknowledged (QUIC): quiet keepalives once locked.
+    pub acks_observable: bool,
 }
 
 impl HeartbeatScenario {
@@ -45,6 +53,7 @@ impl HeartbeatScenario {
             loss: 0.0,
             rtt: Duration::from_millis(100),
             seed,
+            acks_observable: true,
         }
     }
 }
@@ -56,6 +65,8 @@ pub struct HeartbeatReport {
     pub heartbeats: u64,
     /// Replies received.
     pub replies: u64,
+    /// Quiet keepalives sent (a subset of `heartbeats`).
+    pub keepalives: u64,
     /// Packets sent by the client (heartbeats).
     pub packets_up: u64,
     /// Packets received by the client (replies).
@@ -87,6 +98,14 @@ impl HeartbeatReport {
     }
 }
 
+/// What comes back to the client.
+enum Back {
+    /// A heartbeat reply, with the address the server saw.
+    Reply(String),
+    /// QUIC's ACK of a quiet keepalive; `rebound`: after a path validation.
+    Ack { rebound: bool },
+}
+
 /// Runs the scenario.
 pub fn run(s: &HeartbeatScenario) -> HeartbeatReport {
     const LABEL: &str = "sim-net";
@@ -97,7 +116,8 @@ pub fn run(s: &HeartbeatScenario) -> HeartbeatReport {
     let mut down = Link::new(link, t0, s.seed.wrapping_add(12));
     let mut hb = SmartHeartbeat::new(s.config.clone(), LABEL, t0);
     hb.set_foreground(s.foreground);
-    let mut replies: EventQueue<String> = EventQueue::default();
+    hb.set_acks_observable(s.acks_observable);
+    let mut replies: EventQueue<Back> = EventQueue::default();
     let mut r = HeartbeatReport::default();
     let mut nat_last_out = t0;
     let mut nat_port: u32 = 40_000;
@@ -111,22 +131,31 @@ pub fn run(s: &HeartbeatScenario) -> HeartbeatReport {
             break;
         }
         if replies.peek_time().is_some_and(|t| t <= timer) {
-            let (now, addr) = replies.pop().expect("peeked");
-            r.replies += 1;
+            let (now, back) = replies.pop().expect("peeked");
             r.packets_down += 1;
-            hb.on_reply(now, &addr);
+            match back {
+                Back::Reply(addr) => {
+                    r.replies += 1;
+                    r.packets_up += 1; // QUIC's ACK of the reply
+                    hb.on_reply(now, &addr);
+                }
+                Back::Ack { rebound } => hb.on_acked(now, rebound),
+            }
         } else {
             let now = timer;
             match hb.handle_timeout(now) {
-                Some(HeartbeatAction::Send) => {
+                Some(action @ (HeartbeatAction::Send | HeartbeatAction::Keepalive)) => {
+                    let quiet = action == HeartbeatAction::Keepalive;
                     r.heartbeats += 1;
+                    r.keepalives += u64::from(quiet);
                     r.packets_up += 1;
                     let gap = now.saturating_duration_since(nat_last_out);
                     let nat_timeout = match s.nat_timeout_later {
                         Some((from, later)) if now >= t0 + from => later,
                         _ => s.nat_timeout,
                     };
-                    if gap >= nat_timeout {
+                    let rebound = gap >= nat_timeout;
+                    if rebound {
                         nat_port += 1;
                         r.nat_expiries += 1;
                         r.unreachable += gap - nat_timeout;
@@ -136,9 +165,19 @@ pub fn run(s: &HeartbeatScenario) -> HeartbeatReport {
                     }
                     nat_last_out = now;
                     for arrive in up.transmit(now, 4) {
-                        // The server answers every heartbeat that reaches it.
+                        // The server answers every heartbeat that reaches it; its QUIC
+                        // acknowledges a keepalive (after validating a new address).
+                        if quiet && rebound {
+                            r.packets_down += 1;
+                            r.packets_up += 1;
+                        }
                         for back in down.transmit(arrive, 20) {
-                            replies.push(back, format!("203.0.113.9:{nat_port}"));
+                            let b = if quiet {
+                                Back::Ack { rebound }
+                            } else {
+                                Back::Reply(format!("203.0.113.9:{nat_port}"))
+                            };
+                            replies.push(back, b);
                         }
                     }
                 }

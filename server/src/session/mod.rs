@@ -540,6 +540,9 @@ impl Session {
                 self.on_delivery_ack(a);
                 self.push_tails().await
             }
+            // A quiet keepalive: arriving was its purpose (the session's idle timer is
+            // reset above); QUIC's ACK is the client's answer.
+            Frame::Heartbeat(h) if h.quiet => Ok(()),
             Frame::Heartbeat(_) => {
                 // In a cluster the head goes along (a store read per heartbeat): what a
                 // lost hint between nodes did not push is pulled now.
