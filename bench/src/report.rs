@@ -416,6 +416,27 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(s, "| {name} | {n} |");
     }
     let _ = writeln!(s);
+    if !w.single.by_kind.is_empty() {
+        let _ = writeln!(
+            s,
+            "Where a message's bytes go, by frame kind (the server's `tern_frame_bytes_total`; QUIC is what the relays counted beyond the frames):\n\n| phase | frame | way | frames/message | bytes/message |\n|---|---|---|---|---|"
+        );
+        for (name, p) in [("one at a time", &w.single), ("burst", &w.burst)] {
+            for k in &p.by_kind {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} | {:.2} | {:.1} |",
+                    k.kind, k.direction, k.frames, k.bytes
+                );
+            }
+            let _ = writeln!(
+                s,
+                "| {name} | QUIC (headers, tags, ACKs) | up / down | | {:.0} / {:.0} |",
+                p.quic_up, p.quic_down
+            );
+        }
+        let _ = writeln!(s);
+    }
 
     // 6.
     let k = &r.catchup;

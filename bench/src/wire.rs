@@ -7,7 +7,9 @@
 //! window (600 s interval) so only messaging is counted. Two phases: one message at a
 //! time (send, wait until bob has it and alice sees Delivered, settle), like a chat;
 //! and a pipelined burst, where QUIC packs several frames per packet. The encoded
-//! size of each Tern frame involved is listed beside the measurement.
+//! size of each Tern frame involved is listed beside the measurement, and each phase is
+//! split by frame kind from the server's own counters (`tern_frame_bytes_total`): what
+//! the relay counted beyond those frames is QUIC's (headers, AEAD tags, ACKs).
 
 use std::time::Duration;
 
@@ -50,6 +52,84 @@ pub(crate) struct Phase {
     pub total: f64,
     /// UDP packets per message, all four legs.
     pub packets: f64,
+    /// Tern frames per message by kind and direction, as the server counted them.
+    #[serde(default)]
+    pub by_kind: Vec<KindBytes>,
+    /// Client -> server bytes per message that are not Tern frames: QUIC's headers,
+    /// AEAD tags, ACK and stream framing.
+    #[serde(default)]
+    pub quic_up: f64,
+    /// Server -> client bytes per message that are not Tern frames.
+    #[serde(default)]
+    pub quic_down: f64,
+}
+
+/// One frame kind's share of a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct KindBytes {
+    /// Frame kind (`Chat`, `Push`...).
+    pub kind: String,
+    /// `up` (client -> server) or `down`.
+    pub direction: String,
+    /// Frames per message.
+    pub frames: f64,
+    /// Bytes per message (whole frames, Tern header included).
+    pub bytes: f64,
+}
+
+/// The server's frame counters: (kind, direction) -> (frames, bytes).
+type Tally = std::collections::BTreeMap<(String, String), (f64, f64)>;
+
+async fn tally(server: &ServerProc) -> anyhow::Result<Tally> {
+    let page = crate::metrics::scrape(server.http).await?;
+    let mut t = Tally::new();
+    for (metric, bytes) in [
+        ("tern_frames_total", false),
+        ("tern_frame_bytes_total", true),
+    ] {
+        for (labels, v) in crate::metrics::samples(&page, metric) {
+            let get = |k: &str| labels.iter().find(|l| l.0 == k).map(|l| l.1.clone());
+            let (Some(kind), Some(dir)) = (get("kind"), get("direction")) else {
+                continue;
+            };
+            // The server's `in` is the clients' `up`.
+            let dir = if dir == "in" { "up" } else { "down" };
+            let e = t.entry((kind, dir.to_owned())).or_default();
+            if bytes { e.1 = v } else { e.0 = v }
+        }
+    }
+    Ok(t)
+}
+
+/// Adds the per-kind split of `n` messages between two tallies to `p`.
+fn split(p: &mut Phase, n: usize, t0: &Tally, t1: &Tally) {
+    let per = |x: f64| x / n as f64;
+    let (mut up, mut down) = (0.0, 0.0);
+    for (key, (f1, b1)) in t1 {
+        let (f0, b0) = t0.get(key).copied().unwrap_or_default();
+        if *f1 - f0 <= 0.0 {
+            continue;
+        }
+        let bytes = per(b1 - b0);
+        if key.1 == "up" {
+            up += bytes
+        } else {
+            down += bytes
+        }
+        p.by_kind.push(KindBytes {
+            kind: key.0.clone(),
+            direction: key.1.clone(),
+            frames: per(f1 - f0),
+            bytes,
+        });
+    }
+    p.by_kind.sort_by(|a, b| {
+        b.bytes
+            .partial_cmp(&a.bytes)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    p.quic_up = p.sender_up + p.receiver_up - up;
+    p.quic_down = p.sender_down + p.receiver_down - down;
 }
 
 /// Result.
@@ -84,6 +164,9 @@ fn phase(n: usize, a0: RelayStats, a1: RelayStats, b0: RelayStats, b1: RelayStat
         receiver_up,
         total: sender_up + sender_down + receiver_down + receiver_up,
         packets,
+        by_kind: vec![],
+        quic_up: 0.0,
+        quic_down: 0.0,
     }
 }
 
@@ -214,7 +297,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     assert_eq!(text(1).len(), 20);
 
     let bar = ui::bar(args.single as u64, "one at a time");
-    let (a0, b0) = (ra.stats(), rb.stats());
+    let (a0, b0, t0) = (ra.stats(), rb.stats(), tally(&server).await?);
     for i in 0..args.single {
         alice.client.send_text("bob", &text(i))?;
         let ok = until(Duration::from_secs(10), || {
@@ -226,11 +309,12 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         bar.inc(1);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let single = phase(args.single, a0, ra.stats(), b0, rb.stats());
+    let mut single = phase(args.single, a0, ra.stats(), b0, rb.stats());
+    split(&mut single, args.single, &t0, &tally(&server).await?);
     bar.finish();
 
     let bar = ui::spinner("burst");
-    let (a0, b0) = (ra.stats(), rb.stats());
+    let (a0, b0, t0) = (ra.stats(), rb.stats(), tally(&server).await?);
     let total = args.single + args.burst;
     for i in args.single..total {
         alice.client.send_text("bob", &text(i))?;
@@ -261,7 +345,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         alice.seen.delivered.lock().expect("lock")
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let burst = phase(args.burst, a0, ra.stats(), b0, rb.stats());
+    let mut burst = phase(args.burst, a0, ra.stats(), b0, rb.stats());
+    split(&mut burst, args.burst, &t0, &tally(&server).await?);
     ui::done(
         &bar,
         format!(

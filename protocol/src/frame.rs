@@ -53,6 +53,13 @@ macro_rules! frames {
             /// Every kind of this wire version, in code order.
             pub const ALL: &'static [FrameKind] = &[$(FrameKind::$variant),+];
 
+            /// The kind's name, as in [`Frame`] (`"Chat"`, `"Push"`...): a metrics label.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( FrameKind::$variant => stringify!($variant), )+
+                }
+            }
+
             /// The kind for a byte, or `None` if this version has no such frame.
             pub fn from_byte(b: u8) -> Option<Self> {
                 match b {

@@ -543,6 +543,49 @@ async fn http_api_sends_system_messages_reports_presence_and_kicks() {
     }
 }
 
+/// Bytes per frame kind (issue 17): every frame a session receives and sends is counted
+/// by kind and direction with its whole encoded size, the numbers `tern-bench wire`
+/// splits a message's bytes by. (The metrics recorder is shared by the tests of this
+/// binary, which run at once: growth is checked as at least what this test caused.)
+#[tokio::test]
+async fn frames_are_counted_by_kind_and_direction_with_their_bytes() {
+    let s = TestServer::start(|_| {}).await;
+    let mut bob = s.login("bob", "phone").await;
+    let mut alice = s.login("alice", "phone").await;
+    let sample = |page: &str, kind: &str, dir: &str, metric: &str| -> f64 {
+        let prefix = format!("{metric}{{");
+        page.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter(|l| {
+                l.contains(&format!("kind=\"{kind}\""))
+                    && l.contains(&format!("direction=\"{dir}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = tern_testkit::server::metrics(&s.handle).await;
+    let mut chat_bytes = 0;
+    for i in 0..5 {
+        let frame = chat_frame(
+            tern_protocol::ClientMsgId::generate(1, &mut rand::rng()),
+            "alice",
+            &format!("counted {i}"),
+        );
+        chat_bytes += frame.encoded_len();
+        bob.send(frame).await;
+        assert_eq!(bob.send_result().await.code, 0);
+        alice.push().await;
+    }
+    let after = tern_testkit::server::metrics(&s.handle).await;
+    let grew =
+        |kind, dir, metric| sample(&after, kind, dir, metric) - sample(&before, kind, dir, metric);
+    assert!(grew("Chat", "in", "tern_frames_total") >= 5.0);
+    assert!(grew("Chat", "in", "tern_frame_bytes_total") >= chat_bytes as f64);
+    assert!(grew("SendResult", "out", "tern_frames_total") >= 5.0);
+    assert!(grew("Push", "out", "tern_frames_total") >= 5.0);
+    assert!(grew("Push", "out", "tern_frame_bytes_total") > 5.0 * 40.0);
+}
+
 #[tokio::test]
 async fn graceful_shutdown_tells_sessions_to_reconnect_elsewhere() {
     let s = TestServer::start(|_| {}).await;

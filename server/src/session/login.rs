@@ -45,6 +45,7 @@ fn is_valid_device_id(id: &str) -> bool {
 const CONTROL_FACTOR: u32 = 10;
 
 async fn write(link: &mut Link, frame: &Frame) -> Result<(), String> {
+    super::tally::sent(frame);
     link.write_stream(&frame.to_bytes(0), WRITE_TIMEOUT)
         .await
         .map_err(|e| e.to_string())

@@ -18,6 +18,7 @@
 mod login;
 mod push;
 mod requests;
+mod tally;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,6 +309,7 @@ impl Session {
                     while let Some(reply) = self.tasks.next().await {
                         if let Some(frame) = reply {
                             let bytes = frame.to_bytes(0);
+                            tally::sent_bytes(&bytes);
                             if self.link.write_stream(&bytes, WRITE_TIMEOUT).await.is_err() {
                                 break;
                             }
@@ -331,12 +333,14 @@ impl Session {
             if self.chat_datagrams && self.send_result_datagram(r, &bytes) {
                 return Ok(());
             }
+            tally::sent_bytes(&bytes);
             return self
                 .link
                 .write_stream(&bytes, WRITE_TIMEOUT)
                 .await
                 .map_err(|e| End::Gone(e.to_string()));
         }
+        tally::sent(frame);
         self.link
             .write_frame(frame, flags, WRITE_TIMEOUT)
             .await
@@ -354,9 +358,11 @@ impl Session {
         }
         let mut datagram = bytes::BytesMut::from(&bytes[..]);
         self.pack_recent_results(&mut datagram, max);
-        if !self.link.send_datagram(datagram.freeze()) {
+        let datagram = datagram.freeze();
+        if !self.link.send_datagram(datagram.clone()) {
             return false;
         }
+        tally::sent_bytes(&datagram);
         if r.code == ErrorCode::Ok as i32 {
             if self.recent_results.len() == REPEATED_RESULTS {
                 self.recent_results.pop_front();
@@ -388,7 +394,9 @@ impl Session {
         };
         let mut datagram = bytes::BytesMut::new();
         self.pack_recent_results(&mut datagram, max);
-        if !datagram.is_empty() && self.link.send_datagram(datagram.freeze()) {
+        let datagram = datagram.freeze();
+        if !datagram.is_empty() && self.link.send_datagram(datagram.clone()) {
+            tally::sent_bytes(&datagram);
             metrics::counter!("tern_send_results_repeated_total").increment(1);
         }
     }
@@ -431,10 +439,12 @@ impl Session {
                 => match inbound {
                     Some(Inbound::Frame(f)) => {
                         self.last_rx = Instant::now();
+                        tally::received(&f);
                         Box::pin(self.on_frame(*f)).await
                     }
                     Some(Inbound::Datagram(f)) => {
                         self.last_rx = Instant::now();
+                        tally::received(&f);
                         self.measure_loss();
                         self.chat_datagrams |= matches!(*f, Frame::Chat(_));
                         Box::pin(self.on_frame(*f)).await
