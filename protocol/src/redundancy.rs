@@ -138,6 +138,13 @@ impl LossMeter {
         self.headroom
     }
 
+    /// Whether the path is measured lossy (whether or not the window has room for
+    /// copies: for what costs no extra packet, like results riding in a datagram that
+    /// goes anyway).
+    pub fn lossy(&self) -> bool {
+        self.lossy
+    }
+
     /// Whether QoS datagrams should be sent twice: the path is lossy and the
     /// congestion window has room for the copies.
     pub fn redundant(&self) -> bool {

@@ -586,6 +586,32 @@ async fn frames_are_counted_by_kind_and_direction_with_their_bytes() {
     assert!(grew("Push", "out", "tern_frame_bytes_total") > 5.0 * 40.0);
 }
 
+/// On a clean path a send's result datagram carries that result alone (issue 17): the
+/// two results before it rode along in every one and were 66 of a message's 565 bytes;
+/// they are repeated only while the path is measured lossy.
+#[tokio::test]
+async fn a_clean_path_gets_each_send_result_once() {
+    let s = TestServer::start(|_| {}).await;
+    let mut bob = s.login("bob", "phone").await;
+    let _alice = s.login("alice", "phone").await;
+    for i in 0..5 {
+        let frame = chat_frame(
+            tern_protocol::ClientMsgId::generate(1, &mut rand::rng()),
+            "alice",
+            &format!("datagram {i}"),
+        );
+        bob.conn.send_datagram(frame.to_bytes(0)).unwrap();
+        assert_eq!(bob.send_result().await.code, 0);
+    }
+    let mut extra = 0;
+    while let Ok(Some(f)) = bob.recv_within(Duration::from_millis(300)).await {
+        if matches!(f, Frame::SendResult(_)) {
+            extra += 1;
+        }
+    }
+    assert_eq!(extra, 0, "send results repeated on a clean path");
+}
+
 #[tokio::test]
 async fn graceful_shutdown_tells_sessions_to_reconnect_elsewhere() {
     let s = TestServer::start(|_| {}).await;
