@@ -629,3 +629,55 @@ async fn a_large_group_across_nodes_gets_its_log_live_and_a_member_added_later_t
         assert_eq!(group_texts(c, &group.id), want);
     }
 }
+
+/// Quiet keepalives in a cluster (issue 17): the node answers one only when the user's
+/// head moved past what the device was told and acknowledged, which is how a push lost
+/// between nodes is still found at the next heartbeat; otherwise it stays silent like a
+/// single server. Every hint between the nodes is dropped here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_keepalive_is_answered_in_a_cluster_only_when_a_push_was_lost() {
+    use tern_protocol::frame::Frame;
+    use tern_protocol::pb;
+    use tern_testkit::raw::{TestClient, chat_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) =
+        Cluster::start_env(BIN, dir.path(), 2, &[], &[("TERN_CHAOS_NATS_DROP", "1.0")]).await
+    else {
+        return;
+    };
+    let node = |i: usize| (cluster.node(i).addr, cluster.node(i).cert.clone());
+    let (mut alice, _) =
+        TestClient::login(node(0).0, node(0).1, "alice", "a", pb::Platform::Android).await;
+    let (mut bob, _) =
+        TestClient::login(node(1).0, node(1).1, "bob", "b", pb::Platform::Android).await;
+    let quiet = || {
+        Frame::Heartbeat(pb::Heartbeat {
+            interval_ms: 100_000,
+            quiet: true,
+        })
+    };
+    bob.send(quiet()).await;
+    assert_eq!(
+        bob.recv_within(Duration::from_millis(500)).await,
+        Err(()),
+        "nothing missed: silent"
+    );
+    let id = tern_protocol::ClientMsgId::generate(1, &mut rand::rng());
+    alice
+        .send(chat_frame(id, "bob", "lost between nodes"))
+        .await;
+    assert_eq!(alice.send_result().await.code, 0);
+    // The hint to bob's node was dropped: no push. His next quiet keepalive is answered
+    // with the head that shows the message.
+    bob.send(quiet()).await;
+    match bob.recv_within(Duration::from_secs(5)).await {
+        Ok(Some(Frame::HeartbeatReply(r))) => assert_eq!(r.inbox_head_seq, 1),
+        other => panic!("expected a reply with the head, got {other:?}"),
+    }
+    bob.send(quiet()).await;
+    assert_eq!(
+        bob.recv_within(Duration::from_millis(500)).await,
+        Err(()),
+        "told once: silent again"
+    );
+}

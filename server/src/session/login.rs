@@ -347,6 +347,7 @@ async fn authenticate(
             now.into_std(),
         ),
         acked_cursor: Default::default(),
+        head_told: head,
         tail: Vec::new(),
         shared: shared.clone(),
         link,

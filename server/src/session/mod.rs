@@ -227,6 +227,10 @@ struct Session {
     /// The highest delivery cursor this session wrote: an ACK at or below it costs no
     /// write (set by the write itself, so an ACK refused as busy is retried).
     acked_cursor: Arc<std::sync::atomic::AtomicU64>,
+    /// The head of the user's timeline last told to the device (at login, in a heartbeat
+    /// reply): in a cluster a quiet keepalive is answered when the head moved past it and
+    /// past the device's ACKs (a push lost between nodes), and only then.
+    head_told: u64,
     /// Sends and other writes in flight (each holds one small frame's worth of state).
     tasks: FuturesUnordered<BoxFuture<'static, Option<Frame>>>,
     /// Reads in flight (sync, history, summaries, logs, groups): each answer may be a
@@ -556,16 +560,23 @@ impl Session {
                 self.on_delivery_ack(a);
                 self.push_tails().await
             }
-            // A quiet keepalive: arriving was its purpose (the session's idle timer is
-            // reset above); QUIC's ACK is the client's answer.
-            Frame::Heartbeat(h) if h.quiet => Ok(()),
-            Frame::Heartbeat(_) => {
+            // A quiet keepalive outside a cluster: arriving was its purpose (the session's
+            // idle timer is reset above); QUIC's ACK is the client's answer.
+            Frame::Heartbeat(h) if h.quiet && self.shared.cluster.is_none() => Ok(()),
+            Frame::Heartbeat(h) => {
                 // In a cluster the head goes along (a store read per heartbeat): what a
-                // lost hint between nodes did not push is pulled now.
+                // lost hint between nodes did not push is pulled now. A quiet keepalive
+                // is answered only then: when the head moved past what the device was
+                // told and acknowledged.
                 let inbox_head_seq = match &self.shared.cluster {
                     Some(_) => self.shared.store.head_seq(&self.user).await.unwrap_or(0),
                     None => 0,
                 };
+                let acked = self.acked_cursor.load(std::sync::atomic::Ordering::Relaxed);
+                if h.quiet && inbox_head_seq <= self.head_told.max(acked) {
+                    return Ok(());
+                }
+                self.head_told = self.head_told.max(inbox_head_seq);
                 let reply = Frame::HeartbeatReply(pb::HeartbeatReply {
                     observed_addr: self.link.remote_address().to_string(),
                     server_time_ms: tern_protocol::unix_ms(),
