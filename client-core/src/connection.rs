@@ -15,7 +15,7 @@
 //! [`SmartHeartbeat`], and the [`Backoff`] between sessions. Local writes happen before
 //! anything is acknowledged to the server (store, then `DeliveryAck`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -568,6 +568,25 @@ struct Session<'a> {
     /// A quiet keepalive waits for QUIC's ACK: the ACK frames and `PATH_CHALLENGE`s
     /// received before it went.
     keepalive_mark: Option<(u64, u64)>,
+    /// Conversations changed since their last `ConversationUpdated`, in order (see
+    /// [`Session::flush_conversations`]).
+    touched: Vec<(crate::ConversationKind, String)>,
+    touched_set: HashSet<(crate::ConversationKind, String)>,
+    /// When `ConversationUpdated` events last went out.
+    touched_at: Instant,
+}
+
+/// While a catch-up has sync pages in flight, a conversation's `ConversationUpdated`
+/// goes out at most this often (each costs a read of the conversation and its last
+/// message, and no app redraws five hundred conversations per page); when the catch-up
+/// ends, at once.
+const CONVERSATION_EVENTS_EVERY: Duration = Duration::from_millis(250);
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        // The session ends: what changed is told now, not at some later update.
+        self.flush_conversations();
+    }
 }
 
 fn lost(e: impl std::fmt::Display) -> End {
@@ -590,6 +609,12 @@ impl<'a> Session<'a> {
             probes: tokio::task::JoinSet::new(),
             udp_rx: 0,
             keepalive_mark: None,
+            touched: Vec::new(),
+            touched_set: HashSet::new(),
+            // The first change (the summaries of a catch-up) is told at once.
+            touched_at: Instant::now()
+                .checked_sub(CONVERSATION_EVENTS_EVERY)
+                .unwrap_or_else(Instant::now),
         }
     }
 
@@ -654,7 +679,21 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        if !self.touched.is_empty()
+            && (!m.sync.catching_up() || self.touched_at.elapsed() >= CONVERSATION_EVENTS_EVERY)
+        {
+            self.flush_conversations();
+        }
         Ok(())
+    }
+
+    /// Tells the app of every conversation changed since the last time.
+    fn flush_conversations(&mut self) {
+        self.touched_at = Instant::now();
+        self.touched_set.clear();
+        for (kind, id) in std::mem::take(&mut self.touched) {
+            self.inner.emit_conversation(kind, &id);
+        }
     }
 
     async fn run(
@@ -929,7 +968,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn publish(&self, applied: Applied) {
+    /// Tells the app what a store change did; the conversations it touched are told in
+    /// [`Session::drain`] (at once, or paced during a catch-up).
+    fn publish(&mut self, applied: Applied) {
         let mut touched = Vec::new();
         for msg in applied.new_messages {
             touched.push((msg.kind, msg.conversation.clone()));
@@ -945,11 +986,9 @@ impl<'a> Session<'a> {
             }
         }
         touched.extend(applied.conversations);
-        let mut seen = Vec::new();
         for c in touched {
-            if !seen.contains(&c) {
-                self.inner.emit_conversation(c.0, &c.1);
-                seen.push(c);
+            if self.touched_set.insert(c.clone()) {
+                self.touched.push(c);
             }
         }
     }

@@ -191,7 +191,9 @@ pub enum ClientEvent {
     },
     /// A stored message changed in place: recalled, or its group read count grew.
     MessageUpdated(Message),
-    /// A conversation's summary changed (new message, unread count).
+    /// A conversation's summary changed (new message, unread count): its latest state.
+    /// While a catch-up downloads sync pages, a conversation's changes are told at most
+    /// every 250 ms, and at once when the catch-up ends.
     ConversationUpdated(Conversation),
     /// The connection state changed.
     ConnectionStateChanged(ConnectionState),

@@ -65,6 +65,26 @@ async fn a_thousand_messages_arrive_once_and_in_order_across_an_offline_period()
     );
     let conv = &bob.conversations().unwrap()[0];
     assert_eq!((conv.id.as_str(), conv.unread), ("alice", 1000));
+    // The app is told the conversation's final state (during a catch-up its updates are
+    // paced, and the last one goes out when the catch-up ends).
+    let last_update = || {
+        bob_events2
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                tern_client::ClientEvent::ConversationUpdated(c) if c.id == "alice" => {
+                    Some(c.unread)
+                }
+                _ => None,
+            })
+    };
+    until("the conversation's last update", || {
+        last_update() == Some(1000)
+    })
+    .await;
     // Alice's statuses: all sent; the ones bob stored are delivered.
     until("delivered receipts", || {
         alice

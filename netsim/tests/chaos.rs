@@ -263,12 +263,15 @@ async fn an_idle_client_behind_a_nat_learns_to_stay_reachable() {
     // Locked: quiet keepalives, two packets each (the keepalive and QUIC's ACK), where
     // an answered heartbeat costs three.
     let (p0, h0) = (r.stats(), bob.diagnostics().heartbeats_sent);
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let (p1, h1) = (r.stats(), bob.diagnostics().heartbeats_sent);
     let packets = p1.up.sent + p1.down.sent - p0.up.sent - p0.down.sent;
     let beats = h1 - h0;
     println!("locked: {packets} packets for {beats} heartbeats");
-    assert!(beats >= 3, "{beats} heartbeats in 10 s");
+    // Under 3 s each (asserted above): at least five in 15 s. Answered, they would be
+    // three packets each; the margin is for a stray QUIC packet or the one answered in
+    // twenty.
+    assert!(beats >= 5, "{beats} heartbeats in 15 s");
     assert!(
         packets as f64 <= 2.5 * beats as f64,
         "{packets} packets for {beats} heartbeats: not quiet"

@@ -226,6 +226,11 @@ impl SyncMachine {
         self.link.is_some()
     }
 
+    /// Whether sync pages are in flight (a catch-up under way).
+    pub fn catching_up(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| !l.pages.is_empty())
+    }
+
     /// The server's head as far as this connection knows.
     pub fn head(&self) -> u64 {
         self.link.as_ref().map_or(0, |l| l.head)
