@@ -20,14 +20,16 @@ impl Db {
         now_ms: u64,
     ) -> Result<Message, DbError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO messages (client_msg_id, conversation, conv_kind, sender, recipient, content_type, body, client_ts, outgoing, status)
              VALUES (?1, ?2, ?3, ?4, ?2, ?5, ?6, ?7, 1, ?8)",
             params![&id.0[..], to, kind.to_wire(), self.user, content_type, body, now_ms as i64, MessageStatus::Pending.code()],
         )?;
         let local_id = tx.last_insert_rowid();
         let send_seq = take_send_seq(&tx)?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO outbox (local_id, send_seq) VALUES (?1, ?2)",
             params![local_id, send_seq as i64],
         )?;
@@ -62,15 +64,14 @@ impl Db {
 
     /// Whether an outbox message has send seq `send_seq`.
     pub fn has_send_seq(&self, send_seq: u64) -> Result<bool, DbError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT 1 FROM outbox WHERE send_seq = ?1",
-                params![send_seq as i64],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+        Ok(one(
+            &self.conn,
+            "SELECT 1 FROM outbox WHERE send_seq = ?1",
+            params![send_seq as i64],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
     }
 
     /// The server takes `next` as this device's next send seq (login, or an
@@ -85,12 +86,14 @@ impl Db {
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         // Two passes: the new numbers may overlap the old ones.
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE outbox SET send_seq = -send_seq WHERE send_seq > 0",
             [],
         )?;
         for (i, id) in ids.iter().enumerate() {
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE outbox SET send_seq = ?2 WHERE local_id = ?1",
                 params![id, (next + i as u64) as i64],
             )?;
@@ -107,14 +110,13 @@ impl Db {
 
     /// One message by client message id.
     pub fn message_by_client_id(&self, id: &ClientMsgId) -> Result<Option<Message>, DbError> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE client_msg_id = ?1"),
-                params![&id.0[..]],
-                row_to_message,
-            )
-            .optional()?)
+        Ok(one(
+            &self.conn,
+            &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE client_msg_id = ?1"),
+            params![&id.0[..]],
+            row_to_message,
+        )
+        .optional()?)
     }
 
     /// The server stored an outgoing message: record its ids, leave the outbox, and
@@ -134,7 +136,8 @@ impl Db {
             return Ok(None);
         };
         let group: Option<String> = if log_seq > 0 {
-            Some(tx.query_row(
+            Some(one(
+                &tx,
                 "SELECT conversation FROM messages WHERE local_id = ?1",
                 params![local_id],
                 |r| r.get(0),
@@ -144,12 +147,17 @@ impl Db {
         };
         let log = group.as_deref();
         let seq = if log.is_some() { log_seq } else { seq };
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE messages SET log = ?2 WHERE local_id = ?1",
             params![local_id, log],
         )?;
         let status = settle_sent(&tx, local_id, server_msg_id, seq, server_ts)?;
-        tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
+        exec(
+            &tx,
+            "DELETE FROM outbox WHERE local_id = ?1",
+            params![local_id],
+        )?;
         let before = state(&tx, &log_key("cursor", log))?;
         record_seq(&tx, log, seq)?;
         let released = release(&tx, log, before)?;
@@ -162,7 +170,8 @@ impl Db {
         let tx = self.conn.transaction()?;
         let local = local_id_of(&tx, id)?;
         if let Some(local_id) = local {
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE messages SET status = ?2, error = ?3 WHERE local_id = ?1 AND status = ?4",
                 params![
                     local_id,
@@ -174,7 +183,11 @@ impl Db {
                     MessageStatus::Pending.code()
                 ],
             )?;
-            tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
+            exec(
+                &tx,
+                "DELETE FROM outbox WHERE local_id = ?1",
+                params![local_id],
+            )?;
         }
         tx.commit()?;
         Ok(local)
@@ -183,14 +196,23 @@ impl Db {
     /// Puts a failed message back into the outbox (same client message id).
     pub fn retry(&mut self, local_id: i64) -> Result<Option<Message>, DbError> {
         let tx = self.conn.transaction()?;
-        let n = tx.execute(
+        let n = exec(
+            &tx,
             "UPDATE messages SET status = ?2, error = NULL WHERE local_id = ?1 AND outgoing = 1 AND status = ?3",
-            params![local_id, MessageStatus::Pending.code(), MessageStatus::Failed { reason: String::new() }.code()],
+            params![
+                local_id,
+                MessageStatus::Pending.code(),
+                MessageStatus::Failed {
+                    reason: String::new()
+                }
+                .code()
+            ],
         )?;
         if n == 1 {
             // A retried message goes to the end of the send order.
             let send_seq = take_send_seq(&tx)?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT OR IGNORE INTO outbox (local_id, send_seq) VALUES (?1, ?2)",
                 params![local_id, send_seq as i64],
             )?;
@@ -215,7 +237,8 @@ pub(super) fn settle_sent(
     seq: u64,
     server_ts: u64,
 ) -> rusqlite::Result<MessageStatus> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE messages SET server_msg_id = ?2, seq = ?3, server_ts = ?4,
              status = CASE WHEN status = ?5 THEN COALESCE((
                  SELECT CASE WHEN ?2 <= c.read_up_to THEN ?8 WHEN ?2 <= c.delivered_up_to THEN ?7 ELSE ?6 END
@@ -234,7 +257,8 @@ pub(super) fn settle_sent(
             MessageStatus::Read.code()
         ],
     )?;
-    tx.query_row(
+    one(
+        tx,
         "SELECT status, error FROM messages WHERE local_id = ?1",
         params![local_id],
         |r| Ok(MessageStatus::from_db(r.get(0)?, r.get(1)?)),
@@ -249,7 +273,8 @@ fn take_send_seq(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
 }
 
 pub(super) fn local_id_of(tx: &Transaction<'_>, id: &ClientMsgId) -> rusqlite::Result<Option<i64>> {
-    tx.query_row(
+    one(
+        tx,
         "SELECT local_id FROM messages WHERE client_msg_id = ?1",
         params![&id.0[..]],
         |r| r.get(0),

@@ -101,7 +101,8 @@ impl Db {
 
     /// Highest seq of a large group's log stored here (above a gap, if any).
     pub fn log_max_seq(&self, group: &str) -> Result<u64, DbError> {
-        let above: Option<i64> = self.conn.query_row(
+        let above: Option<i64> = one(
+            &self.conn,
             "SELECT MAX(seq) FROM log_received WHERE log = ?1",
             [group],
             |r| r.get(0),
@@ -118,8 +119,13 @@ pub(super) type Log<'a> = Option<&'a str>;
 pub(super) fn start_log(tx: &Transaction<'_>, log: Log<'_>, head: u64) -> rusqlite::Result<()> {
     set_state(tx, &log_key("sync_base", log), head)?;
     match log {
-        None => tx.execute("DELETE FROM received_seqs WHERE seq <= ?1", [head as i64])?,
-        Some(g) => tx.execute(
+        None => exec(
+            tx,
+            "DELETE FROM received_seqs WHERE seq <= ?1",
+            [head as i64],
+        )?,
+        Some(g) => exec(
+            tx,
             "DELETE FROM log_received WHERE log = ?1 AND seq <= ?2",
             params![g, head as i64],
         )?,
@@ -273,20 +279,25 @@ pub(super) fn apply_entry(
                 // its entry came before its SendResult (that answer was lost with a
                 // connection): it is stored, so it is Sent (or further) and leaves the
                 // outbox, exactly as the SendResult would have done.
-                let pending: Option<i64> = tx
-                    .query_row(
+                let pending: Option<i64> = one(
+                        tx,
                         "SELECT local_id FROM messages WHERE client_msg_id = ?1 AND server_msg_id IS NULL",
                         params![&id.0[..]],
                         |r| r.get(0),
                     )
                     .optional()?;
                 if let Some(local_id) = pending {
-                    tx.execute(
+                    exec(
+                        tx,
                         "UPDATE messages SET log = ?2 WHERE local_id = ?1",
                         params![local_id, log],
                     )?;
                     let status = settle_sent(tx, local_id, m.server_msg_id, e.seq, m.server_ts_ms)?;
-                    tx.execute("DELETE FROM outbox WHERE local_id = ?1", params![local_id])?;
+                    exec(
+                        tx,
+                        "DELETE FROM outbox WHERE local_id = ?1",
+                        params![local_id],
+                    )?;
                     applied.status_changes.push((local_id, status));
                 }
             }
@@ -303,7 +314,8 @@ pub(super) fn apply_entry(
                     (r.up_to_seq, r.at_seq)
                 };
                 apply_read_mark(tx, kind, &r.conversation, mark, at, r.unread)?;
-                tx.execute(
+                exec(
+                    tx,
                     "DELETE FROM pending_reads WHERE conv_kind = ?1 AND conversation = ?2 AND up_to_seq <= ?3",
                     params![kind.to_wire(), r.conversation, r.up_to_seq as i64],
                 )?;
@@ -312,17 +324,18 @@ pub(super) fn apply_entry(
         }
         Some(Body::Receipt(r)) if r.kind == ConversationKind::Group.to_wire() => {
             // A member read our group messages up to an id: count each reader once.
-            let prev: i64 = tx
-                .query_row(
-                    "SELECT up_to FROM group_reads WHERE conversation = ?1 AND reader = ?2",
-                    params![r.conversation, r.by_user],
-                    |row| row.get(0),
-                )
-                .optional()?
-                .unwrap_or(0);
+            let prev: i64 = one(
+                tx,
+                "SELECT up_to FROM group_reads WHERE conversation = ?1 AND reader = ?2",
+                params![r.conversation, r.by_user],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
             let up_to = r.up_to_server_msg_id as i64;
             if up_to > prev {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO group_reads (conversation, reader, up_to) VALUES (?1, ?2, ?3)
                      ON CONFLICT (conversation, reader) DO UPDATE SET up_to = excluded.up_to",
                     params![r.conversation, r.by_user, up_to],
@@ -364,7 +377,8 @@ pub(super) fn apply_entry(
                 )?
                 .collect::<Result<_, _>>()?;
             for id in ids {
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE messages SET status = ?2 WHERE local_id = ?1",
                     params![id, new.code()],
                 )?;
@@ -372,7 +386,8 @@ pub(super) fn apply_entry(
             }
             // Remembered for messages whose SendResult is still on its way.
             let read = new == MessageStatus::Read;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE conversations SET delivered_up_to = MAX(delivered_up_to, ?3),
                      read_up_to = CASE WHEN ?4 THEN MAX(read_up_to, ?3) ELSE read_up_to END
                  WHERE conv_kind = ?1 AND conversation = ?2",
@@ -385,7 +400,8 @@ pub(super) fn apply_entry(
             )?;
         }
         Some(Body::Recall(r)) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT OR IGNORE INTO recalled_ids (server_msg_id) VALUES (?1)",
                 params![r.server_msg_id as i64],
             )?;
@@ -410,7 +426,8 @@ pub(super) fn apply_entry(
             }
         }
         Some(Body::Group(g)) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO groups (id, name) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
                 params![g.group, g.name],
             )?;
@@ -423,7 +440,8 @@ pub(super) fn apply_entry(
                     Ok(Type::Created | Type::MembersAdded)
                 );
                 if joined {
-                    let new = tx.execute(
+                    let new = exec(
+                        tx,
                         "INSERT OR IGNORE INTO logs (grp) VALUES (?1)",
                         params![g.group],
                     )? == 1;
@@ -432,12 +450,13 @@ pub(super) fn apply_entry(
                         start_log(tx, Some(&g.group), g.log_seq)?;
                     }
                 } else {
-                    tx.execute("DELETE FROM logs WHERE grp = ?1", params![g.group])?;
+                    exec(tx, "DELETE FROM logs WHERE grp = ?1", params![g.group])?;
                 }
             }
             // A large group's positions are its log's.
             let position = if g.large { g.log_seq } else { e.seq };
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO conversations (conv_kind, conversation, last_activity, latest_seq) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (conv_kind, conversation) DO UPDATE SET latest_seq = MAX(latest_seq, excluded.latest_seq)",
                 params![ConversationKind::Group.to_wire(), g.group, tern_protocol::unix_ms() as i64, position as i64],

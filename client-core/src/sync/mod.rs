@@ -141,7 +141,9 @@ struct Link {
     head: u64,
     /// Sync pages in flight (see `pages.rs`).
     pages: Vec<pages::PageRequest>,
-    /// The highest seq requested by the pages in flight.
+    /// The highest seq requested by the pages in flight. It outlives the page it came
+    /// from: a page cut short is asked again from its last entry while the ranges above
+    /// it may be stored already (set back to 0 only when no page is left).
     requested: u64,
     /// When an open gap will be pulled.
     gap_at: Option<Instant>,

@@ -110,18 +110,17 @@ impl SyncMachine {
 
     /// The server could not answer sync request `request_id` (if it is a page in
     /// flight): once no page is in flight, what is missing is pulled after
-    /// [`SYNC_RETRY`]. Returns whether it was a page.
-    pub(super) fn on_page_error(&mut self, request_id: u64, now: Instant) -> bool {
+    /// [`SYNC_RETRY`].
+    pub(super) fn on_page_error(&mut self, request_id: u64, now: Instant) {
         let link = self.link_mut();
         let Some(i) = link.pages.iter().position(|p| p.id == request_id) else {
-            return false;
+            return;
         };
         link.pages.swap_remove(i);
         if link.pages.is_empty() {
             link.requested = 0;
             link.gap_at = Some(now + SYNC_RETRY);
         }
-        true
     }
 
     /// A sync page: stored and acknowledged, then the range is asked again from its last
