@@ -28,10 +28,32 @@ pub(super) fn take_send_seq(
     device: &str,
     send_seq: u64,
 ) -> Result<(), StoreError> {
+    expect_send_seq(tx, user, device, send_seq)?;
+    set_send_seq(tx, user, device, send_seq)
+}
+
+/// [`StoreError::OutOfOrder`] unless `send_seq` is the next one of the device; writes
+/// nothing.
+pub(super) fn expect_send_seq(
+    tx: &Transaction<'_>,
+    user: &str,
+    device: &str,
+    send_seq: u64,
+) -> Result<(), StoreError> {
     let expected = last_send_seq(tx, user, device)? + 1;
     if send_seq != expected {
         return Err(StoreError::OutOfOrder { expected });
     }
+    Ok(())
+}
+
+/// Records `send_seq` as the device's last one taken (after [`expect_send_seq`]).
+pub(super) fn set_send_seq(
+    tx: &Transaction<'_>,
+    user: &str,
+    device: &str,
+    send_seq: u64,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO devices (user, device, send_seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (user, device) DO UPDATE SET send_seq = excluded.send_seq",

@@ -1,6 +1,7 @@
 //! The group-commit writer: one thread owns the write connection, takes every job
-//! that is waiting (up to [`MAX_BATCH`]), runs them in one transaction (each in its own
-//! savepoint, so one bad job does not sink the others), commits, and only then replies.
+//! that is waiting (up to [`MAX_BATCH`]), runs them in one transaction (so one bad job
+//! does not sink the others, each is either refused before it writes or runs in its own
+//! savepoint), commits, and only then replies.
 
 use std::time::Instant;
 
@@ -35,25 +36,22 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
         .map_or(0, |ts| ts.max(0) as u64);
     while let Some(batch) = next_batch(&mut rx) {
         let started = Instant::now();
-        let outcome = (|| -> Result<Vec<Result<WriteReply, StoreError>>, rusqlite::Error> {
-            let tx = conn.transaction()?;
-            let mut results = Vec::with_capacity(batch.len());
-            for job in &batch {
-                tx.prepare_cached("SAVEPOINT job")?.execute([])?;
-                let r = apply(&tx, &job.op, &mut last_ts);
-                if r.is_err() {
-                    tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
-                }
-                tx.prepare_cached("RELEASE job")?.execute([])?;
-                let r = match r {
-                    Err(e) => after_refusal(&tx, &job.op, e),
-                    ok => ok,
-                };
-                results.push(r);
+        let outcome = match run_batch(&mut conn, &batch, &mut last_ts, false) {
+            Ok(Some(results)) => Ok(results),
+            Ok(None) => {
+                // A job without a savepoint failed after writing: the whole
+                // transaction was rolled back, and the batch runs again with a
+                // savepoint per job.
+                metrics::counter!("tern_store_batches_redone_total").increment(1);
+                tracing::warn!(
+                    jobs = batch.len(),
+                    "store batch rolled back after a failed job; running it again job by job"
+                );
+                // (With a savepoint per job a batch always commits or fails: never None.)
+                run_batch(&mut conn, &batch, &mut last_ts, true).map(Option::unwrap_or_default)
             }
-            tx.commit()?;
-            Ok(results)
-        })();
+            Err(e) => Err(e),
+        };
         metrics::histogram!("tern_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("tern_store_batch_size").record(batch.len() as f64);
         match outcome {
@@ -82,6 +80,64 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
         }
     }
     tracing::info!("store writer stopped");
+}
+
+/// Runs the batch in one transaction and commits it. Each job that can refuse after
+/// writing (`needs_savepoint`), or every job when `safe`, runs in its own savepoint, so
+/// a refused job is undone and the others stand. A job without one that fails having
+/// written nothing (its checks come first) needs nothing undone. `None` (nothing
+/// committed) when such a job failed after it wrote: the caller runs the batch again
+/// with `safe`.
+fn run_batch(
+    conn: &mut Connection,
+    batch: &[Job],
+    last_ts: &mut u64,
+    safe: bool,
+) -> Result<Option<Vec<Result<WriteReply, StoreError>>>, rusqlite::Error> {
+    let tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let savepoint = safe || needs_savepoint(&job.op);
+        if savepoint {
+            tx.prepare_cached("SAVEPOINT job")?.execute([])?;
+        }
+        let changes = tx.total_changes();
+        let r = apply(&tx, &job.op, last_ts);
+        if savepoint {
+            if r.is_err() {
+                tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
+            }
+            tx.prepare_cached("RELEASE job")?.execute([])?;
+        } else if r.is_err() && (tx.total_changes() != changes || tx.is_autocommit()) {
+            // It wrote before failing (or SQLite ended the transaction): only a
+            // rollback of the whole batch undoes that. Dropping `tx` rolls it back.
+            return Ok(None);
+        }
+        let r = match r {
+            Err(e) => after_refusal(&tx, &job.op, e),
+            ok => ok,
+        };
+        results.push(r);
+    }
+    tx.commit()?;
+    Ok(Some(results))
+}
+
+/// Whether a job runs in its own savepoint. The jobs on the path of every message
+/// (storing it, a delivery ACK, a login) make every check before their first write, so
+/// a refusal leaves the transaction as it was and needs nothing undone; the batch runs
+/// them bare. A savepoint per job copied every page the job touched into a sub-journal
+/// (11 % of the writer thread under load, docs/bench/analysis.md). The rest (group
+/// changes, read marks, recalls, webhooks, push tokens) are rare and keep theirs.
+fn needs_savepoint(op: &WriteOp) -> bool {
+    !matches!(
+        op,
+        WriteOp::Store(_)
+            | WriteOp::Ack { .. }
+            | WriteOp::Login { .. }
+            | WriteOp::Flush
+            | WriteOp::SkipSend { .. }
+    )
 }
 
 /// Blocks for the next job, then takes every job already waiting behind it, up to
@@ -172,4 +228,100 @@ fn after_refusal(
         }
     }
     Err(refusal)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batch without savepoints: a refusal made before any write leaves the other
+    //! jobs standing, and a job that fails after writing makes the batch run again job
+    //! by job, so only that job is undone.
+
+    use super::*;
+    use crate::store::NewMessage;
+    use crate::store::sqlite::schema::{Durability, migrate, open};
+    use crate::store::suite::msg;
+
+    fn conn() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("t.db"), Durability::Full, false).unwrap();
+        migrate(&mut conn).unwrap();
+        (dir, conn)
+    }
+
+    fn job(op: WriteOp) -> Job {
+        // The replies are not read here: `run_batch` returns the results itself.
+        Job {
+            op,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn ordered(n: u8, send_seq: u64) -> NewMessage {
+        NewMessage {
+            device: "phone".into(),
+            send_seq,
+            ..msg("alice", "bob", n)
+        }
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_refusal_before_any_write_needs_no_redo_and_the_others_stand() {
+        let (_dir, mut conn) = conn();
+        let batch = vec![
+            job(WriteOp::Store(ordered(1, 1))),
+            job(WriteOp::Store(ordered(9, 5))), // out of order: refused, no write
+            job(WriteOp::Store(ordered(2, 2))),
+        ];
+        let mut ts = 0;
+        let results = run_batch(&mut conn, &batch, &mut ts, false)
+            .unwrap()
+            .expect("no redo for a refusal made before writing");
+        assert!(results[0].is_ok());
+        assert!(matches!(
+            results[1],
+            Err(StoreError::OutOfOrder { expected: 2 })
+        ));
+        assert!(results[2].is_ok());
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM messages"), 2);
+        assert_eq!(
+            count(&conn, "SELECT send_seq FROM devices WHERE device = 'phone'"),
+            2
+        );
+    }
+
+    #[test]
+    fn a_job_that_fails_after_writing_is_undone_alone_by_a_redo() {
+        let (_dir, mut conn) = conn();
+        // Storing a message writes the device's send seq, then takes a seq in `users`:
+        // without that table the job fails after its first write.
+        conn.execute_batch("DROP TABLE users").unwrap();
+        let batch = vec![
+            job(WriteOp::WebhookEnqueue("h".into(), b"x".to_vec())),
+            job(WriteOp::Store(ordered(1, 1))),
+            job(WriteOp::WebhookEnqueue("h".into(), b"y".to_vec())),
+        ];
+        let mut ts = 0;
+        assert!(
+            run_batch(&mut conn, &batch, &mut ts, false)
+                .unwrap()
+                .is_none(),
+            "a failure after a write without a savepoint rolls the batch back"
+        );
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM webhook_outbox"), 0);
+        let results = run_batch(&mut conn, &batch, &mut ts, true)
+            .unwrap()
+            .expect("the safe run commits");
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(results[1].is_err());
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM webhook_outbox"), 2);
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM devices WHERE send_seq > 0"),
+            0,
+            "the failed job's first write was undone"
+        );
+    }
 }
