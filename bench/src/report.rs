@@ -235,6 +235,13 @@ fn markdown(r: &Results) -> String {
             t.server_us_per_msg
         );
     }
+    if t.client_us_per_msg > 0.0 {
+        let _ = writeln!(
+            s,
+            "| load generator CPU per message (same cores) | {:.0} µs |",
+            t.client_us_per_msg
+        );
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,

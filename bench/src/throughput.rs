@@ -89,6 +89,12 @@ pub(crate) struct Report {
     /// window, µs. 0 in results from before it was measured.
     #[serde(default)]
     pub server_us_per_msg: f64,
+    /// This load generator's own CPU (the raw clients, same cores) per delivered
+    /// message in the capacity window, µs: with both on one machine, capacity is at
+    /// most cores × 10⁶ / (server µs + client µs). 0 in results from before it was
+    /// measured.
+    #[serde(default)]
+    pub client_us_per_msg: f64,
     /// Sends the server refused (SERVER_BUSY) during the capacity phase.
     pub refused_in_capacity: u64,
     /// Server RSS at the end of the capacity phase, bytes.
@@ -247,6 +253,8 @@ pub(crate) struct Measured {
     pub server_cpu: f64,
     /// CPU seconds of every `postgres` process in the window.
     pub postgres_cpu: f64,
+    /// CPU seconds of this process (the load generator) in the window.
+    pub client_cpu: f64,
 }
 
 impl Measured {
@@ -319,6 +327,8 @@ impl Ring {
         let (d0, t0) = (sink.delivered.load(Ordering::Relaxed), Instant::now());
         let r0 = sink.refused.load(Ordering::Relaxed);
         let (s0, p0) = (server_cpu(), crate::serverproc::cpu_secs_named("postgres"));
+        let own_cpu = || crate::serverproc::cpu_secs_of(std::process::id()).unwrap_or(0.0);
+        let c0 = own_cpu();
         ui::tick_for(&bar, Duration::from_secs(args.secs)).await;
         let delivered = sink.delivered.load(Ordering::Relaxed) - d0;
         let per_sec = delivered as f64 / t0.elapsed().as_secs_f64();
@@ -328,6 +338,7 @@ impl Ring {
             refused: sink.refused.load(Ordering::Relaxed) - r0,
             server_cpu: server_cpu() - s0,
             postgres_cpu: crate::serverproc::cpu_secs_named("postgres") - p0,
+            client_cpu: own_cpu() - c0,
         };
         stop.store(true, Ordering::Relaxed);
         // A closed semaphore ends the drivers; a fresh one for the next phase.
@@ -377,6 +388,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let (server_rss, refused_in_capacity) = (full.rss, full.measured.refused);
     let server_us_per_msg = full.measured.us_per_msg(full.measured.server_cpu);
+    let client_us_per_msg = full.measured.us_per_msg(full.measured.client_cpu);
     drop(full); // the server goes before the next one starts
     // The same with `--durability normal` (commits reach the OS, fsync at checkpoints):
     // what the fsync per group commit costs.
@@ -411,6 +423,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         durable_echo_per_sec: durable_echo,
         durable_ratio: capacity / durable_echo,
         server_us_per_msg,
+        client_us_per_msg,
         baseline,
         server_rss,
         refused_in_capacity,
