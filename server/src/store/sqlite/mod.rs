@@ -2,8 +2,9 @@
 //!
 //! **Writes** go through one dedicated writer thread. Each call queues a job and waits
 //! for its reply; the writer takes every job that is waiting (up to [`MAX_BATCH`]), runs
-//! them in *one* transaction (each inside its own savepoint, so one bad job does not
-//! sink the others), commits, and only then replies. This is group commit: under load
+//! them in *one* transaction (one bad job does not sink the others: the jobs on every
+//! message's path refuse before they write, the rest run in their own savepoints; see
+//! `writer.rs`), commits, and only then replies. This is group commit: under load
 //! one fsync covers hundreds of messages, and when idle a message still commits alone
 //! at once. A failed commit replies an error to every job in the batch: nothing in it
 //! was acknowledged.

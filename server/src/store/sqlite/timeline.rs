@@ -178,7 +178,7 @@ pub(super) fn store_message(
         }
     }
     // Every refusal is above this line: nothing is written before the message is
-    // accepted, so the writer runs it without a savepoint (`writer::NO_SAVEPOINT`).
+    // accepted, so the writer runs it without a savepoint (`writer::needs_savepoint`).
     if m.send_seq > 0 {
         order::set_send_seq(tx, &m.sender, &m.device, m.send_seq)?;
     }
