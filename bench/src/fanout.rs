@@ -102,25 +102,40 @@ impl Sink for Events {
     }
 }
 
+/// Creates a group of `members` through the HTTP API: the first
+/// `MAX_MEMBERS_PER_REQUEST` in the create call, the rest added in chunks of that size
+/// (the API's limit per request).
 async fn create_group(
     http: &reqwest::Client,
     server: &ServerProc,
     members: Vec<String>,
     large: bool,
 ) -> anyhow::Result<String> {
+    let per_request = tern_server::groups::MAX_MEMBERS_PER_REQUEST;
+    let mut chunks = members.chunks(per_request);
+    let first = chunks.next().unwrap_or_default();
     let resp: serde_json::Value = http
         .post(format!("http://{}/v1/groups", server.http))
         .bearer_auth(tern_server::config::DEV_API_KEY)
-        .json(&serde_json::json!({ "name": "bench", "members": members, "large": large }))
+        .json(&serde_json::json!({ "name": "bench", "members": first, "large": large }))
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
-    resp["group"]
+    let group = resp["group"]
         .as_str()
         .map(str::to_owned)
-        .context("no group id in the answer")
+        .context("no group id in the answer")?;
+    for chunk in chunks {
+        http.post(format!("http://{}/v1/groups/{group}/members", server.http))
+            .bearer_auth(tern_server::config::DEV_API_KEY)
+            .json(&serde_json::json!({ "members": chunk }))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(group)
 }
 
 async fn next_ok(rx: &mut mpsc::UnboundedReceiver<pb::SendResult>) -> anyhow::Result<()> {
