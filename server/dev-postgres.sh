@@ -46,7 +46,9 @@ if [ "${1:-start}" = stop ]; then
 fi
 if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $4}' | grep -qx online; then
   # 3>&-: the server must not inherit the caller's capture pipe, or $(...) never ends.
-  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 3>&-
+  # -t 300: after an unclean stop the server first syncs its whole data directory, which
+  # took longer than pg_ctl's default minute on a machine with many scratch databases.
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start -- -t 300 3>&-
 fi
 port=$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')
 for _ in $(seq 1 50); do
