@@ -46,18 +46,28 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+/// Timer retransmissions a sender makes per RTO while its peer answers nothing (each
+/// answer allows two more). A peer that stalls (a store's checkpoint, a busy CPU) with a
+/// full window in flight then gets a few probes per RTO instead of a copy of every
+/// message, which it would have to turn away one by one when it comes back. On a lossy
+/// path answers keep coming, and with them the copies; in an outage the probes go on,
+/// so the path's return is found.
+pub const COPIES_WITHOUT_ANSWERS: usize = 8;
+
 /// Smoothed round-trip time estimator (RFC 6298).
 #[derive(Debug, Clone, Default)]
 pub struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
     latest: Option<Duration>,
+    min: Option<Duration>,
 }
 
 impl RttEstimator {
     /// Feeds one measured round trip.
     pub fn on_sample(&mut self, rtt: Duration) {
         self.latest = Some(rtt);
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -79,6 +89,17 @@ impl RttEstimator {
     /// The most recent sample.
     pub fn latest(&self) -> Option<Duration> {
         self.latest
+    }
+
+    /// The smallest sample since the path began ([`RttEstimator::new_path`]): the
+    /// path's own delay, without any queue's.
+    pub fn min(&self) -> Option<Duration> {
+        self.min
+    }
+
+    /// A new path (a new connection): its smallest RTT is learned again.
+    pub fn new_path(&mut self) {
+        self.min = None;
     }
 
     /// RTO = SRTT + 4·RTTVAR clamped to `[min, max]`, or `initial` before any sample.
@@ -263,6 +284,8 @@ struct Entry<P> {
     first_sent: Instant,
     /// The latest transmission.
     last_sent: Instant,
+    /// The latest transmission's number among all of this sender's transmissions.
+    tx: u64,
     /// Its answer may measure something other than the path (it waited at the peer
     /// behind another message): take no RTT sample from it.
     no_sample: bool,
@@ -292,6 +315,20 @@ pub struct Sender<K, P = ()> {
     /// Adaptive timers, earliest first.
     timers: BTreeSet<(Instant, u64)>,
     next_serial: u64,
+    /// Transmissions so far (first ones and retransmissions): each entry's `tx`.
+    transmissions: u64,
+    /// The highest `tx` an acknowledgement answered; when the latest ACK came, and how
+    /// long after its message's latest transmission. A timed-out message is *queued* at
+    /// the peer, not lost, when those say the peer is answering slowly (see `queued`).
+    acked_tx: u64,
+    last_ack: Option<Instant>,
+    last_lag: Duration,
+    /// Timer retransmissions the sender may make now: [`COPIES_WITHOUT_ANSWERS`] at
+    /// least once per RTO, two more per answer, at most the window. Copies are clocked
+    /// by answers.
+    copy_tokens: usize,
+    /// When `copy_tokens` is next raised to [`COPIES_WITHOUT_ANSWERS`] if lower.
+    copy_refill: Option<Instant>,
     /// Fixed schedule: scans happen at `epoch + k * scan_interval`.
     epoch: Instant,
     next_scan: Instant,
@@ -313,6 +350,8 @@ pub struct SenderStats {
     pub acked: u64,
     /// Messages reported failed.
     pub failed: u64,
+    /// Timeouts that did not retransmit: the peer was still answering older messages.
+    pub waited: u64,
 }
 
 impl<K: Copy + Eq + Hash + Debug> Sender<K, ()> {
@@ -344,6 +383,12 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
             order: BTreeMap::new(),
             timers: BTreeSet::new(),
             next_serial: 0,
+            transmissions: 0,
+            acked_tx: 0,
+            last_ack: None,
+            last_lag: Duration::ZERO,
+            copy_tokens: COPIES_WITHOUT_ANSWERS,
+            copy_refill: None,
             epoch: now,
             next_scan,
             events: VecDeque::new(),
@@ -427,6 +472,7 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
             serial,
             first_sent: now,
             last_sent: now,
+            tx: self.next_tx(),
             no_sample: false,
             transmissions: 1,
             phase_retransmissions: 0,
@@ -445,6 +491,11 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
     pub fn on_ack(&mut self, key: K, now: Instant) -> Option<Acked> {
         let entry = self.entries.remove(&key)?;
         self.forget(&entry);
+        self.acked_tx = self.acked_tx.max(entry.tx);
+        self.last_ack = Some(now);
+        self.last_lag = now.saturating_duration_since(entry.last_sent);
+        self.copy_tokens =
+            (self.copy_tokens + 2).min(self.config.window.max(COPIES_WITHOUT_ANSWERS));
         let elapsed = now.saturating_duration_since(entry.first_sent);
         let rtt_sample = (entry.transmissions == 1 && !entry.no_sample).then_some(elapsed);
         if let Some(s) = rtt_sample {
@@ -452,6 +503,8 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
         }
         // The path delivered something: the outage, if any, is over.
         if self.recovery_hint.take().is_some() {
+            // Every waiting message goes again at once: the answer proved the path.
+            self.copy_tokens = self.config.window.max(COPIES_WITHOUT_ANSWERS);
             self.recover(now);
         }
         self.stats.acked += 1;
@@ -493,6 +546,7 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
             }
             entry.transmissions += 1;
             entry.last_sent = now;
+            entry.tx = self.next_tx();
             self.arm(&mut entry, now);
             self.stats.retransmissions += 1;
         }
@@ -543,6 +597,7 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
             }
             entry.transmissions += 1;
             entry.last_sent = now;
+            entry.tx = self.next_tx();
             // A new connection is a new path: probe it from the fast phase again.
             entry.phase_retransmissions = 0;
             entry.slow_interval = None;
@@ -550,6 +605,7 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
             self.entries.insert(*key, entry);
         }
         self.recovery_hint = None;
+        self.rtt.new_path();
         self.stats.retransmissions += keys.len() as u64;
         keys
     }
@@ -581,6 +637,38 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
     /// The next action for the caller.
     pub fn poll_event(&mut self) -> Option<SenderEvent<K>> {
         self.events.pop_front()
+    }
+
+    /// The number of a transmission happening now.
+    fn next_tx(&mut self) -> u64 {
+        self.transmissions += 1;
+        self.transmissions
+    }
+
+    /// Whether a timed-out `entry` is queued at the peer rather than lost. All three:
+    /// - nothing transmitted after the entry's latest transmission was answered (a peer
+    ///   that handles messages in order — the server takes a device's sends in send
+    ///   order, a client stores pushes in seq order — answers a lost message's
+    ///   successors, which makes it lost at its timer as before);
+    /// - answers are still coming (one within the last RTO);
+    /// - and they are slow: the latest took over twice the path's smallest RTT, so the
+    ///   peer is working through a queue. (Not the smoothed RTT: answers from the queue
+    ///   raise it. On a long but steady path the answers take one RTT, which the RTO
+    ///   already allows for: a message sent just after an answered one and not answered
+    ///   by its timer is lost, and is sent again at once.)
+    ///
+    /// Without this, a burst whose tail waited at a busy server longer than the RTO was
+    /// sent again in full at every RTO, which made the queue longer still
+    /// (`tern-bench wire`, pipelined: up to 5.5 copies of each message).
+    fn queued(&self, entry: &Entry<P>, now: Instant) -> bool {
+        let Some(min_rtt) = self.rtt.min() else {
+            return false;
+        };
+        entry.tx > self.acked_tx
+            && self.last_lag > min_rtt * 2
+            && self
+                .last_ack
+                .is_some_and(|t| now.saturating_duration_since(t) < self.rto())
     }
 
     /// Pulls every slow-phase message back to an immediate retransmission.
@@ -633,6 +721,10 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
     }
 
     fn adaptive_timeout(&mut self, a: &AdaptiveConfig, now: Instant) {
+        if self.copy_refill.is_none_or(|at| at <= now) {
+            self.copy_tokens = self.copy_tokens.max(COPIES_WITHOUT_ANSWERS);
+            self.copy_refill = Some(now + self.rto());
+        }
         while let Some(&(deadline, serial)) = self.timers.first() {
             if deadline > now {
                 break;
@@ -652,8 +744,24 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
                 });
                 continue;
             }
+            let wait =
+                self.config.retransmit && (self.queued(&entry, now) || self.copy_tokens == 0);
+            if wait {
+                // Not lost: waiting at the peer behind the messages it is answering
+                // now. Or the peer has answered nothing for a while and this round's
+                // copies are spent. Look again in one RTO; a copy would only lengthen
+                // a queue the peer may be working through.
+                self.stats.waited += 1;
+                let deadline = (now + self.rto()).min(entry.first_sent + a.give_up);
+                entry.deadline = Some(deadline);
+                self.timers.insert((deadline, serial));
+                self.entries.insert(key, entry);
+                continue;
+            }
+            self.copy_tokens = self.copy_tokens.saturating_sub(1);
             entry.transmissions += 1;
             entry.last_sent = now;
+            entry.tx = self.next_tx();
             if entry.slow_interval.is_none() {
                 entry.phase_retransmissions += 1;
             }
@@ -941,5 +1049,90 @@ mod tests {
             ]
         );
         assert_eq!(s.poll_timeout(), None, "an empty fixed sender sleeps");
+    }
+
+    fn uplink_sender(t0: Instant, srtt: Duration) -> Sender<u32> {
+        let mut s = Sender::new(QosConfig::uplink(), t0);
+        for _ in 0..20 {
+            s.on_rtt_sample(srtt); // rto at its 100 ms floor
+        }
+        s
+    }
+
+    fn retransmitted(events: &[(Instant, SenderEvent<u32>)]) -> Vec<u32> {
+        events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                SenderEvent::Retransmit(k) => Some(*k),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A burst waits at a busy peer that answers it in order, one every 3 ms: the tail
+    /// waits longer than the RTO but is not copied, since the answers keep coming and
+    /// take far longer than the path's RTT.
+    #[test]
+    fn a_burst_queued_at_a_slow_peer_is_not_copied() {
+        let t0 = Instant::now();
+        let mut s = uplink_sender(t0, ms(5));
+        for k in 0..200u32 {
+            s.try_send(k, t0).unwrap();
+        }
+        let mut copies = vec![];
+        for k in 0..200u32 {
+            let at = t0 + ms(5 + 3 * k as u64);
+            copies.extend(retransmitted(&run_until(&mut s, at)));
+            let acked = s.on_ack(k, at).expect("pending");
+            assert_eq!(acked.transmissions, 1, "message {k} was copied");
+        }
+        assert!(copies.is_empty(), "copied: {copies:?}");
+        assert!(s.stats().waited > 0, "timers fired and waited");
+    }
+
+    /// A message lost on a steady path is still copied at its timer: a message sent after
+    /// it was answered (in-order peer), or the answers come at the path's RTT.
+    #[test]
+    fn a_lost_message_is_still_copied_at_its_timer() {
+        let t0 = Instant::now();
+        // Lost, with a later one answered.
+        let mut s = uplink_sender(t0, ms(40));
+        s.try_send(1u32, t0).unwrap();
+        s.try_send(2u32, t0 + ms(1)).unwrap();
+        s.on_ack(2, t0 + ms(41));
+        let ev = run_until(&mut s, t0 + ms(150));
+        assert_eq!(retransmitted(&ev), vec![1]);
+        // Lost last, right after one answered at the path's RTT.
+        let mut s = uplink_sender(t0, ms(40));
+        s.try_send(1u32, t0).unwrap();
+        s.try_send(2u32, t0 + ms(1)).unwrap();
+        s.on_ack(1, t0 + ms(40));
+        let ev = run_until(&mut s, t0 + ms(150));
+        assert_eq!(retransmitted(&ev), vec![2]);
+    }
+
+    /// A peer that answers nothing gets a few probes per RTO, not a copy of the whole
+    /// window; its first answer after an outage sends every waiting message again.
+    #[test]
+    fn a_silent_peer_gets_probes_per_rto_not_the_window() {
+        let t0 = Instant::now();
+        let mut s = uplink_sender(t0, ms(5));
+        for k in 0..100u32 {
+            s.try_send(k, t0).unwrap();
+        }
+        let first = retransmitted(&run_until(&mut s, t0 + ms(150)));
+        assert_eq!(first.len(), COPIES_WITHOUT_ANSWERS, "{first:?}");
+        assert_eq!(
+            first,
+            (0..COPIES_WITHOUT_ANSWERS as u32).collect::<Vec<_>>()
+        );
+        // The next round probes the oldest again (as TCP does after a timeout).
+        let second = retransmitted(&run_until(&mut s, t0 + ms(250)));
+        assert_eq!(second, first);
+        // Each answer pays for two more copies.
+        s.on_ack(first[0], t0 + ms(251));
+        let third = retransmitted(&run_until(&mut s, t0 + ms(350)));
+        assert!(third.len() <= COPIES_WITHOUT_ANSWERS + 2, "{}", third.len());
+        assert!(s.in_flight() == 99);
     }
 }
