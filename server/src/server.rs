@@ -71,6 +71,7 @@ fn register_metrics() {
         "tern_pushes_total",
         "tern_pushes_routed_total",
         "tern_push_retransmissions_total",
+        "tern_push_timeouts_waited_total",
         "tern_push_failed_total",
         "tern_pushes_skipped_total",
         "tern_push_queue_full_total",

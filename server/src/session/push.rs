@@ -99,7 +99,14 @@ impl Session {
     }
 
     pub(super) async fn on_qos_timer(&mut self) -> Result<(), End> {
+        let waited = self.push_qos.stats().waited;
         self.push_qos.handle_timeout(Instant::now().into_std());
+        // Timers that found the device still storing older pushes (or this round's
+        // copies spent): not resent (see `tern_protocol::qos`).
+        let waited = self.push_qos.stats().waited - waited;
+        if waited > 0 {
+            metrics::counter!("tern_push_timeouts_waited_total").increment(waited);
+        }
         while let Some(ev) = self.push_qos.poll_event() {
             match ev {
                 SenderEvent::Retransmit(key) => {
