@@ -35,8 +35,6 @@ pub(crate) async fn serve(cert_out: &Path, durable: Option<&Path>) -> anyhow::Re
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(2u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
-    // The same ACK behaviour as Tern's server, so the ceiling stays comparable.
-    tern_protocol::io::set_ack_frequency(&mut transport);
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(
         std::time::Duration::from_secs(600),
     )?));

@@ -66,8 +66,6 @@ pub(crate) fn endpoint(cert: &CertificateDer<'static>) -> anyhow::Result<quinn::
     ))?));
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
-    // As the real client does (what the server relays is measured as it runs for apps).
-    tern_protocol::io::set_ack_frequency(&mut transport);
     let mut config = tern_protocol::io::client_config(roots).map_err(|e| anyhow::anyhow!(e))?;
     config.transport_config(Arc::new(transport));
     let (socket, _) =

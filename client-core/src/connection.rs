@@ -147,7 +147,6 @@ pub(crate) fn endpoint(inner: &Inner) -> Result<quinn::Endpoint, String> {
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     tern_protocol::io::set_congestion(&mut transport, cfg.congestion);
-    tern_protocol::io::set_ack_frequency(&mut transport);
     client.transport_config(Arc::new(transport));
     let bind: std::net::SocketAddr = "[::]:0".parse().expect("valid");
     let mut endpoint = quinn::Endpoint::client(bind)

@@ -305,27 +305,6 @@ pub fn set_congestion(transport: &mut quinn::TransportConfig, congestion: Conges
     };
 }
 
-/// How many ack-eliciting packets a Tern endpoint lets its peer receive before the peer
-/// must send a QUIC ACK at once (QUIC's ACK-frequency extension, draft 04). Below it the
-/// peer waits up to its `max_ack_delay` (25 ms, or the RTT when that is longer), so its
-/// ACK rides the next packet it sends anyway: the answer, the push, the `DeliveryAck`.
-/// Without it QUIC acknowledges every second packet, often in a packet of its own: one
-/// of the nine UDP packets of a message sent one at a time (`tern-bench wire`;
-/// docs/bench/analysis.md, "Cost per message: fourth round"). Loss detection is
-/// unchanged: its clock already allows for `max_ack_delay`, and packets that arrive out
-/// of order are still acknowledged at once (quinn's reordering threshold, 2).
-pub const ACK_ELICITING_THRESHOLD: u32 = 10;
-
-/// Asks the peer to acknowledge less often (see [`ACK_ELICITING_THRESHOLD`]). Both ends of
-/// every Tern QUIC connection set it: the client for the server's ACKs, the server for the
-/// client's. A peer without the extension ignores it.
-#[cfg(feature = "quinn")]
-pub fn set_ack_frequency(transport: &mut quinn::TransportConfig) {
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
-    transport.ack_frequency_config(Some(ack));
-}
-
 /// The TLS 1.3 client configuration of a Tern client over QUIC: ring, TLS 1.3 only,
 /// ALPN [`crate::ALPN`], trusting `roots`. Transport settings are the caller's.
 #[cfg(feature = "quinn")]

@@ -196,7 +196,6 @@ fn quic_config(config: &Config, tls: &TlsMaterial) -> anyhow::Result<quinn::Serv
     let idle = config.heartbeat_timeout + Duration::from_secs(30);
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle)?));
     tern_protocol::io::set_congestion(&mut transport, config.congestion.to_protocol());
-    tern_protocol::io::set_ack_frequency(&mut transport);
     server.transport_config(Arc::new(transport));
     server.migration(true);
     Ok(server)
