@@ -1111,8 +1111,8 @@ mod tests {
         assert_eq!(retransmitted(&ev), vec![2]);
     }
 
-    /// A peer that answers nothing gets a few probes per RTO, not a copy of the whole
-    /// window; its first answer after an outage sends every waiting message again.
+    /// A peer that answers nothing gets a few probes of its oldest messages per RTO, not
+    /// a copy of the whole window; each answer pays for two more copies.
     #[test]
     fn a_silent_peer_gets_probes_per_rto_not_the_window() {
         let t0 = Instant::now();
