@@ -494,8 +494,7 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
         self.acked_tx = self.acked_tx.max(entry.tx);
         self.last_ack = Some(now);
         self.last_lag = now.saturating_duration_since(entry.last_sent);
-        self.copy_tokens =
-            (self.copy_tokens + 2).min(self.config.window.max(COPIES_WITHOUT_ANSWERS));
+        self.copy_tokens = (self.copy_tokens + 2).min(self.most_copies());
         let elapsed = now.saturating_duration_since(entry.first_sent);
         let rtt_sample = (entry.transmissions == 1 && !entry.no_sample).then_some(elapsed);
         if let Some(s) = rtt_sample {
@@ -504,7 +503,7 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
         // The path delivered something: the outage, if any, is over.
         if self.recovery_hint.take().is_some() {
             // Every waiting message goes again at once: the answer proved the path.
-            self.copy_tokens = self.config.window.max(COPIES_WITHOUT_ANSWERS);
+            self.copy_tokens = self.most_copies();
             self.recover(now);
         }
         self.stats.acked += 1;
@@ -637,6 +636,12 @@ impl<K: Copy + Eq + Hash + Debug, P> Sender<K, P> {
     /// The next action for the caller.
     pub fn poll_event(&mut self) -> Option<SenderEvent<K>> {
         self.events.pop_front()
+    }
+
+    /// The most timer copies the sender may have in hand: its window (every pending
+    /// message once), and never fewer than a silent peer's probes.
+    fn most_copies(&self) -> usize {
+        self.config.window.max(COPIES_WITHOUT_ANSWERS)
     }
 
     /// The number of a transmission happening now.
