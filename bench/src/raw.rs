@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::CertificateDer;
+use tern_client::sync::MAX_PUSHES_TOGETHER;
 use tern_protocol::frame::{DEFAULT_MAX_FRAME_BODY, Frame};
 use tern_protocol::io::{Inbound, read_frame, spawn_session_readers};
 use tern_protocol::pb::timeline_entry::Body;
@@ -182,8 +183,9 @@ impl RawClient {
     }
 }
 
-/// Handles what arrives: acknowledges pushes (the contiguous cursor plus the seq, as
-/// the real client does), reports first arrivals and send results.
+/// Handles what arrives: acknowledges pushes (the contiguous cursor plus the seqs above
+/// it, one ACK for the pushes that arrived together, as the real client does), reports
+/// first arrivals and send results.
 async fn dispatch(
     conn: quinn::Connection,
     mut rx: mpsc::Receiver<Inbound>,
@@ -201,46 +203,62 @@ async fn dispatch(
         }
         true
     };
+    let mut acked: Vec<u64> = Vec::new();
     while let Some(event) = rx.recv().await {
-        let (Inbound::Frame(frame) | Inbound::Datagram(frame)) = event else {
-            return;
-        };
-        match *frame {
-            Frame::Push(p) if !p.log.is_empty() => {
-                // A large group's log entry: settle it (no per-log cursor kept here).
-                let Some(entry) = p.entry else { continue };
-                let ack = Frame::DeliveryAck(pb::DeliveryAck {
-                    seqs: vec![entry.seq],
-                    log: p.log,
-                    ..Default::default()
-                });
-                let _ = conn.send_datagram(ack.to_bytes(0));
-                if let Some(Body::Message(m)) = &entry.body {
-                    sink.on_message(index, m);
-                }
+        // Frames already waiting are handled with this one and their pushes acknowledged
+        // in one `DeliveryAck`, as the real client does (`MAX_PUSHES_TOGETHER`).
+        let mut events = vec![event];
+        while events.len() < MAX_PUSHES_TOGETHER {
+            match rx.try_recv() {
+                Ok(e) => events.push(e),
+                Err(_) => break,
             }
-            Frame::Push(p) => {
-                let Some(entry) = p.entry else { continue };
-                let first = hold(entry.seq, &mut cursor);
-                let ack = Frame::DeliveryAck(pb::DeliveryAck {
-                    cumulative_seq: cursor,
-                    seqs: vec![entry.seq],
-                    ..Default::default()
-                });
-                let _ = conn.send_datagram(ack.to_bytes(0));
-                if let (true, Some(Body::Message(m))) = (first, &entry.body) {
-                    sink.on_message(index, m);
+        }
+        for event in events {
+            let (Inbound::Frame(frame) | Inbound::Datagram(frame)) = event else {
+                return;
+            };
+            match *frame {
+                Frame::Push(p) if !p.log.is_empty() => {
+                    // A large group's log entry: settle it (no per-log cursor kept here).
+                    let Some(entry) = p.entry else { continue };
+                    let ack = Frame::DeliveryAck(pb::DeliveryAck {
+                        seqs: vec![entry.seq],
+                        log: p.log,
+                        ..Default::default()
+                    });
+                    let _ = conn.send_datagram(ack.to_bytes(0));
+                    if let Some(Body::Message(m)) = &entry.body {
+                        sink.on_message(index, m);
+                    }
                 }
-            }
-            Frame::SendResult(r) => {
-                // The sender's own copy takes a seq in its timeline; it is never pushed
-                // to this session, so it counts as held.
-                if r.seq > 0 {
-                    hold(r.seq, &mut cursor);
+                Frame::Push(p) => {
+                    let Some(entry) = p.entry else { continue };
+                    let first = hold(entry.seq, &mut cursor);
+                    acked.push(entry.seq);
+                    if let (true, Some(Body::Message(m))) = (first, &entry.body) {
+                        sink.on_message(index, m);
+                    }
                 }
-                sink.on_send_result(index, &r);
+                Frame::SendResult(r) => {
+                    // The sender's own copy takes a seq in its timeline; it is never
+                    // pushed to this session, so it counts as held.
+                    if r.seq > 0 {
+                        hold(r.seq, &mut cursor);
+                    }
+                    sink.on_send_result(index, &r);
+                }
+                _ => {}
             }
-            _ => {}
+        }
+        if !acked.is_empty() {
+            acked.retain(|s| *s > cursor);
+            let ack = Frame::DeliveryAck(pb::DeliveryAck {
+                cumulative_seq: cursor,
+                seqs: std::mem::take(&mut acked),
+                ..Default::default()
+            });
+            let _ = conn.send_datagram(ack.to_bytes(0));
         }
     }
 }

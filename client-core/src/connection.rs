@@ -31,7 +31,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Inner;
 use crate::store::{Applied, Db, DbError};
-use crate::sync::{LoginInfo, SyncConfig, SyncEvent, SyncMachine};
+use crate::sync::{LoginInfo, MAX_PUSHES_TOGETHER, SyncConfig, SyncEvent, SyncMachine};
 use crate::types::{ClientEvent, ConnectionState};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -789,7 +789,29 @@ impl<'a> Session<'a> {
                                 }
                             }
                         }
-                        self.on_frame(*f, m)
+                        // Frames already waiting behind this one are handled with it:
+                        // pushes that arrived together are stored and acknowledged
+                        // together (one commit, one ACK, one receipt per sender).
+                        let mut frames = vec![*f];
+                        let mut after = None;
+                        while frames.len() < MAX_PUSHES_TOGETHER {
+                            match inbound.try_recv() {
+                                Ok(Inbound::Frame(f) | Inbound::Datagram(f)) => frames.push(*f),
+                                Ok(other) => {
+                                    after = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        match (self.on_frames(frames, m), after) {
+                            (Err(end), _) => Err(end),
+                            (Ok(()), Some(Inbound::Closed(why))) => Err(End::Lost(why)),
+                            (Ok(()), Some(Inbound::Invalid(e))) => {
+                                Err(End::BadServer(format!("bad frame from server: {e}")))
+                            }
+                            (Ok(()), _) => Ok(()),
+                        }
                     }
                     Some(Inbound::Closed(why)) => Err(End::Lost(why)),
                     Some(Inbound::Invalid(e)) => Err(End::BadServer(format!("bad frame from server: {e}"))),
@@ -995,11 +1017,22 @@ impl<'a> Session<'a> {
 
     /// A frame from the server: the sync machine's first; what it hands back is the
     /// link's (heartbeat replies, kickouts) or the answer to an app request.
-    fn on_frame(&mut self, frame: Frame, m: &mut Machines) -> Result<(), End> {
+    fn on_frames(&mut self, frames: Vec<Frame>, m: &mut Machines) -> Result<(), End> {
         let now = Instant::now().into_std();
-        let Some(frame) = self.step(m, |sync, db| sync.handle_frame(frame, now, db))? else {
-            return Ok(());
-        };
+        let back = self.step(m, |sync, db| sync.handle_frames(frames, now, db))?;
+        for frame in back {
+            self.on_frame(frame, now, m)?;
+        }
+        Ok(())
+    }
+
+    /// A frame the sync machine handed back: the driver's own business.
+    fn on_frame(
+        &mut self,
+        frame: Frame,
+        now: std::time::Instant,
+        m: &mut Machines,
+    ) -> Result<(), End> {
         let answer = |calls: &mut HashMap<_, std::sync::mpsc::SyncSender<_>>, id, f| {
             if let Some(reply) = calls.remove(&id) {
                 let _ = reply.try_send(Ok(f));

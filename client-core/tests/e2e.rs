@@ -103,7 +103,14 @@ async fn a_thousand_messages_arrive_once_and_in_order_across_an_offline_period()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_resends_after_a_kill_and_restart_without_duplicates() {
     let sdir = tempfile::tempdir().unwrap();
-    let s = server(sdir.path()).await;
+    // A send budget of 50 at once, then 200 a second: the kill below always leaves
+    // most of the 200 in the outbox (with the test kit's unlimited budget, a fast run
+    // could send and settle all of them before the kill).
+    let s = server_with(sdir.path(), |c| {
+        c.rate_per_sec = 200;
+        c.rate_burst = 50;
+    })
+    .await;
     let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (alice, _) = client(&s, adir.path(), "alice", "alice-phone");
     connected(&alice).await;

@@ -19,7 +19,8 @@
 //! and the store is local, synchronous and deterministic, so the machine stays
 //! replayable in a test with a real store in a temporary directory.
 //!
-//! Files: this one (state, inputs, pushes and the gap timer), `pages.rs` (sync pages,
+//! Files: this one (state, inputs and the gap timer), `pushes.rs` (live pushes, those
+//! that arrived together stored and acknowledged together), `pages.rs` (sync pages,
 //! several in flight, and the exact-range gap pull), `sends.rs` (the outbox in the
 //! device's send order, paced to the budget, deferrals, `OUT_OF_ORDER`), `logs.rs`
 //! (large groups' logs).
@@ -39,9 +40,11 @@ use crate::types::{ConversationKind, MessageStatus};
 
 mod logs;
 mod pages;
+mod pushes;
 mod sends;
 
 pub use pages::PAGES_IN_FLIGHT;
+pub use pushes::MAX_PUSHES_TOGETHER;
 
 /// What the server said at login that the machine needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -616,11 +619,14 @@ impl SyncMachine {
         Ok(())
     }
 
-    /// Stores entries, then acknowledges them (never before the commit; `reliable` for
-    /// a page, see [`Transmit::reliable`]), and opens or closes the gap timer.
+    /// Stores entries, then acknowledges them in one `DeliveryAck` (never before the
+    /// commit; `reliable` for a page, see [`Transmit::reliable`]), together with the
+    /// seqs in `again` (pushes seen before whose ACK was lost), and opens or closes the
+    /// gap timer.
     fn store_and_ack(
         &mut self,
         entries: &[pb::TimelineEntry],
+        again: &[u64],
         reliable: bool,
         now: Instant,
         db: &mut Db,
@@ -629,11 +635,14 @@ impl SyncMachine {
         self.publish(applied);
         let cursor = db.cursor()?;
         let max_seen = db.max_seq()?;
-        let seqs = entries
+        let mut seqs: Vec<u64> = entries
             .iter()
             .map(|e| e.seq)
+            .chain(again.iter().copied())
             .filter(|s| *s > cursor)
             .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
         let ack = Frame::DeliveryAck(pb::DeliveryAck {
             cumulative_seq: cursor,
             seqs,
@@ -677,7 +686,7 @@ impl SyncMachine {
             Frame::Logs(logs) => self.on_logs(logs, db)?,
             Frame::Push(p) => {
                 if let Some(entry) = p.entry {
-                    self.on_push(entry, now, db)?;
+                    self.on_pushes(vec![entry], now, db)?;
                 }
             }
             Frame::SyncResponse(page) => self.on_page(page, now, db)?,
@@ -716,32 +725,6 @@ impl SyncMachine {
             other => return Ok(Some(other)),
         }
         Ok(None)
-    }
-
-    fn on_push(
-        &mut self,
-        entry: pb::TimelineEntry,
-        now: Instant,
-        db: &mut Db,
-    ) -> Result<(), DbError> {
-        let link = self.link_mut();
-        link.head = link.head.max(entry.seq);
-        if !self.filter.insert(entry.seq, now) {
-            // Seen: our ACK was lost. Acknowledge again, store nothing.
-            let cursor = db.cursor()?;
-            let seqs = if entry.seq > cursor {
-                vec![entry.seq]
-            } else {
-                vec![]
-            };
-            self.send(Frame::DeliveryAck(pb::DeliveryAck {
-                cumulative_seq: cursor,
-                seqs,
-                ..Default::default()
-            }));
-            return Ok(());
-        }
-        self.store_and_ack(&[entry], false, now, db)
     }
 
     fn on_summaries(&mut self, s: pb::Summaries, db: &mut Db) -> Result<(), DbError> {

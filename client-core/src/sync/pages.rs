@@ -139,7 +139,7 @@ impl SyncMachine {
             .position(|p| p.id == page.request_id)
             .map(|i| link.pages.swap_remove(i));
         let last = page.entries.last().map(|e| e.seq);
-        self.store_and_ack(&page.entries, true, now, db)?;
+        self.store_and_ack(&page.entries, &[], true, now, db)?;
         let cursor = db.cursor()?;
         let head = self.head();
         self.events.push_back(SyncEvent::Progress {
