@@ -47,12 +47,9 @@ fn connected(t0: Instant) -> (Db, SyncMachine) {
     let mut db = Db::open_in_memory("bob").unwrap();
     let mut sync = SyncMachine::new(config(), t0);
     let login = LoginInfo {
-        head: 0,
         next_send_seq: 1,
-        send_rate_per_sec: 1_000,
-        send_burst: 1_000,
         store_generation: 1,
-        restored_seq: 0,
+        ..LoginInfo::default()
     };
     sync.on_connected(login, t0, &mut db).unwrap();
     while sync.poll_transmit().is_some() {}
