@@ -488,8 +488,12 @@ async fn a_node_killed_mid_stream_at_20_percent_loss_its_clients_fail_over() {
     .await;
     let failover = watcher.expect("node killed").await.unwrap();
     eprintln!("fail-over: the first send after the kill was acknowledged {failover:?} later");
+    // 5.6-7.4 s alone on 2 cores (path suspect after 2 s, then a fresh handshake and
+    // login through a 20 % lossy path, whose lost handshake packets QUIC retries with
+    // backoff); one CI run, with this file's other clusters running at the same time,
+    // took 12.3 s. The bound is for a fail-over that hangs, not for the machine's load.
     assert!(
-        failover < Duration::from_secs(10),
+        failover < Duration::from_secs(20),
         "fail-over took {failover:?}"
     );
     until_within("everything reached bob", Duration::from_secs(30), || {
