@@ -45,10 +45,18 @@ fn tern_at(
 }
 
 async fn start() -> (tern_server::server::ServerHandle, tempfile::TempDir) {
+    start_with_budget(10_000, 10_000).await
+}
+
+/// A server that gives each device a send budget of `burst`, then `rate` a second.
+async fn start_with_budget(
+    rate: u32,
+    burst: u32,
+) -> (tern_server::server::ServerHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = tern_testkit::server::dev_config(dir.path());
-    config.rate_per_sec = 10_000;
-    config.rate_burst = 10_000;
+    config.rate_per_sec = rate;
+    config.rate_burst = burst;
     (tern_server::server::start(config).await.unwrap(), dir)
 }
 
@@ -151,7 +159,9 @@ async fn send_and_listen_print_what_the_readme_promises() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_killed_with_sigkill_resends_its_outbox_without_duplicates() {
-    let (server, _sdir) = start().await;
+    // 50 sends at once, then 200 a second: the kill always leaves most of the 300 in the
+    // outbox (with an unlimited budget a fast run settled all of them before the kill).
+    let (server, _sdir) = start_with_budget(200, 50).await;
     let data = tempfile::tempdir().unwrap();
     let mut sender = tern(&server, data.path(), "alice")
         .args(["send", "--to", "bob", "--text", "x", "--count", "300"])
