@@ -619,6 +619,19 @@ impl SyncMachine {
         Ok(())
     }
 
+    /// Sends a `DeliveryAck`: the cursor, and the seqs above it (sorted, once each).
+    fn ack_above(&mut self, cursor: u64, seqs: impl IntoIterator<Item = u64>, reliable: bool) {
+        let mut seqs: Vec<u64> = seqs.into_iter().filter(|s| *s > cursor).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let ack = Frame::DeliveryAck(pb::DeliveryAck {
+            cumulative_seq: cursor,
+            seqs,
+            ..Default::default()
+        });
+        self.push_transmit(ack, 0, reliable);
+    }
+
     /// Stores entries, then acknowledges them in one `DeliveryAck` (never before the
     /// commit; `reliable` for a page, see [`Transmit::reliable`]), together with the
     /// seqs in `again` (pushes seen before whose ACK was lost), and opens or closes the
@@ -635,20 +648,8 @@ impl SyncMachine {
         self.publish(applied);
         let cursor = db.cursor()?;
         let max_seen = db.max_seq()?;
-        let mut seqs: Vec<u64> = entries
-            .iter()
-            .map(|e| e.seq)
-            .chain(again.iter().copied())
-            .filter(|s| *s > cursor)
-            .collect();
-        seqs.sort_unstable();
-        seqs.dedup();
-        let ack = Frame::DeliveryAck(pb::DeliveryAck {
-            cumulative_seq: cursor,
-            seqs,
-            ..Default::default()
-        });
-        self.push_transmit(ack, 0, reliable);
+        let seqs = entries.iter().map(|e| e.seq).chain(again.iter().copied());
+        self.ack_above(cursor, seqs, reliable);
         let gap_wait = self.config.gap_wait;
         let link = self.link_mut();
         if max_seen > cursor {

@@ -35,13 +35,11 @@ impl SyncMachine {
                 Frame::Push(p) if p.log.is_empty() && p.entry.is_some() && self.link.is_some() => {
                     pushes.extend(p.entry);
                     if pushes.len() >= MAX_PUSHES_TOGETHER {
-                        self.now = self.now.max(now);
                         self.on_pushes(std::mem::take(&mut pushes), now, db)?;
                     }
                 }
                 other => {
                     if !pushes.is_empty() {
-                        self.now = self.now.max(now);
                         self.on_pushes(std::mem::take(&mut pushes), now, db)?;
                     }
                     back.extend(self.handle_frame(other, now, db)?);
@@ -49,7 +47,6 @@ impl SyncMachine {
             }
         }
         if !pushes.is_empty() {
-            self.now = self.now.max(now);
             self.on_pushes(pushes, now, db)?;
         }
         Ok(back)
@@ -64,6 +61,7 @@ impl SyncMachine {
         now: Instant,
         db: &mut Db,
     ) -> Result<(), DbError> {
+        self.now = self.now.max(now);
         let link = self.link_mut();
         link.waiting_since = None;
         if let Some(top) = entries.iter().map(|e| e.seq).max() {
@@ -80,14 +78,7 @@ impl SyncMachine {
         }
         if fresh.is_empty() {
             let cursor = db.cursor()?;
-            again.retain(|s| *s > cursor);
-            again.sort_unstable();
-            again.dedup();
-            self.send(Frame::DeliveryAck(pb::DeliveryAck {
-                cumulative_seq: cursor,
-                seqs: again,
-                ..Default::default()
-            }));
+            self.ack_above(cursor, again, false);
             return Ok(());
         }
         self.store_and_ack(&fresh, &again, false, now, db)
