@@ -11,12 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-release}
 out=${2:-target/bindings}
+# A debug build selects the whole workspace, so it reuses what `cargo test --workspace` built
+# (the same features; with -p, cargo resolves other features and builds every dependency
+# again). The release and mobile builds, which nothing else shares, build only the two.
 case "$profile" in
-  debug) flags=(); dir=debug ;;
-  release) flags=(--release); dir=release ;;
-  *) flags=(--profile "$profile"); dir=$profile ;;
+  debug) flags=(--workspace); dir=debug ;;
+  release) flags=(-p tern-ffi -p tern-uniffi-bindgen --release); dir=release ;;
+  *) flags=(-p tern-ffi -p tern-uniffi-bindgen --profile "$profile"); dir=$profile ;;
 esac
-cargo build -p tern-ffi -p tern-uniffi-bindgen "${flags[@]}"
+cargo build "${flags[@]}"
 case "$(uname -s)" in
   Darwin) lib=target/$dir/libtern_ffi.dylib ;;
   *) lib=target/$dir/libtern_ffi.so ;;

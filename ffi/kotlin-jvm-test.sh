@@ -24,7 +24,9 @@ fi
 echo "== the JVM artifact (ffi/jvm-artifact.sh debug): bindings + linux-x86-64/libtern_ffi.so"
 artifact=$(bash ffi/jvm-artifact.sh debug | tail -n 1 | cut -d' ' -f1)
 test -f "$artifact"
-cargo build -p tern-server --quiet
+# --workspace, not -p: the features the test pass built with, so its artifacts are reused
+# (with -p, cargo resolves other features and builds tokio, quinn, SQLite and the rest again).
+cargo build --workspace --bins --quiet
 
 out=$root/target/kotlin-jvm
 rm -rf "$out" && mkdir -p "$out"

@@ -22,7 +22,9 @@ rm -rf target/wheels
 (cd ffi/python && "$tools/bin/maturin" build "${flags[@]}" --quiet 2>&1 | grep -v "old-style --config" | tail -n 3)
 wheel=$(ls target/wheels/tern_client-*.whl)
 echo "   $wheel ($(du -h "$wheel" | cut -f1))"
-cargo build -p tern-server --quiet
+# --workspace, not -p: the features the test pass built with, so its artifacts are reused
+# (with -p, cargo resolves other features and builds tokio, quinn, SQLite and the rest again).
+cargo build --workspace --bins --quiet
 
 venv=$root/target/py-test-venv
 rm -rf "$venv"

@@ -22,7 +22,9 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "schemathesis==4.32.5"
 fi
-cargo build -p tern-server --quiet
+# --workspace, not -p: the features the test pass built with, so its artifacts are reused
+# (with -p, cargo resolves other features and builds tokio, quinn, SQLite and the rest again).
+cargo build --workspace --bins --quiet
 
 ports=$(python3 -c 'import socket
 s=[socket.socket() for _ in range(2)]

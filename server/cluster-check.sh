@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TERN_CLUSTER_DIR=${TERN_CLUSTER_DIR:-target/tern-cluster-check}
-cargo build -q -p tern-server -p tern-client
+# --workspace, not -p: the features the test pass built with, so its artifacts are reused
+# (with -p, cargo resolves other features and builds tokio, quinn, SQLite and the rest again).
+cargo build -q --workspace --bins
 bash server/cluster.sh clean >/dev/null 2>&1 || true
 trap 'bash server/cluster.sh clean >/dev/null 2>&1 || true' EXIT
 bash server/cluster.sh start

@@ -97,7 +97,7 @@ servers() {
 case "${1:-start}" in
   start)
     # The nodes, and the `tern` CLI the README chats through the cluster with.
-    if [ ! -x "$bin" ] || [ ! -x target/debug/tern ]; then cargo build -q -p tern-server -p tern-client; fi
+    if [ ! -x "$bin" ] || [ ! -x target/debug/tern ]; then cargo build -q --workspace --bins; fi
     start_nats
     url=$(store_url)
     for i in $(seq 0 $((nodes - 1))); do start_node "$i" "$url"; done
