@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -p tern-server -p tern-bench
+# Flush the build's writes (hundreds of MB of binaries) before the first measurement: the
+# throughput stage fsyncs every commit. Two reports generated right after a build had a
+# p99 at 50 % load of 254 and 305 ms where the same binaries gave 22-37 ms when run later
+# (docs/bench/cost-round6/README.md); the build's writeback is the suspect, not proven.
+sync
 if [ "${1:-}" = "--quick" ]; then
   out=target/bench-smoke
   target/release/tern-bench all --quick --out "$out/results.json"
