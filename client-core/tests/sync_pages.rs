@@ -72,7 +72,10 @@ struct Outcome {
     failures: usize,
 }
 
-/// Bob logs in with `head` entries waiting; the script answers with `script` (cycled).
+/// Bob logs in with `head` entries waiting; the script answers with `script`, cycled,
+/// its failures on the first pass only: a server that fails every answer forever never
+/// lets a catch-up finish, so the script's failures are finite (a script of one failing
+/// answer, cycled, once failed every request for the whole run).
 fn catch_up(head: u64, script: &[Answer]) -> (Db, Outcome) {
     let t0 = Instant::now();
     let mut db = Db::open_in_memory("bob").unwrap();
@@ -129,7 +132,8 @@ fn catch_up(head: u64, script: &[Answer]) -> (Db, Outcome) {
             sync.handle_timeout(now, &mut db).unwrap();
             continue;
         }
-        let a = script[step % script.len()];
+        let mut a = script[step % script.len()];
+        a.fail &= step < script.len();
         step += 1;
         let r = waiting.remove(a.pick % waiting.len());
         now += Duration::from_millis(5);
