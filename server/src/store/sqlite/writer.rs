@@ -37,8 +37,9 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     while let Some(batch) = next_batch(&mut rx) {
         let started = Instant::now();
         let outcome = match run_batch(&mut conn, &batch, &mut last_ts, false) {
-            Ok(Some(results)) => Ok(results),
-            Ok(None) => {
+            Ok(Batch::Committed(results)) => Ok(results),
+            Err(e) => Err(StoreError::from(e)),
+            Ok(Batch::RolledBack) => {
                 // A job without a savepoint failed after writing: the whole
                 // transaction was rolled back, and the batch runs again with a
                 // savepoint per job.
@@ -47,10 +48,16 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                     jobs = batch.len(),
                     "store batch rolled back after a failed job; running it again job by job"
                 );
-                // (With a savepoint per job a batch always commits or fails: never None.)
-                run_batch(&mut conn, &batch, &mut last_ts, true).map(Option::unwrap_or_default)
+                // With a savepoint per job each failed job is undone alone, so the
+                // batch commits or fails; never rolled back again.
+                match run_batch(&mut conn, &batch, &mut last_ts, true) {
+                    Ok(Batch::Committed(results)) => Ok(results),
+                    Ok(Batch::RolledBack) => Err(StoreError::CommitFailed(
+                        "rolled back again with a savepoint per job".into(),
+                    )),
+                    Err(e) => Err(StoreError::from(e)),
+                }
             }
-            Err(e) => Err(e),
         };
         metrics::histogram!("tern_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("tern_store_batch_size").record(batch.len() as f64);
@@ -72,7 +79,7 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 metrics::counter!("tern_store_commit_failures_total").increment(1);
                 // The cause (a full disk, say) is in the log line above; every caller
                 // gets the same answer: not stored.
-                let cause = StoreError::from(e).to_string();
+                let cause = e.to_string();
                 for job in batch {
                     let _ = job.reply.send(Err(StoreError::CommitFailed(cause.clone())));
                 }
@@ -82,18 +89,27 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     tracing::info!("store writer stopped");
 }
 
+/// What running a batch came to, short of a database error.
+enum Batch {
+    /// Committed: each job's result, in the batch's order.
+    Committed(Vec<Result<WriteReply, StoreError>>),
+    /// Nothing committed: a job without a savepoint failed after it wrote, and only
+    /// rolling back the whole transaction undid that. The batch must run again with a
+    /// savepoint per job.
+    RolledBack,
+}
+
 /// Runs the batch in one transaction and commits it. Each job that can refuse after
 /// writing (`needs_savepoint`), or every job when `safe`, runs in its own savepoint, so
 /// a refused job is undone and the others stand. A job without one that fails having
-/// written nothing (its checks come first) needs nothing undone. `None` (nothing
-/// committed) when such a job failed after it wrote: the caller runs the batch again
-/// with `safe`.
+/// written nothing (its checks come first) needs nothing undone; one that fails after it
+/// wrote rolls the batch back ([`Batch::RolledBack`]).
 fn run_batch(
     conn: &mut Connection,
     batch: &[Job],
     last_ts: &mut u64,
     safe: bool,
-) -> Result<Option<Vec<Result<WriteReply, StoreError>>>, rusqlite::Error> {
+) -> Result<Batch, rusqlite::Error> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
@@ -111,7 +127,7 @@ fn run_batch(
         } else if r.is_err() && (tx.total_changes() != changes || tx.is_autocommit()) {
             // It wrote before failing (or SQLite ended the transaction): only a
             // rollback of the whole batch undoes that. Dropping `tx` rolls it back.
-            return Ok(None);
+            return Ok(Batch::RolledBack);
         }
         let r = match r {
             Err(e) => after_refusal(&tx, &job.op, e),
@@ -120,7 +136,7 @@ fn run_batch(
         results.push(r);
     }
     tx.commit()?;
-    Ok(Some(results))
+    Ok(Batch::Committed(results))
 }
 
 /// Whether a job runs in its own savepoint. The jobs on the path of every message
@@ -277,9 +293,10 @@ mod tests {
             job(WriteOp::Store(ordered(2, 2))),
         ];
         let mut ts = 0;
-        let results = run_batch(&mut conn, &batch, &mut ts, false)
-            .unwrap()
-            .expect("no redo for a refusal made before writing");
+        let Batch::Committed(results) = run_batch(&mut conn, &batch, &mut ts, false).unwrap()
+        else {
+            panic!("no redo for a refusal made before writing");
+        };
         assert!(results[0].is_ok());
         assert!(matches!(
             results[1],
@@ -306,15 +323,16 @@ mod tests {
         ];
         let mut ts = 0;
         assert!(
-            run_batch(&mut conn, &batch, &mut ts, false)
-                .unwrap()
-                .is_none(),
+            matches!(
+                run_batch(&mut conn, &batch, &mut ts, false).unwrap(),
+                Batch::RolledBack
+            ),
             "a failure after a write without a savepoint rolls the batch back"
         );
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM webhook_outbox"), 0);
-        let results = run_batch(&mut conn, &batch, &mut ts, true)
-            .unwrap()
-            .expect("the safe run commits");
+        let Batch::Committed(results) = run_batch(&mut conn, &batch, &mut ts, true).unwrap() else {
+            panic!("the safe run commits");
+        };
         assert!(results[0].is_ok() && results[2].is_ok());
         assert!(results[1].is_err());
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM webhook_outbox"), 2);
