@@ -331,7 +331,12 @@ async fn group_senders_see_read_counts_and_recalls_reach_every_device() {
             .any(|m| m.recalled)
     })
     .await;
-    assert!(alice.message(oops.local_id).unwrap().unwrap().recalled);
+    // Alice's own copy changes when the recall's timeline entry reaches her device, a
+    // push like the others': it may come after theirs (CI once checked it first).
+    until("the recall on alice's own device", || {
+        alice.message(oops.local_id).unwrap().unwrap().recalled
+    })
+    .await;
     for ev in [&bob_events, &alice2_events] {
         // Events reach the listener on the event thread, a moment after the commit.
         until("the MessageUpdated event", || {
