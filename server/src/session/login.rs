@@ -235,24 +235,6 @@ async fn authenticate(
         },
         None => None,
     };
-    let store = &shared.store;
-    let (user, device) = (&login.user_id, &login.device_id);
-    let read = async {
-        Ok((
-            store.head_seq(user).await?,
-            store.next_send_seq(user, device).await?,
-            store.restore_point(user).await?,
-        ))
-    };
-    let (head, next_send_seq, restored_seq) = match read.await {
-        Ok(h) => h,
-        Err(e) => {
-            let (code, message) = store_failure(e);
-            reject(&mut link, refuse(code, message), code).await;
-            return None;
-        }
-    };
-
     let id = shared.next_session_id();
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let platform = pb::Platform::try_from(login.platform).unwrap_or(pb::Platform::Unspecified);
@@ -299,6 +281,31 @@ async fn authenticate(
             }),
         );
     }
+    // The head is read once the session is registered, so an entry committed meanwhile
+    // is pushed to it rather than missed by both: read first, an entry stored between the
+    // read and the registration was neither under the head the device is told nor
+    // pushed, and the device learned of it only at its next heartbeat (a `tern listen`
+    // started beside the sender waited 30 s for three messages in CI). A push of an
+    // entry at or under the head is a duplicate the client drops by its seq.
+    let store = &shared.store;
+    let (user, device) = (&login.user_id, &login.device_id);
+    let read = async {
+        Ok((
+            store.head_seq(user).await?,
+            store.next_send_seq(user, device).await?,
+            store.restore_point(user).await?,
+        ))
+    };
+    let (head, next_send_seq, restored_seq) = match read.await {
+        Ok(h) => h,
+        Err(e) => {
+            shared.registry.unregister(&login.user_id, id);
+            let (code, message) = store_failure(e);
+            reject(&mut link, refuse(code, message), code).await;
+            return None;
+        }
+    };
+
     let result = Frame::LoginResult(pb::LoginResult {
         code: ErrorCode::Ok as i32,
         message: String::new(),
