@@ -294,10 +294,13 @@ pub struct ServerHandle {
 
 /// Opens the store, binds both listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
-    let metrics = metrics_handle();
-    register_metrics();
-    let tls = tls_material(&config)?;
-    let store: Arc<dyn Store> = match &config.store {
+    let store = open_store(&config).await?;
+    start_with_store(config, store).await
+}
+
+/// Opens the store the configuration names: PostgreSQL, or SQLite in the data directory.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.store {
         Some(pg) => Arc::new(
             PgStore::open(pg)
                 .await
@@ -307,7 +310,17 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             SqliteStore::open_with(&config.data, config.durability, config.create_store)
                 .with_context(|| format!("open store in {}", config.data.display()))?,
         ),
-    };
+    })
+}
+
+/// [`start`] over a store already open (tests wrap one to hold a call at a chosen point).
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<ServerHandle> {
+    let metrics = metrics_handle();
+    register_metrics();
+    let tls = tls_material(&config)?;
     let verifier = Arc::new(HmacVerifier::new(
         config.token_secret.clone(),
         config.banned_users.clone(),
