@@ -672,8 +672,6 @@ impl<'a> Session<'a> {
                 self.write(&t.frame, t.flags, m).await?;
             }
         }
-        // Anything a write's outcome queued.
-        self.tell_app(m);
         Ok(())
     }
 
