@@ -37,8 +37,6 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     while let Some(batch) = next_batch(&mut rx) {
         let started = Instant::now();
         let outcome = match run_batch(&mut conn, &batch, &mut last_ts, false) {
-            Ok(Batch::Committed(results)) => Ok(results),
-            Err(e) => Err(StoreError::from(e)),
             Ok(Batch::RolledBack) => {
                 // A job without a savepoint failed after writing: the whole
                 // transaction was rolled back, and the batch runs again with a
@@ -48,16 +46,18 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                     jobs = batch.len(),
                     "store batch rolled back after a failed job; running it again job by job"
                 );
-                // With a savepoint per job each failed job is undone alone, so the
-                // batch commits or fails; never rolled back again.
-                match run_batch(&mut conn, &batch, &mut last_ts, true) {
-                    Ok(Batch::Committed(results)) => Ok(results),
-                    Ok(Batch::RolledBack) => Err(StoreError::CommitFailed(
-                        "rolled back again with a savepoint per job".into(),
-                    )),
-                    Err(e) => Err(StoreError::from(e)),
-                }
+                run_batch(&mut conn, &batch, &mut last_ts, true)
             }
+            first => first,
+        };
+        let outcome = match outcome {
+            Ok(Batch::Committed(results)) => Ok(results),
+            // With a savepoint per job each failed job is undone alone, so the second
+            // run commits or fails; never rolled back again.
+            Ok(Batch::RolledBack) => Err(StoreError::CommitFailed(
+                "rolled back again with a savepoint per job".into(),
+            )),
+            Err(e) => Err(StoreError::from(e)),
         };
         metrics::histogram!("tern_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("tern_store_batch_size").record(batch.len() as f64);
