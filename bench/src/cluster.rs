@@ -239,9 +239,7 @@ async fn setup(
             .lock()
             .expect("lock")
             .push(nats.map_or(0.0, Nats::cpu_secs));
-        pids.iter()
-            .map(|p| crate::serverproc::cpu_secs_of(*p).unwrap_or(0.0))
-            .sum::<f64>()
+        crate::throughput::ServerCpu::of(&pids)
     };
     let m = ring.closed_loop(tp, name, &nodes_cpu).await;
     let nats_cpu = match nats_readings.lock().expect("lock").as_slice() {

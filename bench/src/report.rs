@@ -137,9 +137,20 @@ fn markdown(r: &Results) -> String {
     if t.server_us_per_msg > 0.0 {
         let _ = writeln!(
             s,
-            "| ≤ 80 µs of server CPU per message | {:.0} µs/msg | {} |",
+            "| ≤ 80 µs of server CPU per message | {:.0} µs/msg{} | {} |",
             t.server_us_per_msg,
+            writer_split(t.server_us_per_msg, t.server_writer_us_per_msg),
             verdict(t.server_us_per_msg <= 80.0)
+        );
+    }
+    if let Some(b) = &t.baseline {
+        let _ = writeln!(
+            s,
+            "| ≥ 2.5× the msg/s of the `--baseline` build (issue 17: the build before it), side by side | {:.0} against {:.0} msg/s = {:.2}× | {} |",
+            t.capacity_per_sec,
+            b.capacity_per_sec,
+            t.capacity_per_sec / b.capacity_per_sec.max(1.0),
+            verdict(t.capacity_per_sec >= 2.5 * b.capacity_per_sec)
         );
     }
     if let Some(l) = p50 {
@@ -149,6 +160,12 @@ fn markdown(r: &Results) -> String {
             l.latency.p99_ms,
             l.offered_per_sec,
             verdict(l.latency.p99_ms < 20.0)
+        );
+        let _ = writeln!(
+            s,
+            "| p99 < 10 ms at 50 % load (issue 17) | p99 {:.1} ms | {} |",
+            l.latency.p99_ms,
+            verdict(l.latency.p99_ms < 10.0)
         );
     }
     if let Some(p) = mem {
@@ -178,12 +195,35 @@ fn markdown(r: &Results) -> String {
             verdict(pph < 40.0)
         );
     }
+    if let Some(pph) = nat120_pph {
+        let _ = writeln!(
+            s,
+            "| issue 17: idle ≤ 70 packets/hour at a 120 s NAT, steady | {pph:.1} packets/hour | {} |",
+            verdict(pph <= 70.0)
+        );
+    }
     let _ = writeln!(
         s,
-        "| summaries of a 100,000-message backlog < 1 s | {:.2} s ({} messages) | {} |\n",
+        "| summaries of a 100,000-message backlog < 1 s | {:.2} s ({} messages) | {} |",
         r.catchup.summaries_secs,
         r.catchup.messages,
         verdict(r.catchup.summaries_secs < 1.0 && r.catchup.messages >= 100_000)
+    );
+    let _ = writeln!(
+        s,
+        "| issue 17: catch-up of 100,000 messages into the local database < 4 s | {:.2} s ({} messages) | {} |",
+        r.catchup.all_stored_secs,
+        r.catchup.messages,
+        verdict(r.catchup.all_stored_secs < 4.0 && r.catchup.messages >= 100_000)
+    );
+    let w = &r.wire;
+    let _ = writeln!(
+        s,
+        "| issue 17: < 350 B of UDP payload per 20-byte text, both ways | {:.0} B pipelined, {:.0} B one at a time | {} pipelined, {} one at a time |\n",
+        w.burst.total,
+        w.single.total,
+        verdict(w.burst.total < 350.0),
+        verdict(w.single.total < 350.0)
     );
 
     // 1.
@@ -228,11 +268,35 @@ fn markdown(r: &Results) -> String {
             t.durable_ratio * 100.0
         );
     }
+    if t.echo_server_us_per_rt > 0.0 {
+        let _ = writeln!(
+            s,
+            "| echo server CPU per round trip (one datagram each way) | {:.1} µs |",
+            t.echo_server_us_per_rt
+        );
+        let _ = writeln!(
+            s,
+            "| durable echo server CPU per round trip (and one row committed) | {:.1} µs |",
+            t.durable_echo_server_us_per_rt
+        );
+    }
     if t.server_us_per_msg > 0.0 {
         let _ = writeln!(
             s,
             "| server CPU per message (capacity window) | {:.0} µs |",
             t.server_us_per_msg
+        );
+    }
+    if t.server_writer_us_per_msg > 0.0 {
+        let _ = writeln!(
+            s,
+            "| of it, the store's writer thread (every write, commit and fsync) | {:.0} µs |",
+            t.server_writer_us_per_msg
+        );
+        let _ = writeln!(
+            s,
+            "| of it, the rest: QUIC, TLS, sessions, fan-out, the store's reads | {:.0} µs |",
+            t.server_us_per_msg - t.server_writer_us_per_msg
         );
     }
     if t.client_us_per_msg > 0.0 {
@@ -252,11 +316,12 @@ fn markdown(r: &Results) -> String {
         let half = t.loads.iter().find(|l| l.pct == 50);
         let _ = writeln!(
             s,
-            "Against the baseline build `{}`, measured the same way in the same run: {:.0} msg/s ({:.2}× for this build), {:.0} µs of server CPU per message (this build {:.0}), p99 at 50 % of its own capacity {:.1} ms (this build {}).\n",
+            "Against the baseline build `{}`, measured the same way in the same run: {:.0} msg/s ({:.2}× for this build), {:.0} µs of server CPU per message{} (this build {:.0}), p99 at 50 % of its own capacity {:.1} ms (this build {}).\n",
             b.bin,
             b.capacity_per_sec,
             t.capacity_per_sec / b.capacity_per_sec.max(1.0),
             b.server_us_per_msg,
+            writer_split(b.server_us_per_msg, b.server_writer_us_per_msg),
             t.server_us_per_msg,
             b.half_load.latency.p99_ms,
             half.map_or("not measured".to_string(), |l| format!(
@@ -610,4 +675,17 @@ fn plot_idle_cost(r: &Results, path: &Path) -> anyhow::Result<()> {
     }))?;
     root.present()?;
     Ok(())
+}
+
+/// " (W in the store writer, R on the network side and reads)" after a CPU-per-message
+/// figure, or nothing when the writer's share was not measured.
+fn writer_split(total: f64, writer: f64) -> String {
+    if writer > 0.0 {
+        format!(
+            " ({writer:.0} in the store writer, {:.0} on the network side and reads)",
+            total - writer
+        )
+    } else {
+        String::new()
+    }
 }

@@ -147,11 +147,32 @@ impl Drop for ServerProc {
     }
 }
 
-/// Resident set size of process `pid`, in bytes.
 /// CPU time (user + system) of process `pid` so far, seconds (`/proc/<pid>/stat`,
 /// in clock ticks of 1/100 s as on Linux).
 pub(crate) fn cpu_secs_of(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    cpu_secs_in(&format!("/proc/{pid}/stat"))
+}
+
+/// The name `tern-server` gives its SQLite writer thread, as `/proc` shows it (a
+/// thread's `comm` keeps 15 bytes of the name `tern-store-writer`).
+pub(crate) const WRITER_THREAD: &str = "tern-store-writ";
+
+/// CPU time (user + system) of the threads of process `pid` whose name is `comm`,
+/// seconds. A thread that has exited is not counted, so this is for long-lived threads
+/// (the store writer lives as long as the server); 0 when there is none.
+pub(crate) fn thread_cpu_secs(pid: u32, comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == comm))
+        .filter_map(|t| cpu_secs_in(&t.path().join("stat").to_string_lossy()).ok())
+        .sum()
+}
+
+/// User + system CPU seconds from a `/proc` `stat` file (a process's or a thread's).
+fn cpu_secs_in(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path)?;
     // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').context("malformed stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -174,6 +195,7 @@ pub(crate) fn cpu_secs_named(name: &str) -> f64 {
         .sum()
 }
 
+/// Resident set size of process `pid`, in bytes.
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status
@@ -233,6 +255,11 @@ impl EchoProc {
     }
 
     /// Resident set size, bytes.
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn rss(&self) -> anyhow::Result<u64> {
         rss_of(self.child.id())
     }
@@ -242,5 +269,43 @@ impl Drop for EchoProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A named thread's CPU is found by its name, and it is part of the process's.
+    #[test]
+    fn a_named_threads_cpu_is_counted_apart_from_the_process() {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let burner = std::thread::Builder::new()
+            .name("bench-cpu-probe".into())
+            .spawn(move || {
+                let mut x = 0u64;
+                while stop_rx.try_recv().is_err() {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                x
+            })
+            .expect("spawn");
+        let pid = std::process::id();
+        let started = std::time::Instant::now();
+        // /proc counts in ticks of 10 ms: burn until a few have gone to the thread.
+        while thread_cpu_secs(pid, "bench-cpu-probe") < 0.05 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "the probe thread's CPU never showed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let thread = thread_cpu_secs(pid, "bench-cpu-probe");
+        let process = cpu_secs_of(pid).expect("own stat");
+        stop_tx.send(()).expect("stop");
+        burner.join().expect("join");
+        assert!(thread <= process + 0.01, "{thread} > {process}");
+        assert_eq!(thread_cpu_secs(pid, "no-such-thread"), 0.0);
+        assert_eq!(WRITER_THREAD.len(), 15, "a thread's comm keeps 15 bytes");
     }
 }

@@ -18,6 +18,10 @@ pub(crate) struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
+    /// An older `tern-server` binary for the throughput stage to measure right after
+    /// this build, the same way (capacity, server CPU per message, p99 at 50 % load).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
 }
 
 /// Where and how the suite ran.
@@ -104,7 +108,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Results> {
         window: 2,
         secs: if q { 2 } else { 10 },
         loads: vec![25, 50, 90],
-        baseline: None,
+        baseline: args.baseline.clone(),
     })
     .await?;
     ui::say("== 2/6 idle sessions");

@@ -85,10 +85,24 @@ pub(crate) struct Report {
     /// capacity / durable ceiling.
     #[serde(default)]
     pub durable_ratio: f64,
+    /// The echo server's CPU per round trip (one datagram each way, and QUIC's ACKs),
+    /// µs: what the network side costs per packet on this machine. 0 in results from
+    /// before it was measured.
+    #[serde(default)]
+    pub echo_server_us_per_rt: f64,
+    /// The durable echo server's CPU per round trip (the same, plus one row group-committed
+    /// to SQLite), µs. 0 in results from before it was measured.
+    #[serde(default)]
+    pub durable_echo_server_us_per_rt: f64,
     /// Server CPU (user + system, from /proc) per delivered message in the capacity
     /// window, µs. 0 in results from before it was measured.
     #[serde(default)]
     pub server_us_per_msg: f64,
+    /// Of `server_us_per_msg`, the store's writer thread (SQLite: every write, the
+    /// commit and its fsync); the rest is the network side (QUIC, TLS, the sessions,
+    /// fan-out) and the store's reads. 0 in results from before it was measured.
+    #[serde(default)]
+    pub server_writer_us_per_msg: f64,
     /// This load generator's own CPU (the raw clients, same cores) per delivered
     /// message in the capacity window, µs: with both on one machine, capacity is at
     /// most cores × 10⁶ / (server µs + client µs). 0 in results from before it was
@@ -115,6 +129,9 @@ pub(crate) struct Baseline {
     pub capacity_per_sec: f64,
     /// Server CPU per delivered message, µs.
     pub server_us_per_msg: f64,
+    /// Of it, the store's writer thread, µs (0 if the build has no thread of that name).
+    #[serde(default)]
+    pub server_writer_us_per_msg: f64,
     /// Latency at 50 % of its own capacity.
     pub half_load: LoadPoint,
 }
@@ -175,6 +192,8 @@ pub(crate) struct Capacity {
     pub per_sec: f64,
     /// Server process CPU per delivered message, µs.
     pub server_us_per_msg: f64,
+    /// Of it, the store's writer thread, µs.
+    pub server_writer_us_per_msg: f64,
     /// CPU of every `postgres` process per delivered message, µs (0 on SQLite).
     pub postgres_us_per_msg: f64,
     /// p50 / p99 at 50 % of capacity, ms.
@@ -205,6 +224,7 @@ pub(crate) async fn capacity_and_half_load(
     Ok(Capacity {
         per_sec: s.measured.per_sec,
         server_us_per_msg: s.measured.us_per_msg(s.measured.server_cpu),
+        server_writer_us_per_msg: s.measured.us_per_msg(s.measured.server_writer_cpu),
         postgres_us_per_msg: s.measured.us_per_msg(s.measured.postgres_cpu),
         half_load,
     })
@@ -221,7 +241,7 @@ async fn measure_capacity(
     let server = ServerProc::start_bin(bin, extra)?;
     let ring = Ring::login(args, &[server.addr], &server.cert).await?;
     let pid = server.pid();
-    let server_cpu = move || crate::serverproc::cpu_secs_of(pid).unwrap_or(0.0);
+    let server_cpu = move || ServerCpu::of(&[pid]);
     let measured = ring.closed_loop(args, label, &server_cpu).await;
     let rss = server.rss().unwrap_or(0);
     Ok(Setup {
@@ -251,10 +271,34 @@ pub(crate) struct Measured {
     pub refused: u64,
     /// CPU seconds of the servers (as the caller counts them) in the window.
     pub server_cpu: f64,
+    /// Of them, the store writer threads'.
+    pub server_writer_cpu: f64,
     /// CPU seconds of every `postgres` process in the window.
     pub postgres_cpu: f64,
     /// CPU seconds of this process (the load generator) in the window.
     pub client_cpu: f64,
+}
+
+/// CPU seconds of server processes so far: all of it, and their store writer threads'.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ServerCpu {
+    pub total: f64,
+    pub writer: f64,
+}
+
+impl ServerCpu {
+    /// Read from `/proc` for the processes `pids`.
+    pub(crate) fn of(pids: &[u32]) -> ServerCpu {
+        pids.iter()
+            .map(|&p| ServerCpu {
+                total: crate::serverproc::cpu_secs_of(p).unwrap_or(0.0),
+                writer: crate::serverproc::thread_cpu_secs(p, crate::serverproc::WRITER_THREAD),
+            })
+            .fold(ServerCpu::default(), |a, b| ServerCpu {
+                total: a.total + b.total,
+                writer: a.writer + b.writer,
+            })
+    }
 }
 
 impl Measured {
@@ -303,7 +347,7 @@ impl Ring {
         &self,
         args: &Args,
         label: &str,
-        server_cpu: &dyn Fn() -> f64,
+        server_cpu: &dyn Fn() -> ServerCpu,
     ) -> Measured {
         let n = self.clients.len();
         let (sink, permits) = (&self.sink, &self.permits);
@@ -331,12 +375,14 @@ impl Ring {
         let c0 = own_cpu();
         ui::tick_for(&bar, Duration::from_secs(args.secs)).await;
         let delivered = sink.delivered.load(Ordering::Relaxed) - d0;
+        let s1 = server_cpu();
         let per_sec = delivered as f64 / t0.elapsed().as_secs_f64();
         let measured = Measured {
             per_sec,
             delivered,
             refused: sink.refused.load(Ordering::Relaxed) - r0,
-            server_cpu: server_cpu() - s0,
+            server_cpu: s1.total - s0.total,
+            server_writer_cpu: s1.writer - s0.writer,
             postgres_cpu: crate::serverproc::cpu_secs_named("postgres") - p0,
             client_cpu: own_cpu() - c0,
         };
@@ -388,6 +434,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let (server_rss, refused_in_capacity) = (full.rss, full.measured.refused);
     let server_us_per_msg = full.measured.us_per_msg(full.measured.server_cpu);
+    let server_writer_us_per_msg = full.measured.us_per_msg(full.measured.server_writer_cpu);
     let client_us_per_msg = full.measured.us_per_msg(full.measured.client_cpu);
     drop(full); // the server goes before the next one starts
     // The same with `--durability normal` (commits reach the OS, fsync at checkpoints):
@@ -401,7 +448,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     drop(normal);
 
     let echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, false).await?;
-    let durable_echo = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, true).await?;
+    let durable = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, true).await?;
     let baseline = match &args.baseline {
         Some(bin) => {
             let c = capacity_and_half_load(Some(bin), args, &[], "baseline build").await?;
@@ -409,6 +456,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
                 bin: bin.display().to_string(),
                 capacity_per_sec: c.per_sec,
                 server_us_per_msg: c.server_us_per_msg,
+                server_writer_us_per_msg: c.server_writer_us_per_msg,
                 half_load: c.half_load,
             })
         }
@@ -418,11 +466,14 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         clients: n,
         capacity_per_sec: capacity,
         capacity_normal_per_sec: capacity_normal,
-        echo_per_sec: echo,
-        ratio: capacity / echo,
-        durable_echo_per_sec: durable_echo,
-        durable_ratio: capacity / durable_echo,
+        echo_per_sec: echo.per_sec,
+        ratio: capacity / echo.per_sec,
+        durable_echo_per_sec: durable.per_sec,
+        durable_ratio: capacity / durable.per_sec,
+        echo_server_us_per_rt: echo.server_us_per_rt,
+        durable_echo_server_us_per_rt: durable.server_us_per_rt,
         server_us_per_msg,
+        server_writer_us_per_msg,
         client_us_per_msg,
         baseline,
         server_rss,
@@ -481,15 +532,24 @@ async fn load_phase(
     }
 }
 
-/// Echoes/s over `n` connections to a datagram echo endpoint, `window` in flight each;
-/// `durable`: the endpoint commits each datagram before echoing it.
+/// What an echo ceiling measured.
+struct Echo {
+    /// Round trips per second.
+    per_sec: f64,
+    /// The echo server's CPU per round trip, µs.
+    server_us_per_rt: f64,
+}
+
+/// Echoes/s over `n` connections to a datagram echo endpoint, `window` in flight each,
+/// and the endpoint's CPU per echo; `durable`: the endpoint commits each datagram before
+/// echoing it.
 async fn echo_ceiling(
     n: usize,
     endpoints: usize,
     window: usize,
     secs: u64,
     durable: bool,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Echo> {
     let what = if durable { "durable echo" } else { "echo" };
     let echo = EchoProc::start(durable)?;
     let (addr, cert) = (echo.addr, echo.cert.clone());
@@ -530,9 +590,12 @@ async fn echo_ceiling(
     }
     let bar = ui::spinner(&format!("{what} ceiling (closed loop)"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (e0, t0) = (echoed.load(Ordering::Relaxed), Instant::now());
+    let server_cpu = || crate::serverproc::cpu_secs_of(echo.pid()).unwrap_or(0.0);
+    let (e0, t0, c0) = (echoed.load(Ordering::Relaxed), Instant::now(), server_cpu());
     ui::tick_for(&bar, Duration::from_secs(secs)).await;
-    let rate = (echoed.load(Ordering::Relaxed) - e0) as f64 / t0.elapsed().as_secs_f64();
+    let echoes = echoed.load(Ordering::Relaxed) - e0;
+    let rate = echoes as f64 / t0.elapsed().as_secs_f64();
+    let server_us_per_rt = (server_cpu() - c0) * 1e6 / (echoes as f64).max(1.0);
     stop.store(true, Ordering::Relaxed);
     ui::done(&bar, format!("{what} ceiling {rate:.0}/s"));
     for c in &conns {
@@ -541,5 +604,8 @@ async fn echo_ceiling(
     for t in tasks {
         let _ = t.await;
     }
-    Ok(rate)
+    Ok(Echo {
+        per_sec: rate,
+        server_us_per_rt,
+    })
 }

@@ -5,6 +5,10 @@
 #
 #   bash docs/bench/run-bench.sh            # full suite
 #   bash docs/bench/run-bench.sh --quick    # smoke sizes into target/bench-smoke (what CI runs)
+#
+# TERN_BENCH_BASELINE=<an older tern-server binary> makes the throughput stage measure it
+# right after this build, the same way, and the report compare the two (issue 17 measured
+# against the build before it: docs/bench/analysis.md says how that binary was built).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -p tern-server -p tern-bench
@@ -15,10 +19,12 @@ cargo build --release -p tern-server -p tern-bench
 sync
 if [ "${1:-}" = "--quick" ]; then
   out=target/bench-smoke
-  target/release/tern-bench all --quick --out "$out/results.json"
+  target/release/tern-bench all --quick --out "$out/results.json" \
+    ${TERN_BENCH_BASELINE:+--baseline "$TERN_BENCH_BASELINE"}
 else
   out=docs/bench
-  target/release/tern-bench all --out "$out/results.json"
+  target/release/tern-bench all --out "$out/results.json" \
+    ${TERN_BENCH_BASELINE:+--baseline "$TERN_BENCH_BASELINE"}
 fi
 target/release/tern-bench report --results "$out/results.json" --out "$out"
 # Group fan-out (write diffusion at 10..10,000 members): its own page.

@@ -82,6 +82,7 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         let (jobs, rx) = mpsc::channel(8192);
         std::thread::Builder::new()
+            // tern-bench reads this thread's CPU by its name (bench/src/serverproc.rs).
             .name("tern-store-writer".into())
             .spawn(move || writer_loop(writer, rx))
             .map_err(|e| StoreError::Io(format!("spawn writer: {e}")))?;
