@@ -234,77 +234,74 @@ fn markdown(r: &Results) -> String {
         t.clients
     );
     let _ = writeln!(s, "| | per second |\n|---|---|");
-    let _ = writeln!(
-        s,
-        "| Tern end to end (stored, pushed, ACKed) | {:.0} messages |",
-        t.capacity_per_sec
-    );
-    let _ = writeln!(
-        s,
-        "| Tern with `--durability normal` (no fsync per commit) | {:.0} messages |",
-        t.capacity_normal_per_sec
-    );
-    let _ = writeln!(
-        s,
-        "| datagram echo ceiling (bare quinn, its own process) | {:.0} round trips |",
-        t.echo_per_sec
-    );
-    if t.durable_echo_per_sec > 0.0 {
-        let _ = writeln!(
-            s,
-            "| durable echo ceiling (quinn + one SQLite row per datagram, group commit) | {:.0} round trips |",
-            t.durable_echo_per_sec
-        );
-    }
-    let _ = writeln!(
-        s,
-        "| ratio to the echo ceiling | {:.2} % |",
-        t.ratio * 100.0
-    );
-    if t.durable_echo_per_sec > 0.0 {
-        let _ = writeln!(
-            s,
-            "| ratio to the durable echo ceiling | {:.1} % |",
-            t.durable_ratio * 100.0
-        );
-    }
-    if t.echo_server_us_per_rt > 0.0 {
-        let _ = writeln!(
-            s,
-            "| echo server CPU per round trip (one datagram each way) | {:.1} µs |",
-            t.echo_server_us_per_rt
-        );
-        let _ = writeln!(
-            s,
-            "| durable echo server CPU per round trip (and one row committed) | {:.1} µs |",
-            t.durable_echo_server_us_per_rt
-        );
-    }
-    if t.server_us_per_msg > 0.0 {
-        let _ = writeln!(
-            s,
-            "| server CPU per message (capacity window) | {:.0} µs |",
-            t.server_us_per_msg
-        );
-    }
-    if t.server_writer_us_per_msg > 0.0 {
-        let _ = writeln!(
-            s,
-            "| of it, the store's writer thread (every write, commit and fsync) | {:.0} µs |",
-            t.server_writer_us_per_msg
-        );
-        let _ = writeln!(
-            s,
-            "| of it, the rest: QUIC, TLS, sessions, fan-out, the store's reads | {:.0} µs |",
-            t.server_us_per_msg - t.server_writer_us_per_msg
-        );
-    }
-    if t.client_us_per_msg > 0.0 {
-        let _ = writeln!(
-            s,
-            "| load generator CPU per message (same cores) | {:.0} µs |",
-            t.client_us_per_msg
-        );
+    // (label, value, shown): a value that only newer builds measure is 0 in older
+    // results, and its row is left out.
+    let durable = t.durable_echo_per_sec > 0.0;
+    let split = t.server_writer_us_per_msg > 0.0;
+    let rows = [
+        (
+            "Tern end to end (stored, pushed, ACKed)",
+            format!("{:.0} messages", t.capacity_per_sec),
+            true,
+        ),
+        (
+            "Tern with `--durability normal` (no fsync per commit)",
+            format!("{:.0} messages", t.capacity_normal_per_sec),
+            true,
+        ),
+        (
+            "datagram echo ceiling (bare quinn, its own process)",
+            format!("{:.0} round trips", t.echo_per_sec),
+            true,
+        ),
+        (
+            "durable echo ceiling (quinn + one SQLite row per datagram, group commit)",
+            format!("{:.0} round trips", t.durable_echo_per_sec),
+            durable,
+        ),
+        (
+            "ratio to the echo ceiling",
+            format!("{:.2} %", t.ratio * 100.0),
+            true,
+        ),
+        (
+            "ratio to the durable echo ceiling",
+            format!("{:.1} %", t.durable_ratio * 100.0),
+            durable,
+        ),
+        (
+            "echo server CPU per round trip (one datagram each way)",
+            format!("{:.1} µs", t.echo_server_us_per_rt),
+            t.echo_server_us_per_rt > 0.0,
+        ),
+        (
+            "durable echo server CPU per round trip (and one row committed)",
+            format!("{:.1} µs", t.durable_echo_server_us_per_rt),
+            t.durable_echo_server_us_per_rt > 0.0,
+        ),
+        (
+            "server CPU per message (capacity window)",
+            format!("{:.0} µs", t.server_us_per_msg),
+            t.server_us_per_msg > 0.0,
+        ),
+        (
+            "of it, the store's writer thread (every write, commit and fsync)",
+            format!("{:.0} µs", t.server_writer_us_per_msg),
+            split,
+        ),
+        (
+            "of it, the rest: QUIC, TLS, sessions, fan-out, the store's reads",
+            format!("{:.0} µs", t.server_us_per_msg - t.server_writer_us_per_msg),
+            split,
+        ),
+        (
+            "load generator CPU per message (same cores)",
+            format!("{:.0} µs", t.client_us_per_msg),
+            t.client_us_per_msg > 0.0,
+        ),
+    ];
+    for (label, value, _) in rows.iter().filter(|r| r.2) {
+        let _ = writeln!(s, "| {label} | {value} |");
     }
     let _ = writeln!(s);
     let _ = writeln!(
