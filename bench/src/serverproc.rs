@@ -254,12 +254,12 @@ impl EchoProc {
         })
     }
 
-    /// Resident set size, bytes.
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Resident set size, bytes.
     pub(crate) fn rss(&self) -> anyhow::Result<u64> {
         rss_of(self.child.id())
     }
