@@ -18,13 +18,14 @@
 //! when the owner leaves, the longest-standing member becomes owner. The HTTP API
 //! (business backend, `by = None`) may do everything.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tern_protocol::pb;
 
 use std::sync::Arc;
 
 use super::StoreError;
 use super::timeline::{append_event, insert_event, next_seq};
+use super::tx::Tx;
 use crate::store::rules;
 use crate::store::{Fanout, GroupLimits, GroupOp, GroupOutcome, LogRoute, log_key};
 
@@ -57,7 +58,7 @@ pub(super) fn log_fanout(group: &str, entry: pb::TimelineEntry) -> Fanout {
 
 /// Appends a non-message entry (recall, group event) to `group`'s log.
 pub(super) fn append_to_log(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     group: &str,
     body: pb::timeline_entry::Body,
 ) -> Result<Fanout, StoreError> {
@@ -135,7 +136,7 @@ pub(super) fn of_user(conn: &Connection, user: &str) -> Result<Vec<pb::GroupInfo
     Ok(out)
 }
 
-fn next_join(tx: &Transaction<'_>, group: &str) -> Result<i64, StoreError> {
+fn next_join(tx: &Tx<'_>, group: &str) -> Result<i64, StoreError> {
     Ok(tx
         .prepare_cached("SELECT COALESCE(MAX(joined), 0) + 1 FROM group_members WHERE grp = ?1")?
         .query_row(params![group], |r| r.get(0))?)
@@ -143,7 +144,7 @@ fn next_join(tx: &Transaction<'_>, group: &str) -> Result<i64, StoreError> {
 
 /// Applies one membership change.
 pub(super) fn apply(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     op: &GroupOp,
     limits: GroupLimits,
 ) -> Result<GroupOutcome, StoreError> {

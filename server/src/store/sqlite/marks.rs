@@ -10,19 +10,20 @@
 //! A recall erases the message body in place (so neither sync nor history can return
 //! it again) and appends a recall entry to the timeline of every current participant.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tern_protocol::page::PageBudget;
 use tern_protocol::pb;
 
 use crate::store::{Fanout, log_key, rules};
 
+use super::tx::Tx;
 use super::{
     StoreError, groups, timeline,
     timeline::{ENTRY_COLUMNS, append_event, append_receipt, head_seq, row_to_entry},
 };
 
 pub(super) fn mark_read(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user: &str,
     kind: pb::ConversationKind,
     conversation: &str,
@@ -130,7 +131,7 @@ fn read_mark(
 }
 
 fn set_read_mark(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user: &str,
     kind: i32,
     conversation: &str,
@@ -148,7 +149,7 @@ fn set_read_mark(
 /// user's own timeline (their other devices) with the count at the log's head; senders
 /// get no receipts (a large group has no read counts).
 fn mark_read_log(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user: &str,
     group: &str,
     up_to_seq: u64,
@@ -231,7 +232,7 @@ pub(super) fn logs(
 }
 
 pub(super) fn recall(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user: &str,
     server_msg_id: u64,
     window_ms: u64,

@@ -41,6 +41,7 @@ mod order;
 mod outbox;
 mod schema;
 mod timeline;
+mod tx;
 mod writer;
 
 use super::ops::{WriteOp, WriteReply};

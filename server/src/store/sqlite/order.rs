@@ -3,9 +3,10 @@
 //! Checked and advanced inside the write that stores the message, so it is ordered with
 //! every other write and survives restarts with the message itself.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
+use super::tx::Tx;
 
 /// The last send seq taken from `device` of `user` (0 if none).
 pub(super) fn last_send_seq(
@@ -23,7 +24,7 @@ pub(super) fn last_send_seq(
 /// Takes `send_seq` if it is the next one of the device, else
 /// [`StoreError::OutOfOrder`] with the one expected.
 pub(super) fn take_send_seq(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user: &str,
     device: &str,
     send_seq: u64,
@@ -35,7 +36,7 @@ pub(super) fn take_send_seq(
 /// [`StoreError::OutOfOrder`] unless `send_seq` is the next one of the device; writes
 /// nothing.
 pub(super) fn expect_send_seq(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user: &str,
     device: &str,
     send_seq: u64,
@@ -49,7 +50,7 @@ pub(super) fn expect_send_seq(
 
 /// Records `send_seq` as the device's last one taken (after [`expect_send_seq`]).
 pub(super) fn set_send_seq(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user: &str,
     device: &str,
     send_seq: u64,

@@ -5,14 +5,15 @@
 //! the business backend". The delivery worker (`crate::webhook`) reads due rows, POSTs
 //! them, and deletes them on a 2xx or pushes `next_at_ms` back on failure.
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 use tern_protocol::pb;
 
 use super::StoreError;
+use super::tx::Tx;
 use crate::store::{PushTarget, PushToken, WebhookJob};
 
 pub(super) fn set_push_token(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user: &str,
     device: &str,
     platform: pb::Platform,
@@ -64,7 +65,7 @@ pub(super) fn push_target(conn: &Connection, user: &str) -> Result<PushTarget, S
     })
 }
 
-pub(super) fn enqueue(tx: &Transaction<'_>, hook: &str, payload: &[u8]) -> Result<(), StoreError> {
+pub(super) fn enqueue(tx: &Tx<'_>, hook: &str, payload: &[u8]) -> Result<(), StoreError> {
     tx.prepare_cached("INSERT INTO webhook_outbox (hook, payload, next_at_ms) VALUES (?1, ?2, 0)")?
         .execute(params![hook, payload])?;
     Ok(())
@@ -95,13 +96,13 @@ pub(super) fn due(
         .collect::<Result<_, _>>()?)
 }
 
-pub(super) fn done(tx: &Transaction<'_>, id: u64) -> Result<(), StoreError> {
+pub(super) fn done(tx: &Tx<'_>, id: u64) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM webhook_outbox WHERE id = ?1")?
         .execute(params![id as i64])?;
     Ok(())
 }
 
-pub(super) fn retry(tx: &Transaction<'_>, id: u64, next_at_ms: u64) -> Result<(), StoreError> {
+pub(super) fn retry(tx: &Tx<'_>, id: u64, next_at_ms: u64) -> Result<(), StoreError> {
     tx.prepare_cached(
         "UPDATE webhook_outbox SET attempts = attempts + 1, next_at_ms = ?2 WHERE id = ?1",
     )?

@@ -5,9 +5,10 @@
 
 use std::time::Instant;
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::tx::Tx;
 use super::{StoreError, groups, marks, order, outbox, timeline};
 use crate::store::ops::{WriteOp, WriteReply};
 
@@ -23,7 +24,7 @@ pub(super) struct Job {
     pub(super) reply: oneshot::Sender<Result<WriteReply, StoreError>>,
 }
 
-pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+pub(super) fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     // Timestamps never go back, across restarts too: seeded from the newest message
     // (ids grow with the write order, and each message's time is at least the last
     // one's), so a clock stepped back across a restart cannot date new messages older.
@@ -36,7 +37,7 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
         .map_or(0, |ts| ts.max(0) as u64);
     while let Some(batch) = next_batch(&mut rx) {
         let started = Instant::now();
-        let outcome = match run_batch(&mut conn, &batch, &mut last_ts, false) {
+        let outcome = match run_batch(&conn, &batch, &mut last_ts, false) {
             Ok(Batch::RolledBack) => {
                 // A job without a savepoint failed after writing: the whole
                 // transaction was rolled back, and the batch runs again with a
@@ -46,7 +47,7 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                     jobs = batch.len(),
                     "store batch rolled back after a failed job; running it again job by job"
                 );
-                run_batch(&mut conn, &batch, &mut last_ts, true)
+                run_batch(&conn, &batch, &mut last_ts, true)
             }
             first => first,
         };
@@ -105,12 +106,12 @@ enum Batch {
 /// written nothing (its checks come first) needs nothing undone; one that fails after it
 /// wrote rolls the batch back ([`Batch::RolledBack`]).
 fn run_batch(
-    conn: &mut Connection,
+    conn: &Connection,
     batch: &[Job],
     last_ts: &mut u64,
     safe: bool,
 ) -> Result<Batch, rusqlite::Error> {
-    let tx = conn.transaction()?;
+    let tx = Tx::begin(conn)?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let savepoint = safe || needs_savepoint(&job.op);
@@ -171,7 +172,7 @@ pub fn next_batch<T>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
     Some(batch)
 }
 
-fn apply(tx: &Transaction<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteReply, StoreError> {
+fn apply(tx: &Tx<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteReply, StoreError> {
     match op {
         WriteOp::Store(m) => timeline::store_message(tx, m, last_ts).map(WriteReply::Stored),
         WriteOp::Ack { user, device, seq } => {
@@ -233,11 +234,7 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, last_ts: &mut u64) -> Result<WriteR
 /// A job failed and its savepoint was rolled back. A message refused for good still
 /// uses up its send seq (the rollback undid that), so the device's next message is
 /// taken; the refusal itself is the answer either way.
-fn after_refusal(
-    tx: &Transaction<'_>,
-    op: &WriteOp,
-    refusal: StoreError,
-) -> Result<WriteReply, StoreError> {
+fn after_refusal(tx: &Tx<'_>, op: &WriteOp, refusal: StoreError) -> Result<WriteReply, StoreError> {
     if let WriteOp::Store(m) = op {
         if m.send_seq > 0 && refusal.is_final_refusal() {
             order::take_send_seq(tx, &m.sender, &m.device, m.send_seq)?;
@@ -286,15 +283,14 @@ mod tests {
 
     #[test]
     fn a_refusal_before_any_write_needs_no_redo_and_the_others_stand() {
-        let (_dir, mut conn) = conn();
+        let (_dir, conn) = conn();
         let batch = vec![
             job(WriteOp::Store(ordered(1, 1))),
             job(WriteOp::Store(ordered(9, 5))), // out of order: refused, no write
             job(WriteOp::Store(ordered(2, 2))),
         ];
         let mut ts = 0;
-        let Batch::Committed(results) = run_batch(&mut conn, &batch, &mut ts, false).unwrap()
-        else {
+        let Batch::Committed(results) = run_batch(&conn, &batch, &mut ts, false).unwrap() else {
             panic!("no redo for a refusal made before writing");
         };
         assert!(results[0].is_ok());
@@ -312,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_job_that_fails_after_writing_is_undone_alone_by_a_redo() {
-        let (_dir, mut conn) = conn();
+        let (_dir, conn) = conn();
         // Storing a message writes the device's send seq, then takes a seq in `users`:
         // without that table the job fails after its first write.
         conn.execute_batch("DROP TABLE users").unwrap();
@@ -324,13 +320,13 @@ mod tests {
         let mut ts = 0;
         assert!(
             matches!(
-                run_batch(&mut conn, &batch, &mut ts, false).unwrap(),
+                run_batch(&conn, &batch, &mut ts, false).unwrap(),
                 Batch::RolledBack
             ),
             "a failure after a write without a savepoint rolls the batch back"
         );
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM webhook_outbox"), 0);
-        let Batch::Committed(results) = run_batch(&mut conn, &batch, &mut ts, true).unwrap() else {
+        let Batch::Committed(results) = run_batch(&conn, &batch, &mut ts, true).unwrap() else {
             panic!("the safe run commits");
         };
         assert!(results[0].is_ok() && results[2].is_ok());
