@@ -107,6 +107,53 @@ pub(crate) async fn delivery_ack_produces_one_receipt_per_sender_once(store: &dy
     assert_eq!(page.entries.len(), 4);
 }
 
+/// Behaviour every backend must show: a device's delivery cursor is clamped to the
+/// timeline's head and never moves back, and an ACK from a user with no timeline is a
+/// no-op.
+pub(crate) async fn a_delivery_cursor_is_clamped_to_the_head_and_never_moves_back(
+    store: &dyn Store,
+) {
+    assert!(
+        store
+            .ack_delivered("nobody", "phone", 5)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no timeline: nothing to acknowledge"
+    );
+    for n in 1..=2 {
+        store.store_message(msg("alice", "bob", n)).await.unwrap();
+    }
+    // Far above the head (2): taken as the head.
+    let fan = store.ack_delivered("bob", "phone", 99).await.unwrap();
+    assert_eq!(fan.len(), 1, "one receipt to alice");
+    let third = store.store_message(msg("alice", "bob", 3)).await.unwrap();
+    assert!(
+        store
+            .ack_delivered("bob", "phone", 1)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an older ACK moves nothing"
+    );
+    // Had the cursor been set to 99, or moved back to 1, this would differ.
+    let fan = store.ack_delivered("bob", "phone", 3).await.unwrap();
+    assert_eq!(fan.len(), 1);
+    match &fan[0].entry.body {
+        Some(pb::timeline_entry::Body::Receipt(r)) => {
+            assert_eq!(r.up_to_server_msg_id, third.server_msg_id);
+        }
+        other => panic!("expected a receipt, got {other:?}"),
+    }
+    assert!(
+        store
+            .ack_delivered("bob", "phone", 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 const LIMITS: GroupLimits = GroupLimits {
     members: 10,
     large_members: 100,
@@ -507,6 +554,11 @@ macro_rules! store_suite {
         async fn delivery_ack_produces_one_receipt_per_sender_once() {
             let Some((_keep, store)) = ($make)().await else { return };
             $crate::store::suite::delivery_ack_produces_one_receipt_per_sender_once(&*store).await;
+        }
+        #[tokio::test]
+        async fn a_delivery_cursor_is_clamped_to_the_head_and_never_moves_back() {
+            let Some((_keep, store)) = ($make)().await else { return };
+            $crate::store::suite::a_delivery_cursor_is_clamped_to_the_head_and_never_moves_back(&*store).await;
         }
         #[tokio::test]
         async fn group_messages_reach_every_member_and_membership_is_checked_per_send() {

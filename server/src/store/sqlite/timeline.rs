@@ -310,24 +310,40 @@ pub(super) fn ack_delivered(
     device: &str,
     seq: u64,
 ) -> Result<Vec<Fanout>, StoreError> {
-    let seq = seq.min(head_seq(tx, user)?);
-    let device_seq: i64 = tx
-        .prepare_cached("SELECT delivered_seq FROM devices WHERE user = ?1 AND device = ?2")?
-        .query_row(params![user, device], |r| r.get(0))
+    // Three statements where the cursor moves (they were five: the user's row read once
+    // for its head and its cursor, each cursor moved by an UPDATE that says whether it
+    // moved).
+    let Some((head, user_seq)) = tx
+        .prepare_cached("SELECT head_seq, delivered_seq FROM users WHERE user = ?1")?
+        .query_row(params![user], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
         .optional()?
-        .unwrap_or(0);
-    if seq <= device_seq as u64 {
+    else {
+        return Ok(vec![]);
+    };
+    let seq = seq.min(head as u64);
+    if seq == 0 {
         return Ok(vec![]);
     }
-    tx.prepare_cached(
-        "INSERT INTO devices (user, device, delivered_seq) VALUES (?1, ?2, ?3)
-         ON CONFLICT (user, device) DO UPDATE SET delivered_seq = excluded.delivered_seq",
-    )?
-    .execute(params![user, device, seq as i64])?;
+    let moved = tx
+        .prepare_cached(
+            "UPDATE devices SET delivered_seq = ?3
+             WHERE user = ?1 AND device = ?2 AND delivered_seq < ?3",
+        )?
+        .execute(params![user, device, seq as i64])?;
+    if moved == 0 {
+        // No row yet (a device's first ACK), or the cursor is already at or past `seq`.
+        let added = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO devices (user, device, delivered_seq) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![user, device, seq as i64])?;
+        if added == 0 {
+            return Ok(vec![]);
+        }
+    }
     // Receipts only for what no device of this user had acknowledged before.
-    let user_seq: i64 = tx
-        .prepare_cached("SELECT delivered_seq FROM users WHERE user = ?1")?
-        .query_row(params![user], |r| r.get(0))?;
     if seq <= user_seq as u64 {
         return Ok(vec![]);
     }
