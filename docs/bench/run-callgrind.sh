@@ -17,13 +17,14 @@
 # Usage: docs/bench/run-callgrind.sh [tern-server binary ...]
 #   (default: target/release/tern-server; several binaries are measured one after the
 #   other in the same invocation). Needs valgrind and a release build of tern-bench.
-# Env: TERN_CG_OUT (directory for the callgrind files, default a temporary one),
+# Env: TERN_CG_BENCH (the tern-bench binary, default target/release/tern-bench; CI's
+#   smoke runs the debug build with a few messages), TERN_CG_OUT (directory for the callgrind files, default a temporary one),
 #   TERN_CG_SINGLE="50 200", TERN_CG_BURST="300 1200" (the two sizes of each mode).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-BENCH=target/release/tern-bench
+BENCH=${TERN_CG_BENCH:-target/release/tern-bench}
 [ -x "$BENCH" ] || { echo "build it first: cargo build --release -p tern-bench -p tern-server" >&2; exit 1; }
 BINS=("$@")
 [ ${#BINS[@]} -gt 0 ] || BINS=(target/release/tern-server)
@@ -79,6 +80,10 @@ for bin in "${BINS[@]}"; do
       read -r w2 r2 < <(run "$bin" "b$i-$b" 0 "$b")
     fi
     n=$((b - a))
+    if [ "$w2" -le "$w1" ] || [ "$r2" -le "$r1" ]; then
+      echo "no cost per message measured ($mode: writer $w1 -> $w2, rest $r1 -> $r2): see $OUT" >&2
+      exit 1
+    fi
     echo "| $bin | $mode | $a → $b | $(((w2 - w1) / n)) | $(((r2 - r1) / n)) |"
   done
 done
