@@ -8,7 +8,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::tx::Tx;
+use super::tx::{Heads, Tx};
 use super::{StoreError, groups, marks, order, outbox, timeline};
 use crate::store::ops::{WriteOp, WriteReply};
 
@@ -35,9 +35,11 @@ pub(super) fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             |r| r.get::<_, i64>(0),
         )
         .map_or(0, |ts| ts.max(0) as u64);
+    // What this writer last wrote as each head (see `tx::Heads`).
+    let heads = Heads::default();
     while let Some(batch) = next_batch(&mut rx) {
         let started = Instant::now();
-        let outcome = match run_batch(&conn, &batch, &mut last_ts, false) {
+        let outcome = match run_batch(&conn, &heads, &batch, &mut last_ts, false) {
             Ok(Batch::RolledBack) => {
                 // A job without a savepoint failed after writing: the whole
                 // transaction was rolled back, and the batch runs again with a
@@ -47,7 +49,7 @@ pub(super) fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                     jobs = batch.len(),
                     "store batch rolled back after a failed job; running it again job by job"
                 );
-                run_batch(&conn, &batch, &mut last_ts, true)
+                run_batch(&conn, &heads, &batch, &mut last_ts, true)
             }
             first => first,
         };
@@ -107,11 +109,12 @@ enum Batch {
 /// wrote rolls the batch back ([`Batch::RolledBack`]).
 fn run_batch(
     conn: &Connection,
+    heads: &Heads,
     batch: &[Job],
     last_ts: &mut u64,
     safe: bool,
 ) -> Result<Batch, rusqlite::Error> {
-    let tx = Tx::begin(conn)?;
+    let tx = Tx::begin(conn, heads)?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let savepoint = safe || needs_savepoint(&job.op);
@@ -122,7 +125,7 @@ fn run_batch(
         let r = apply(&tx, &job.op, last_ts);
         if savepoint {
             if r.is_err() {
-                tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
+                tx.rollback_to("job")?;
             }
             tx.prepare_cached("RELEASE job")?.execute([])?;
         } else if r.is_err() && (tx.total_changes() != changes || tx.is_autocommit()) {
@@ -284,13 +287,15 @@ mod tests {
     #[test]
     fn a_refusal_before_any_write_needs_no_redo_and_the_others_stand() {
         let (_dir, conn) = conn();
+        let heads = Heads::default();
         let batch = vec![
             job(WriteOp::Store(ordered(1, 1))),
             job(WriteOp::Store(ordered(9, 5))), // out of order: refused, no write
             job(WriteOp::Store(ordered(2, 2))),
         ];
         let mut ts = 0;
-        let Batch::Committed(results) = run_batch(&conn, &batch, &mut ts, false).unwrap() else {
+        let Batch::Committed(results) = run_batch(&conn, &heads, &batch, &mut ts, false).unwrap()
+        else {
             panic!("no redo for a refusal made before writing");
         };
         assert!(results[0].is_ok());
@@ -309,6 +314,7 @@ mod tests {
     #[test]
     fn a_job_that_fails_after_writing_is_undone_alone_by_a_redo() {
         let (_dir, conn) = conn();
+        let heads = Heads::default();
         // Storing a message writes the device's send seq, then takes a seq in `users`:
         // without that table the job fails after its first write.
         conn.execute_batch("DROP TABLE users").unwrap();
@@ -320,13 +326,14 @@ mod tests {
         let mut ts = 0;
         assert!(
             matches!(
-                run_batch(&conn, &batch, &mut ts, false).unwrap(),
+                run_batch(&conn, &heads, &batch, &mut ts, false).unwrap(),
                 Batch::RolledBack
             ),
             "a failure after a write without a savepoint rolls the batch back"
         );
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM webhook_outbox"), 0);
-        let Batch::Committed(results) = run_batch(&conn, &batch, &mut ts, true).unwrap() else {
+        let Batch::Committed(results) = run_batch(&conn, &heads, &batch, &mut ts, true).unwrap()
+        else {
             panic!("the safe run commits");
         };
         assert!(results[0].is_ok() && results[2].is_ok());
