@@ -134,3 +134,13 @@ pub(super) fn generation(conn: &Connection) -> Result<u64, StoreError> {
         })? as u64,
     )
 }
+
+/// A migrated writer connection on a new file in a temporary directory (kept alive by
+/// the returned `TempDir`), for the writer's unit tests.
+#[cfg(test)]
+pub(super) fn test_writer() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("t.db"), Durability::Full, false).unwrap();
+    migrate(&mut conn).unwrap();
+    (dir, conn)
+}

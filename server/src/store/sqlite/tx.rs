@@ -168,15 +168,8 @@ mod tests {
 
     mod heads {
         use super::*;
-        use crate::store::sqlite::schema::{Durability, migrate, open};
+        use crate::store::sqlite::schema::test_writer as store;
         use crate::store::sqlite::timeline::{head_seq, next_seq};
-
-        fn store() -> (tempfile::TempDir, Connection) {
-            let dir = tempfile::tempdir().unwrap();
-            let mut conn = open(&dir.path().join("t.db"), Durability::Full, false).unwrap();
-            migrate(&mut conn).unwrap();
-            (dir, conn)
-        }
 
         #[test]
         fn heads_are_kept_across_commits_and_forgotten_on_a_rollback() {

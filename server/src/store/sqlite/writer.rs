@@ -254,15 +254,8 @@ mod tests {
 
     use super::*;
     use crate::store::NewMessage;
-    use crate::store::sqlite::schema::{Durability, migrate, open};
+    use crate::store::sqlite::schema::test_writer as conn;
     use crate::store::suite::msg;
-
-    fn conn() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = open(&dir.path().join("t.db"), Durability::Full, false).unwrap();
-        migrate(&mut conn).unwrap();
-        (dir, conn)
-    }
 
     fn job(op: WriteOp) -> Job {
         // The replies are not read here: `run_batch` returns the results itself.
