@@ -2,7 +2,6 @@
 //! labelled by `kind` and `direction` (`in`, `out`), whole frames with their Tern header
 //! (QUIC's own overhead is not in them). `tern-bench wire` reads them to say where a
 //! message's bytes go; an operator reads them to see which traffic dominates.
-
 //!
 //! The counters are looked up once and kept: a lookup by name and labels costs a hash
 //! and a map search, and every frame in and out counts two (callgrind: 12k instructions

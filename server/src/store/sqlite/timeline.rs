@@ -23,7 +23,7 @@ pub(super) fn next_seq(tx: &Tx<'_>, user: &str) -> Result<u64, StoreError> {
             tx.heads().set(user, seq);
             return Ok(seq);
         }
-        tx.heads().forget(user);
+        // Read back below, and the read replaces the cached head.
         tracing::warn!(%user, "the writer's cached head was stale; read back");
     }
     // An UPDATE and a SELECT, not one upsert with `RETURNING`: SQLite buffers

@@ -50,11 +50,6 @@ impl Heads {
         map.insert(owner.to_owned(), head);
     }
 
-    /// Forgets `owner`'s head (it was found stale).
-    pub(super) fn forget(&self, owner: &str) {
-        self.0.borrow_mut().remove(owner);
-    }
-
     /// Forgets every head (after a rollback).
     pub(super) fn clear(&self) {
         self.0.borrow_mut().clear();
