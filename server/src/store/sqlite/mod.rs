@@ -35,6 +35,7 @@ use super::{
     StoreFuture, StoredMessage, SummaryPage, TimelinePage, WebhookJob,
 };
 
+mod checkpoint;
 mod groups;
 mod marks;
 mod order;
@@ -77,6 +78,8 @@ impl SqliteStore {
         schema::check_existing(&path, create)?;
         let mut writer = open(&path, durability, false)?;
         migrate(&mut writer)?;
+        // WAL checkpoints run on their own thread, not in the writer's commits.
+        checkpoint::start(&mut writer, open(&path, durability, false)?)?;
         let generation = schema::generation(&writer)?;
         let readers = (0..4)
             .map(|_| open(&path, durability, true).map(Mutex::new))

@@ -14,9 +14,10 @@ use crate::store::ops::{WriteOp, WriteReply};
 
 /// Most jobs committed in one transaction. It also bounds how long one commit takes, and
 /// so how long a message that arrives during it waits. 2,048 was tried together with a
-/// checkpointer thread (`d41dfd6`): p99 at 50 % load higher in three runs of four, no
-/// steady gain in capacity; 2,048 alone was measured only once (docs/bench/analysis.md,
-/// "Cost per message").
+/// checkpointer thread that ran every 250 ms (`d41dfd6`): p99 at 50 % load higher in
+/// three runs of four, no steady gain in capacity; 2,048 alone was measured only once
+/// (docs/bench/analysis.md, "Cost per message"). Today's checkpointer (`checkpoint.rs`)
+/// is woken by the WAL's growth, with these batches.
 pub const MAX_BATCH: usize = 512;
 
 pub(super) struct Job {
