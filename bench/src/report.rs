@@ -285,7 +285,7 @@ fn markdown(r: &Results) -> String {
             t.server_us_per_msg > 0.0,
         ),
         (
-            "of it, the store's writer thread (every write, commit and fsync)",
+            "of it, the store's writer and checkpointer threads (every write, commit, fsync and WAL checkpoint)",
             format!("{:.0} µs", t.server_writer_us_per_msg),
             split,
         ),

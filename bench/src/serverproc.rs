@@ -157,6 +157,11 @@ pub(crate) fn cpu_secs_of(pid: u32) -> anyhow::Result<f64> {
 /// thread's `comm` keeps 15 bytes of the name `tern-store-writer`).
 pub(crate) const WRITER_THREAD: &str = "tern-store-writ";
 
+/// The SQLite store's WAL checkpointer thread (`tern-store-checkpoint`), which copies
+/// what the writer committed into the database file: counted with the writer, as the
+/// copy was the writer's own work before it had a thread.
+pub(crate) const CHECKPOINT_THREAD: &str = "tern-store-chec";
+
 /// CPU time (user + system) of the threads of process `pid` whose name is `comm`,
 /// seconds. A thread that has exited is not counted, so this is for long-lived threads
 /// (the store writer lives as long as the server); 0 when there is none.
@@ -307,5 +312,10 @@ mod tests {
         assert!(thread <= process + 0.01, "{thread} > {process}");
         assert_eq!(thread_cpu_secs(pid, "no-such-thread"), 0.0);
         assert_eq!(WRITER_THREAD.len(), 15, "a thread's comm keeps 15 bytes");
+        assert_eq!(
+            CHECKPOINT_THREAD.len(),
+            15,
+            "a thread's comm keeps 15 bytes"
+        );
     }
 }

@@ -99,7 +99,7 @@ pub(crate) struct Report {
     #[serde(default)]
     pub server_us_per_msg: f64,
     /// Of `server_us_per_msg`, the store's writer thread (SQLite: every write, the
-    /// commit and its fsync); the rest is the network side (QUIC, TLS, the sessions,
+    /// commit and its fsync) and its WAL checkpointer thread; the rest is the network side (QUIC, TLS, the sessions,
     /// fan-out) and the store's reads. 0 in results from before it was measured.
     #[serde(default)]
     pub server_writer_us_per_msg: f64,
@@ -129,7 +129,8 @@ pub(crate) struct Baseline {
     pub capacity_per_sec: f64,
     /// Server CPU per delivered message, µs.
     pub server_us_per_msg: f64,
-    /// Of it, the store's writer thread, µs (0 if the build has no thread of that name).
+    /// Of it, the store's writer and checkpointer threads, µs (0 if the build has no
+    /// thread of those names).
     #[serde(default)]
     pub server_writer_us_per_msg: f64,
     /// Latency at 50 % of its own capacity.
@@ -192,7 +193,7 @@ pub(crate) struct Capacity {
     pub per_sec: f64,
     /// Server process CPU per delivered message, µs.
     pub server_us_per_msg: f64,
-    /// Of it, the store's writer thread, µs.
+    /// Of it, the store's writer and checkpointer threads, µs.
     pub server_writer_us_per_msg: f64,
     /// CPU of every `postgres` process per delivered message, µs (0 on SQLite).
     pub postgres_us_per_msg: f64,
@@ -292,7 +293,13 @@ impl ServerCpu {
         pids.iter()
             .map(|&p| ServerCpu {
                 total: crate::serverproc::cpu_secs_of(p).unwrap_or(0.0),
-                writer: crate::serverproc::thread_cpu_secs(p, crate::serverproc::WRITER_THREAD),
+                writer: [
+                    crate::serverproc::WRITER_THREAD,
+                    crate::serverproc::CHECKPOINT_THREAD,
+                ]
+                .iter()
+                .map(|name| crate::serverproc::thread_cpu_secs(p, name))
+                .sum(),
             })
             .fold(ServerCpu::default(), |a, b| ServerCpu {
                 total: a.total + b.total,

@@ -9,10 +9,11 @@
 # difference in messages is the cost of one message, start-up and log-in taken out.
 # Two modes: `single` (one message at a time: each message commits on its own, as at
 # low load) and `burst` (pipelined: the writer's batches are full). Each is split into
-# the store's writer thread (`writer_loop`) and the rest of the process (QUIC, TLS,
-# sessions, fan-out). The writer's count repeats to within 1 %; the rest counts timers
-# and idle polls too, which grow with the (slowed-down) wall time, so it moves by up to
-# 20 % between runs: compare the rest over several runs, or by function.
+# the store's writer and WAL checkpointer threads (`writer_loop`, `checkpoint::run`)
+# and the rest of the process (QUIC, TLS, sessions, fan-out). The writer's count
+# repeats to within 1 %; the rest counts timers and idle polls too, which grow with the
+# (slowed-down) wall time, so it moves by up to 20 % between runs: compare the rest over
+# several runs, or by function.
 #
 # Usage: docs/bench/run-callgrind.sh [tern-server binary ...]
 #   (default: target/release/tern-server; several binaries are measured one after the
@@ -60,7 +61,7 @@ run() {
   local writer=0 rest=0 f n
   for f in "$file"-*; do
     n=$(awk '/^summary:/ {print $2}' "$f")
-    if grep -q "writer_loop" "$f"; then writer=$((writer + n)); else rest=$((rest + n)); fi
+    if grep -q "writer_loop\|sqlite::checkpoint::run" "$f"; then writer=$((writer + n)); else rest=$((rest + n)); fi
   done
   echo "$writer $rest"
 }
