@@ -15,6 +15,7 @@
 //! asks), `push` (push QoS and delivery ACKs); this file
 //! holds the loop that multiplexes them.
 
+mod hot;
 mod login;
 mod push;
 mod requests;

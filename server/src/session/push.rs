@@ -9,7 +9,7 @@ use tern_protocol::pb;
 use tern_protocol::qos::SenderEvent;
 use tokio::time::Instant;
 
-use super::{End, Session};
+use super::{End, Session, hot};
 use crate::registry::Push;
 use crate::store::{StoreError, store_failure};
 
@@ -73,7 +73,7 @@ impl Session {
         {
             return Ok(()); // pending already
         }
-        metrics::counter!("tern_pushes_total").increment(1);
+        hot::hot().pushes.increment(1);
         self.write(&frame, 0).await
     }
 
@@ -170,7 +170,9 @@ impl Session {
         );
         for key in acked {
             if let Some(ack) = self.push_qos.on_ack(key, now) {
-                metrics::histogram!("tern_push_ack_seconds").record(ack.elapsed.as_secs_f64());
+                hot::hot()
+                    .push_ack_seconds
+                    .record(ack.elapsed.as_secs_f64());
             }
         }
         // A group log's ACK only settles the pushes: no cursor or receipts on the server.

@@ -7,6 +7,7 @@ use tern_protocol::{ClientMsgId, ErrorCode, is_valid_user_id, pb};
 
 use super::{
     DEFAULT_SYNC_PAGE, End, MAX_SUMMARIES, MAX_SUMMARY_MESSAGES, MAX_SYNC_PAGE, Session, code_name,
+    hot,
 };
 use crate::store::{Fanout, NewMessage, StoreError, store_failure};
 use tern_protocol::send_order::Admit;
@@ -43,7 +44,7 @@ impl Session {
     }
 
     pub(super) async fn on_chat(&mut self, m: pb::ChatMessage) -> Result<(), End> {
-        metrics::counter!("tern_messages_in_total").increment(1);
+        hot::hot().messages_in.increment(1);
         let cfg = &self.shared.config;
         let kind = pb::ConversationKind::try_from(m.kind).ok();
         let id = ClientMsgId::from_slice(&m.client_msg_id);
@@ -110,7 +111,7 @@ impl Session {
                     if stored.duplicate {
                         metrics::counter!("tern_messages_duplicate_total").increment(1);
                     } else {
-                        metrics::counter!("tern_messages_stored_total").increment(1);
+                        hot::hot().messages_stored.increment(1);
                         shared.message_stored(&user, to_service, stored.fanout, Some(session));
                     }
                     Frame::SendResult(pb::SendResult {
