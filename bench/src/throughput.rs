@@ -99,8 +99,9 @@ pub(crate) struct Report {
     #[serde(default)]
     pub server_us_per_msg: f64,
     /// Of `server_us_per_msg`, the store's writer thread (SQLite: every write, the
-    /// commit and its fsync) and its WAL checkpointer thread; the rest is the network side (QUIC, TLS, the sessions,
-    /// fan-out) and the store's reads. 0 in results from before it was measured.
+    /// commit and its fsync) and its WAL checkpointer thread; the rest is the network
+    /// side (QUIC, TLS, the sessions, fan-out) and the store's reads. 0 in results from
+    /// before it was measured.
     #[serde(default)]
     pub server_writer_us_per_msg: f64,
     /// This load generator's own CPU (the raw clients, same cores) per delivered

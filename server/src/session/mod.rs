@@ -12,8 +12,8 @@
 //! come back to the client in any order (they carry the client message id).
 //!
 //! The files: `login` (handshake to registered session), `requests` (what the client
-//! asks), `push` (push QoS and delivery ACKs); this file
-//! holds the loop that multiplexes them.
+//! asks), `push` (push QoS and delivery ACKs), `tally` (bytes per frame kind) and `hot`
+//! (the metrics every message touches); this file holds the loop that multiplexes them.
 
 mod hot;
 mod login;
