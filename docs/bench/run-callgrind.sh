@@ -81,9 +81,15 @@ for bin in "${BINS[@]}"; do
       read -r w2 r2 < <(run "$bin" "b$i-$b" 0 "$b")
     fi
     n=$((b - a))
-    if [ "$w2" -le "$w1" ] || [ "$r2" -le "$r1" ]; then
+    # The writer's count repeats, so it must grow with the messages. The rest counts
+    # timers and idle polls too (above): with a few messages (CI's smoke) their noise can
+    # outweigh the messages, and the rest is then reported as it came out, not failed.
+    if [ "$w2" -le "$w1" ]; then
       echo "no cost per message measured ($mode: writer $w1 -> $w2, rest $r1 -> $r2): see $OUT" >&2
       exit 1
+    fi
+    if [ "$r2" -le "$r1" ]; then
+      echo "$mode: the rest fell from $r1 to $r2 instructions: timer noise outweighs $n messages; read it with more" >&2
     fi
     echo "| $bin | $mode | $a → $b | $(((w2 - w1) / n)) | $(((r2 - r1) / n)) |"
   done
