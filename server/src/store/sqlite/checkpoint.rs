@@ -18,8 +18,10 @@
 //!
 //! The WAL starts over from its beginning only at a write that finds all of it copied.
 //! A pass runs beside the writer, which keeps appending, so a pass rarely catches it
-//! up: when the writer pauses ([`IDLE`] without a commit) after a pass that did not,
-//! one more pass copies the rest. A load that never pauses reaches [`RESTART_PAGES`];
+//! up: when the writer pauses ([`IDLE`] without a commit) and the WAL holds frames no
+//! pass copied (written during the last pass, or after it and too few to wake the
+//! thread), one more pass copies them. (So after a pass the thread looks at the WAL's
+//! size every [`IDLE`] until it finds the writer paused and everything copied.) A load that never pauses reaches [`RESTART_PAGES`];
 //! there the writer copies what the thread has not (a few commits' worth, unless the
 //! thread fell behind) so that the next commit starts the WAL over: `tern.db-wal` is
 //! bounded.
@@ -64,6 +66,13 @@ struct Progress {
 /// and installs the hook on `writer` that wakes it. The thread ends, after one last
 /// checkpoint, when the writer connection is dropped.
 pub(super) fn start(writer: &mut Connection, conn: Connection) -> Result<(), StoreError> {
+    let (wake, progress) = spawn(conn)?;
+    install(writer, wake, progress, WAKE_PAGES, RESTART_PAGES)
+}
+
+/// Starts the checkpointer thread on `conn`: the sender that wakes it and the progress
+/// it shares with the writer's hook.
+fn spawn(conn: Connection) -> Result<(mpsc::SyncSender<()>, Arc<Progress>), StoreError> {
     // One pending wake is enough: a wake during a pass is one more pass after it.
     let (wake, rx) = mpsc::sync_channel::<()>(1);
     let progress = Arc::new(Progress::default());
@@ -72,7 +81,7 @@ pub(super) fn start(writer: &mut Connection, conn: Connection) -> Result<(), Sto
         .name("tern-store-checkpoint".into())
         .spawn(move || run(conn, rx, &shared))
         .map_err(|e| StoreError::Io(format!("spawn checkpointer: {e}")))?;
-    install(writer, wake, progress, WAKE_PAGES, RESTART_PAGES)
+    Ok((wake, progress))
 }
 
 /// The writer's WAL hook: wakes the checkpointer once `wake_pages`, or
@@ -135,8 +144,8 @@ fn install(
 }
 
 fn run(conn: Connection, wake: mpsc::Receiver<()>, progress: &Progress) {
-    // Frames the last pass left (the writer wrote them during it), and the WAL's size
-    // when that was last looked at.
+    // Whether the WAL may hold frames no pass copied (written during the last pass, or
+    // after it and too few to wake the thread), and its size when last looked at.
     let (mut behind, mut seen) = (false, 0);
     loop {
         let last = if behind {
@@ -150,6 +159,11 @@ fn run(conn: Connection, wake: mpsc::Receiver<()>, progress: &Progress) {
                         seen = now;
                         continue;
                     }
+                    if progress.copied.load(Ordering::Relaxed) >= now {
+                        // Paused with everything copied: sleep until woken.
+                        behind = false;
+                        continue;
+                    }
                     false
                 }
             }
@@ -160,7 +174,9 @@ fn run(conn: Connection, wake: mpsc::Receiver<()>, progress: &Progress) {
         match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
             Ok((frames, copied)) => {
                 progress.copied.store(copied, Ordering::Relaxed);
-                (behind, seen) = (copied < frames, frames);
+                // Looked at again in the next pause, even if this pass copied all:
+                // the commits after it that do not reach a wake are copied then.
+                (behind, seen) = (true, frames);
                 metrics::histogram!("tern_store_checkpoint_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::gauge!("tern_store_wal_frames").set(f64::from((frames - copied).max(0)));
@@ -214,11 +230,9 @@ mod tests {
     fn the_checkpointer_copies_the_wal_and_it_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = writer(dir.path());
-        start(
-            &mut conn,
-            open(&dir.path().join("t.db"), Durability::Normal, false).unwrap(),
-        )
-        .unwrap();
+        let (wake, progress) =
+            spawn(open(&dir.path().join("t.db"), Durability::Normal, false).unwrap()).unwrap();
+        install(&mut conn, wake, progress.clone(), WAKE_PAGES, RESTART_PAGES).unwrap();
         let (db, wal) = (dir.path().join("t.db"), dir.path().join("t.db-wal"));
         let before = file_len(&db);
         // Under the wake threshold: nothing is copied (the writer does not checkpoint).
@@ -233,13 +247,24 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Many more rounds, each followed by a pause: the thread copies the WAL to its
-        // end in the pause, and the next round writes it from its start again. Its
-        // file keeps the size it once reached (SQLite reuses it, without truncating),
-        // far under what was written and under the writer's restart point.
+        // end in the pause (waited for here, however slow a loaded machine makes the
+        // thread: a fixed pause failed in CI), and the next round writes it from its
+        // start again. Its file keeps the size it once reached (SQLite reuses it,
+        // without truncating), far under what was written and under the writer's
+        // restart point.
         let rounds = 20;
         for _ in 0..rounds {
             write(&conn, WAKE_PAGES as usize / 10);
-            std::thread::sleep(IDLE * 3);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while progress.copied.load(Ordering::Relaxed)
+                < progress.wal_pages.load(Ordering::Relaxed)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the WAL was not copied to its end in a pause"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         let written = rounds as u64 * WAKE_PAGES as u64 * PAGE;
         assert!(
