@@ -14,7 +14,8 @@
 //!   background profiles).
 //! * [`backoff`]: reconnect back-off with full jitter.
 //! * `link` (feature `quinn`): the connection under a session, QUIC or a TLS byte
-//!   stream, so one session logic serves every transport.
+//!   stream, so one session logic serves every transport; `input` (same feature): its
+//!   read side, polled by the server's session loop itself.
 //! * [`page`]: the byte budget of one answer (pages, summaries, member lists).
 //! * [`rate`]: the send budget (token bucket) the server enforces and the client paces to.
 //! * [`redundancy`]: when QoS datagrams go twice (a path measured lossy), and how much
@@ -33,6 +34,8 @@ pub mod dedup;
 pub mod frame;
 pub mod heartbeat;
 pub mod ids;
+#[cfg(feature = "quinn")]
+pub mod input;
 #[cfg(feature = "tokio")]
 pub mod io;
 #[cfg(feature = "quinn")]

@@ -42,8 +42,8 @@ impl Transport {
 /// The write half of a reliable byte stream.
 pub type StreamWriter = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 
-/// The write side of a session's connection (the read side runs in reader tasks; see
-/// [`Link::spawn_readers`]).
+/// The write side of a session's connection (the read side: [`crate::input::Input`],
+/// or reader tasks, [`Link::spawn_readers`]).
 pub enum Link {
     /// QUIC: datagrams and the session stream.
     Quic {

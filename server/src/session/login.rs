@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::Frame;
+use tern_protocol::input::Input;
 use tern_protocol::io::{ReadError, read_frame};
 use tern_protocol::link::{Link, Reader, Transport};
 use tern_protocol::qos::Sender;
@@ -329,13 +330,14 @@ async fn authenticate(
     tracing::info!(%remote, transport, user = %login.user_id, device = %login.device_id, session = id, "logged in");
     metrics::counter!("tern_logins_by_transport_total", "transport" => transport).increment(1);
 
-    // Small: each queued frame may be up to the frame limit.
-    let (in_tx, in_rx) = mpsc::channel(16);
-    link.spawn_readers(
+    // A byte stream's reader task gets a small channel: each queued frame may be up to
+    // the frame limit. QUIC is read by the session loop itself.
+    let input = Input::new(
+        &link,
         reader,
         buf,
         tern_protocol::frame::DEFAULT_MAX_FRAME_BODY,
-        in_tx,
+        16,
     );
     // On a stream the stream retransmits: the push QoS tracks ACKs (delivered status,
     // resend after a reconnect) but does not resend within the connection.
@@ -363,7 +365,7 @@ async fn authenticate(
         device: login.device_id,
         platform,
         cmd_rx,
-        inbound: in_rx,
+        input,
         push_qos: Sender::new(push_qos, now.into_std()),
         logs: Vec::new(),
         tasks: FuturesUnordered::new(),

@@ -3,9 +3,11 @@
 //! A session is one task that owns the connection's send side and a small amount of
 //! state: the push QoS engine ([`tern_protocol::qos::Sender`] keyed by inbox seq), the
 //! rate limiter, and the requests in flight. Everything that can be slow happens
-//! off the loop: frames are read by a reader task (stream and datagrams), and store
-//! operations and reads run as futures the loop polls alongside its queues. So a slow
-//! disk never stalls heartbeats, and a session never blocks another one.
+//! off the loop: store operations and reads run as futures the loop polls alongside its
+//! queues. So a slow disk never stalls heartbeats, and a session never blocks another
+//! one. Over QUIC the loop reads the peer's frames itself ([`Input`]: datagrams and the
+//! session stream, no reader task between them and the loop); a byte stream is read by
+//! a reader task.
 //!
 //! Order of a session's sends is kept by queueing each store write when its frame is
 //! handled ([`crate::store::Store::store_message`] is ordered at call time), even though results may
@@ -28,6 +30,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tern_protocol::frame::Frame;
+use tern_protocol::input::Input;
 use tern_protocol::io::Inbound;
 use tern_protocol::link::{Link, Transport};
 use tern_protocol::qos::Sender;
@@ -212,7 +215,8 @@ struct Session {
     device: String,
     platform: pb::Platform,
     cmd_rx: mpsc::Receiver<SessionCmd>,
-    inbound: mpsc::Receiver<Inbound>,
+    /// The peer's frames (QUIC: read by this loop itself, no reader task).
+    input: Input,
     /// Keyed by (log number, seq).
     push_qos: Sender<PushKey, Arc<pb::TimelineEntry>>,
     /// The newest entry of each log skipped while the push window was full (at most
@@ -445,7 +449,7 @@ impl Session {
                 // Handlers are boxed: inline, their futures made every session's task
                 // (idle ones included) as large as the largest handler.
                 cmd = self.cmd_rx.recv() => Box::pin(self.on_command(cmd)).await,
-                inbound = self.inbound.recv(),
+                inbound = self.input.recv(),
                     if self.reads.len() < MAX_READS_IN_FLIGHT && self.tasks.len() < MAX_WRITES_IN_FLIGHT
                 => match inbound {
                     Some(Inbound::Frame(f)) => {
@@ -471,7 +475,7 @@ impl Session {
                     }
 
                     Some(Inbound::Closed(why)) => Err(End::Gone(why)),
-                    None => Err(End::Gone("reader stopped".into())),
+                    None => Err(End::Gone("input ended".into())),
                 },
                 Some(reply) = self.tasks.next(), if !self.tasks.is_empty() => match reply {
                     Some(frame) => Box::pin(self.on_reply(frame)).await,
