@@ -39,7 +39,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc;
 
 use crate::frame;
-use crate::io::{Inbound, ReadError, datagram_events};
+use crate::io::{Inbound, datagram_events, stream_ended};
 use crate::link::{Link, Reader, spawn_stream_reader};
 
 /// What a session reads its peer's frames from (see the module docs).
@@ -232,12 +232,7 @@ impl Input {
                     Ok(Some(bytes)) => buf.extend_from_slice(&bytes),
                     Ok(None) => {
                         *done = true;
-                        let why = if buf.is_empty() {
-                            "stream finished".to_string()
-                        } else {
-                            ReadError::Truncated(buf.len()).to_string()
-                        };
-                        return Some(Inbound::Closed(why));
+                        return Some(stream_ended(buf));
                     }
                     Err(e) => {
                         *done = true;

@@ -118,6 +118,16 @@ pub fn decode_datagram(
     Ok(out)
 }
 
+/// The event of a session stream that ended with `buf` not yet decoded: a clean end
+/// between frames, or one inside a frame.
+pub fn stream_ended(buf: &BytesMut) -> Inbound {
+    Inbound::Closed(if buf.is_empty() {
+        "stream finished".to_string()
+    } else {
+        ReadError::Truncated(buf.len()).to_string()
+    })
+}
+
 /// Reads frames from a source that hands out owned chunks (a QUIC stream's
 /// `read_chunk`, threaded through `next` as `state`) until it ends or fails, handing
 /// each to `tx`; the last event is always `Invalid` or `Closed`. Run it as its own task,
@@ -158,12 +168,7 @@ pub async fn pump_chunks<S, F, Fut>(
         match chunk {
             Ok(Some(bytes)) => buf.extend_from_slice(&bytes),
             Ok(None) => {
-                let why = if buf.is_empty() {
-                    "stream finished".to_string()
-                } else {
-                    ReadError::Truncated(buf.len()).to_string()
-                };
-                let _ = tx.send(Inbound::Closed(why)).await;
+                let _ = tx.send(stream_ended(&buf)).await;
                 return;
             }
             Err(e) => {
