@@ -39,7 +39,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc;
 
 use crate::frame;
-use crate::io::{Inbound, datagram_events, stream_ended};
+use crate::io::{Inbound, datagram_events, read_quic_chunk, stream_ended};
 use crate::link::{Link, Reader, spawn_stream_reader};
 
 /// What a session reads its peer's frames from (see the module docs).
@@ -136,11 +136,10 @@ fn datagrams(conn: quinn::Connection) -> BoxStream<'static, Result<Bytes, quinn:
 fn chunks(recv: quinn::RecvStream) -> BoxStream<'static, Result<Option<Bytes>, String>> {
     futures_util::stream::unfold(Some(recv), |recv| async move {
         let mut recv = recv?;
-        match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(c)) => Some((Ok(Some(c.bytes)), Some(recv))),
-            Ok(None) => Some((Ok(None), None)),
-            Err(e) => Some((Err(format!("read failed: {e}")), None)),
-        }
+        let read = read_quic_chunk(&mut recv).await;
+        // Only a chunk is followed by more: an end or an error is the last item.
+        let more = matches!(read, Ok(Some(_)));
+        Some((read, more.then_some(recv)))
     })
     .fuse()
     .boxed()

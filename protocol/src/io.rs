@@ -191,11 +191,7 @@ pub fn spawn_session_readers(
     tx: mpsc::Sender<Inbound>,
 ) {
     let read = |mut r: quinn::RecvStream| async move {
-        let chunk = match r.read_chunk(usize::MAX, true).await {
-            Ok(Some(c)) => Ok(Some(c.bytes)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("read failed: {e}")),
-        };
+        let chunk = read_quic_chunk(&mut r).await;
         (r, chunk)
     };
     tokio::spawn(pump_chunks(recv, read, buf, max_body, tx.clone()));
@@ -204,6 +200,16 @@ pub fn spawn_session_readers(
         async move { conn.read_datagram().await.ok() }
     };
     tokio::spawn(pump_datagrams(next, max_body, tx));
+}
+
+/// The next chunk of a QUIC session stream, in order (`None`: the stream finished);
+/// the error as a reason for the logs.
+#[cfg(feature = "quinn")]
+pub async fn read_quic_chunk(r: &mut quinn::RecvStream) -> Result<Option<bytes::Bytes>, String> {
+    match r.read_chunk(usize::MAX, true).await {
+        Ok(c) => Ok(c.map(|c| c.bytes)),
+        Err(e) => Err(format!("read failed: {e}")),
+    }
 }
 
 /// Sends an already encoded `frame` in a QUIC datagram when its kind prefers one
