@@ -246,7 +246,7 @@ async fn setup(
         [a, b, ..] => b - a,
         _ => 0.0,
     };
-    let half_load = ring.load(m.per_sec, 50, tp.secs).await;
+    let half_load = ring.load(m.per_sec, 50, tp.secs, &pids).await;
     // NATS traffic per message over an open-loop phase at the light load: every
     // message sent in it is delivered within it (it ends with a drain), so its NATS
     // counters divide by its deliveries.
@@ -255,7 +255,7 @@ async fn setup(
         Some(n) => n.counters().await?,
         None => [0.0; 4],
     };
-    let light_load = ring.load(m.per_sec, light_pct, tp.secs).await;
+    let light_load = ring.load(m.per_sec, light_pct, tp.secs, &pids).await;
     let d = match nats {
         Some(n) => delta(c0, n.counters().await?),
         None => [0.0; 4],

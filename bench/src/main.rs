@@ -12,6 +12,7 @@ mod fanout;
 mod idle;
 mod idle_cost;
 mod loss;
+mod machine;
 mod metrics;
 mod raw;
 mod report;

@@ -327,25 +327,14 @@ fn markdown(r: &Results) -> String {
             ))
         );
     }
+    load_table(&mut s, "this build", &t.loads);
+    if let Some(b) = t.baseline.as_ref().filter(|b| !b.loads.is_empty()) {
+        load_table(&mut s, "baseline build", &b.loads);
+    }
     let _ = writeln!(
         s,
-        "| load | offered msg/s | sent | received | refused (busy) | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|---|"
+        "\n*Server µs/msg*, *generator µs/msg*: CPU of the server process and of the load generator per message sent, over the phase's sending window (not the drain after it); *cores busy*: of both cores, over that window; *UDP/msg*: datagrams sent on the machine (both sides, loopback) per message; *run-queue wait*: the mean time a server thread waited for a core each time it ran. The load generator shares the server's cores, so a tail at 50 % of capacity is partly the cores' queue.\n"
     );
-    for l in &t.loads {
-        let _ = writeln!(
-            s,
-            "| {} % | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            l.pct,
-            l.offered_per_sec,
-            l.sent,
-            l.received,
-            l.refused,
-            l.latency.p50_ms,
-            l.latency.p90_ms,
-            l.latency.p99_ms,
-            l.latency.max_ms
-        );
-    }
     let _ = writeln!(
         s,
         "\nServer RSS at the end of the capacity phase: {:.0} MiB.\n",
@@ -684,5 +673,34 @@ fn writer_split(total: f64, writer: f64) -> String {
         )
     } else {
         String::new()
+    }
+}
+
+/// The latency phases of one build, with what each cost the machine.
+fn load_table(s: &mut String, build: &str, loads: &[crate::throughput::LoadPoint]) {
+    let _ = writeln!(
+        s,
+        "\n| {build}: load | offered msg/s | sent | received | refused (busy) | p50 ms | p90 ms | p99 ms | max ms | server µs/msg | generator µs/msg | cores busy | UDP/msg | run-queue wait µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for l in loads {
+        let c = &l.cost;
+        let _ = writeln!(
+            s,
+            "| {} % | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} % | {:.1} | {:.0} |",
+            l.pct,
+            l.offered_per_sec,
+            l.sent,
+            l.received,
+            l.refused,
+            l.latency.p50_ms,
+            l.latency.p90_ms,
+            l.latency.p99_ms,
+            l.latency.max_ms,
+            c.server_us_per_msg,
+            c.generator_us_per_msg,
+            c.cores_busy * 100.0,
+            c.udp_datagrams_per_msg,
+            c.server_runq_wait_us,
+        );
     }
 }

@@ -123,7 +123,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         if let Some(url) = &url {
             extra.extend(["--store", url.as_str(), "--store-writers", &writers]);
         }
-        let capacity = throughput::capacity_and_half_load(None, &tp, &extra, store).await?;
+        let capacity = throughput::capacity_and_half_load(None, &tp, &extra, store, &[50]).await?;
         let fan = fanout::run(&fanout::Args {
             sizes: if q { vec![10] } else { args.sizes.clone() },
             large_sizes: if q { vec![100] } else { vec![1000] },

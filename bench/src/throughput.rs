@@ -62,6 +62,10 @@ pub(crate) struct LoadPoint {
     pub refused: u64,
     /// Send-to-receive time.
     pub latency: Latency,
+    /// What the sending window cost the machine, per message sent (absent in older
+    /// results).
+    #[serde(default)]
+    pub cost: crate::machine::PhaseCost,
 }
 
 /// Result.
@@ -136,6 +140,11 @@ pub(crate) struct Baseline {
     pub server_writer_us_per_msg: f64,
     /// Latency at 50 % of its own capacity.
     pub half_load: LoadPoint,
+    /// Latency at each of the loads this build was measured at, of its own capacity,
+    /// run in the same order on the same database as this build's (absent in older
+    /// results, where only 50 % was run, right after the capacity phase).
+    #[serde(default)]
+    pub loads: Vec<LoadPoint>,
 }
 
 #[derive(Default)]
@@ -200,35 +209,51 @@ pub(crate) struct Capacity {
     pub postgres_us_per_msg: f64,
     /// p50 / p99 at 50 % of capacity, ms.
     pub half_load: LoadPoint,
+    /// Every latency phase, in the order run.
+    pub loads: Vec<LoadPoint>,
 }
 
-/// Capacity (with server and PostgreSQL CPU per message) and latency at 50 % load, on a
-/// server (`bin`, or this build's) started with `extra` flags.
+/// Capacity (with server and PostgreSQL CPU per message) and latency at `loads` % of
+/// it, in that order, and at 50 % if `loads` has no 50 (run last), on a server (`bin`, or
+/// this build's) started with `extra` flags.
 pub(crate) async fn capacity_and_half_load(
     bin: Option<&std::path::Path>,
     args: &Args,
     extra: &[&str],
     label: &str,
+    loads: &[u32],
 ) -> anyhow::Result<Capacity> {
     let s = measure_capacity(bin, args, extra, label).await?;
-    let half_load = load_phase(
-        &s.clients,
-        &s.sink,
-        args.clients.max(2),
-        s.measured.per_sec,
-        50,
-        args.secs,
-    )
-    .await;
+    let mut points = vec![];
+    for &pct in loads.iter().chain((!loads.contains(&50)).then_some(&50)) {
+        points.push(
+            load_phase(
+                &s.clients,
+                &s.sink,
+                args.clients.max(2),
+                s.measured.per_sec,
+                pct,
+                args.secs,
+                &[s._server.pid()],
+            )
+            .await,
+        );
+    }
     for c in s.clients.iter() {
         c.close();
     }
+    let half_load = points
+        .iter()
+        .find(|l| l.pct == 50)
+        .cloned()
+        .expect("50 % is run");
     Ok(Capacity {
         per_sec: s.measured.per_sec,
         server_us_per_msg: s.measured.us_per_msg(s.measured.server_cpu),
         server_writer_us_per_msg: s.measured.us_per_msg(s.measured.server_writer_cpu),
         postgres_us_per_msg: s.measured.us_per_msg(s.measured.postgres_cpu),
         half_load,
+        loads: points,
     })
 }
 
@@ -405,8 +430,15 @@ impl Ring {
         measured
     }
 
-    /// Open-loop latency at `pct` % of `capacity` (see [`load_phase`]).
-    pub(crate) async fn load(&self, capacity: f64, pct: u32, secs: u64) -> LoadPoint {
+    /// Open-loop latency at `pct` % of `capacity` (see [`load_phase`]); `servers`: the
+    /// server processes whose cost the phase reports.
+    pub(crate) async fn load(
+        &self,
+        capacity: f64,
+        pct: u32,
+        secs: u64,
+        servers: &[u32],
+    ) -> LoadPoint {
         load_phase(
             &self.clients,
             &self.sink,
@@ -414,6 +446,7 @@ impl Ring {
             capacity,
             pct,
             secs,
+            servers,
         )
         .await
     }
@@ -435,7 +468,19 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     // Latency at fractions of capacity, open loop.
     let mut loads = vec![];
     for &pct in &args.loads {
-        loads.push(load_phase(&full.clients, &full.sink, n, capacity, pct, args.secs).await);
+        let pid = full._server.pid();
+        loads.push(
+            load_phase(
+                &full.clients,
+                &full.sink,
+                n,
+                capacity,
+                pct,
+                args.secs,
+                &[pid],
+            )
+            .await,
+        );
     }
     for c in full.clients.iter() {
         c.close();
@@ -459,13 +504,15 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let durable = echo_ceiling(n, args.endpoints.max(1), args.window, args.secs, true).await?;
     let baseline = match &args.baseline {
         Some(bin) => {
-            let c = capacity_and_half_load(Some(bin), args, &[], "baseline build").await?;
+            let c =
+                capacity_and_half_load(Some(bin), args, &[], "baseline build", &args.loads).await?;
             Some(Baseline {
                 bin: bin.display().to_string(),
                 capacity_per_sec: c.per_sec,
                 server_us_per_msg: c.server_us_per_msg,
                 server_writer_us_per_msg: c.server_writer_us_per_msg,
                 half_load: c.half_load,
+                loads: c.loads,
             })
         }
         None => None,
@@ -498,6 +545,7 @@ async fn load_phase(
     capacity: f64,
     pct: u32,
     secs: u64,
+    servers: &[u32],
 ) -> LoadPoint {
     let rate = capacity * pct as f64 / 100.0;
     let bar = ui::spinner(&format!("{pct}% load ({rate:.0} msg/s)"));
@@ -505,6 +553,7 @@ async fn load_phase(
     sink.record.store(true, Ordering::Relaxed);
     let d0 = sink.delivered.load(Ordering::Relaxed);
     let r0 = sink.refused.load(Ordering::Relaxed);
+    let machine = crate::machine::Sample::now(servers);
     let started = Instant::now();
     let mut sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -519,6 +568,9 @@ async fn load_phase(
         }
         bar.tick();
     }
+    // The cost is of the sending window (what the messages sent in it cost), not of
+    // the drain after it.
+    let cost = machine.until(&crate::machine::Sample::now(servers), sent);
     tokio::time::sleep(Duration::from_secs(3)).await;
     sink.record.store(false, Ordering::Relaxed);
     let received = sink.delivered.load(Ordering::Relaxed) - d0;
@@ -537,6 +589,7 @@ async fn load_phase(
         received,
         refused: sink.refused.load(Ordering::Relaxed) - r0,
         latency,
+        cost,
     }
 }
 
