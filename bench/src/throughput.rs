@@ -42,7 +42,7 @@ pub(crate) struct Args {
     #[arg(long, value_delimiter = ',', default_value = "25,50,90")]
     pub loads: Vec<u32>,
     /// Another `tern-server` binary (an older build) measured the same way in the same
-    /// run, after this one: capacity, server CPU per message, latency at 50 % load.
+    /// run, after this one: capacity, server CPU per message, latency at the same loads.
     #[arg(long)]
     pub baseline: Option<std::path::PathBuf>,
 }
