@@ -188,7 +188,7 @@ fn peer(i: usize, n: usize) -> String {
 /// A server after its closed-loop capacity phase, with the clients still logged in.
 struct Setup {
     /// Kept so the server lives (and is killed when the setup is dropped).
-    _server: ServerProc,
+    server: ServerProc,
     clients: Arc<Vec<RawClient>>,
     sink: Arc<Counter>,
     /// What the capacity window measured.
@@ -224,21 +224,12 @@ pub(crate) async fn capacity_and_half_load(
     loads: &[u32],
 ) -> anyhow::Result<Capacity> {
     let s = measure_capacity(bin, args, extra, label).await?;
-    let mut points = vec![];
-    for &pct in loads.iter().chain((!loads.contains(&50)).then_some(&50)) {
-        points.push(
-            load_phase(
-                &s.clients,
-                &s.sink,
-                args.clients.max(2),
-                s.measured.per_sec,
-                pct,
-                args.secs,
-                &[s._server.pid()],
-            )
-            .await,
-        );
-    }
+    let with_half: Vec<u32> = loads
+        .iter()
+        .copied()
+        .chain((!loads.contains(&50)).then_some(50))
+        .collect();
+    let points = s.load_phases(args, &with_half).await;
     for c in s.clients.iter() {
         c.close();
     }
@@ -272,12 +263,34 @@ async fn measure_capacity(
     let measured = ring.closed_loop(args, label, &server_cpu).await;
     let rss = server.rss().unwrap_or(0);
     Ok(Setup {
-        _server: server,
+        server,
         clients: ring.clients,
         sink: ring.sink,
         measured,
         rss,
     })
+}
+
+impl Setup {
+    /// Open-loop latency at each of `loads` % of the measured capacity, in that order.
+    async fn load_phases(&self, args: &Args, loads: &[u32]) -> Vec<LoadPoint> {
+        let mut points = vec![];
+        for &pct in loads {
+            points.push(
+                load_phase(
+                    &self.clients,
+                    &self.sink,
+                    args.clients.max(2),
+                    self.measured.per_sec,
+                    pct,
+                    args.secs,
+                    &[self.server.pid()],
+                )
+                .await,
+            );
+        }
+        points
+    }
 }
 
 /// Clients in a ring (client i sends to client i + 1), logged in to one or more
@@ -466,22 +479,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
     let capacity = full.measured.per_sec;
 
     // Latency at fractions of capacity, open loop.
-    let mut loads = vec![];
-    for &pct in &args.loads {
-        let pid = full._server.pid();
-        loads.push(
-            load_phase(
-                &full.clients,
-                &full.sink,
-                n,
-                capacity,
-                pct,
-                args.secs,
-                &[pid],
-            )
-            .await,
-        );
-    }
+    let loads = full.load_phases(args, &args.loads).await;
     for c in full.clients.iter() {
         c.close();
     }
