@@ -9,7 +9,12 @@
 //! heartbeat do not depend on the compression; QUIC's own timers (ACK delay, PTO) are
 //! not scaled, which only matters if they approach the compressed intervals.
 //! Reported: the whole first hour (learning included) and the steady state after the
-//! heartbeat locked, extrapolated to an hour.
+//! heartbeat locked, extrapolated to an hour. The steady window is whole heartbeat
+//! periods: from the first heartbeat sent after the lock to the last one before the
+//! end. A window from the lock itself to the end held a part-period at each edge,
+//! which moved the steady figure by up to one heartbeat's packets over a window of
+//! ten or so periods (64.9 and 73.8 packets/hour in two runs of the same binaries,
+//! docs/bench/cost-round12/README.md).
 
 use std::time::{Duration, Instant};
 
@@ -43,10 +48,20 @@ pub(crate) struct Case {
     pub packets_per_hour: f64,
     /// Bytes per hour, both directions, whole run.
     pub bytes_per_hour: f64,
-    /// Packets per hour once the interval locked (same as the whole run for fixed).
+    /// Packets per hour once the interval locked, over whole heartbeat periods (for a
+    /// fixed interval, from its first heartbeat).
     pub steady_packets_per_hour: Option<f64>,
     /// Bytes per hour once locked.
     pub steady_bytes_per_hour: Option<f64>,
+    /// Heartbeat periods in the steady window.
+    #[serde(default)]
+    pub steady_heartbeats: u64,
+    /// Packets per heartbeat in the steady window, client to server.
+    #[serde(default)]
+    pub steady_up_per_heartbeat: f64,
+    /// Packets per heartbeat in the steady window, server to client.
+    #[serde(default)]
+    pub steady_down_per_heartbeat: f64,
     /// Heartbeats sent.
     pub heartbeats: u64,
     /// Interval at the end (uncompressed), s.
@@ -55,6 +70,36 @@ pub(crate) struct Case {
     pub locked: bool,
     /// NAT mappings that expired (each one costs a reconnect-like recovery).
     pub nat_expiries: u64,
+}
+
+/// A point of the steady window: just after a heartbeat was sent (polled every 100 ms,
+/// so its reply and ACKs, a loopback round trip away, are in).
+#[derive(Clone)]
+struct Boundary {
+    at: Instant,
+    stats: tern_netsim::RelayStats,
+    heartbeats: u64,
+}
+
+/// The steady window's figures: packets and bytes per (uncompressed) hour, periods,
+/// and packets per heartbeat up and down. `None` with fewer than three whole periods.
+fn steady(first: &Boundary, last: &Boundary, compress: f64) -> Option<(f64, f64, u64, f64, f64)> {
+    let periods = last.heartbeats - first.heartbeats;
+    if periods < 3 {
+        return None;
+    }
+    let (a, b) = (&first.stats, &last.stats);
+    let up = b.up.sent - a.up.sent;
+    let down = b.down.sent - a.down.sent;
+    let bytes = b.up.bytes + b.down.bytes - a.up.bytes - a.down.bytes;
+    let f = 3600.0 / ((last.at - first.at).as_secs_f64() * compress);
+    Some((
+        (up + down) as f64 * f,
+        bytes as f64 * f,
+        periods,
+        up as f64 / periods as f64,
+        down as f64 / periods as f64,
+    ))
 }
 
 /// Result.
@@ -126,12 +171,26 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
             app.client.set_foreground(false);
             let start = Instant::now();
             let s0 = relay.stats();
-            let mut locked_at: Option<(Instant, tern_netsim::RelayStats)> = None;
+            let is_fixed = name.starts_with("fixed");
+            // The first and the latest heartbeat boundary once the interval is locked.
+            let (mut first, mut last): (Option<Boundary>, Option<Boundary>) = (None, None);
+            let mut seen = app.client.diagnostics().heartbeats_sent;
             while start.elapsed().as_secs_f64() < secs {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if locked_at.is_none() && app.client.diagnostics().heartbeat_locked {
-                    locked_at = Some((Instant::now(), relay.stats()));
+                let d = app.client.diagnostics();
+                if d.heartbeats_sent != seen && (is_fixed || d.heartbeat_locked) {
+                    let b = Boundary {
+                        at: Instant::now(),
+                        stats: relay.stats(),
+                        heartbeats: d.heartbeats_sent,
+                    };
+                    if first.is_none() {
+                        first = Some(b);
+                    } else {
+                        last = Some(b);
+                    }
                 }
+                seen = d.heartbeats_sent;
             }
             let s1 = relay.stats();
             let d = app.client.diagnostics();
@@ -147,23 +206,20 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
             };
             let (p, b) = packets(&s0, &s1);
             let (pph, bph) = hour(p, b, start.elapsed());
-            let is_fixed = name.starts_with("fixed");
-            let (spph, sbph) = match (&locked_at, is_fixed) {
-                (_, true) => (Some(pph), Some(bph)),
-                (Some((t, s)), false) if t.elapsed() > Duration::from_secs_f64(secs / 10.0) => {
-                    let (p, b) = packets(s, &s1);
-                    let (p, b) = hour(p, b, t.elapsed());
-                    (Some(p), Some(b))
-                }
-                _ => (None, None),
+            let window = match (&first, &last) {
+                (Some(f), Some(l)) => steady(f, l, k),
+                _ => None,
             };
             anyhow::Ok(Case {
                 name: name.to_string(),
                 nat_secs: *nat,
                 packets_per_hour: pph,
                 bytes_per_hour: bph,
-                steady_packets_per_hour: spph,
-                steady_bytes_per_hour: sbph,
+                steady_packets_per_hour: window.map(|w| w.0),
+                steady_bytes_per_hour: window.map(|w| w.1),
+                steady_heartbeats: window.map_or(0, |w| w.2),
+                steady_up_per_heartbeat: window.map_or(0.0, |w| w.3),
+                steady_down_per_heartbeat: window.map_or(0.0, |w| w.4),
                 heartbeats: d.heartbeats_sent,
                 interval_secs: d.heartbeat_interval_ms as f64 / 1000.0 * k,
                 locked: d.heartbeat_locked,
@@ -181,4 +237,38 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         covered_secs: secs * k,
         cases,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(start: Instant, secs: f64, up: u64, down: u64, heartbeats: u64) -> Boundary {
+        let mut stats = tern_netsim::RelayStats::default();
+        stats.up.sent = up;
+        stats.up.bytes = up * 50;
+        stats.down.sent = down;
+        stats.down.bytes = down * 40;
+        Boundary {
+            at: start + Duration::from_secs_f64(secs),
+            stats,
+            heartbeats,
+        }
+    }
+
+    #[test]
+    fn the_steady_window_counts_whole_heartbeat_periods() {
+        let t = Instant::now();
+        // 10 periods of 10.8 s (108 s uncompressed at 10x): one packet each way per
+        // heartbeat, and 2 more packets up somewhere in the window.
+        let (first, last) = (at(t, 5.0, 7, 4, 6), at(t, 113.0, 19, 14, 16));
+        let (pph, bph, periods, up, down) = steady(&first, &last, 10.0).unwrap();
+        assert_eq!(periods, 10);
+        assert!((up - 1.2).abs() < 1e-9 && (down - 1.0).abs() < 1e-9);
+        // 22 packets in 1,080 uncompressed seconds: 73.3 an hour.
+        assert!((pph - 22.0 * 3600.0 / 1080.0).abs() < 1e-6, "{pph}");
+        assert!((bph - (12.0 * 50.0 + 10.0 * 40.0) * 3600.0 / 1080.0).abs() < 1e-6);
+        // Fewer than three whole periods: no steady figure.
+        assert!(steady(&first, &at(t, 26.6, 9, 6, 8), 10.0).is_none());
+    }
 }

@@ -413,24 +413,26 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## 4. Idle cost\n");
     let _ = writeln!(
         s,
-        "`tern-bench idle-cost`: backgrounded clients behind `tern-netsim` NATs; every UDP packet both ways counted. Time compressed {:.0}× (NAT timeouts and heartbeat parameters divided by it), {:.0} s covered. *Whole run* includes the smart heartbeat's learning; *steady* is after it locked.\n",
+        "`tern-bench idle-cost`: backgrounded clients behind `tern-netsim` NATs; every UDP packet both ways counted. Time compressed {:.0}× (NAT timeouts and heartbeat parameters divided by it), {:.0} s covered. *Whole run* includes the smart heartbeat's learning; *steady* is after it locked, over whole heartbeat periods (first heartbeat after the lock to the last before the end), with the packets per heartbeat each way.\n",
         c.compress, c.covered_secs
     );
     let _ = writeln!(
         s,
-        "| client | NAT | packets/hour (whole run) | bytes/hour | steady packets/hour | steady bytes/hour | heartbeats | final interval | NAT expiries |\n|---|---|---|---|---|---|---|---|---|"
+        "| client | NAT | packets/hour (whole run) | bytes/hour | steady packets/hour | steady bytes/hour | steady periods | packets per heartbeat, up + down | heartbeats | final interval | NAT expiries |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for x in &c.cases {
         let opt = |v: Option<f64>| v.map_or("not locked".to_string(), |v| format!("{v:.0}"));
         let _ = writeln!(
             s,
-            "| {} | {:.0} s | {:.0} | {:.0} | {} | {} | {} | {:.1} s | {} |",
+            "| {} | {:.0} s | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.1} s | {} |",
             x.name,
             x.nat_secs,
             x.packets_per_hour,
             x.bytes_per_hour,
             opt(x.steady_packets_per_hour),
             opt(x.steady_bytes_per_hour),
+            x.steady_heartbeats,
+            per_heartbeat(x),
             x.heartbeats,
             x.interval_secs,
             x.nat_expiries
@@ -665,6 +667,18 @@ fn plot_idle_cost(r: &Results, path: &Path) -> anyhow::Result<()> {
 
 /// " (W in the store writer, R on the network side and reads)" after a CPU-per-message
 /// figure, or nothing when the writer's share was not measured.
+/// The steady window's packets per heartbeat, client to server + server to client
+/// ("—" for a case without one, or from a results file older than the breakdown).
+fn per_heartbeat(c: &crate::idle_cost::Case) -> String {
+    if c.steady_heartbeats == 0 {
+        return "—".into();
+    }
+    format!(
+        "{:.2} + {:.2}",
+        c.steady_up_per_heartbeat, c.steady_down_per_heartbeat
+    )
+}
+
 fn writer_split(total: f64, writer: f64) -> String {
     if writer > 0.0 {
         format!(
