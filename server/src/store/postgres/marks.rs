@@ -7,8 +7,8 @@ use tern_protocol::page::PageBudget;
 use tern_protocol::pb;
 
 use super::timeline::{
-    ENTRY_COLUMNS, append_receipts, bump_heads, head_seq, insert_event, insert_receipt, lock_heads,
-    restore_point, row_to_entry,
+    CONVERSATION_ENTRIES, ENTRY_COLUMNS, append_receipts, bump_heads, head_seq, insert_event,
+    insert_receipt, lock_heads, restore_point, row_to_entry,
 };
 use super::{StoreError, Tx, execute, groups, query, query_one, query_opt};
 use crate::store::{Fanout, log_key, rules};
@@ -25,10 +25,11 @@ async fn newly_read(
 ) -> Result<Vec<(String, i64)>, StoreError> {
     Ok(query(
         tx,
-        "SELECT m.sender, MAX(m.id) FROM timeline t JOIN messages m ON m.id = t.message_id
-         WHERE t.uid = $1 AND t.conv_kind = $2 AND t.conversation = $3
-           AND t.seq > $4 AND t.seq <= $5 AND m.sender != $1
-         GROUP BY m.sender ORDER BY m.sender",
+        &format!(
+            "SELECT m.sender, MAX(m.id) FROM {CONVERSATION_ENTRIES}
+               AND t.seq > $4 AND t.seq <= $5 AND m.sender != $1
+             GROUP BY m.sender ORDER BY m.sender"
+        ),
         &[
             &user,
             &kind,
@@ -96,8 +97,7 @@ pub(super) async fn mark_read(
     set_read_mark(tx, user, kind_i, conversation, up_to).await?;
     let unread: i64 = query_one(
         tx,
-        "SELECT COUNT(*) FROM timeline t JOIN messages m ON m.id = t.message_id
-         WHERE t.uid = $1 AND t.conv_kind = $2 AND t.conversation = $3 AND t.seq > $4 AND m.sender != $1",
+        &format!("SELECT COUNT(*) FROM {CONVERSATION_ENTRIES} AND t.seq > $4 AND m.sender != $1"),
         &[&user, &kind_i, &conversation, &(up_to as i64)],
     )
     .await?
@@ -385,8 +385,7 @@ async fn history_of(
     let rows = query(
         c,
         &format!(
-            "SELECT {ENTRY_COLUMNS} FROM timeline t JOIN messages m ON m.id = t.message_id
-             WHERE t.uid = $1 AND t.conv_kind = $2 AND t.conversation = $3 AND t.seq < $4
+            "SELECT {ENTRY_COLUMNS} FROM {CONVERSATION_ENTRIES} AND t.seq < $4
              ORDER BY t.seq DESC LIMIT $5"
         ),
         &[&owner, &kind, &conversation, &before, &(limit as i64 + 1)],

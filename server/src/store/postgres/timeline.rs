@@ -497,6 +497,17 @@ pub(super) async fn write_delivered(
     Ok(fanout)
 }
 
+/// One conversation's entries, as every read of a conversation selects them (a page of
+/// it, the summaries' last messages, unread counts, read receipts): message entries
+/// only, through `timeline_by_conversation` (PostgreSQL's planner picks it from its
+/// statistics). Here the index still holds every entry: the SQLite store's holds
+/// message entries alone (its migration 0006), but rebuilding this one in a migration
+/// would lock the timeline of a running cluster during a rolling upgrade. Binds $1 the
+/// timeline's owner, $2 the conversation kind, $3 the conversation; a query adds its
+/// own terms with `AND`.
+pub(super) const CONVERSATION_ENTRIES: &str = "timeline t JOIN messages m ON m.id = t.message_id
+     WHERE t.uid = $1 AND t.conv_kind = $2 AND t.conversation = $3 AND t.message_id IS NOT NULL";
+
 pub(super) const ENTRY_COLUMNS: &str =
     "t.seq, t.receipt, m.id, m.client_msg_id, m.sender, m.recipient, m.kind, m.content_type,
      m.body, m.client_ts, m.server_ts, t.event, m.recalled";
@@ -613,8 +624,7 @@ pub(super) async fn read_summaries(
             let entries = query(
                 c,
                 &format!(
-                    "SELECT {ENTRY_COLUMNS} FROM timeline t JOIN messages m ON m.id = t.message_id
-                     WHERE t.uid = $1 AND t.conv_kind = $2 AND t.conversation = $3 ORDER BY t.seq DESC LIMIT $4"
+                    "SELECT {ENTRY_COLUMNS} FROM {CONVERSATION_ENTRIES} ORDER BY t.seq DESC LIMIT $4"
                 ),
                 &[&user, &kind, &conversation, &(last_messages as i64)],
             )

@@ -19,7 +19,9 @@ use crate::store::{Fanout, log_key, rules};
 use super::tx::Tx;
 use super::{
     StoreError, groups, timeline,
-    timeline::{ENTRY_COLUMNS, append_event, append_receipt, head_seq, row_to_entry},
+    timeline::{
+        CONVERSATION_ENTRIES, ENTRY_COLUMNS, append_event, append_receipt, head_seq, row_to_entry,
+    },
 };
 
 pub(super) fn mark_read(
@@ -51,10 +53,9 @@ pub(super) fn mark_read(
     }
     set_read_mark(tx, user, kind_i, conversation, up_to)?;
     let unread: i64 = tx
-        .prepare_cached(
-            "SELECT COUNT(*) FROM timeline t JOIN messages m ON m.id = t.message_id
-             WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 AND t.seq > ?4 AND m.sender != ?1",
-        )?
+        .prepare_cached(&format!(
+            "SELECT COUNT(*) FROM {CONVERSATION_ENTRIES} AND t.seq > ?4 AND m.sender != ?1"
+        ))?
         .query_row(params![user, kind_i, conversation, up_to as i64], |r| {
             r.get(0)
         })?;
@@ -64,12 +65,11 @@ pub(super) fn mark_read(
     .execute(params![user, kind_i, conversation, unread])?;
     // The newest message read now, per sender, among those not read before.
     let newly_read: Vec<(String, i64)> = tx
-        .prepare_cached(
-            "SELECT m.sender, MAX(m.id) FROM timeline t JOIN messages m ON m.id = t.message_id
-             WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3
-               AND t.seq > ?4 AND t.seq <= ?5 AND m.sender != ?1
-             GROUP BY m.sender",
-        )?
+        .prepare_cached(&format!(
+            "SELECT m.sender, MAX(m.id) FROM {CONVERSATION_ENTRIES}
+                   AND t.seq > ?4 AND t.seq <= ?5 AND m.sender != ?1
+                 GROUP BY m.sender"
+        ))?
         .query_map(
             params![user, kind_i, conversation, prev as i64, up_to as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -330,8 +330,7 @@ fn history_of(
         before_seq as i64
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM timeline t JOIN messages m ON m.id = t.message_id
-         WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 AND t.seq < ?4
+        "SELECT {ENTRY_COLUMNS} FROM {CONVERSATION_ENTRIES} AND t.seq < ?4
          ORDER BY t.seq DESC LIMIT ?5"
     ))?;
     // Read row by row up to the page's byte budget (see `tern_protocol::page`).

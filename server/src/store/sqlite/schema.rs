@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_large_group_logs.sql"),
     include_str!("migrations/0004_device_send_order.sql"),
     include_str!("migrations/0005_store_generation.sql"),
+    include_str!("migrations/0006_conversation_index_messages_only.sql"),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

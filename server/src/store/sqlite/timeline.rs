@@ -404,6 +404,18 @@ pub(super) fn ack_delivered(
     Ok(fanout)
 }
 
+/// One conversation's entries, as every read of a conversation selects them (a page of
+/// it, the summaries' last messages, unread counts, read receipts): message entries
+/// only, through `timeline_by_conversation`, which holds those alone (migration 0006:
+/// receipts and events are not in it). The index is named: without statistics SQLite
+/// chose the timeline's primary key for these reads and walked the owner's whole
+/// timeline back to the conversation's entries, work in proportion to the timeline,
+/// not to the answer. Binds ?1 the timeline's owner, ?2 the conversation kind, ?3 the
+/// conversation; a query adds its own terms with `AND`.
+pub(super) const CONVERSATION_ENTRIES: &str = "timeline t INDEXED BY timeline_by_conversation
+     JOIN messages m ON m.id = t.message_id
+     WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 AND t.message_id IS NOT NULL";
+
 pub(super) const ENTRY_COLUMNS: &str =
     "t.seq, t.receipt, m.id, m.client_msg_id, m.sender, m.recipient, m.kind, m.content_type,
      m.body, m.client_ts, m.server_ts, t.event, m.recalled";
@@ -503,8 +515,7 @@ pub(super) fn read_summaries(
         .collect::<Result<_, _>>()?;
     let more = rows.len() > limit as usize;
     let mut last_stmt = conn.prepare_cached(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM timeline t JOIN messages m ON m.id = t.message_id
-         WHERE t.user = ?1 AND t.conv_kind = ?2 AND t.conversation = ?3 ORDER BY t.seq DESC LIMIT ?4"
+        "SELECT {ENTRY_COLUMNS} FROM {CONVERSATION_ENTRIES} ORDER BY t.seq DESC LIMIT ?4"
     ))?;
     let mut conversations = Vec::with_capacity(rows.len().min(limit as usize));
     // One budget for the whole answer: the conversations come first (each one's
