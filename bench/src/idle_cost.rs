@@ -12,9 +12,10 @@
 //! heartbeat locked, extrapolated to an hour. The steady window is whole heartbeat
 //! periods: from the first heartbeat sent after the lock to the last one before the
 //! end. A window from the lock itself to the end held a part-period at each edge,
-//! which moved the steady figure by up to one heartbeat's packets over a window of
-//! ten or so periods (64.9 and 73.8 packets/hour in two runs of the same binaries,
-//! docs/bench/cost-round12/README.md).
+//! which can move the steady figure by up to two heartbeats' packets over a window of
+//! ten or so periods: one cause of 64.9 and 73.8 packets/hour from two runs of the
+//! same binaries (docs/bench/cost-round12/README.md; analysis.md, thirteenth round,
+//! shows another).
 
 use std::time::{Duration, Instant};
 
@@ -72,13 +73,27 @@ pub(crate) struct Case {
     pub nat_expiries: u64,
 }
 
-/// A point of the steady window: just after a heartbeat was sent (polled every 100 ms,
-/// so its reply and ACKs, a loopback round trip away, are in).
-#[derive(Clone)]
+/// A point of the steady window: the first poll (every 100 ms) that sees a heartbeat
+/// sent. The server's ACK of that heartbeat may not be in yet, so a window can count
+/// one ACK more or fewer than it has periods (docs/bench/cost-round13/README.md).
 struct Boundary {
     at: Instant,
     stats: tern_netsim::RelayStats,
     heartbeats: u64,
+}
+
+/// Packets and bytes, both directions, between two snapshots of a relay's counters
+/// `real` seconds apart, per uncompressed hour.
+fn per_hour(
+    a: &tern_netsim::RelayStats,
+    b: &tern_netsim::RelayStats,
+    real: Duration,
+    compress: f64,
+) -> (f64, f64) {
+    let f = 3600.0 / (real.as_secs_f64() * compress);
+    let packets = b.up.sent + b.down.sent - a.up.sent - a.down.sent;
+    let bytes = b.up.bytes + b.down.bytes - a.up.bytes - a.down.bytes;
+    (packets as f64 * f, bytes as f64 * f)
 }
 
 /// The steady window's figures: packets and bytes per (uncompressed) hour, periods,
@@ -91,11 +106,10 @@ fn steady(first: &Boundary, last: &Boundary, compress: f64) -> Option<(f64, f64,
     let (a, b) = (&first.stats, &last.stats);
     let up = b.up.sent - a.up.sent;
     let down = b.down.sent - a.down.sent;
-    let bytes = b.up.bytes + b.down.bytes - a.up.bytes - a.down.bytes;
-    let f = 3600.0 / ((last.at - first.at).as_secs_f64() * compress);
+    let (packets, bytes) = per_hour(a, b, last.at - first.at, compress);
     Some((
-        (up + down) as f64 * f,
-        bytes as f64 * f,
+        packets,
+        bytes,
         periods,
         up as f64 / periods as f64,
         down as f64 / periods as f64,
@@ -194,18 +208,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
             }
             let s1 = relay.stats();
             let d = app.client.diagnostics();
-            let hour = |packets: u64, bytes: u64, real: Duration| {
-                let f = 3600.0 / (real.as_secs_f64() * k);
-                (packets as f64 * f, bytes as f64 * f)
-            };
-            let packets = |a: &tern_netsim::RelayStats, b: &tern_netsim::RelayStats| {
-                (
-                    b.up.sent + b.down.sent - a.up.sent - a.down.sent,
-                    b.up.bytes + b.down.bytes - a.up.bytes - a.down.bytes,
-                )
-            };
-            let (p, b) = packets(&s0, &s1);
-            let (pph, bph) = hour(p, b, start.elapsed());
+            let (pph, bph) = per_hour(&s0, &s1, start.elapsed(), k);
             let window = match (&first, &last) {
                 (Some(f), Some(l)) => steady(f, l, k),
                 _ => None,

@@ -665,8 +665,6 @@ fn plot_idle_cost(r: &Results, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// " (W in the store writer, R on the network side and reads)" after a CPU-per-message
-/// figure, or nothing when the writer's share was not measured.
 /// The steady window's packets per heartbeat, client to server + server to client
 /// ("—" for a case without one, or from a results file older than the breakdown).
 fn per_heartbeat(c: &crate::idle_cost::Case) -> String {
@@ -679,6 +677,8 @@ fn per_heartbeat(c: &crate::idle_cost::Case) -> String {
     )
 }
 
+/// " (W in the store writer, R on the network side and reads)" after a CPU-per-message
+/// figure, or nothing when the writer's share was not measured.
 fn writer_split(total: f64, writer: f64) -> String {
     if writer > 0.0 {
         format!(
