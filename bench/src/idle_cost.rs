@@ -10,12 +10,14 @@
 //! not scaled, which only matters if they approach the compressed intervals.
 //! Reported: the whole first hour (learning included) and the steady state after the
 //! heartbeat locked, extrapolated to an hour. The steady window is whole heartbeat
-//! periods: from the first heartbeat sent after the lock to the last one before the
-//! end. A window from the lock itself to the end held a part-period at each edge,
-//! which can move the steady figure by up to two heartbeats' packets over a window of
-//! ten or so periods: one cause of 64.9 and 73.8 packets/hour from two runs of the
-//! same binaries (docs/bench/cost-round12/README.md; analysis.md, thirteenth round,
-//! shows another).
+//! periods, cut in the middle of a period: from half an interval after the first
+//! heartbeat sent after the lock to half an interval after the last one before the end,
+//! so each heartbeat in it comes with its answer and its QUIC ACKs. (Cut at the
+//! heartbeats themselves, a boundary could fall before the server's ACK was in, and a
+//! window from the lock to the end held a part-period at each edge: both moved the
+//! figure by a packet or two over ten or so periods, docs/bench/cost-round12 and
+//! cost-round13.) The relay logs every packet, so the steady window's packets are also
+//! given by size each way: what is not a heartbeat shows as a size of its own.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +65,9 @@ pub(crate) struct Case {
     /// Packets per heartbeat in the steady window, server to client.
     #[serde(default)]
     pub steady_down_per_heartbeat: f64,
+    /// The steady window's packets by direction and size, most frequent first.
+    #[serde(default)]
+    pub steady_sizes: Vec<SizeCount>,
     /// Heartbeats sent.
     pub heartbeats: u64,
     /// Interval at the end (uncompressed), s.
@@ -73,9 +78,42 @@ pub(crate) struct Case {
     pub nat_expiries: u64,
 }
 
-/// A point of the steady window: the first poll (every 100 ms) that sees a heartbeat
-/// sent. The server's ACK of that heartbeat may not be in yet, so a window can count
-/// one ACK more or fewer than it has periods (docs/bench/cost-round13/README.md).
+/// Packets of one size one way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SizeCount {
+    /// `up` (client to server) or `down`.
+    pub direction: String,
+    /// UDP payload bytes.
+    pub bytes: usize,
+    /// Packets.
+    pub count: u64,
+}
+
+/// The packets of `log` received in `[from, to)`, by direction and size: up first,
+/// then by count, most first, then by size.
+fn sizes(log: &[tern_netsim::PacketRecord], from: Instant, to: Instant) -> Vec<SizeCount> {
+    let mut by: std::collections::BTreeMap<(tern_netsim::Direction, usize), u64> =
+        Default::default();
+    for p in log.iter().filter(|p| p.at >= from && p.at < to) {
+        *by.entry((p.direction, p.len)).or_default() += 1;
+    }
+    let mut out: Vec<_> = by.into_iter().collect();
+    out.sort_by_key(|&((d, len), n)| (d, std::cmp::Reverse(n), len));
+    out.into_iter()
+        .map(|((d, bytes), count)| SizeCount {
+            direction: match d {
+                tern_netsim::Direction::Up => "up",
+                tern_netsim::Direction::Down => "down",
+            }
+            .into(),
+            bytes,
+            count,
+        })
+        .collect()
+}
+
+/// A point of the steady window, half an interval after a heartbeat: the heartbeat's
+/// answer and ACKs are in, the next heartbeat is not yet sent.
 struct Boundary {
     at: Instant,
     stats: tern_netsim::RelayStats,
@@ -170,6 +208,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
         async move {
             let mut cfg = RelayConfig::new("127.0.0.1:0".parse()?, server.addr);
             cfg.nat_timeout = Some(Duration::from_secs_f64(nat / k));
+            // Bounded: an hour of 3 s heartbeats is a few thousand packets.
+            cfg.log_packets = 200_000;
             let relay = tern_netsim::start(cfg).await?;
             let dir = tempfile::tempdir()?;
             let hb = scaled(hb, k);
@@ -186,15 +226,20 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
             let start = Instant::now();
             let s0 = relay.stats();
             let is_fixed = name.starts_with("fixed");
-            // The first and the latest heartbeat boundary once the interval is locked.
+            // The first and the latest boundary once the interval is locked, each half
+            // an interval after a heartbeat (`due`: when the next one is taken).
             let (mut first, mut last): (Option<Boundary>, Option<Boundary>) = (None, None);
+            let mut due: Option<Instant> = None;
             let mut seen = app.client.diagnostics().heartbeats_sent;
             while start.elapsed().as_secs_f64() < secs {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Fine enough for half of a compressed 3 s interval (150 ms at 10x).
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 let d = app.client.diagnostics();
-                if d.heartbeats_sent != seen && (is_fixed || d.heartbeat_locked) {
+                let now = Instant::now();
+                if due.is_some_and(|at| now >= at) {
+                    due = None;
                     let b = Boundary {
-                        at: Instant::now(),
+                        at: now,
                         stats: relay.stats(),
                         heartbeats: d.heartbeats_sent,
                     };
@@ -203,6 +248,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
                     } else {
                         last = Some(b);
                     }
+                }
+                if d.heartbeats_sent != seen && (is_fixed || d.heartbeat_locked) {
+                    due = Some(now + Duration::from_millis(d.heartbeat_interval_ms / 2));
                 }
                 seen = d.heartbeats_sent;
             }
@@ -223,6 +271,10 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Report> {
                 steady_heartbeats: window.map_or(0, |w| w.2),
                 steady_up_per_heartbeat: window.map_or(0.0, |w| w.3),
                 steady_down_per_heartbeat: window.map_or(0.0, |w| w.4),
+                steady_sizes: match (&first, &last, window) {
+                    (Some(f), Some(l), Some(_)) => sizes(&relay.packets(), f.at, l.at),
+                    _ => Vec::new(),
+                },
                 heartbeats: d.heartbeats_sent,
                 interval_secs: d.heartbeat_interval_ms as f64 / 1000.0 * k,
                 locked: d.heartbeat_locked,
@@ -273,5 +325,40 @@ mod tests {
         assert!((bph - (12.0 * 50.0 + 10.0 * 40.0) * 3600.0 / 1080.0).abs() < 1e-6);
         // Fewer than three whole periods: no steady figure.
         assert!(steady(&first, &at(t, 26.6, 9, 6, 8), 10.0).is_none());
+    }
+
+    #[test]
+    fn the_window_packets_are_given_by_direction_and_size() {
+        use tern_netsim::{Direction, PacketRecord};
+        let t = Instant::now();
+        let p = |secs: f64, direction, len| PacketRecord {
+            at: t + Duration::from_secs_f64(secs),
+            direction,
+            len,
+            copies: 1,
+        };
+        let log = [
+            p(0.5, Direction::Up, 48), // before the window
+            p(1.0, Direction::Up, 48),
+            p(1.1, Direction::Down, 32),
+            p(2.0, Direction::Up, 48),
+            p(2.1, Direction::Down, 32),
+            p(2.5, Direction::Down, 70),
+            p(2.6, Direction::Up, 33),
+            p(3.0, Direction::Up, 48), // at the window's end: the next one's
+        ];
+        let got = sizes(&log, t + Duration::from_secs(1), t + Duration::from_secs(3));
+        let want = [
+            ("up", 48, 2),
+            ("up", 33, 1),
+            ("down", 32, 2),
+            ("down", 70, 1),
+        ];
+        assert_eq!(
+            got.iter()
+                .map(|c| (c.direction.as_str(), c.bytes, c.count))
+                .collect::<Vec<_>>(),
+            want
+        );
     }
 }

@@ -413,7 +413,7 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## 4. Idle cost\n");
     let _ = writeln!(
         s,
-        "`tern-bench idle-cost`: backgrounded clients behind `tern-netsim` NATs; every UDP packet both ways counted. Time compressed {:.0}× (NAT timeouts and heartbeat parameters divided by it), {:.0} s covered. *Whole run* includes the smart heartbeat's learning; *steady* is after it locked, over whole heartbeat periods (first heartbeat after the lock to the last before the end), with the packets per heartbeat each way.\n",
+        "`tern-bench idle-cost`: backgrounded clients behind `tern-netsim` NATs; every UDP packet both ways counted. Time compressed {:.0}× (NAT timeouts and heartbeat parameters divided by it), {:.0} s covered. *Whole run* includes the smart heartbeat's learning; *steady* is after it locked, over whole heartbeat periods cut in their middle (half an interval after the first heartbeat after the lock to half an interval after the last before the end), with the packets per heartbeat each way and, below the table, the steady window's packets by size.\n",
         c.compress, c.covered_secs
     );
     let _ = writeln!(
@@ -436,6 +436,16 @@ fn markdown(r: &Results) -> String {
             x.heartbeats,
             x.interval_secs,
             x.nat_expiries
+        );
+    }
+    let _ = writeln!(s);
+    for x in c.cases.iter().filter(|x| !x.steady_sizes.is_empty()) {
+        let _ = writeln!(
+            s,
+            "- {}, {:.0} s NAT, steady packets by size: {}",
+            x.name,
+            x.nat_secs,
+            by_size(&x.steady_sizes)
         );
     }
     let _ = writeln!(s, "\n![idle cost](idle-cost.png)\n");
@@ -675,6 +685,19 @@ fn per_heartbeat(c: &crate::idle_cost::Case) -> String {
         "{:.2} + {:.2}",
         c.steady_up_per_heartbeat, c.steady_down_per_heartbeat
     )
+}
+
+/// "up 48 B ×19, 95 B ×1; down 32 B ×19": a steady window's packets by size.
+fn by_size(sizes: &[crate::idle_cost::SizeCount]) -> String {
+    let way = |d: &str| {
+        sizes
+            .iter()
+            .filter(|c| c.direction == d)
+            .map(|c| format!("{} B ×{}", c.bytes, c.count))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("up {}; down {}", way("up"), way("down"))
 }
 
 /// " (W in the store writer, R on the network side and reads)" after a CPU-per-message

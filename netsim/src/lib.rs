@@ -44,6 +44,9 @@ pub struct RelayConfig {
     pub nat_timeout: Option<Duration>,
     /// RNG seed (both directions derive from it).
     pub seed: u64,
+    /// Keep a log of the first this many packets offered to the relay, both directions
+    /// ([`RelayHandle::packets`]); 0: no log. Bounded, so a long run cannot grow it.
+    pub log_packets: usize,
 }
 
 impl RelayConfig {
@@ -60,8 +63,31 @@ impl RelayConfig {
             down: clean,
             nat_timeout: None,
             seed: 1,
+            log_packets: 0,
         }
     }
+}
+
+/// Which way a packet went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Client -> server.
+    Up,
+    /// Server -> client.
+    Down,
+}
+
+/// One packet in the relay's log ([`RelayConfig::log_packets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketRecord {
+    /// When the relay received it.
+    pub at: Instant,
+    /// Which way.
+    pub direction: Direction,
+    /// UDP payload bytes.
+    pub len: usize,
+    /// Copies delivered: 0 lost (or dropped by a blackout), 2 duplicated.
+    pub copies: usize,
 }
 
 /// Counters since start.
@@ -107,6 +133,36 @@ struct Shared {
     mappings: Mutex<HashMap<SocketAddr, Mapping>>,
     created: AtomicU64,
     expired: AtomicU64,
+    /// The packet log and its bound.
+    log: Mutex<Vec<PacketRecord>>,
+    log_cap: usize,
+}
+
+impl Shared {
+    /// Sends `data` one way through its link on `lane`: zero, one or two copies, each
+    /// after its own delay; logs it while the log has room.
+    fn forward(&self, direction: Direction, lane: &Lane, data: Vec<u8>) {
+        let now = Instant::now();
+        let link = match direction {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        let arrivals = link.lock().expect("lock").transmit(now, data.len());
+        if self.log_cap > 0 {
+            let mut log = self.log.lock().expect("lock");
+            if log.len() < self.log_cap {
+                log.push(PacketRecord {
+                    at: now,
+                    direction,
+                    len: data.len(),
+                    copies: arrivals.len(),
+                });
+            }
+        }
+        for at in arrivals {
+            let _ = lane.send((at, data.clone()));
+        }
+    }
 }
 
 /// A running relay.
@@ -130,6 +186,11 @@ impl RelayHandle {
             mappings: self.shared.created.load(Ordering::Relaxed),
             nat_expiries: self.shared.expired.load(Ordering::Relaxed),
         }
+    }
+
+    /// The packet log so far (empty unless [`RelayConfig::log_packets`] is set).
+    pub fn packets(&self) -> Vec<PacketRecord> {
+        self.shared.log.lock().expect("lock").clone()
     }
 
     /// Stops relaying (sockets close when their tasks end).
@@ -163,6 +224,8 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
         mappings: Mutex::new(HashMap::new()),
         created: AtomicU64::new(0),
         expired: AtomicU64::new(0),
+        log: Mutex::new(Vec::new()),
+        log_cap: config.log_packets,
     });
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(client_side(listen, config, shared.clone(), stop_rx));
@@ -217,16 +280,6 @@ fn lane(socket: Arc<UdpSocket>, to: SocketAddr) -> Lane {
         }
     });
     tx
-}
-
-/// Sends `data` through `link` on `lane`: zero, one or two copies, each after its own
-/// delay.
-fn forward(link: &Mutex<Link>, lane: &Lane, data: Vec<u8>) {
-    let now = Instant::now();
-    let arrivals = link.lock().expect("lock").transmit(now, data.len());
-    for at in arrivals {
-        let _ = lane.send((at, data.clone()));
-    }
 }
 
 async fn client_side(
@@ -301,7 +354,7 @@ async fn client_side(
                 }
             }
         };
-        forward(&shared.up, &socket, buf[..n].to_vec());
+        shared.forward(Direction::Up, &socket, buf[..n].to_vec());
     }
 }
 
@@ -336,7 +389,7 @@ async fn server_side(
         // A timed-out mapping drops inbound packets at once, as a NAT does; it is
         // replaced when the client sends again.
         if n > 0 && !timed_out {
-            forward(&shared.down, &down, buf[..n].to_vec());
+            shared.forward(Direction::Down, &down, buf[..n].to_vec());
         }
     }
 }
@@ -392,6 +445,48 @@ mod tests {
             ),
             (2, 1, 3, 3)
         );
+    }
+
+    #[tokio::test]
+    async fn the_packet_log_holds_each_packet_each_way_up_to_its_bound() {
+        let server = echo_server().await;
+        let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), server);
+        cfg.log_packets = 5;
+        let relay = start(cfg).await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = [0u8; 2048];
+        let mut replies = vec![];
+        for i in 0..4usize {
+            let ping = vec![b'x'; 10 + i];
+            client.send_to(&ping, relay.local_addr()).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            replies.push(n);
+        }
+        let log = relay.packets();
+        // Four pings and four echoes offered; the log keeps the first five.
+        assert_eq!(log.len(), 5);
+        let shape: Vec<_> = log.iter().map(|p| (p.direction, p.len, p.copies)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (Direction::Up, 10, 1),
+                (Direction::Down, replies[0], 1),
+                (Direction::Up, 11, 1),
+                (Direction::Down, replies[1], 1),
+                (Direction::Up, 12, 1),
+            ]
+        );
+        assert!(log.windows(2).all(|w| w[0].at <= w[1].at));
+        // Off by default.
+        let quiet = start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), server))
+            .await
+            .unwrap();
+        client.send_to(b"ping", quiet.local_addr()).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf)).await;
+        assert!(quiet.packets().is_empty());
     }
 
     #[tokio::test]

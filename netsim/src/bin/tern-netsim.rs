@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         down,
         nat_timeout: cli.nat_timeout.as_deref().map(dur).transpose()?,
         seed: cli.seed,
+        log_packets: 0,
     };
     let relay = start(config.clone())
         .await
