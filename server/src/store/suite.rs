@@ -538,58 +538,48 @@ pub(crate) async fn a_devices_sends_are_taken_only_in_send_order(store: &dyn Sto
 /// Expands to one `#[tokio::test]` per behaviour of the suite; `$make` is an async
 /// closure that returns a fresh, empty store (and anything it must keep alive), or
 /// `None` when the backend is not available here (see `postgres::testing`).
+///
+/// `store_suite!(@run $make)` is instead an expression: a future that runs every case
+/// in turn, each on a fresh store from `$make` (a closure returning one), for a test
+/// that watches a backend through the whole suite (`sqlite::plans`). The cases are
+/// listed once, in the `@cases` arm.
 macro_rules! store_suite {
+    (@cases $then:ident $($arg:tt)*) => {
+        $crate::store::suite::store_suite! { $then $($arg)* ;
+            a_devices_sends_are_taken_only_in_send_order,
+            store_is_idempotent_and_assigns_contiguous_seqs,
+            delivery_ack_produces_one_receipt_per_sender_once,
+            a_delivery_cursor_is_clamped_to_the_head_and_never_moves_back,
+            group_messages_reach_every_member_and_membership_is_checked_per_send,
+            a_large_group_writes_one_log_entry_per_message_not_one_per_member,
+            read_marks_reset_unread_and_tell_senders_once,
+            recall_erases_content_within_the_window_only,
+            history_pages_back_through_one_conversation,
+            c2s_messages_queue_a_webhook_in_the_same_write
+        }
+    };
+    (tests $make:expr ; $($case:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let Some((_keep, store)) = ($make)().await else { return };
+                $crate::store::suite::$case(&*store).await;
+            }
+        )*
+    };
+    (run $make:expr ; $($case:ident),*) => {
+        async {
+            $(
+                let store = ($make)();
+                $crate::store::suite::$case(&store).await;
+            )*
+        }
+    };
+    (@run $make:expr) => {
+        $crate::store::suite::store_suite!(@cases run $make)
+    };
     ($make:expr) => {
-        #[tokio::test]
-        async fn a_devices_sends_are_taken_only_in_send_order() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::a_devices_sends_are_taken_only_in_send_order(&*store).await;
-        }
-        #[tokio::test]
-        async fn store_is_idempotent_and_assigns_contiguous_seqs() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::store_is_idempotent_and_assigns_contiguous_seqs(&*store).await;
-        }
-        #[tokio::test]
-        async fn delivery_ack_produces_one_receipt_per_sender_once() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::delivery_ack_produces_one_receipt_per_sender_once(&*store).await;
-        }
-        #[tokio::test]
-        async fn a_delivery_cursor_is_clamped_to_the_head_and_never_moves_back() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::a_delivery_cursor_is_clamped_to_the_head_and_never_moves_back(&*store).await;
-        }
-        #[tokio::test]
-        async fn group_messages_reach_every_member_and_membership_is_checked_per_send() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::group_messages_reach_every_member_and_membership_is_checked_per_send(&*store).await;
-        }
-        #[tokio::test]
-        async fn a_large_group_writes_one_log_entry_per_message_not_one_per_member() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::a_large_group_writes_one_log_entry_per_message_not_one_per_member(&*store).await;
-        }
-        #[tokio::test]
-        async fn read_marks_reset_unread_and_tell_senders_once() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::read_marks_reset_unread_and_tell_senders_once(&*store).await;
-        }
-        #[tokio::test]
-        async fn recall_erases_content_within_the_window_only() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::recall_erases_content_within_the_window_only(&*store).await;
-        }
-        #[tokio::test]
-        async fn history_pages_back_through_one_conversation() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::history_pages_back_through_one_conversation(&*store).await;
-        }
-        #[tokio::test]
-        async fn c2s_messages_queue_a_webhook_in_the_same_write() {
-            let Some((_keep, store)) = ($make)().await else { return };
-            $crate::store::suite::c2s_messages_queue_a_webhook_in_the_same_write(&*store).await;
-        }
+        $crate::store::suite::store_suite!(@cases tests $make);
     };
 }
 pub(crate) use store_suite;

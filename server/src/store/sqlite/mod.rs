@@ -40,6 +40,8 @@ mod groups;
 mod marks;
 mod order;
 mod outbox;
+#[cfg(test)]
+mod plans;
 mod schema;
 mod timeline;
 mod tx;

@@ -80,6 +80,9 @@ pub(super) fn open(
         // with SQLite's default 2 MiB cache the dirty pages spill mid-transaction.
         conn.pragma_update(None, "cache_size", -65536)?; // KiB: 64 MiB
     }
+    // Tests watch the statements of stores opened under a directory they registered.
+    #[cfg(test)]
+    let conn = super::plans::traced(conn, path);
     Ok(conn)
 }
 
