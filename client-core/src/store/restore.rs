@@ -3,13 +3,23 @@
 //! above the restore point will be given to other entries.
 //!
 //! The device *rewinds* the timeline to the restore point: entries above it lose their
-//! seq (the messages stay on the device, shown where they were), the cursor and the
+//! seq (the messages stay on the device, shown where they were; one the restored server
+//! stores again takes its new seq when it comes), the cursor and the
 //! held seqs go back, so what the server stores next from there is synced; and the
 //! user's own messages above it, which the restored server no longer has, go back in
 //! the outbox in their original order and are sent again with the same client message
 //! ids (a receiver that already holds one keeps its copy: messages are unique by
 //! client message id). Server message ids need no care: a restored server continues
 //! them above any it handed out before.
+//!
+//! The timeline's conversations go back with it: their latest seq, and the base their
+//! unread count is derived from (`store/mod.rs`), are taken down to the restore point,
+//! with the incoming messages the device holds between the two taken out of the base's
+//! count (unread messages are the newest, after the read mark). Left above it, a
+//! conversation's next `mark_read` would have covered seqs the restored server gives
+//! to new messages, and messages stored at those seqs would not have counted as
+//! unread. A conversation read up to the restore point has its read mark queued again
+//! there: the restored store may have lost it.
 
 use rusqlite::params;
 
@@ -138,6 +148,7 @@ impl Db {
             )?;
         }
         set_state(&tx, "send_seq", (mine.len() + waiting.len()) as u64)?;
+        rewind_conversations(&tx, log, to)?;
         tx.execute(
             "UPDATE messages SET seq = NULL WHERE log IS ?1 AND seq > ?2",
             params![log, to as i64],
@@ -169,4 +180,73 @@ impl Db {
         );
         Ok(Rewound { to, requeued: mine })
     }
+}
+
+/// The conversations of timeline `log` (the user's: every conversation but the large
+/// groups'; a log: its group's) back to `to`, before the messages above it lose their
+/// seqs (see the module docs).
+fn rewind_conversations(
+    tx: &rusqlite::Transaction<'_>,
+    log: Log<'_>,
+    to: u64,
+) -> Result<(), DbError> {
+    const IN_TIMELINE: &str = "CASE WHEN ?1 IS NULL
+             THEN NOT (c.conv_kind = ?3 AND c.conversation IN (SELECT grp FROM logs))
+             ELSE c.conv_kind = ?3 AND c.conversation = ?1 END";
+    const ABOVE: &str = "(c.base_seq > ?2 OR c.latest_seq > ?2 OR c.base_mark > ?2)";
+    let group = ConversationKind::Group.to_wire();
+    let moved: Vec<(i32, String)> = tx
+        .prepare(&format!(
+            "SELECT c.conv_kind, c.conversation FROM conversations c WHERE {ABOVE} AND {IN_TIMELINE}"
+        ))?
+        .query_map(params![log, to as i64, group], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    tx.execute(
+        &format!(
+            "UPDATE conversations AS c SET
+                 base_unread = MAX(0, c.base_unread - (SELECT COUNT(*) FROM messages m
+                     WHERE m.log IS ?1 AND m.conv_kind = c.conv_kind
+                       AND m.conversation = c.conversation AND m.outgoing = 0
+                       AND m.seq > ?2 AND m.seq <= c.base_seq)),
+                 base_seq = MIN(c.base_seq, ?2),
+                 base_mark = MIN(c.base_mark, ?2),
+                 latest_seq = MIN(c.latest_seq, ?2)
+             WHERE {ABOVE} AND {IN_TIMELINE}"
+        ),
+        params![log, to as i64, group],
+    )?;
+    // Of those, the ones read up to the restore point (no unread count there).
+    let mut unread_at_restore_point = tx.prepare(
+        "SELECT c.base_unread + (SELECT COUNT(*) FROM messages m
+             WHERE m.log IS ?1 AND m.conv_kind = c.conv_kind
+               AND m.conversation = c.conversation AND m.outgoing = 0
+               AND m.seq > c.base_seq AND m.seq <= ?2)
+         FROM conversations c WHERE c.conv_kind = ?3 AND c.conversation = ?4",
+    )?;
+    let mut read_to_restore_point = vec![];
+    for (kind, conversation) in moved {
+        let unread: i64 = unread_at_restore_point
+            .query_row(params![log, to as i64, kind, conversation], |r| r.get(0))?;
+        if unread == 0 {
+            read_to_restore_point.push((kind, conversation));
+        }
+    }
+    // Read marks waiting for the server above the restore point: at it.
+    tx.execute(
+        &format!(
+            "UPDATE pending_reads AS c SET up_to_seq = ?2 WHERE c.up_to_seq > ?2 AND {IN_TIMELINE}"
+        ),
+        params![log, to as i64, group],
+    )?;
+    // Read up to the restore point, with a message there: the mark goes again.
+    for (kind, conversation) in read_to_restore_point {
+        tx.execute(
+            "INSERT INTO pending_reads (conv_kind, conversation, up_to_seq)
+             SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM messages m WHERE m.log IS ?4
+                 AND m.conv_kind = ?1 AND m.conversation = ?2 AND m.outgoing = 0 AND m.seq <= ?3)
+             ON CONFLICT (conv_kind, conversation) DO UPDATE SET up_to_seq = excluded.up_to_seq",
+            params![kind, conversation, to as i64, log],
+        )?;
+    }
+    Ok(())
 }

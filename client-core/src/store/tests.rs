@@ -4,6 +4,7 @@ use tern_protocol::pb;
 use tern_protocol::pb::timeline_entry::Body;
 
 use super::*;
+use crate::types::Conversation;
 
 fn entry(seq: u64, from: &str, to: &str, n: u8) -> pb::TimelineEntry {
     pb::TimelineEntry {
@@ -237,4 +238,144 @@ fn apply_cost() {
     );
     assert_eq!(db.cursor().unwrap(), 100_000);
     assert_eq!(db.message_count().unwrap(), 100_000);
+}
+
+/// A server restore rewinds bob's timeline from 10 to 6: the conversation goes back
+/// with it (`store/restore.rs`).
+fn restored_at_6(db: &mut Db) -> Rewound {
+    assert_eq!(db.server_generation(7, 0, 10).unwrap(), None, "first sight");
+    db.server_generation(8, 6, 6).unwrap().expect("rewound")
+}
+
+fn alice(db: &Db) -> Conversation {
+    db.conversation(ConversationKind::Direct, "alice")
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn a_rewind_takes_a_read_conversation_back_to_the_restore_point_and_queues_its_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(dir.path(), "bob").unwrap();
+    let ten: Vec<_> = (1..=10)
+        .map(|n| entry(n, "alice", "bob", n as u8))
+        .collect();
+    db.apply_entries(&ten).unwrap();
+    assert_eq!(
+        db.mark_read(ConversationKind::Direct, "alice").unwrap(),
+        Some(10)
+    );
+    db.drop_pending_read(ConversationKind::Direct, "alice", 10)
+        .unwrap(); // confirmed
+    assert_eq!(restored_at_6(&mut db).to, 6);
+    let c = alice(&db);
+    assert_eq!((c.unread, c.latest_seq), (0, 6));
+    // Read up to the restore point: the restored store may have lost the mark.
+    assert_eq!(
+        db.pending_reads().unwrap(),
+        vec![(ConversationKind::Direct, "alice".to_string(), 6)]
+    );
+    // The restored server gives seq 7 to a new message: it is unread (before, the
+    // base stayed at 10 and it did not count), and reading it marks 7, not 10.
+    db.apply_entries(&[entry(7, "alice", "bob", 20)]).unwrap();
+    assert_eq!(alice(&db).unread, 1);
+    assert_eq!(
+        db.mark_read(ConversationKind::Direct, "alice").unwrap(),
+        Some(7)
+    );
+}
+
+#[test]
+fn a_rewind_keeps_unread_counts_of_what_was_not_read() {
+    // Nothing read: 6 unread held below the restore point, none queued as read; the
+    // four above come again at their new seqs and count once.
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(dir.path(), "bob").unwrap();
+    let ten: Vec<_> = (1..=10)
+        .map(|n| entry(n, "alice", "bob", n as u8))
+        .collect();
+    db.apply_entries(&ten).unwrap();
+    restored_at_6(&mut db);
+    assert_eq!((alice(&db).unread, alice(&db).latest_seq), (6, 6));
+    assert!(db.pending_reads().unwrap().is_empty());
+    db.apply_entries(&ten[6..]).unwrap();
+    assert_eq!(alice(&db).unread, 10);
+
+    // A summary's base above the restore point: 3 unread at 10 (8, 9, 10 held), back
+    // to 8 takes the two above it out: one unread at 8, and a mark is not queued.
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(dir.path(), "bob").unwrap();
+    let summary = pb::ConversationSummary {
+        kind: 0,
+        conversation: "alice".into(),
+        unread: 3,
+        latest_seq: 10,
+        last: (8..=10)
+            .map(|n| entry(n, "alice", "bob", n as u8))
+            .collect(),
+        ..Default::default()
+    };
+    db.apply_summaries(&[summary], 10, 0).unwrap();
+    assert_eq!(alice(&db).unread, 3);
+    assert_eq!(db.server_generation(7, 0, 10).unwrap(), None);
+    db.server_generation(8, 8, 8).unwrap().expect("rewound");
+    assert_eq!((alice(&db).unread, alice(&db).latest_seq), (1, 8));
+    assert!(db.pending_reads().unwrap().is_empty());
+    db.apply_entries(&[entry(9, "alice", "bob", 9), entry(10, "alice", "bob", 10)])
+        .unwrap();
+    assert_eq!(alice(&db).unread, 3);
+}
+
+#[test]
+fn a_log_rewind_moves_its_group_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(dir.path(), "bob").unwrap();
+    let group_entry = |seq: u64, n: u8| {
+        let mut e = entry(seq, "alice", "g", n);
+        if let Some(Body::Message(m)) = &mut e.body {
+            m.kind = pb::ConversationKind::Group as i32;
+        }
+        e
+    };
+    let log = pb::ConversationSummary {
+        kind: pb::ConversationKind::Group as i32,
+        conversation: "g".into(),
+        log: "g".into(),
+        ..Default::default()
+    };
+    db.apply_log_summaries(&[log], 0).unwrap();
+    let ten: Vec<_> = (1..=10).map(|n| group_entry(n, n as u8)).collect();
+    db.apply_log_entries("g", &ten).unwrap();
+    // Alice's direct messages at seqs 1..9 of bob's own timeline.
+    let nine: Vec<_> = (1..=9)
+        .map(|n| entry(n, "alice", "bob", 50 + n as u8))
+        .collect();
+    db.apply_entries(&nine).unwrap();
+    assert_eq!(
+        db.mark_read(ConversationKind::Group, "g").unwrap(),
+        Some(10)
+    );
+    db.drop_pending_read(ConversationKind::Group, "g", 10)
+        .unwrap();
+    assert_eq!(db.server_log_generation("g", 7, 0, 10).unwrap(), None);
+    let r = db.server_log_generation("g", 8, 6, 6).unwrap().unwrap();
+    assert_eq!(r.to, 6);
+    let g = db
+        .conversation(ConversationKind::Group, "g")
+        .unwrap()
+        .unwrap();
+    assert_eq!((g.unread, g.latest_seq), (0, 6));
+    assert_eq!(
+        db.pending_reads().unwrap(),
+        vec![(ConversationKind::Group, "g".to_string(), 6)]
+    );
+    // Bob's own timeline is not the log's: its conversation is as it was.
+    assert_eq!((alice(&db).unread, alice(&db).latest_seq), (9, 9));
+    db.apply_log_entries("g", &[group_entry(7, 30)]).unwrap();
+    let g = db
+        .conversation(ConversationKind::Group, "g")
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.unread, 1);
+    assert_eq!(db.mark_read(ConversationKind::Group, "g").unwrap(), Some(7));
 }

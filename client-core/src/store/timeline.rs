@@ -300,6 +300,31 @@ pub(super) fn apply_entry(
                     )?;
                     applied.status_changes.push((local_id, status));
                 }
+            } else if let Some(local_id) = one(
+                tx,
+                "SELECT local_id FROM messages WHERE client_msg_id = ?1 AND seq IS NULL AND outgoing = 0",
+                params![&id.0[..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            {
+                // Held without a seq since a rewind (store/restore.rs) and stored again by
+                // the restored server: it takes its new place (and counts as unread
+                // there, as the restored server counts it), announced once already.
+                exec(
+                    tx,
+                    "UPDATE messages SET seq = ?2, server_msg_id = ?3, server_ts = ?4, log = ?5
+                     WHERE local_id = ?1",
+                    params![
+                        local_id,
+                        e.seq as i64,
+                        m.server_msg_id as i64,
+                        m.server_ts_ms as i64,
+                        log
+                    ],
+                )?;
+                touch_conversation(tx, kind, conversation, local_id, m.server_ts_ms, e.seq)?;
+                applied.conversations.push((kind, conversation.clone()));
             }
         }
         Some(Body::Receipt(r)) if r.by_user == me => {

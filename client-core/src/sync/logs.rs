@@ -91,14 +91,24 @@ impl SyncMachine {
     /// The large groups' summaries: applied, then each log is caught up (or, on a fresh
     /// install without full history, started at its head).
     pub(super) fn on_logs(&mut self, logs: pb::Logs, db: &mut Db) -> Result<(), DbError> {
-        let applied = db.apply_log_summaries(&logs.groups, unix_ms())?;
-        self.publish(applied);
+        // A log the restored store holds less of goes back first, so that the summary
+        // (taken after the restore) is applied to the rewound log, not rewound with it.
+        let mut rewound_any = false;
         for s in &logs.groups {
             let rewound =
                 db.server_log_generation(&s.log, self.generation, s.restored_seq, s.latest_seq)?;
             if let Some(r) = rewound {
                 self.requeued(r);
+                rewound_any = true;
             }
+        }
+        if rewound_any {
+            // Read marks the rewind queued again.
+            self.send_reads(db)?;
+        }
+        let applied = db.apply_log_summaries(&logs.groups, unix_ms())?;
+        self.publish(applied);
+        for s in &logs.groups {
             let cursor = db.log_cursor(&s.log)?;
             if cursor == 0 {
                 // First sight of this log on this device: from where the user joined
