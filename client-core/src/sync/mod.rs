@@ -9,7 +9,7 @@
 //! [`SyncMachine::flush`], [`SyncMachine::handle_timeout`]), and asked what to send
 //! ([`SyncMachine::poll_transmit`]), what to tell the app ([`SyncMachine::poll_event`])
 //! and when to wake it ([`SyncMachine::poll_timeout`]). It owns no socket, no clock and
-//! no task; the async driver in `connection.rs` moves bytes and timers, and the tests
+//! no task; the async driver in `connection/` moves bytes and timers, and the tests
 //! in `tests/sync_sim.rs` drive it against a model server through `protocol::sim`
 //! links in virtual time.
 //!
