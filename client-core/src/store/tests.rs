@@ -247,6 +247,17 @@ fn restored_at_6(db: &mut Db) -> Rewound {
     db.server_generation(8, 6, 6).unwrap().expect("rewound")
 }
 
+/// Bob's store with alice's messages 1..=10 at seqs 1..=10 (and those entries).
+fn bob_holds_ten_from_alice() -> (tempfile::TempDir, Db, Vec<pb::TimelineEntry>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(dir.path(), "bob").unwrap();
+    let ten: Vec<_> = (1..=10)
+        .map(|n| entry(n, "alice", "bob", n as u8))
+        .collect();
+    db.apply_entries(&ten).unwrap();
+    (dir, db, ten)
+}
+
 fn alice(db: &Db) -> Conversation {
     db.conversation(ConversationKind::Direct, "alice")
         .unwrap()
@@ -255,12 +266,7 @@ fn alice(db: &Db) -> Conversation {
 
 #[test]
 fn a_rewind_takes_a_read_conversation_back_to_the_restore_point_and_queues_its_mark() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut db = Db::open(dir.path(), "bob").unwrap();
-    let ten: Vec<_> = (1..=10)
-        .map(|n| entry(n, "alice", "bob", n as u8))
-        .collect();
-    db.apply_entries(&ten).unwrap();
+    let (_dir, mut db, _) = bob_holds_ten_from_alice();
     assert_eq!(
         db.mark_read(ConversationKind::Direct, "alice").unwrap(),
         Some(10)
@@ -289,12 +295,7 @@ fn a_rewind_takes_a_read_conversation_back_to_the_restore_point_and_queues_its_m
 fn a_rewind_keeps_unread_counts_of_what_was_not_read() {
     // Nothing read: 6 unread held below the restore point, none queued as read; the
     // four above come again at their new seqs and count once.
-    let dir = tempfile::tempdir().unwrap();
-    let mut db = Db::open(dir.path(), "bob").unwrap();
-    let ten: Vec<_> = (1..=10)
-        .map(|n| entry(n, "alice", "bob", n as u8))
-        .collect();
-    db.apply_entries(&ten).unwrap();
+    let (_dir, mut db, ten) = bob_holds_ten_from_alice();
     restored_at_6(&mut db);
     assert_eq!((alice(&db).unread, alice(&db).latest_seq), (6, 6));
     assert!(db.pending_reads().unwrap().is_empty());
