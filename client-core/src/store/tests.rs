@@ -299,6 +299,14 @@ fn a_rewind_keeps_unread_counts_of_what_was_not_read() {
     restored_at_6(&mut db);
     assert_eq!((alice(&db).unread, alice(&db).latest_seq), (6, 6));
     assert!(db.pending_reads().unwrap().is_empty());
+    // Seq 7 comes again with the server id another message holds (a server reusing
+    // ids): ignored, as a new entry with that id would be, not an error.
+    let mut reused = ten[6].clone();
+    if let Some(Body::Message(m)) = &mut reused.body {
+        m.server_msg_id = 101;
+    }
+    db.apply_entries(&[reused]).unwrap();
+    assert_eq!(alice(&db).unread, 6);
     db.apply_entries(&ten[6..]).unwrap();
     assert_eq!(alice(&db).unread, 10);
 

@@ -310,10 +310,12 @@ pub(super) fn apply_entry(
             {
                 // Held without a seq since a rewind (store/restore.rs) and stored again by
                 // the restored server: it takes its new place (and counts as unread
-                // there, as the restored server counts it), announced once already.
-                exec(
+                // there, as the restored server counts it), announced once already. A
+                // server id another message holds (a server that reuses ids) leaves it
+                // as it is, as the insert above ignores such an entry.
+                let moved = exec(
                     tx,
-                    "UPDATE messages SET seq = ?2, server_msg_id = ?3, server_ts = ?4, log = ?5
+                    "UPDATE OR IGNORE messages SET seq = ?2, server_msg_id = ?3, server_ts = ?4, log = ?5
                      WHERE local_id = ?1",
                     params![
                         local_id,
@@ -323,8 +325,10 @@ pub(super) fn apply_entry(
                         log
                     ],
                 )?;
-                touch_conversation(tx, kind, conversation, local_id, m.server_ts_ms, e.seq)?;
-                applied.conversations.push((kind, conversation.clone()));
+                if moved == 1 {
+                    touch_conversation(tx, kind, conversation, local_id, m.server_ts_ms, e.seq)?;
+                    applied.conversations.push((kind, conversation.clone()));
+                }
             }
         }
         Some(Body::Receipt(r)) if r.by_user == me => {
