@@ -647,7 +647,7 @@ async fn a_clock_stepped_back_across_a_restart_never_reorders_messages() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let mut p = spawn_server(&data, "127.0.0.1:0");
+    let mut p = common::spawn_quic_only(&data, "127.0.0.1:0");
     let addr = p.addr.to_string();
     let (alice, _) = tern_testkit::client::client_at(
         &addr,
@@ -681,7 +681,7 @@ async fn a_clock_stepped_back_across_a_restart_never_reorders_messages() {
         db.execute("UPDATE messages SET server_ts = server_ts + 3600000", [])
             .unwrap();
     }
-    let mut p = spawn_server(&data, &addr);
+    let mut p = common::spawn_quic_only(&data, &addr);
     tern_testkit::client::connected(&alice).await;
     alice.send_text("bob", "second").unwrap();
     tern_testkit::until("bob has the second", || {

@@ -152,7 +152,7 @@ async fn a_pipelined_burst_survives_a_kill_9_in_its_middle() {
     const N: usize = 400;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let mut server = spawn_server(&data, "127.0.0.1:0");
+    let mut server = common::spawn_quic_only(&data, "127.0.0.1:0");
     let addr = server.addr;
     let (alice, alice_seen) = user(addr, &server.cert_pem, dir.path(), "alice");
     let (bob, bob_seen) = user(addr, &server.cert_pem, dir.path(), "bob");
@@ -172,7 +172,7 @@ async fn a_pipelined_burst_survives_a_kill_9_in_its_middle() {
     server.child.wait().unwrap();
     let seen_at_kill = bob_seen.texts().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    server = spawn_server(&data, &addr.to_string());
+    server = common::spawn_quic_only(&data, &addr.to_string());
     until_within("bob to have everything", Duration::from_secs(60), || {
         bob_seen.texts().len() >= N
     })

@@ -10,7 +10,6 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::spawn_server;
 use tern_client::{Client, ConnectionState, ConversationKind};
 use tern_netsim::RelayConfig;
 use tern_protocol::sim::LinkConfig;
@@ -39,7 +38,7 @@ async fn server_killed_and_restarted_mid_send_loses_and_duplicates_nothing() {
     const KILL_AT: usize = 80;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let mut server = spawn_server(&data, "127.0.0.1:0");
+    let mut server = common::spawn_quic_only(&data, "127.0.0.1:0");
     let addr = server.addr;
     let link = LinkConfig {
         loss: 0.05,
@@ -82,7 +81,7 @@ async fn server_killed_and_restarted_mid_send_loses_and_duplicates_nothing() {
             // Down for a moment while alice keeps sending into her outbox.
         }
         if i == KILL_AT + 40 {
-            server = spawn_server(&data, &addr.to_string());
+            server = common::spawn_quic_only(&data, &addr.to_string());
             assert_eq!(server.addr, addr, "restarted on the same address");
             restarted_at = Some(Instant::now());
         }

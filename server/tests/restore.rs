@@ -33,7 +33,7 @@ async fn a_restored_server_brings_both_clients_back_without_loss_or_duplicates()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let backup = dir.path().join("backup.db");
-    let mut server = spawn_server(&data, "127.0.0.1:0");
+    let mut server = common::spawn_quic_only(&data, "127.0.0.1:0");
     let addr = server.addr.to_string();
     let pem = server.cert_pem.clone();
     let quick = tern_testkit::client::quick_heartbeats;
@@ -104,7 +104,7 @@ async fn a_restored_server_brings_both_clients_back_without_loss_or_duplicates()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut server = spawn_server(&data, &addr);
+    let mut server = common::spawn_quic_only(&data, &addr);
 
     // A raw client sees the new generation and the restore point.
     let (_raw, r) = TestClient::login(

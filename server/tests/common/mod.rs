@@ -17,3 +17,13 @@ pub(crate) fn spawn_server(data: &Path, quic: &str) -> Proc {
 pub(crate) fn spawn_server_with(data: &Path, quic: &str, extra: &[&str]) -> Proc {
     tern_testkit::server::spawn_server_with(env!("CARGO_BIN_EXE_tern-server"), data, quic, extra)
 }
+
+/// The `tern-server` binary on `quic` with no TLS-over-TCP or WebSocket listener, for a
+/// test that restarts it on the same address and needs QUIC only. In `--dev` those
+/// listeners take the QUIC port's number and the next one, and between the two runs
+/// another test's outgoing TCP connection can be given either as its ephemeral port:
+/// CI once saw the restart fail with "bind TCP on 127.0.0.1:37022: Address already in
+/// use".
+pub(crate) fn spawn_quic_only(data: &Path, quic: &str) -> Proc {
+    spawn_server_with(data, quic, &["--tcp", "off", "--ws", "off"])
+}
