@@ -8,6 +8,12 @@ use crate::types::{Conversation, ConversationKind};
 
 use super::*;
 
+/// A conversation's unread count (of the row `c`): its base, plus the incoming messages
+/// stored above the base's position (see `store/mod.rs`).
+pub(super) const UNREAD: &str = "c.base_unread + (SELECT COUNT(*) FROM messages m
+     WHERE m.conv_kind = c.conv_kind AND m.conversation = c.conversation
+       AND m.outgoing = 0 AND m.seq > c.base_seq)";
+
 impl Db {
     /// Applies the large groups' summaries (`Logs`): registers each log, stores the last
     /// messages in it, and takes the unread count at the log's head.
@@ -72,20 +78,15 @@ impl Db {
         // Two statements, not one with `?1 IS NULL OR ...`: that form scans every
         // conversation even when one is asked for (a catch-up asks for each one a page
         // touched).
-        const COLUMNS: &str = "c.conv_kind, c.conversation, c.last_local_id, c.last_activity,
-                 c.base_unread + (SELECT COUNT(*) FROM messages m WHERE m.conv_kind = c.conv_kind
-                     AND m.conversation = c.conversation AND m.outgoing = 0 AND m.seq > c.base_seq),
-                 c.latest_seq";
-        let sql = match only {
-            Some(_) => format!(
-                "SELECT {COLUMNS} FROM conversations c
-                 WHERE c.conv_kind = ?1 AND c.conversation = ?2"
-            ),
-            None => format!(
-                "SELECT {COLUMNS} FROM conversations c
-                 ORDER BY c.last_activity DESC, c.latest_seq DESC"
-            ),
+        let only_one = match only {
+            Some(_) => "WHERE c.conv_kind = ?1 AND c.conversation = ?2",
+            None => "ORDER BY c.last_activity DESC, c.latest_seq DESC",
         };
+        let sql = format!(
+            "SELECT c.conv_kind, c.conversation, c.last_local_id, c.last_activity, {UNREAD},
+                 c.latest_seq
+             FROM conversations c {only_one}"
+        );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         type Row = (i32, String, Option<i64>, i64, i64, i64);
         let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {

@@ -148,11 +148,12 @@ impl Db {
             )?;
         }
         set_state(&tx, "send_seq", (mine.len() + waiting.len()) as u64)?;
-        rewind_conversations(&tx, log, to)?;
+        let moved = rewind_conversations(&tx, log, to)?;
         tx.execute(
             "UPDATE messages SET seq = NULL WHERE log IS ?1 AND seq > ?2",
             params![log, to as i64],
         )?;
+        queue_reads_at(&tx, &moved, log, to)?;
         match log {
             None => tx.execute("DELETE FROM received_seqs WHERE seq > ?1", [to as i64])?,
             Some(g) => tx.execute(
@@ -184,12 +185,12 @@ impl Db {
 
 /// The conversations of timeline `log` (the user's: every conversation but the large
 /// groups'; a log: its group's) back to `to`, before the messages above it lose their
-/// seqs (see the module docs).
+/// seqs (see the module docs). Returns the conversations moved.
 fn rewind_conversations(
     tx: &rusqlite::Transaction<'_>,
     log: Log<'_>,
     to: u64,
-) -> Result<(), DbError> {
+) -> Result<Vec<(i32, String)>, DbError> {
     const IN_TIMELINE: &str = "CASE WHEN ?1 IS NULL
              THEN NOT (c.conv_kind = ?3 AND c.conversation IN (SELECT grp FROM logs))
              ELSE c.conv_kind = ?3 AND c.conversation = ?1 END";
@@ -215,22 +216,6 @@ fn rewind_conversations(
         ),
         params![log, to as i64, group],
     )?;
-    // Of those, the ones read up to the restore point (no unread count there).
-    let mut unread_at_restore_point = tx.prepare(
-        "SELECT c.base_unread + (SELECT COUNT(*) FROM messages m
-             WHERE m.log IS ?1 AND m.conv_kind = c.conv_kind
-               AND m.conversation = c.conversation AND m.outgoing = 0
-               AND m.seq > c.base_seq AND m.seq <= ?2)
-         FROM conversations c WHERE c.conv_kind = ?3 AND c.conversation = ?4",
-    )?;
-    let mut read_to_restore_point = vec![];
-    for (kind, conversation) in moved {
-        let unread: i64 = unread_at_restore_point
-            .query_row(params![log, to as i64, kind, conversation], |r| r.get(0))?;
-        if unread == 0 {
-            read_to_restore_point.push((kind, conversation));
-        }
-    }
     // Read marks waiting for the server above the restore point: at it.
     tx.execute(
         &format!(
@@ -238,8 +223,24 @@ fn rewind_conversations(
         ),
         params![log, to as i64, group],
     )?;
-    // Read up to the restore point, with a message there: the mark goes again.
-    for (kind, conversation) in read_to_restore_point {
+    Ok(moved)
+}
+
+/// Of the conversations `moved` back to `to` (after the messages above it lost their
+/// seqs), the ones read up to it, with a message there: their read mark goes again.
+fn queue_reads_at(
+    tx: &rusqlite::Transaction<'_>,
+    moved: &[(i32, String)],
+    log: Log<'_>,
+    to: u64,
+) -> Result<(), DbError> {
+    let mut unread = tx.prepare(&format!(
+        "SELECT {UNREAD} FROM conversations c WHERE c.conv_kind = ?1 AND c.conversation = ?2"
+    ))?;
+    for (kind, conversation) in moved {
+        if unread.query_row(params![kind, conversation], |r| r.get::<_, i64>(0))? != 0 {
+            continue;
+        }
         tx.execute(
             "INSERT INTO pending_reads (conv_kind, conversation, up_to_seq)
              SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM messages m WHERE m.log IS ?4

@@ -302,33 +302,27 @@ pub(super) fn apply_entry(
                 }
             } else if let Some(local_id) = one(
                 tx,
-                "SELECT local_id FROM messages WHERE client_msg_id = ?1 AND seq IS NULL AND outgoing = 0",
-                params![&id.0[..]],
+                // Held without a seq since a rewind (store/restore.rs) and stored again
+                // by the restored server: it takes its new place (and counts as unread
+                // there, as the restored server counts it), announced once already. A
+                // server id another message holds (a server that reuses ids) leaves it
+                // as it is, as the insert above ignores such an entry.
+                "UPDATE OR IGNORE messages SET seq = ?2, server_msg_id = ?3, server_ts = ?4, log = ?5
+                 WHERE client_msg_id = ?1 AND seq IS NULL AND outgoing = 0
+                 RETURNING local_id",
+                params![
+                    &id.0[..],
+                    e.seq as i64,
+                    m.server_msg_id as i64,
+                    m.server_ts_ms as i64,
+                    log
+                ],
                 |r| r.get::<_, i64>(0),
             )
             .optional()?
             {
-                // Held without a seq since a rewind (store/restore.rs) and stored again by
-                // the restored server: it takes its new place (and counts as unread
-                // there, as the restored server counts it), announced once already. A
-                // server id another message holds (a server that reuses ids) leaves it
-                // as it is, as the insert above ignores such an entry.
-                let moved = exec(
-                    tx,
-                    "UPDATE OR IGNORE messages SET seq = ?2, server_msg_id = ?3, server_ts = ?4, log = ?5
-                     WHERE local_id = ?1",
-                    params![
-                        local_id,
-                        e.seq as i64,
-                        m.server_msg_id as i64,
-                        m.server_ts_ms as i64,
-                        log
-                    ],
-                )?;
-                if moved == 1 {
-                    touch_conversation(tx, kind, conversation, local_id, m.server_ts_ms, e.seq)?;
-                    applied.conversations.push((kind, conversation.clone()));
-                }
+                touch_conversation(tx, kind, conversation, local_id, m.server_ts_ms, e.seq)?;
+                applied.conversations.push((kind, conversation.clone()));
             }
         }
         Some(Body::Receipt(r)) if r.by_user == me => {
